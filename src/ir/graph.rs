@@ -1,0 +1,762 @@
+//! The graph itself: operators in a private petgraph, values in a side table.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use anyhow::{bail, Result};
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use super::tensor::{DType, Dim, Tensor, Type};
+use crate::onnx::proto::attribute_proto::AttributeType;
+use crate::onnx::proto::{
+    AttributeProto, GraphProto, NodeProto, SparseTensorProto, ValueInfoProto,
+};
+
+/// Handle of an operator. Stays valid while the node exists, whatever else is removed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct NodeId(NodeIndex<u32>);
+
+/// Handle of a value. Never reused within a graph.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ValueId(u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What defines a value. Exactly one thing does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Def {
+    /// A graph input (possibly with a default, when an initializer shares its name).
+    Input,
+    Initializer,
+    SparseInitializer,
+    /// A value of an enclosing graph, read by this subgraph.
+    Capture,
+    /// Output `slot` of `node`.
+    Node {
+        node: NodeId,
+        slot: usize,
+    },
+    /// Named only in `value_info`: nothing defines it and nothing may read it.
+    Declared,
+}
+
+/// Where a value is read.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Use {
+    pub node: NodeId,
+    pub slot: Slot,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Slot {
+    Input(usize),
+    /// Read by one of the node's subgraphs.
+    Capture,
+}
+
+/// Declared type and documentation of a value, as in a `ValueInfoProto`.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct ValueInfo {
+    pub ty: Option<Type>,
+    /// doc_string and metadata_props; name and type are cleared.
+    pub rest: ValueInfoProto,
+}
+
+impl ValueInfo {
+    pub fn of(ty: Type) -> ValueInfo {
+        ValueInfo {
+            ty: Some(ty),
+            rest: ValueInfoProto::default(),
+        }
+    }
+
+    pub fn from_proto(mut p: ValueInfoProto) -> ValueInfo {
+        let ty = p.r#type.take().map(Type::from_proto);
+        p.name.clear();
+        ValueInfo { ty, rest: p }
+    }
+
+    pub fn to_proto(&self, name: &str) -> ValueInfoProto {
+        let mut p = self.rest.clone();
+        p.name = name.to_string();
+        p.r#type = self.ty.as_ref().map(Type::to_proto);
+        p
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Value {
+    name: String,
+    def: Def,
+    /// Declared type (input, initializer-less value_info entry, ...). Graph outputs carry their
+    /// own declaration in [`Graph::outputs`].
+    pub info: Option<ValueInfo>,
+    init: Option<Tensor>,
+    sparse: Option<SparseTensorProto>,
+    uses: Vec<Use>,
+}
+
+impl Value {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn def(&self) -> Def {
+        self.def
+    }
+    /// The constant this value holds, for initializers and inputs with a default.
+    pub fn initializer(&self) -> Option<&Tensor> {
+        self.init.as_ref()
+    }
+    pub fn sparse_initializer(&self) -> Option<&SparseTensorProto> {
+        self.sparse.as_ref()
+    }
+    pub fn uses(&self) -> &[Use] {
+        &self.uses
+    }
+    /// The constant a node may fold: an initializer that is not a graph input (an input's
+    /// default can be overridden by the caller).
+    pub fn constant(&self) -> Option<&Tensor> {
+        match self.def {
+            Def::Initializer => self.init.as_ref(),
+            _ => None,
+        }
+    }
+    pub fn ty(&self) -> Option<&Type> {
+        self.info.as_ref().and_then(|i| i.ty.as_ref())
+    }
+}
+
+/// An attribute. Graph-valued attributes hold lifted subgraphs; everything else stays a proto.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    /// The attribute with `g` and `graphs` emptied.
+    pub proto: AttributeProto,
+    pub g: Option<Box<Graph>>,
+    pub graphs: Vec<Graph>,
+}
+
+impl Attr {
+    fn with(name: &str, ty: AttributeType, fill: impl FnOnce(&mut AttributeProto)) -> Attr {
+        let mut proto = AttributeProto {
+            name: name.to_string(),
+            r#type: ty as i32,
+            ..Default::default()
+        };
+        fill(&mut proto);
+        Attr {
+            proto,
+            g: None,
+            graphs: Vec::new(),
+        }
+    }
+    pub fn int(name: &str, v: i64) -> Attr {
+        Attr::with(name, AttributeType::Int, |p| p.i = v)
+    }
+    pub fn float(name: &str, v: f32) -> Attr {
+        Attr::with(name, AttributeType::Float, |p| p.f = v)
+    }
+    pub fn ints(name: &str, v: &[i64]) -> Attr {
+        Attr::with(name, AttributeType::Ints, |p| p.ints = v.to_vec())
+    }
+    pub fn string(name: &str, v: &str) -> Attr {
+        Attr::with(name, AttributeType::String, |p| {
+            p.s = v.as_bytes().to_vec().into()
+        })
+    }
+    pub fn tensor(name: &str, t: &Tensor) -> Attr {
+        Attr::with(name, AttributeType::Tensor, |p| p.t = Some(t.to_proto("")))
+    }
+    pub fn name(&self) -> &str {
+        &self.proto.name
+    }
+    pub fn bodies(&self) -> impl Iterator<Item = &Graph> {
+        self.g.iter().map(|b| &**b).chain(self.graphs.iter())
+    }
+    pub fn bodies_mut(&mut self) -> impl Iterator<Item = &mut Graph> {
+        self.g
+            .iter_mut()
+            .map(|b| &mut **b)
+            .chain(self.graphs.iter_mut())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: String,
+    pub domain: String,
+    pub name: String,
+    inputs: Vec<Option<ValueId>>,
+    outputs: Vec<Option<ValueId>>,
+    pub attrs: Vec<Attr>,
+    /// Values of this graph read inside the node's subgraphs, in first-use order.
+    captures: Vec<ValueId>,
+    /// doc_string, overload, metadata_props, device configurations; the modelled fields cleared.
+    pub rest: NodeProto,
+    /// Insertion order, which lowering follows where dependencies allow.
+    seq: u64,
+}
+
+impl Node {
+    pub fn inputs(&self) -> &[Option<ValueId>] {
+        &self.inputs
+    }
+    pub fn outputs(&self) -> &[Option<ValueId>] {
+        &self.outputs
+    }
+    pub fn captures(&self) -> &[ValueId] {
+        &self.captures
+    }
+    /// The input in `slot`, if present and not the empty name.
+    pub fn input(&self, slot: usize) -> Option<ValueId> {
+        self.inputs.get(slot).copied().flatten()
+    }
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.outputs.get(slot).copied().flatten()
+    }
+    pub fn attr(&self, name: &str) -> Option<&Attr> {
+        self.attrs.iter().find(|a| a.name() == name)
+    }
+    pub fn attr_i(&self, name: &str) -> Option<i64> {
+        self.attr(name).map(|a| a.proto.i)
+    }
+    pub fn attr_f(&self, name: &str) -> Option<f32> {
+        self.attr(name).map(|a| a.proto.f)
+    }
+    pub fn attr_ints(&self, name: &str) -> Option<&[i64]> {
+        self.attr(name).map(|a| a.proto.ints.as_slice())
+    }
+    pub fn has_bodies(&self) -> bool {
+        self.attrs
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    }
+    /// `op` in the default domain.
+    pub fn is(&self, op: &str) -> bool {
+        self.op == op && (self.domain.is_empty() || self.domain == "ai.onnx")
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    value: ValueId,
+    slot: Slot,
+}
+
+/// A graph output: the value and the declaration the graph's interface gives it.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub value: ValueId,
+    pub info: ValueInfo,
+}
+
+/// One (sub)graph. See the module documentation of `ir` for the contract.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    dag: StableDiGraph<Node, Edge>,
+    values: Vec<Option<Value>>,
+    names: HashMap<String, ValueId>,
+    inputs: Vec<ValueId>,
+    outputs: Vec<Output>,
+    initializers: Vec<ValueId>,
+    sparse_initializers: Vec<ValueId>,
+    value_info: Vec<ValueId>,
+    captures: Vec<ValueId>,
+    pub name: String,
+    /// doc_string, quantization_annotation, metadata_props; the modelled fields cleared.
+    pub rest: GraphProto,
+    next_seq: u64,
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Graph {
+        Graph {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    // ---- reading ----
+
+    pub fn value(&self, v: ValueId) -> &Value {
+        self.values[v.index()]
+            .as_ref()
+            .expect("ValueId of a removed value")
+    }
+
+    pub fn value_mut(&mut self, v: ValueId) -> &mut Value {
+        self.values[v.index()]
+            .as_mut()
+            .expect("ValueId of a removed value")
+    }
+
+    pub fn contains_value(&self, v: ValueId) -> bool {
+        self.values.get(v.index()).is_some_and(|x| x.is_some())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = (ValueId, &Value)> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (ValueId(i as u32), v)))
+    }
+
+    pub fn find(&self, name: &str) -> Option<ValueId> {
+        self.names.get(name).copied()
+    }
+
+    pub fn node(&self, n: NodeId) -> &Node {
+        &self.dag[n.0]
+    }
+
+    pub fn node_mut(&mut self, n: NodeId) -> &mut Node {
+        &mut self.dag[n.0]
+    }
+
+    pub fn contains_node(&self, n: NodeId) -> bool {
+        self.dag.contains_node(n.0)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.dag.node_count()
+    }
+
+    /// Nodes in no particular order.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.dag.node_indices().map(NodeId)
+    }
+
+    pub fn inputs(&self) -> &[ValueId] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    pub fn initializers(&self) -> &[ValueId] {
+        &self.initializers
+    }
+
+    pub fn sparse_initializers(&self) -> &[ValueId] {
+        &self.sparse_initializers
+    }
+
+    pub fn value_info(&self) -> &[ValueId] {
+        &self.value_info
+    }
+
+    pub fn captures(&self) -> &[ValueId] {
+        &self.captures
+    }
+
+    pub fn is_output(&self, v: ValueId) -> bool {
+        self.outputs.iter().any(|o| o.value == v)
+    }
+
+    /// The node that produces `v`, if a node does.
+    pub fn producer(&self, v: ValueId) -> Option<NodeId> {
+        match self.value(v).def {
+            Def::Node { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The best declared type of `v`: its own declaration, else the graph output's.
+    pub fn ty(&self, v: ValueId) -> Option<&Type> {
+        self.value(v).ty().or_else(|| {
+            self.outputs
+                .iter()
+                .find(|o| o.value == v)
+                .and_then(|o| o.info.ty.as_ref())
+        })
+    }
+
+    pub fn dtype(&self, v: ValueId) -> Option<DType> {
+        self.ty(v).and_then(Type::dtype)
+    }
+
+    pub fn shape(&self, v: ValueId) -> Option<&[Dim]> {
+        self.ty(v).and_then(Type::shape)
+    }
+
+    /// Nodes in a deterministic topological order that keeps insertion order wherever
+    /// dependencies allow (so a graph that was read in order is written in the same order).
+    /// Fails on a cycle, naming a node on it.
+    pub fn topo_order(&self) -> Result<Vec<NodeId>> {
+        let mut indegree: HashMap<NodeIndex<u32>, usize> = HashMap::new();
+        let mut ready = BinaryHeap::new();
+        for n in self.dag.node_indices() {
+            let d = self.dag.edges_directed(n, Direction::Incoming).count();
+            if d == 0 {
+                ready.push(Reverse((self.dag[n].seq, n.index())));
+            }
+            indegree.insert(n, d);
+        }
+        let mut order = Vec::with_capacity(self.dag.node_count());
+        while let Some(Reverse((_, i))) = ready.pop() {
+            let n = NodeIndex::new(i);
+            order.push(NodeId(n));
+            for e in self.dag.edges_directed(n, Direction::Outgoing) {
+                let t = e.target();
+                let d = indegree.get_mut(&t).unwrap();
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(Reverse((self.dag[t].seq, t.index())));
+                }
+            }
+        }
+        if order.len() != self.dag.node_count() {
+            let stuck = self
+                .dag
+                .node_indices()
+                .filter(|n| indegree[n] > 0)
+                .min_by_key(|n| self.dag[*n].seq)
+                .unwrap();
+            let node = &self.dag[stuck];
+            bail!(
+                "the graph has a cycle through node '{}' ({})",
+                node.name,
+                node.op
+            );
+        }
+        Ok(order)
+    }
+
+    // ---- building ----
+
+    fn new_value(&mut self, name: &str, def: Def) -> Result<ValueId> {
+        if let Some(&existing) = self.names.get(name) {
+            let what = match self.value(existing).def {
+                Def::Node { node, .. } => {
+                    let n = self.node(node);
+                    format!("an output of node '{}' ({})", n.name, n.op)
+                }
+                Def::Input => "a graph input".into(),
+                Def::Initializer => "an initializer".into(),
+                Def::SparseInitializer => "a sparse initializer".into(),
+                Def::Capture => "a value of the enclosing graph".into(),
+                Def::Declared => "a value_info entry".into(),
+            };
+            bail!("duplicate value name '{name}': it is already {what}");
+        }
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(Some(Value {
+            name: name.to_string(),
+            def,
+            info: None,
+            init: None,
+            sparse: None,
+            uses: Vec::new(),
+        }));
+        self.names.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    pub fn add_input(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
+        let v = self.new_value(name, Def::Input)?;
+        self.value_mut(v).info = Some(info);
+        self.inputs.push(v);
+        Ok(v)
+    }
+
+    /// Adds an initializer. When a graph input of the same name exists, the tensor becomes its
+    /// default value (IR < 4 style) and the input keeps its place.
+    pub fn add_initializer(&mut self, name: &str, tensor: Tensor) -> Result<ValueId> {
+        if let Some(v) = self.find(name) {
+            let value = self.value_mut(v);
+            if value.def == Def::Input && value.init.is_none() {
+                value.init = Some(tensor);
+                self.initializers.push(v);
+                return Ok(v);
+            }
+        }
+        let v = self.new_value(name, Def::Initializer)?;
+        self.value_mut(v).init = Some(tensor);
+        self.initializers.push(v);
+        Ok(v)
+    }
+
+    pub fn add_sparse_initializer(&mut self, name: &str, t: SparseTensorProto) -> Result<ValueId> {
+        let v = self.new_value(name, Def::SparseInitializer)?;
+        self.value_mut(v).sparse = Some(t);
+        self.sparse_initializers.push(v);
+        Ok(v)
+    }
+
+    /// A value read from the enclosing graph.
+    pub fn add_capture(&mut self, name: &str) -> Result<ValueId> {
+        let v = self.new_value(name, Def::Capture)?;
+        self.captures.push(v);
+        Ok(v)
+    }
+
+    /// Lists `v` in value_info (its declaration goes in `Value::info`), or creates a
+    /// declaration-only value when nothing of that name exists.
+    pub fn add_value_info(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
+        let v = match self.find(name) {
+            Some(v) => v,
+            None => self.new_value(name, Def::Declared)?,
+        };
+        if self.value_info.contains(&v) {
+            bail!("value_info lists '{name}' twice");
+        }
+        let value = self.value_mut(v);
+        if value.def != Def::Input || value.info.is_none() {
+            value.info = Some(info);
+        }
+        self.value_info.push(v);
+        Ok(v)
+    }
+
+    pub fn add_output(&mut self, value: ValueId, info: ValueInfo) {
+        self.outputs.push(Output { value, info });
+    }
+
+    /// Adds a node. Its outputs get fresh values named `output_names` ("" for an omitted
+    /// optional output).
+    pub fn add_node(
+        &mut self,
+        op: &str,
+        domain: &str,
+        name: &str,
+        inputs: &[Option<ValueId>],
+        output_names: &[&str],
+        attrs: Vec<Attr>,
+    ) -> Result<NodeId> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let n = NodeId(self.dag.add_node(Node {
+            op: op.to_string(),
+            domain: domain.to_string(),
+            name: name.to_string(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            attrs,
+            captures: Vec::new(),
+            rest: NodeProto::default(),
+            seq,
+        }));
+        let mut outs = Vec::with_capacity(output_names.len());
+        for (slot, out) in output_names.iter().enumerate() {
+            if out.is_empty() {
+                outs.push(None);
+                continue;
+            }
+            match self.new_value(out, Def::Node { node: n, slot }) {
+                Ok(v) => outs.push(Some(v)),
+                Err(e) => {
+                    for v in outs.into_iter().flatten() {
+                        self.drop_value(v);
+                    }
+                    self.dag.remove_node(n.0);
+                    return Err(e.context(format!("node '{name}' ({op})")));
+                }
+            }
+        }
+        self.dag[n.0].outputs = outs;
+        self.set_inputs(n, inputs);
+        Ok(n)
+    }
+
+    /// Gives a later-added node the position of an earlier one in the written order.
+    pub fn take_position(&mut self, n: NodeId, of: NodeId) {
+        self.dag[n.0].seq = self.dag[of.0].seq;
+    }
+
+    fn link(&mut self, v: ValueId, to: NodeId, slot: Slot) {
+        self.value_mut(v).uses.push(Use { node: to, slot });
+        if let Def::Node { node, .. } = self.value(v).def {
+            self.dag.add_edge(node.0, to.0, Edge { value: v, slot });
+        }
+    }
+
+    fn unlink(&mut self, v: ValueId, from: NodeId, slot: Slot) {
+        let value = self.value_mut(v);
+        if let Some(i) = value
+            .uses
+            .iter()
+            .position(|u| *u == Use { node: from, slot })
+        {
+            value.uses.remove(i);
+        }
+        if let Def::Node { node, .. } = self.value(v).def {
+            let edge = self
+                .dag
+                .edges_connecting(node.0, from.0)
+                .find(|e| e.weight().value == v && e.weight().slot == slot)
+                .map(|e| e.id());
+            if let Some(e) = edge {
+                self.dag.remove_edge(e);
+            }
+        }
+    }
+
+    /// Replaces all inputs of `n`.
+    pub fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {
+        let old = std::mem::take(&mut self.dag[n.0].inputs);
+        for (slot, v) in old.iter().enumerate() {
+            if let Some(v) = v {
+                self.unlink(*v, n, Slot::Input(slot));
+            }
+        }
+        for (slot, v) in inputs.iter().enumerate() {
+            if let Some(v) = v {
+                self.link(*v, n, Slot::Input(slot));
+            }
+        }
+        self.dag[n.0].inputs = inputs.to_vec();
+    }
+
+    /// Records that `n`'s subgraphs read `v` (a value of this graph).
+    pub fn add_node_capture(&mut self, n: NodeId, v: ValueId) {
+        if !self.dag[n.0].captures.contains(&v) {
+            self.dag[n.0].captures.push(v);
+            self.link(v, n, Slot::Capture);
+        }
+    }
+
+    /// Points every reader of `old` (node inputs, subgraph captures, graph outputs) at `new`.
+    /// Subgraphs that captured `old` by name are renamed to capture `new`.
+    pub fn replace_all_uses(&mut self, old: ValueId, new: ValueId) {
+        if old == new {
+            return;
+        }
+        let uses = self.value(old).uses.clone();
+        let new_name = self.value(new).name.clone();
+        let old_name = self.value(old).name.clone();
+        for u in uses {
+            self.unlink(old, u.node, u.slot);
+            match u.slot {
+                Slot::Input(i) => {
+                    self.dag[u.node.0].inputs[i] = Some(new);
+                    self.link(new, u.node, u.slot);
+                }
+                Slot::Capture => {
+                    let node = &mut self.dag[u.node.0];
+                    node.captures.retain(|&c| c != old);
+                    for attr in &mut node.attrs {
+                        for body in attr.bodies_mut() {
+                            body.rename_capture(&old_name, &new_name);
+                        }
+                    }
+                    self.add_node_capture(u.node, new);
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            if o.value == old {
+                o.value = new;
+            }
+        }
+    }
+
+    /// Renames a captured outer value throughout this subgraph and the subgraphs within it.
+    fn rename_capture(&mut self, old: &str, new: &str) {
+        let Some(v) = self.find(old) else { return };
+        if self.value(v).def != Def::Capture {
+            return;
+        }
+        if let Some(existing) = self.find(new) {
+            self.replace_all_uses(v, existing);
+            self.captures.retain(|&c| c != v);
+            self.drop_value(v);
+        } else {
+            self.names.remove(old);
+            self.names.insert(new.to_string(), v);
+            self.value_mut(v).name = new.to_string();
+        }
+        let users: Vec<NodeId> = self
+            .value(self.find(new).unwrap())
+            .uses
+            .iter()
+            .filter(|u| u.slot == Slot::Capture)
+            .map(|u| u.node)
+            .collect();
+        for n in users {
+            for attr in &mut self.dag[n.0].attrs {
+                for body in attr.bodies_mut() {
+                    body.rename_capture(old, new);
+                }
+            }
+        }
+    }
+
+    /// Removes a node and its output values. Its outputs must no longer be read.
+    pub fn remove_node(&mut self, n: NodeId) -> Result<()> {
+        let node = &self.dag[n.0];
+        for v in node.outputs.iter().flatten() {
+            if !self.value(*v).uses.is_empty() || self.is_output(*v) {
+                bail!(
+                    "cannot remove node '{}' ({}): its output '{}' is still read",
+                    node.name,
+                    node.op,
+                    self.value(*v).name
+                );
+            }
+        }
+        self.set_inputs(n, &[]);
+        for v in self.dag[n.0].captures.clone() {
+            self.unlink(v, n, Slot::Capture);
+        }
+        let node = self.dag.remove_node(n.0).unwrap();
+        for v in node.outputs.into_iter().flatten() {
+            self.value_info.retain(|&x| x != v);
+            self.drop_value(v);
+        }
+        Ok(())
+    }
+
+    /// Removes a value nothing reads: an initializer, a declaration, or an unread input
+    /// of a subgraph-free graph. Graph inputs and outputs are the interface and stay.
+    pub fn remove_value(&mut self, v: ValueId) -> Result<()> {
+        let value = self.value(v);
+        if !value.uses.is_empty() || self.is_output(v) {
+            bail!("cannot remove value '{}': it is still read", value.name);
+        }
+        match value.def {
+            Def::Initializer | Def::SparseInitializer | Def::Declared | Def::Capture => {}
+            Def::Input | Def::Node { .. } => bail!(
+                "cannot remove value '{}': it is a graph input or a node output",
+                value.name
+            ),
+        }
+        self.initializers.retain(|&x| x != v);
+        self.sparse_initializers.retain(|&x| x != v);
+        self.value_info.retain(|&x| x != v);
+        self.captures.retain(|&x| x != v);
+        self.drop_value(v);
+        Ok(())
+    }
+
+    /// Drops a value from value_info (its declaration stays with the value).
+    pub fn unlist_value_info(&mut self, v: ValueId) {
+        self.value_info.retain(|&x| x != v);
+    }
+
+    fn drop_value(&mut self, v: ValueId) {
+        if let Some(value) = self.values[v.index()].take() {
+            self.names.remove(&value.name);
+        }
+    }
+
+    /// A name not used by any value of this graph, derived from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        if !self.names.contains_key(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.names.contains_key(n))
+            .unwrap()
+    }
+
+    pub(crate) fn set_node_rest(&mut self, n: NodeId, rest: NodeProto) {
+        self.dag[n.0].rest = rest;
+    }
+}
