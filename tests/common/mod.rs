@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The ONNX backend test corpus, when fetched by `fixtures/onnx-tests/fetch.sh`. In CI its
+/// absence is an error, since the CI script fetches it; elsewhere the caller skips.
+pub fn corpus_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx-tests/data");
+    if dir.join("node").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must fetch the conformance corpus first: fixtures/onnx-tests/fetch.sh");
+    }
+    eprintln!("skipped: conformance corpus not fetched (run fixtures/onnx-tests/fetch.sh)");
+    None
+}
+
+/// Every `*.onnx` under `dir`, sorted so failures are reported in a stable order.
+pub fn onnx_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The onnxsmith binary built for this test run.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_onnxsmith"))
+}
+
+use onnxsmith::onnx::proto::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+pub fn f32_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d)),
+                            denotation: String::new(),
+                        })
+                        .collect(),
+                }),
+            })),
+            denotation: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A ModelProto with the given nodes, one f32[2,3] input `x` and one f32[2,3] output `y`.
+pub fn model_with(nodes: Vec<NodeProto>) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "g".into(),
+            node: nodes,
+            input: vec![f32_info("x", &[2, 3])],
+            output: vec![f32_info("y", &[2, 3])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A model with an If whose branches read outer values by capture:
+/// `a = Relu(x); y = If(c) { then: a + x } else { Neg(a) }`.
+pub fn if_model() -> ModelProto {
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
+    let branch = |name: &str, nodes: Vec<NodeProto>| AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Graph as i32,
+        g: Some(GraphProto {
+            name: format!("{name}_graph"),
+            node: nodes,
+            output: vec![f32_info("r", &[2, 3])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut iff = node("If", "if", &["c"], &["y"]);
+    iff.attribute = vec![
+        branch(
+            "then_branch",
+            vec![node("Add", "then_add", &["a", "x"], &["r"])],
+        ),
+        branch("else_branch", vec![node("Neg", "else_neg", &["a"], &["r"])]),
+    ];
+    let mut m = model_with(vec![node("Relu", "relu", &["x"], &["a"]), iff]);
+    let mut c = f32_info("c", &[]);
+    if let Some(type_proto::Value::TensorType(t)) = c.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.elem_type = 9;
+    }
+    m.graph.as_mut().unwrap().input.push(c);
+    m
+}
