@@ -4,9 +4,14 @@
 //! The library's public face is small: [`load`] a model (memory-mapped, external data resolved,
 //! invariants checked), work on its [`ir::Model`], [`save`] it atomically.
 
+pub mod check;
 pub mod ir;
+pub mod npy;
 pub mod onnx;
+pub mod optimize;
+pub mod passes;
 pub mod report;
+pub mod runtime;
 pub mod zoo;
 
 use std::path::{Path, PathBuf};

@@ -564,11 +564,6 @@ impl Graph {
         Ok(n)
     }
 
-    /// Gives a later-added node the position of an earlier one in the written order.
-    pub fn take_position(&mut self, n: NodeId, of: NodeId) {
-        self.dag[n.0].seq = self.dag[of.0].seq;
-    }
-
     fn link(&mut self, v: ValueId, to: NodeId, slot: Slot) {
         self.value_mut(v).uses.push(Use { node: to, slot });
         if let Def::Node { node, .. } = self.value(v).def {
@@ -687,6 +682,50 @@ impl Graph {
         }
     }
 
+    /// Renames an internal value; subgraphs that capture it follow.
+    pub fn rename_value(&mut self, v: ValueId, name: &str) -> Result<()> {
+        if self.find(name).is_some() {
+            bail!(
+                "cannot rename '{}' to '{name}': the name is taken",
+                self.value(v).name
+            );
+        }
+        let old = std::mem::replace(&mut self.value_mut(v).name, name.to_string());
+        self.names.remove(&old);
+        self.names.insert(name.to_string(), v);
+        let readers: Vec<NodeId> = self
+            .value(v)
+            .uses
+            .iter()
+            .filter(|u| u.slot == Slot::Capture)
+            .map(|u| u.node)
+            .collect();
+        for n in readers {
+            for attr in &mut self.dag[n.0].attrs {
+                for body in attr.bodies_mut() {
+                    body.rename_capture(&old, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops captures of `n` that none of its subgraphs reads any more.
+    pub fn sync_captures(&mut self, n: NodeId) {
+        let still: Vec<String> = self.dag[n.0]
+            .attrs
+            .iter()
+            .flat_map(|a| a.bodies())
+            .flat_map(|b| b.captures().iter().map(|&c| b.value(c).name().to_string()))
+            .collect();
+        for v in self.dag[n.0].captures.clone() {
+            if !still.iter().any(|s| s == &self.value(v).name) {
+                self.dag[n.0].captures.retain(|&c| c != v);
+                self.unlink(v, n, Slot::Capture);
+            }
+        }
+    }
+
     /// Removes a node and its output values. Its outputs must no longer be read.
     pub fn remove_node(&mut self, n: NodeId) -> Result<()> {
         let node = &self.dag[n.0];
@@ -732,11 +771,6 @@ impl Graph {
         self.captures.retain(|&x| x != v);
         self.drop_value(v);
         Ok(())
-    }
-
-    /// Drops a value from value_info (its declaration stays with the value).
-    pub fn unlist_value_info(&mut self, v: ValueId) {
-        self.value_info.retain(|&x| x != v);
     }
 
     fn drop_value(&mut self, v: ValueId) {

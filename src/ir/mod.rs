@@ -42,12 +42,14 @@
 mod graph;
 mod lift;
 mod lower;
+mod patch;
 pub mod print;
 mod tensor;
 pub mod verify;
 
 pub use graph::{Attr, Def, Graph, Node, NodeId, Output, Slot, Use, Value, ValueId, ValueInfo};
-pub use tensor::{DType, Dim, Tensor, Type};
+pub use patch::Patch;
+pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};
 
 use anyhow::Result;
 

@@ -406,7 +406,7 @@ impl Tensor {
 }
 
 /// 64-bit FNV-1a: tiny, stable across platforms and releases, good enough for content digests.
-pub(crate) struct Fnv(u64);
+pub struct Fnv(u64);
 
 impl Fnv {
     pub fn new() -> Fnv {

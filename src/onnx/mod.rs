@@ -11,4 +11,4 @@ pub mod proto {
 }
 
 pub use load::{decode_model, load_model};
-pub use save::{save_model, ExternalData, SaveOptions};
+pub use save::{save_model, write_atomic, ExternalData, SaveOptions};

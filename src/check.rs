@@ -1,0 +1,323 @@
+//! Original-versus-result comparison, used by `optimize`, `verify` and the tests.
+//!
+//! The reference model runs once on seeded (or the user's) inputs; every candidate is run on
+//! the same inputs and compared output by output: max abs and rel difference, cosine similarity,
+//! top-1 agreement for [batch, classes] outputs. A model tract cannot run is "unverified",
+//! never "ok".
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::ir::Model;
+use crate::runtime::{Binding, HostTensor, Runner, Unrunnable};
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+impl Tolerance {
+    /// What a pure rewrite must meet.
+    pub const EXACT_REWRITE: Tolerance = Tolerance {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    pub binding: Binding,
+    pub tolerance: Tolerance,
+    /// Number of seeded input sets, when the user gives none.
+    pub samples: usize,
+    pub seed: u64,
+    /// The user's input sets; each is one value per model input, in input order.
+    pub inputs: Vec<Vec<HostTensor>>,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            binding: Binding::default(),
+            tolerance: Tolerance::EXACT_REWRITE,
+            samples: 1,
+            seed: 0,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputDiff {
+    pub name: String,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub cosine: f64,
+    /// Share of rows whose argmax agrees, for [batch, classes] outputs.
+    pub top1: Option<f64>,
+    pub ok: bool,
+    /// Set when the outputs cannot be compared element by element (shape or type differ).
+    pub mismatch: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub samples: usize,
+    pub tolerance: Tolerance,
+    pub outputs: Vec<OutputDiff>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.outputs.iter().all(|o| o.ok)
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        writeln!(
+            s,
+            "{:<28} {:>11} {:>11} {:>10} {:>7}  verdict",
+            "output", "max abs", "max rel", "cosine", "top-1"
+        )
+        .unwrap();
+        for o in &self.outputs {
+            let top1 = o
+                .top1
+                .map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
+            let verdict = match (&o.mismatch, o.ok) {
+                (Some(m), _) => format!("MISMATCH ({m})"),
+                (None, true) => "ok".to_string(),
+                (None, false) => "MISMATCH".to_string(),
+            };
+            writeln!(
+                s,
+                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>7}  {verdict}",
+                o.name, o.max_abs, o.max_rel, o.cosine, top1
+            )
+            .unwrap();
+        }
+        writeln!(
+            s,
+            "({} sample(s), rtol {:e}, atol {:e})",
+            self.samples, self.tolerance.rtol, self.tolerance.atol
+        )
+        .unwrap();
+        s
+    }
+}
+
+/// The verdict of a comparison.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Checked(CheckReport),
+    /// tract cannot run one of the models; the reason names the op and node.
+    Unverified(String),
+}
+
+/// The original model's inputs and outputs, computed once and reused for every candidate.
+pub struct Reference {
+    opts: CheckOptions,
+    inputs: Vec<Vec<HostTensor>>,
+    outputs: Result<Vec<Vec<HostTensor>>, String>,
+    names: Vec<String>,
+}
+
+impl Reference {
+    pub fn new(original: &Model, opts: &CheckOptions) -> Result<Reference> {
+        let mut reference = Reference {
+            opts: opts.clone(),
+            inputs: opts.inputs.clone(),
+            outputs: Err(String::new()),
+            names: Vec::new(),
+        };
+        let runner = match Runner::new(original, &opts.binding, &[]) {
+            Ok(r) => r,
+            Err(e) => return unverified(reference, e),
+        };
+        if reference.inputs.is_empty() {
+            let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+            for _ in 0..opts.samples.max(1) {
+                let set = runner
+                    .inputs
+                    .iter()
+                    .map(|spec| HostTensor::random(spec, &mut rng))
+                    .collect::<Result<Vec<_>>>()?;
+                reference.inputs.push(set);
+            }
+        }
+        let mut outputs = Vec::new();
+        for set in &reference.inputs {
+            match runner.run(set) {
+                Ok(o) => outputs.push(o),
+                Err(e) => return unverified(reference, e),
+            }
+        }
+        reference.outputs = Ok(outputs);
+        reference.names = runner.outputs;
+        Ok(reference)
+    }
+
+    /// Runs `candidate` on the reference inputs and compares.
+    pub fn check(&self, candidate: &Model) -> Result<Outcome> {
+        let expected = match &self.outputs {
+            Ok(o) => o,
+            Err(reason) => return Ok(Outcome::Unverified(format!("original: {reason}"))),
+        };
+        let runner = match Runner::new(candidate, &self.opts.binding, &[]) {
+            Ok(r) => r,
+            Err(e) => return unrunnable_outcome(e, "result"),
+        };
+        let mut got = Vec::new();
+        for set in &self.inputs {
+            match runner.run(set) {
+                Ok(o) => got.push(o),
+                Err(e) => return unrunnable_outcome(e, "result"),
+            }
+        }
+        Ok(Outcome::Checked(compare(
+            &self.names,
+            expected,
+            &got,
+            self.opts.tolerance,
+        )))
+    }
+}
+
+fn unverified(mut r: Reference, e: anyhow::Error) -> Result<Reference> {
+    match e.downcast::<Unrunnable>() {
+        Ok(u) => {
+            r.outputs = Err(u.0);
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn unrunnable_outcome(e: anyhow::Error, which: &str) -> Result<Outcome> {
+    match e.downcast::<Unrunnable>() {
+        Ok(u) => Ok(Outcome::Unverified(format!("{which}: {}", u.0))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks `b` against `a` on the options' inputs.
+pub fn compare_models(a: &Model, b: &Model, opts: &CheckOptions) -> Result<Outcome> {
+    Reference::new(a, opts)?.check(b)
+}
+
+/// Compares per output across all samples.
+pub fn compare(
+    names: &[String],
+    expected: &[Vec<HostTensor>],
+    got: &[Vec<HostTensor>],
+    tol: Tolerance,
+) -> CheckReport {
+    let outputs = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut acc = Acc::default();
+            let mut mismatch = None;
+            for (e, g) in expected.iter().zip(got) {
+                let (e, g) = (&e[i], &g[i]);
+                if e.shape() != g.shape() {
+                    mismatch = Some(format!("shape {:?} vs {:?}", e.shape(), g.shape()));
+                    continue;
+                }
+                match (e.to_f64(), g.to_f64()) {
+                    (Some(ev), Some(gv)) => acc.add(&ev, &gv, e.shape(), tol),
+                    _ if e.same_as(g) => {}
+                    _ => mismatch = Some("non-numeric values differ".into()),
+                }
+            }
+            acc.finish(name, mismatch)
+        })
+        .collect();
+    CheckReport {
+        samples: expected.len(),
+        tolerance: tol,
+        outputs,
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    max_abs: f64,
+    max_rel: f64,
+    dot: f64,
+    ee: f64,
+    gg: f64,
+    violations: usize,
+    rows: usize,
+    rows_agree: usize,
+    classified: bool,
+}
+
+impl Acc {
+    fn add(&mut self, e: &[f64], g: &[f64], shape: &[usize], tol: Tolerance) {
+        for (&x, &y) in e.iter().zip(g) {
+            if x.is_nan() && y.is_nan() || x == y {
+                self.dot += if x.is_finite() { x * y } else { 0.0 };
+                self.ee += if x.is_finite() { x * x } else { 0.0 };
+                self.gg += if y.is_finite() { y * y } else { 0.0 };
+                continue;
+            }
+            let d = (x - y).abs();
+            let d = if d.is_nan() { f64::INFINITY } else { d };
+            self.max_abs = self.max_abs.max(d);
+            self.max_rel = self.max_rel.max(d / x.abs().max(f64::MIN_POSITIVE));
+            if d > tol.atol + tol.rtol * x.abs() {
+                self.violations += 1;
+            }
+            self.dot += x * y;
+            self.ee += x * x;
+            self.gg += y * y;
+        }
+        if let [rows, classes] = shape {
+            if *classes > 1 {
+                self.classified = true;
+                for r in 0..*rows {
+                    let row = |v: &[f64]| argmax(&v[r * classes..(r + 1) * classes]);
+                    self.rows += 1;
+                    if row(e) == row(g) {
+                        self.rows_agree += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(self, name: &str, mismatch: Option<String>) -> OutputDiff {
+        let cosine = if self.ee == 0.0 && self.gg == 0.0 {
+            1.0
+        } else {
+            self.dot / (self.ee.sqrt() * self.gg.sqrt()).max(f64::MIN_POSITIVE)
+        };
+        OutputDiff {
+            name: name.to_string(),
+            max_abs: self.max_abs,
+            max_rel: self.max_rel,
+            cosine,
+            top1: self
+                .classified
+                .then(|| self.rows_agree as f64 / self.rows.max(1) as f64),
+            ok: self.violations == 0 && mismatch.is_none(),
+            mismatch,
+        }
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,85 @@
+//! The one way passes change a graph. Every edit is checked: a value may only be replaced by
+//! one of the same element type and compatible shape, nodes may only be removed once nothing
+//! reads them, and graph input and output names never change.
+
+use anyhow::{bail, Result};
+
+use super::graph::{Def, Graph, NodeId, ValueId};
+use super::tensor::Dim;
+
+pub struct Patch<'g> {
+    g: &'g mut Graph,
+    /// Values that take over a graph output's name once the old value is gone.
+    renames: Vec<(ValueId, String)>,
+    edits: usize,
+}
+
+impl<'g> Patch<'g> {
+    pub fn new(g: &'g mut Graph) -> Patch<'g> {
+        Patch {
+            g,
+            renames: Vec::new(),
+            edits: 0,
+        }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        self.g
+    }
+
+    /// Makes every reader of `old` read `new`. Fails when their declared element types differ
+    /// or their known dims disagree. When `old` is a graph output, `new` takes its name at
+    /// `commit`, so the interface keeps its names; that needs `new` to be an internal value.
+    pub fn replace_value(&mut self, old: ValueId, new: ValueId) -> Result<()> {
+        let g = &*self.g;
+        let (on, nn) = (g.value(old).name(), g.value(new).name());
+        if let (Some(a), Some(b)) = (g.dtype(old), g.dtype(new)) {
+            if a != b {
+                bail!("cannot replace '{on}' ({a}) with '{nn}' ({b}): element types differ");
+            }
+        }
+        if let (Some(a), Some(b)) = (g.shape(old), g.shape(new)) {
+            let clash = a.len() != b.len()
+                || a.iter()
+                    .zip(b)
+                    .any(|(x, y)| matches!((x, y), (Dim::Known(p), Dim::Known(q)) if p != q));
+            if clash {
+                bail!("cannot replace '{on}' with '{nn}': shapes {a:?} and {b:?} differ");
+            }
+        }
+        if g.is_output(old) {
+            if !self.is_internal(new) {
+                bail!("cannot replace graph output '{on}' with '{nn}': that would rename the graph's interface");
+            }
+            self.renames.push((new, on.to_string()));
+        }
+        self.g.replace_all_uses(old, new);
+        self.edits += 1;
+        Ok(())
+    }
+
+    /// Whether `v` is a node output that is not itself a graph output, so it may be renamed.
+    pub fn is_internal(&self, v: ValueId) -> bool {
+        matches!(self.g.value(v).def(), Def::Node { .. }) && !self.g.is_output(v)
+    }
+
+    pub fn remove_node(&mut self, n: NodeId) -> Result<()> {
+        self.g.remove_node(n)?;
+        self.edits += 1;
+        Ok(())
+    }
+
+    pub fn remove_value(&mut self, v: ValueId) -> Result<()> {
+        self.g.remove_value(v)?;
+        self.edits += 1;
+        Ok(())
+    }
+
+    /// Applies pending renames; returns the number of edits made.
+    pub fn commit(self) -> Result<usize> {
+        for (v, name) in self.renames {
+            self.g.rename_value(v, &name)?;
+        }
+        Ok(self.edits)
+    }
+}

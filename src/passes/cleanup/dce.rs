@@ -1,0 +1,106 @@
+//! `dead-code`: remove what no graph output depends on.
+//!
+//! ```text
+//!   x ─▶ A ─▶ out (graph output)           x ─▶ A ─▶ out
+//!   x ─▶ B ─▶ t ─▶ C ─▶ u (read by nothing) ⇒
+//!   initializer w (read by nothing)          (B, C, w and stale value_info entries gone)
+//! ```
+//!
+//! Graph inputs and outputs are the interface and always stay. Refuses to remove operators of
+//! non-standard domains even when unread: a custom op may have effects the runtime relies on.
+//! Runs inside subgraphs (innermost first), dropping captures a body no longer reads, so the
+//! enclosing graph can then drop their producers.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+
+use crate::ir::{Def, Graph, Model, NodeId, Patch, ValueId};
+use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+
+pub struct DeadCode;
+
+/// What is dead; nodes listed readers first, so they can be removed front to back. A removed
+/// node's value_info entries go with it.
+struct Dead {
+    nodes: Vec<NodeId>,
+    values: Vec<ValueId>,
+}
+
+fn standard(domain: &str) -> bool {
+    matches!(domain, "" | "ai.onnx" | "ai.onnx.ml")
+}
+
+fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
+    let mut dead_nodes: HashSet<NodeId> = HashSet::new();
+    let mut nodes = Vec::new();
+    // Readers come after producers in topological order, so walking it backwards sees every
+    // reader's fate before its producer's.
+    for n in g.topo_order()?.into_iter().rev() {
+        let node = g.node(n);
+        let unread = node.outputs().iter().flatten().all(|&v| {
+            !g.is_output(v)
+                && g.value(v)
+                    .uses()
+                    .iter()
+                    .all(|u| dead_nodes.contains(&u.node))
+        });
+        if !unread {
+            continue;
+        }
+        if !standard(&node.domain) {
+            cx.refuse(
+                "dead-code",
+                &node.name,
+                &format!("{}::{}", node.domain, node.op),
+                "custom operators are kept even when unread",
+            );
+            continue;
+        }
+        dead_nodes.insert(n);
+        nodes.push(n);
+    }
+    let unread = |v: ValueId| {
+        !g.is_output(v)
+            && g.value(v)
+                .uses()
+                .iter()
+                .all(|u| dead_nodes.contains(&u.node))
+    };
+    let values = g
+        .values()
+        .filter(|(v, value)| {
+            matches!(
+                value.def(),
+                Def::Initializer | Def::SparseInitializer | Def::Capture | Def::Declared
+            ) && unread(*v)
+        })
+        .map(|(v, _)| v)
+        .collect();
+    Ok(Dead { nodes, values })
+}
+
+impl Pass for DeadCode {
+    fn id(&self) -> &'static str {
+        "dead-code"
+    }
+
+    fn about(&self) -> &'static str {
+        "remove nodes, initializers and value_info that no graph output depends on"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let n = for_each_graph(&mut model.graph, &mut |g| {
+            let dead = find(g, cx)?;
+            let mut patch = Patch::new(g);
+            for n in dead.nodes {
+                patch.remove_node(n)?;
+            }
+            for v in dead.values {
+                patch.remove_value(v)?;
+            }
+            patch.commit()
+        })?;
+        Ok(Changed::from_count(n))
+    }
+}

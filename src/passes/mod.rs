@@ -1,0 +1,229 @@
+//! Passes and the one ordered pipeline.
+//!
+//! A pass has a stable kebab-case id and lives in its own file, opened by a before ⇒ after
+//! picture, its preconditions and the reasons it refuses. Matching reads `&Graph` and returns a
+//! typed match; rewriting consumes the match and edits through one checked [`Patch`]. A pass
+//! reports whether it changed the graph; in debug and test builds that claim is confirmed
+//! against a hash of the canonical printout.
+//!
+//! [`Patch`]: crate::ir::Patch
+
+mod cleanup;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::ir::{print::print_model, verify::verify, Graph, Model};
+
+/// Whether a pass changed the graph, and how many rewrites it made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Yes(usize),
+    No,
+}
+
+impl Changed {
+    pub fn from_count(n: usize) -> Changed {
+        if n == 0 {
+            Changed::No
+        } else {
+            Changed::Yes(n)
+        }
+    }
+}
+
+/// What passes may record besides their edits.
+#[derive(Default)]
+pub struct PassContext {
+    explain: Option<BTreeSet<String>>,
+}
+
+impl PassContext {
+    /// Records why a pattern did not fire (kept only under `--explain`).
+    pub fn refuse(&mut self, pass: &str, node: &str, op: &str, why: &str) {
+        if let Some(notes) = self.explain.as_mut() {
+            notes.insert(format!("{pass}: kept {op} '{node}': {why}"));
+        }
+    }
+}
+
+pub trait Pass {
+    /// Stable kebab-case id used by `--passes`, `--disable` and reports.
+    fn id(&self) -> &'static str;
+    /// One line for `--list-passes`.
+    fn about(&self) -> &'static str;
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed>;
+}
+
+/// The pipeline, in order. Each place has its reason.
+pub fn pipeline() -> Vec<Box<dyn Pass>> {
+    vec![
+        // Forwarding nodes go first: removing them exposes each value's real producer to every
+        // pattern that follows.
+        Box::new(cleanup::identity::EliminateIdentity),
+        Box::new(cleanup::dropout::EliminateDropout),
+        // Last: everything above leaves unread nodes and initializers behind.
+        Box::new(cleanup::dce::DeadCode),
+    ]
+}
+
+/// Runs `f` on `g` and, first, on every subgraph inside it (innermost first), keeping each
+/// node's captures in step with what its subgraphs still read. Returns the total of `f`'s counts.
+pub fn for_each_graph(
+    g: &mut Graph,
+    f: &mut dyn FnMut(&mut Graph) -> Result<usize>,
+) -> Result<usize> {
+    let mut total = 0;
+    let holders: Vec<_> = g.node_ids().filter(|&n| g.node(n).has_bodies()).collect();
+    for n in holders {
+        let mut inner = 0;
+        for attr in &mut g.node_mut(n).attrs {
+            for body in attr.bodies_mut() {
+                inner += for_each_graph(body, f)?;
+            }
+        }
+        if inner > 0 {
+            g.sync_captures(n);
+        }
+        total += inner;
+    }
+    Ok(total + f(g)?)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PipelineOptions {
+    /// Run only these passes (in pipeline order).
+    pub only: Option<Vec<String>>,
+    pub disable: Vec<String>,
+    /// Stop after this many pass runs that changed the graph (to bisect a bad rewrite).
+    pub stop_after: Option<usize>,
+    /// Check the IR's invariants after every pass (always on in debug builds).
+    pub verify_each: bool,
+    pub explain: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PassStat {
+    pub id: &'static str,
+    pub runs: usize,
+    pub rewrites: usize,
+    #[serde(serialize_with = "secs")]
+    pub time: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineReport {
+    pub passes: Vec<PassStat>,
+    /// Every pass run that changed the graph, in order: the steps `--stop-after` counts.
+    pub steps: Vec<&'static str>,
+    pub rounds: usize,
+    pub explain: Vec<String>,
+}
+
+/// Rounds before giving up on reaching a fixed point.
+const MAX_ROUNDS: usize = 32;
+
+/// The ids of the passes `opts` selects, checking that every name it gives exists.
+pub fn selected(opts: &PipelineOptions) -> Result<Vec<Box<dyn Pass>>> {
+    let all = pipeline();
+    let known: Vec<&str> = all.iter().map(|p| p.id()).collect();
+    for name in opts.only.iter().flatten().chain(&opts.disable) {
+        if !known.contains(&name.as_str()) {
+            bail!("unknown pass '{name}' (known: {})", known.join(", "));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|p| {
+            opts.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|x| x == p.id()))
+        })
+        .filter(|p| !opts.disable.iter().any(|x| x == p.id()))
+        .collect())
+}
+
+/// Runs the selected passes to a fixed point.
+pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<PipelineReport> {
+    let passes = selected(opts)?;
+    let mut cx = PassContext {
+        explain: opts.explain.then(BTreeSet::new),
+    };
+    let mut stats: Vec<PassStat> = passes
+        .iter()
+        .map(|p| PassStat {
+            id: p.id(),
+            runs: 0,
+            rewrites: 0,
+            time: Duration::ZERO,
+        })
+        .collect();
+    let mut steps = Vec::new();
+    let paranoid = cfg!(debug_assertions);
+    let mut rounds = 0;
+    'rounds: loop {
+        if rounds == MAX_ROUNDS {
+            bail!(
+                "the pipeline did not reach a fixed point in {MAX_ROUNDS} rounds; the last pass that changed the graph was '{}'",
+                steps.last().copied().unwrap_or("none")
+            );
+        }
+        rounds += 1;
+        let mut changed_this_round = false;
+        for (pass, stat) in passes.iter().zip(stats.iter_mut()) {
+            let before = paranoid.then(|| digest(model));
+            let t = Instant::now();
+            let changed = pass
+                .run(model, &mut cx)
+                .with_context(|| format!("pass '{}' failed", pass.id()))?;
+            stat.time += t.elapsed();
+            stat.runs += 1;
+            if opts.verify_each || paranoid {
+                verify(model).with_context(|| format!("pass '{}' broke the IR", pass.id()))?;
+            }
+            if let Some(before) = before {
+                let moved = digest(model) != before;
+                if moved != matches!(changed, Changed::Yes(_)) {
+                    bail!(
+                        "pass '{}' reported {changed:?} but the graph {}",
+                        pass.id(),
+                        if moved { "changed" } else { "did not change" }
+                    );
+                }
+            }
+            if let Changed::Yes(n) = changed {
+                stat.rewrites += n;
+                steps.push(pass.id());
+                changed_this_round = true;
+                if opts.stop_after.is_some_and(|s| steps.len() >= s) {
+                    break 'rounds;
+                }
+            }
+        }
+        if !changed_this_round {
+            break;
+        }
+    }
+    Ok(PipelineReport {
+        passes: stats,
+        steps,
+        rounds,
+        explain: cx
+            .explain
+            .map(|e| e.into_iter().collect())
+            .unwrap_or_default(),
+    })
+}
+
+fn digest(model: &Model) -> u64 {
+    let mut h = crate::ir::ContentHash::new();
+    h.write(print_model(model).as_bytes());
+    h.finish()
+}

@@ -1,0 +1,352 @@
+//! The only code that talks to tract: build a runnable model from our graph, bind symbolic
+//! dims, run it, expose intermediate values.
+//!
+//! tract is handed concrete input shapes and told to ignore declared value_info: exports often
+//! declare symbolic dims on inner values that a concrete input does not bind, and declared
+//! shapes can be wrong. When typing fails (for instance an If whose branches differ in output
+//! shape, which is legal ONNX) the untyped inference model is run instead: slower, but correct.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
+use rand::Rng;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
+    Tensor as TTensor, TypedRunnableModel,
+};
+use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
+
+use crate::ir::{DType, Def, Dim, Model};
+
+/// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
+/// shape; any other symbol or unknown dim becomes `default_dim`.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    pub default_dim: usize,
+}
+
+impl Default for Binding {
+    fn default() -> Self {
+        Binding {
+            input_shapes: HashMap::new(),
+            default_dim: 1,
+        }
+    }
+}
+
+impl Binding {
+    /// Parses `name:1x3x224x224`.
+    pub fn add_spec(&mut self, spec: &str) -> Result<()> {
+        let (name, dims) = spec
+            .rsplit_once(':')
+            .with_context(|| format!("--input-shape '{spec}' must look like name:1x3x224x224"))?;
+        let dims = if dims.is_empty() {
+            Vec::new()
+        } else {
+            dims.split(['x', ','])
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--input-shape '{spec}': dims must be numbers"))?
+        };
+        self.input_shapes.insert(name.to_string(), dims);
+        Ok(())
+    }
+}
+
+/// What a model input needs: name, element type and the concrete shape it will be run with.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// The inputs a model is fed: graph inputs without a default value, with symbols bound.
+pub fn input_specs(model: &Model, binding: &Binding) -> Result<Vec<InputSpec>> {
+    let g = &model.graph;
+    let mut specs = Vec::new();
+    for &v in g.inputs() {
+        let value = g.value(v);
+        if value.def() != Def::Input || value.initializer().is_some() {
+            continue;
+        }
+        let name = value.name().to_string();
+        let dtype = g
+            .dtype(v)
+            .with_context(|| format!("graph input '{name}' is not a tensor of known type"))?;
+        let shape = match binding.input_shapes.get(&name) {
+            Some(s) => s.clone(),
+            None => g
+                .shape(v)
+                .with_context(|| {
+                    format!(
+                        "graph input '{name}' has no declared rank: give --input-shape {name}:..."
+                    )
+                })?
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(n) if *n >= 0 => *n as usize,
+                    _ => binding.default_dim,
+                })
+                .collect(),
+        };
+        specs.push(InputSpec { name, dtype, shape });
+    }
+    Ok(specs)
+}
+
+fn datum(dtype: DType) -> Option<DatumType> {
+    Some(match dtype {
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+        DType::F16 => DatumType::F16,
+        DType::I8 => DatumType::I8,
+        DType::U8 => DatumType::U8,
+        DType::I16 => DatumType::I16,
+        DType::U16 => DatumType::U16,
+        DType::I32 => DatumType::I32,
+        DType::U32 => DatumType::U32,
+        DType::I64 => DatumType::I64,
+        DType::U64 => DatumType::U64,
+        DType::BOOL => DatumType::Bool,
+        DType::STRING => DatumType::String,
+        _ => return None,
+    })
+}
+
+/// A tensor on the host, as fed to or returned by a run.
+#[derive(Clone)]
+pub struct HostTensor(TTensor);
+
+impl fmt::Debug for HostTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}{:?}", self.0.datum_type(), self.0.shape())
+    }
+}
+
+impl HostTensor {
+    /// Seeded data for an input: normal floats, small non-negative integers (valid as indices
+    /// and counts for the small dims we bind), random booleans.
+    pub fn random(spec: &InputSpec, rng: &mut impl Rng) -> Result<HostTensor> {
+        let n: usize = spec.shape.iter().product();
+        let dt = datum(spec.dtype)
+            .with_context(|| format!("input '{}': cannot make {} data", spec.name, spec.dtype))?;
+        let normal = |rng: &mut dyn rand::RngCore| {
+            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.random();
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        };
+        let t = match dt {
+            DatumType::Bool => {
+                let v: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+                TTensor::from_shape(&spec.shape, &v)?
+            }
+            DatumType::String => bail!("input '{}': string inputs need --inputs", spec.name),
+            dt if dt.is_float() => {
+                let v: Vec<f64> = (0..n).map(|_| normal(rng)).collect();
+                TTensor::from_shape(&spec.shape, &v)?
+                    .cast_to_dt(dt)?
+                    .into_owned()
+            }
+            dt => {
+                let v: Vec<i64> = (0..n).map(|_| rng.random_range(0..2)).collect();
+                TTensor::from_shape(&spec.shape, &v)?
+                    .cast_to_dt(dt)?
+                    .into_owned()
+            }
+        };
+        Ok(HostTensor(t))
+    }
+
+    /// A tensor from little-endian bytes.
+    pub fn from_le_bytes(dtype: DType, shape: &[usize], data: &[u8]) -> Result<HostTensor> {
+        let dt = datum(dtype).with_context(|| format!("unsupported element type {dtype}"))?;
+        if dt == DatumType::String {
+            bail!("string tensors are not supported here");
+        }
+        let need = shape.iter().product::<usize>() * dt.size_of();
+        if data.len() != need {
+            bail!("{dtype}{shape:?} needs {need} bytes, got {}", data.len());
+        }
+        // SAFETY: the length matches the shape and type checked above, and every bit pattern
+        // is valid for the numeric and bool types `datum` maps to (bool bytes come from files
+        // that store 0/1; anything else is read as true by tract's kernels).
+        let t = unsafe { TTensor::from_raw_dt(dt, shape, data)? };
+        Ok(HostTensor(t))
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.0.shape()
+    }
+
+    pub fn dtype_name(&self) -> String {
+        format!("{:?}", self.0.datum_type()).to_lowercase()
+    }
+
+    pub fn is_float(&self) -> bool {
+        self.0.datum_type().is_float()
+    }
+
+    /// Values as f64, for comparisons. `None` for strings.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        let t = self.0.cast_to::<f64>().ok()?;
+        Some(
+            t.to_plain_array_view::<f64>()
+                .ok()?
+                .iter()
+                .copied()
+                .collect(),
+        )
+    }
+
+    /// Equal including strings, for outputs that are not numbers.
+    pub fn same_as(&self, other: &HostTensor) -> bool {
+        self.0 == other.0
+    }
+}
+
+enum Plan {
+    Typed(Arc<TypedRunnableModel>),
+    Inference(Arc<InferenceSimplePlan>),
+}
+
+/// A model made runnable by tract, with the names of what it returns.
+pub struct Runner {
+    plan: Plan,
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<String>,
+    /// "typed" or "untyped (slower)": which of tract's paths runs the model.
+    pub path: &'static str,
+}
+
+/// Why tract cannot run a model, worded for the user.
+#[derive(Debug, Clone)]
+pub struct Unrunnable(pub String);
+
+impl fmt::Display for Unrunnable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unrunnable {}
+
+impl Runner {
+    /// Builds a runner returning the graph outputs followed by `extra_outputs` (names of
+    /// intermediate values).
+    pub fn new(model: &Model, binding: &Binding, extra_outputs: &[String]) -> Result<Runner> {
+        let inputs = input_specs(model, binding)?;
+        if let Some((node, op)) = first_opaque_op(model) {
+            return Err(Unrunnable(format!(
+                "tract cannot run {op} at {node}: operators of this domain are not implemented"
+            ))
+            .into());
+        }
+        let proto = model.to_proto()?;
+        let tract_proto = tract_onnx::pb::ModelProto::decode(&*proto.encode_to_vec())
+            .context("re-reading the model for tract")?;
+        let unrunnable =
+            |e: anyhow::Error| -> anyhow::Error { Unrunnable(describe_failure(model, &e)).into() };
+        let mut inference = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_proto_model(&tract_proto)
+            .map_err(unrunnable)?;
+        let outlets = inference.input_outlets()?.to_vec();
+        for (i, outlet) in outlets.iter().enumerate() {
+            let name = inference.node(outlet.node).name.clone();
+            let spec = inputs.iter().find(|s| s.name == name).with_context(|| {
+                format!("tract sees an input '{name}' the graph does not declare")
+            })?;
+            let dt =
+                datum(spec.dtype).with_context(|| format!("input '{name}': unsupported type"))?;
+            inference.set_input_fact(i, InferenceFact::dt_shape(dt, spec.shape.clone()))?;
+        }
+        let mut outputs: Vec<String> = model
+            .graph
+            .outputs()
+            .iter()
+            .map(|o| model.graph.value(o.value).name().to_string())
+            .collect();
+        outputs.extend(extra_outputs.iter().cloned());
+        let selected = outputs
+            .iter()
+            .map(|name| {
+                inference
+                    .find_outlet_label(name)
+                    .ok_or_else(|| anyhow!("tract does not expose a value named '{name}'"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        inference.select_output_outlets(&selected)?;
+        let typed = inference
+            .clone()
+            .into_optimized()
+            .and_then(|m| m.into_runnable());
+        let (plan, path) = match typed {
+            Ok(plan) => (Plan::Typed(plan), "typed"),
+            Err(typed_err) => match inference.into_runnable() {
+                Ok(plan) => (Plan::Inference(plan), "untyped (slower)"),
+                Err(_) => return Err(unrunnable(typed_err)),
+            },
+        };
+        Ok(Runner {
+            plan,
+            inputs,
+            outputs,
+            path,
+        })
+    }
+
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let tv: TVec<_> = inputs.iter().map(|t| t.0.clone().into_tvalue()).collect();
+        let out = match &self.plan {
+            Plan::Typed(p) => p.run(tv),
+            Plan::Inference(p) => p.run(tv),
+        }
+        .map_err(|e| anyhow!(Unrunnable(format!("tract failed while running: {e:#}"))))?;
+        Ok(out
+            .into_iter()
+            .map(|v| HostTensor(v.into_tensor()))
+            .collect())
+    }
+}
+
+/// The first operator of a domain tract has no operators for.
+fn first_opaque_op(model: &Model) -> Option<(String, String)> {
+    const RUNNABLE: &[&str] = &["", "ai.onnx", "ai.onnx.ml"];
+    let g = &model.graph;
+    let n = g
+        .topo_order()
+        .ok()?
+        .into_iter()
+        .find(|&n| !RUNNABLE.contains(&g.node(n).domain.as_str()))?;
+    let node = g.node(n);
+    Some((
+        format!("node '{}'", node.name),
+        format!("{}::{}", node.domain, node.op),
+    ))
+}
+
+/// Turns tract's error chain into "tract cannot run <op> at <node>: <reason>".
+fn describe_failure(model: &Model, e: &anyhow::Error) -> String {
+    let chain = format!("{e:#}");
+    let g = &model.graph;
+    let culprit = g.node_ids().find(|&n| {
+        let name = &g.node(n).name;
+        !name.is_empty() && chain.contains(&format!("\"{name}\""))
+    });
+    let root = e.root_cause().to_string();
+    match culprit {
+        Some(n) => {
+            let node = g.node(n);
+            format!(
+                "tract cannot run {} at node '{}': {root}",
+                node.op, node.name
+            )
+        }
+        None => format!("tract cannot run this model: {chain}"),
+    }
+}
