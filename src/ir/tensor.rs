@@ -408,9 +408,15 @@ impl Tensor {
 /// 64-bit FNV-1a: tiny, stable across platforms and releases, good enough for content digests.
 pub struct Fnv(u64);
 
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
 impl Fnv {
     pub fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv::default()
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
