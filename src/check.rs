@@ -146,8 +146,14 @@ impl Reference {
                     .inputs
                     .iter()
                     .map(|spec| HostTensor::random(spec, &mut rng))
-                    .collect::<Result<Vec<_>>>()?;
-                reference.inputs.push(set);
+                    .collect::<Result<Vec<_>>>();
+                match set {
+                    Ok(set) => reference.inputs.push(set),
+                    Err(e) => {
+                        let why = Unrunnable(format!("cannot make seeded inputs: {e:#}"));
+                        return unverified(reference, why.into());
+                    }
+                }
             }
         }
         let mut outputs = Vec::new();

@@ -237,9 +237,16 @@ impl std::error::Error for Unrunnable {}
 
 impl Runner {
     /// Builds a runner returning the graph outputs followed by `extra_outputs` (names of
-    /// intermediate values).
+    /// intermediate values). A panic inside tract is reported as "cannot run", not passed on.
     pub fn new(model: &Model, binding: &Binding, extra_outputs: &[String]) -> Result<Runner> {
-        let inputs = input_specs(model, binding)?;
+        contain_panic(|| Runner::build(model, binding, extra_outputs))
+    }
+
+    fn build(model: &Model, binding: &Binding, extra_outputs: &[String]) -> Result<Runner> {
+        // Inputs we cannot describe (sequences, optionals, no declared rank) make a check
+        // impossible, which is "unverified", not an error in the model.
+        let inputs = input_specs(model, binding)
+            .map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))?;
         if let Some((node, op)) = first_opaque_op(model) {
             return Err(Unrunnable(format!(
                 "tract cannot run {op} at {node}: operators of this domain are not implemented"
@@ -301,17 +308,36 @@ impl Runner {
     }
 
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        let tv: TVec<_> = inputs.iter().map(|t| t.0.clone().into_tvalue()).collect();
-        let out = match &self.plan {
-            Plan::Typed(p) => p.run(tv),
-            Plan::Inference(p) => p.run(tv),
-        }
-        .map_err(|e| anyhow!(Unrunnable(format!("tract failed while running: {e:#}"))))?;
-        Ok(out
-            .into_iter()
-            .map(|v| HostTensor(v.into_tensor()))
-            .collect())
+        contain_panic(|| {
+            let tv: TVec<_> = inputs.iter().map(|t| t.0.clone().into_tvalue()).collect();
+            let out = match &self.plan {
+                Plan::Typed(p) => p.run(tv),
+                Plan::Inference(p) => p.run(tv),
+            }
+            .map_err(|e| anyhow!(Unrunnable(format!("tract failed while running: {e:#}"))))?;
+            Ok(out
+                .into_iter()
+                .map(|v| HostTensor(v.into_tensor()))
+                .collect())
+        })
     }
+}
+
+/// Runs `f`, turning a panic inside tract into an `Unrunnable` error. tract's panic message
+/// goes into that error instead of onto stderr, where it would read as our crash.
+fn contain_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(Unrunnable(format!("tract cannot run this model: it panicked: {msg}")).into())
+    })
 }
 
 /// The first operator of a domain tract has no operators for.

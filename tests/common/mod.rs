@@ -129,3 +129,84 @@ pub fn if_model() -> ModelProto {
     m.graph.as_mut().unwrap().input.push(c);
     m
 }
+
+use onnxsmith::check::{compare_models, CheckOptions, Outcome};
+use onnxsmith::ir::print::print_model;
+use onnxsmith::ir::Model;
+use onnxsmith::passes::{run_pipeline, PipelineOptions, PipelineReport};
+
+pub fn tensor(
+    name: &str,
+    dtype: i32,
+    dims: &[i64],
+    raw: Vec<u8>,
+) -> onnxsmith::onnx::proto::TensorProto {
+    onnxsmith::onnx::proto::TensorProto {
+        name: name.into(),
+        data_type: dtype,
+        dims: dims.to_vec(),
+        raw_data: raw.into(),
+        ..Default::default()
+    }
+}
+
+pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> onnxsmith::onnx::proto::TensorProto {
+    tensor(
+        name,
+        1,
+        dims,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+pub fn lift(p: ModelProto) -> Model {
+    Model::from_proto(p).unwrap()
+}
+
+/// Runs only `passes` (ids) to a fixed point on a copy, with `--explain` on.
+pub fn run_passes(model: &Model, passes: &[&str]) -> (Model, PipelineReport) {
+    let mut m = model.clone();
+    let opts = PipelineOptions {
+        only: Some(passes.iter().map(|s| s.to_string()).collect()),
+        explain: true,
+        verify_each: true,
+        ..Default::default()
+    };
+    let report = run_pipeline(&mut m, &opts).unwrap();
+    (m, report)
+}
+
+/// Both models run in tract on the same seeded inputs and agree within the tolerance of a
+/// pure rewrite (rtol 1e-4, atol 1e-5).
+pub fn assert_same_outputs(original: &Model, result: &Model) {
+    match compare_models(
+        original,
+        result,
+        &CheckOptions {
+            samples: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    {
+        Outcome::Checked(r) => assert!(r.ok(), "outputs differ:\n{}", r.to_table()),
+        Outcome::Unverified(why) => panic!("tract could not run the models: {why}"),
+    }
+}
+
+/// The canonical printouts before and after, for one snapshot.
+pub fn before_after(before: &Model, after: &Model) -> String {
+    format!(
+        "--- before\n{}--- after\n{}",
+        print_model(before),
+        print_model(after)
+    )
+}
+
+pub fn count_op(m: &Model, op: &str) -> usize {
+    onnxsmith::report::Summary::of(m)
+        .ops
+        .get(op)
+        .copied()
+        .unwrap_or(0)
+}

@@ -1,0 +1,325 @@
+//! Cleanup passes: identity and dropout elimination, dead code.
+
+mod common;
+
+use common::{
+    assert_same_outputs, before_after, count_op, f32_info, f32_tensor, lift, model_with, node,
+    run_passes, tensor,
+};
+use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+
+fn with_attr(mut n: NodeProto, name: &str, i: i64) -> NodeProto {
+    n.attribute.push(AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    });
+    n
+}
+
+// ---- eliminate-identity ----
+
+#[test]
+fn eliminates_identity() {
+    let m = lift(model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Identity", "id", &["a"], &["b"]),
+        node("Neg", "neg", &["b"], &["y"]),
+    ]));
+    let (out, report) = run_passes(&m, &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 0);
+    assert_eq!(report.passes[0].rewrites, 2, "one replace and one removal");
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn eliminates_identity_feeding_a_graph_output_keeping_its_name() {
+    let m = lift(model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Identity", "id", &["a"], &["y"]),
+    ]));
+    let (out, _) = run_passes(&m, &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 0);
+    let lowered = out.to_proto().unwrap().graph.unwrap();
+    assert_eq!(lowered.node[0].output, ["y"]);
+    assert_eq!(lowered.output[0].name, "y");
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_identity_between_graph_input_and_output() {
+    let m = lift(model_with(vec![node("Identity", "id", &["x"], &["y"])]));
+    let (out, report) = run_passes(&m, &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("kept Identity 'id'") && e.contains("interface")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_identity_when_its_input_is_already_a_graph_output() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["y"]),
+        node("Identity", "id", &["y"], &["y2"]),
+    ]);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .output
+        .push(f32_info("y2", &[2, 3]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn eliminates_identity_inside_if_branches() {
+    let mut p = common::if_model();
+    // then: t = a + x; r = Identity(t)
+    let g = p.graph.as_mut().unwrap();
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node[0].output[0] = "t".into();
+    then.node.push(node("Identity", "then_id", &["t"], &["r"]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 0);
+    insta::assert_snapshot!(before_after(&m, &out));
+}
+
+// ---- eliminate-dropout ----
+
+#[test]
+fn eliminates_inference_dropout() {
+    let m = lift(model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Dropout", "drop", &["a"], &["b"]),
+        node("Neg", "neg", &["b"], &["y"]),
+    ]));
+    let (out, _) = run_passes(&m, &["eliminate-dropout"]);
+    assert_eq!(count_op(&out, "Dropout"), 0);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn eliminates_dropout_with_constant_false_training_mode_and_unread_mask() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Dropout", "drop", &["a", "ratio", "mode"], &["b", "mask"]),
+        node("Neg", "neg", &["b"], &["y"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.push(f32_tensor("ratio", &[], &[0.5]));
+    g.initializer.push(tensor("mode", 9, &[], vec![0]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-dropout", "dead-code"]);
+    assert_eq!(count_op(&out, "Dropout"), 0);
+    assert!(
+        out.graph.find("mode").is_none(),
+        "dead-code removes the unread initializers"
+    );
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_dropout_whose_mask_is_read() {
+    let mut p = model_with(vec![node("Dropout", "drop", &["x"], &["y", "mask"])]);
+    let mut mask = f32_info("mask", &[2, 3]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        mask.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.elem_type = 9;
+    }
+    p.graph.as_mut().unwrap().output.push(mask);
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-dropout"]);
+    assert_eq!(count_op(&out, "Dropout"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("mask output is read")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_dropout_whose_training_mode_is_not_constant() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Dropout", "drop", &["a", "", "mode"], &["y"]),
+    ]);
+    let mut mode = f32_info("mode", &[]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        mode.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.elem_type = 9;
+    }
+    p.graph.as_mut().unwrap().input.push(mode);
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-dropout"]);
+    assert_eq!(count_op(&out, "Dropout"), 1);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("training_mode is not a constant false")));
+}
+
+#[test]
+fn keeps_training_dropout_of_old_opsets() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        with_attr(node("Dropout", "drop", &["a"], &["y"]), "is_test", 0),
+    ]);
+    p.opset_import[0].version = 6;
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-dropout"]);
+    assert_eq!(count_op(&out, "Dropout"), 1);
+    assert!(report.explain.iter().any(|e| e.contains("is_test is 0")));
+}
+
+#[test]
+fn keeps_dropout_between_graph_input_and_output() {
+    let m = lift(model_with(vec![node("Dropout", "drop", &["x"], &["y"])]));
+    let (out, report) = run_passes(&m, &["eliminate-dropout"]);
+    assert_eq!(count_op(&out, "Dropout"), 1);
+    assert!(report.explain.iter().any(|e| e.contains("interface")));
+}
+
+// ---- dead-code ----
+
+#[test]
+fn removes_dead_nodes_initializers_and_value_info() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["y"]),
+        node("Neg", "dead1", &["x"], &["t"]),
+        node("Add", "dead2", &["t", "w"], &["u"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.push(f32_tensor("w", &[3], &[1.0, 2.0, 3.0]));
+    g.initializer.push(f32_tensor("unused", &[1], &[4.0]));
+    g.value_info.push(f32_info("t", &[2, 3]));
+    g.value_info.push(f32_info("stale", &[7]));
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert!(out.graph.initializers().is_empty());
+    assert!(out.graph.value_info().is_empty());
+    assert_eq!(
+        report.rounds, 2,
+        "one round removes everything, the next confirms"
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_unread_custom_ops() {
+    let mut custom = node("Log", "custom", &["x"], &["t"]);
+    custom.domain = "com.example".into();
+    let mut p = model_with(vec![node("Relu", "relu", &["x"], &["y"]), custom]);
+    p.opset_import
+        .push(onnxsmith::onnx::proto::OperatorSetIdProto {
+            domain: "com.example".into(),
+            version: 1,
+        });
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["dead-code"]);
+    assert_eq!(out.graph.node_count(), 2);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("custom operators are kept")));
+}
+
+#[test]
+fn keeps_graph_outputs_and_inputs() {
+    let mut p = model_with(vec![node("Relu", "relu", &["x"], &["y"])]);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .input
+        .push(f32_info("unused_input", &[1]));
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["dead-code"]);
+    assert_eq!(out.graph.inputs().len(), 2);
+    assert_eq!(out.graph.node_count(), 1);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn dead_code_inside_bodies_frees_captured_values() {
+    let mut p = common::if_model();
+    // else: r = Neg(x) instead of Neg(a); then: r = x + x; `a` is then read by nothing.
+    let g = p.graph.as_mut().unwrap();
+    g.node[1].attribute[1].g.as_mut().unwrap().node[0].input[0] = "x".into();
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node[0].input = vec!["x".into(), "x".into()];
+    then.node
+        .push(node("Relu", "then_dead", &["a"], &["unused"]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["dead-code"]);
+    assert_eq!(
+        count_op(&out, "Relu"),
+        0,
+        "both the body's dead Relu and the outer producer of `a` go"
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+// ---- the pipeline ----
+
+#[test]
+fn stop_after_counts_changing_steps() {
+    let m = lift(model_with(vec![
+        node("Identity", "id", &["x"], &["a"]),
+        node("Dropout", "drop", &["a"], &["b"]),
+        node("Relu", "relu", &["b"], &["y"]),
+    ]));
+    let mut one = m.clone();
+    let opts = onnxsmith::passes::PipelineOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    let report = onnxsmith::passes::run_pipeline(&mut one, &opts).unwrap();
+    assert_eq!(report.steps, ["eliminate-identity"]);
+    assert_eq!(count_op(&one, "Dropout"), 1);
+    let (all, report) = run_passes(
+        &m,
+        &["eliminate-identity", "eliminate-dropout", "dead-code"],
+    );
+    assert_eq!(report.steps, ["eliminate-identity", "eliminate-dropout"]);
+    assert_eq!(all.graph.node_count(), 1);
+    assert_same_outputs(&m, &all);
+}
+
+#[test]
+fn unknown_pass_names_are_an_error() {
+    let mut m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
+    let opts = onnxsmith::passes::PipelineOptions {
+        disable: vec!["no-such-pass".into()],
+        ..Default::default()
+    };
+    let err = onnxsmith::passes::run_pipeline(&mut m, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown pass 'no-such-pass'"), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "outputs differ")]
+fn the_numeric_check_catches_a_wrong_rewrite() {
+    let relu = lift(model_with(vec![node("Relu", "f", &["x"], &["y"])]));
+    let neg = lift(model_with(vec![node("Neg", "f", &["x"], &["y"])]));
+    assert_same_outputs(&relu, &neg);
+}
