@@ -9,36 +9,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, binary, measure  # noqa: E402
+
 WORK = ROOT / "bench" / "work"
-
-
-def binary():
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    exe = target / "release" / "onnxsmith"
-    if not exe.exists():
-        sys.exit(f"{exe} is missing: run `cargo build --release` first")
-    return str(exe)
-
-
-def measure(cmd, repeat):
-    """Runs cmd `repeat` times; returns (min wall seconds, max peak RSS in bytes)."""
-    best, rss = float("inf"), 0
-    for _ in range(repeat):
-        t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t
-        err = p.stderr.read().decode()
-        p.stderr.close()
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"{' '.join(cmd)} failed: {err}")
-        best = min(best, wall)
-        rss = max(rss, usage.ru_maxrss * 1024)
-    return best, rss
 
 
 def machine():
@@ -50,12 +26,14 @@ def machine():
                 break
     except OSError:
         pass
-    import onnx
+    import importlib.metadata as md
 
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    versions = ", ".join(f"{p} {md.version(p)}" for p in [
+        "onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxoptimizer", "openvino", "polygraphy"])
     return (
         f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}. "
-        f"Python {platform.python_version()}, onnx {onnx.__version__}, {rustc}."
+        f"Python {platform.python_version()}, {rustc}. Tools: {versions}."
     )
 
 
@@ -72,7 +50,7 @@ def roundtrip(exe, repeat):
         ("onnxsmith convert", [exe, "convert", str(src), "-o", dst]),
         ("python onnx.save(onnx.load(f))", [sys.executable, "-c", py, str(src), dst]),
     ]
-    rows = [(name, *measure(cmd, repeat)) for name, cmd in tools]
+    rows = [(name, *measure(cmd, repeat)[:2]) for name, cmd in tools]
     base = dict((n, (t, r)) for n, t, r in rows)
     ours_t = base["onnxsmith convert"][0]
     cp_t = base["cp"][0]
@@ -101,16 +79,57 @@ def roundtrip(exe, repeat):
     return "\n".join(out)
 
 
+def benchmark_models(exe, realmodels):
+    """The models the comparison runs on: built-in ResNet-50, the generated BERT and
+    MobileNetV2, and the real models when their directory is given."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    resnet = WORK / "resnet50.onnx"
+    subprocess.run([exe, "zoo", "resnet50", "-o", str(resnet)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "models.py"), str(WORK)], check=True,
+                   capture_output=True)
+    models = [resnet, WORK / "bert2.onnx", WORK / "mobilenetv2.onnx"]
+    if realmodels and Path(realmodels).is_dir():
+        models += sorted(Path(realmodels).glob("*.onnx"))
+    return models
+
+
+def optimizer_section(results):
+    import compare
+
+    charts = compare.charts(results, ROOT / "bench" / "charts")
+    lines = [
+        "## Graph optimizers side by side",
+        "",
+        "Each tool optimizes the same file; `onnxsmith` includes its tract check of the result, "
+        "`onnxsmith --no-check` does not (onnxsim, onnxslim, onnxoptimizer and polygraphy check "
+        "nothing by default; ORT's offline optimizer is a Python process that loads ONNX Runtime). "
+        "Max abs diff compares each output with the original in ONNX Runtime on the same seeded "
+        "inputs. Latency: ONNX Runtime CPU, 2 threads, batch 1, median of 30 after 5 warm-ups.",
+        "",
+    ]
+    lines += [f"![{c.stem}](charts/{c.name})" for c in charts]
+    lines += ["", compare.markdown(results)]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--quick", action="store_true", help="only the round trip, fewer repetitions")
+    ap.add_argument("--realmodels", default=os.environ.get("ONNXSMITH_REALMODELS"),
+                    help="directory of real models to include (default: $ONNXSMITH_REALMODELS)")
     args = ap.parse_args()
     exe = binary()
     repeat = 2 if args.quick else 5
     sections = [roundtrip(exe, repeat)]
+    if not args.quick:
+        import compare
+
+        results = [compare.compare_model(m, exe, log=lambda s: print(s, file=sys.stderr))
+                   for m in benchmark_models(exe, args.realmodels)]
+        sections.append(optimizer_section(results))
     text = "# Benchmark results\n\nRegenerate with `bench/.venv/bin/python bench/run.py` " \
-        "(after `bash bench/setup.sh` and `cargo build --release`).\n\n" + machine() + "\n\n" + \
-        "\n".join(sections)
+        "(after `bash bench/setup.sh` and `cargo build --release`; set ONNXSMITH_REALMODELS to " \
+        "include the real models).\n\n" + machine() + "\n\n" + "\n".join(sections)
     (ROOT / "bench" / "RESULTS.md").write_text(text)
     print(text)
     shutil.rmtree(WORK, ignore_errors=True)
