@@ -138,7 +138,7 @@ def bert2(path, layers=2, hidden=768, heads=12, ffn=3072, vocab=30522, max_pos=5
          helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])],
         g.inits)
-    save(graph, path, 14)
+    save(graph, path, 17)
 
 
 def mobilenetv2(path):

@@ -63,6 +63,8 @@ pub struct OutputDiff {
     pub ok: bool,
     /// Set when the outputs cannot be compared element by element (shape or type differ).
     pub mismatch: Option<String>,
+    /// What atol is multiplied by: the output's largest magnitude, at least 1.
+    pub scale: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,8 +83,8 @@ impl CheckReport {
         let mut s = String::new();
         writeln!(
             s,
-            "{:<28} {:>11} {:>11} {:>10} {:>7}  verdict",
-            "output", "max abs", "max rel", "cosine", "top-1"
+            "{:<28} {:>11} {:>11} {:>10} {:>7} {:>9}  verdict",
+            "output", "max abs", "max rel", "cosine", "top-1", "scale"
         )
         .unwrap();
         for o in &self.outputs {
@@ -96,14 +98,14 @@ impl CheckReport {
             };
             writeln!(
                 s,
-                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>7}  {verdict}",
-                o.name, o.max_abs, o.max_rel, o.cosine, top1
+                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>7} {:>9.3}  {verdict}",
+                o.name, o.max_abs, o.max_rel, o.cosine, top1, o.scale
             )
             .unwrap();
         }
         writeln!(
             s,
-            "({} sample(s), rtol {:e}, atol {:e})",
+            "({} sample(s); |a - b| <= atol * scale + rtol * |a|, rtol {:e}, atol {:e})",
             self.samples, self.tolerance.rtol, self.tolerance.atol
         )
         .unwrap();
@@ -253,6 +255,7 @@ pub fn compare(
 
 #[derive(Default)]
 struct Acc {
+    scale: f64,
     max_abs: f64,
     max_rel: f64,
     dot: f64,
@@ -266,6 +269,15 @@ struct Acc {
 
 impl Acc {
     fn add(&mut self, e: &[f64], g: &[f64], shape: &[usize], tol: Tolerance) {
+        // An element passes when |a - b| <= atol * max(1, scale) + rtol * |a|, where scale is the
+        // largest finite magnitude in this output: fp32 rounding differences (a fused weight,
+        // a reordered sum) are relative to the values that flow through the network, so a
+        // logit near zero next to logits of 25 carries the error of 25, not of 0.
+        let scale = e
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(1.0f64, |m, x| m.max(x.abs()));
+        self.scale = self.scale.max(scale);
         for (&x, &y) in e.iter().zip(g) {
             if x.is_nan() && y.is_nan() || x == y {
                 self.dot += if x.is_finite() { x * y } else { 0.0 };
@@ -277,7 +289,7 @@ impl Acc {
             let d = if d.is_nan() { f64::INFINITY } else { d };
             self.max_abs = self.max_abs.max(d);
             self.max_rel = self.max_rel.max(d / x.abs().max(f64::MIN_POSITIVE));
-            if d > tol.atol + tol.rtol * x.abs() {
+            if d > tol.atol * scale + tol.rtol * x.abs() {
                 self.violations += 1;
             }
             self.dot += x * y;
@@ -314,6 +326,7 @@ impl Acc {
                 .then(|| self.rows_agree as f64 / self.rows.max(1) as f64),
             ok: self.violations == 0 && mismatch.is_none(),
             mismatch,
+            scale: self.scale,
         }
     }
 }

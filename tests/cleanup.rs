@@ -323,3 +323,96 @@ fn the_numeric_check_catches_a_wrong_rewrite() {
     let neg = lift(model_with(vec![node("Neg", "f", &["x"], &["y"])]));
     assert_same_outputs(&relu, &neg);
 }
+
+// ---- constant-to-initializer ----
+
+#[test]
+fn turns_constants_into_initializers() {
+    use onnxsmith::onnx::proto::AttributeProto;
+    let mut c1 = node("Constant", "c1", &[], &["k"]);
+    c1.attribute.push(AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(f32_tensor("", &[3], &[1.0, 2.0, 3.0])),
+        ..Default::default()
+    });
+    let mut c2 = node("Constant", "c2", &[], &["s"]);
+    c2.attribute.push(AttributeProto {
+        name: "value_float".into(),
+        r#type: AttributeType::Float as i32,
+        f: 0.5,
+        ..Default::default()
+    });
+    let m = lift(model_with(vec![
+        c1,
+        c2,
+        node("Mul", "mul", &["x", "k"], &["a"]),
+        node("Mul", "mul2", &["a", "s"], &["y"]),
+    ]));
+    let (out, _) = run_passes(&m, &["constant-to-initializer"]);
+    assert_eq!(count_op(&out, "Constant"), 0);
+    assert_eq!(out.graph.initializers().len(), 2);
+    assert!(
+        out.graph.find("k").is_some() && out.graph.find("s").is_some(),
+        "names are kept"
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_constant_that_is_a_graph_output() {
+    use onnxsmith::onnx::proto::AttributeProto;
+    let mut c = node("Constant", "c", &[], &["y"]);
+    c.attribute.push(AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(f32_tensor("", &[2, 3], &[0.0; 6])),
+        ..Default::default()
+    });
+    let mut p = model_with(vec![c]);
+    p.graph.as_mut().unwrap().input.clear();
+    let (out, report) = run_passes(&lift(p), &["constant-to-initializer"]);
+    assert_eq!(count_op(&out, "Constant"), 1);
+    assert!(report.explain.iter().any(|e| e.contains("graph output")));
+}
+
+#[test]
+fn keeps_sparse_constants() {
+    use onnxsmith::onnx::proto::{AttributeProto, SparseTensorProto};
+    let mut c = node("Constant", "c", &[], &["k"]);
+    c.attribute.push(AttributeProto {
+        name: "sparse_value".into(),
+        r#type: AttributeType::SparseTensor as i32,
+        sparse_tensor: Some(SparseTensorProto {
+            values: Some(f32_tensor("", &[1], &[1.0])),
+            indices: Some(tensor("", 7, &[1], 0i64.to_le_bytes().to_vec())),
+            dims: vec![6],
+        }),
+        ..Default::default()
+    });
+    let m = lift(model_with(vec![c, node("Relu", "relu", &["x"], &["y"])]));
+    let (_, report) = run_passes(&m, &["constant-to-initializer"]);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("sparse constants are kept")));
+}
+
+#[test]
+fn keeps_constants_of_ir_3_models() {
+    use onnxsmith::onnx::proto::AttributeProto;
+    let mut c = node("Constant", "c", &[], &["k"]);
+    c.attribute.push(AttributeProto {
+        name: "value_float".into(),
+        r#type: AttributeType::Float as i32,
+        f: 2.0,
+        ..Default::default()
+    });
+    let mut p = model_with(vec![c, node("Mul", "mul", &["x", "k"], &["y"])]);
+    p.ir_version = 3;
+    p.opset_import[0].version = 7;
+    let (out, report) = run_passes(&lift(p), &["constant-to-initializer"]);
+    assert_eq!(count_op(&out, "Constant"), 1);
+    assert!(report.steps.is_empty());
+}

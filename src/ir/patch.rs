@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 
 use super::graph::{Def, Graph, NodeId, ValueId};
-use super::tensor::Dim;
+use super::tensor::{Dim, Tensor};
 
 pub struct Patch<'g> {
     g: &'g mut Graph,
@@ -75,10 +75,65 @@ impl<'g> Patch<'g> {
         Ok(())
     }
 
-    /// Applies pending renames; returns the number of edits made.
+    /// Adds an initializer under a fresh name derived from `base`.
+    pub fn add_initializer(&mut self, base: &str, t: Tensor) -> Result<ValueId> {
+        let name = self.g.fresh_name(base);
+        self.edits += 1;
+        self.g.add_initializer(&name, t)
+    }
+
+    /// Makes every reader of `old` read the constant `t` instead; the constant takes `old`'s
+    /// name once `old` is gone (the caller removes its producer). Fails when `old` is a graph
+    /// output, or when the declared type of `old` disagrees with `t`.
+    pub fn replace_with_initializer(&mut self, old: ValueId, t: Tensor) -> Result<ValueId> {
+        let name = self.g.value(old).name().to_string();
+        if self.g.is_output(old) {
+            bail!("cannot turn graph output '{name}' into an initializer");
+        }
+        if let Some(d) = self.g.dtype(old) {
+            if d != t.dtype() {
+                bail!(
+                    "cannot replace '{name}' ({d}) with a {} constant",
+                    t.dtype()
+                );
+            }
+        }
+        let shape = t.dims().iter().map(|&d| Dim::Known(d)).collect::<Vec<_>>();
+        if let Some(declared) = self.g.shape(old) {
+            let clash = declared.len() != shape.len()
+                || declared
+                    .iter()
+                    .zip(&shape)
+                    .any(|(a, b)| matches!((a, b), (Dim::Known(p), Dim::Known(q)) if p != q));
+            if clash {
+                bail!(
+                    "cannot replace '{name}' ({declared:?}) with a constant of shape {:?}",
+                    t.dims()
+                );
+            }
+        }
+        let v = self.add_initializer(&name, t)?;
+        self.g.replace_all_uses(old, v);
+        self.renames.push((v, name));
+        self.edits += 1;
+        Ok(v)
+    }
+
+    /// Rewires all inputs of `n`.
+    pub fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {
+        self.g.set_inputs(n, inputs);
+        self.edits += 1;
+    }
+
+    /// Applies pending renames; returns the number of edits made. A rename whose name is
+    /// still taken (the old value was kept after all) leaves the fresh name in place.
     pub fn commit(self) -> Result<usize> {
         for (v, name) in self.renames {
-            self.g.rename_value(v, &name)?;
+            if self.g.find(&name).is_none() {
+                self.g.rename_value(v, &name)?;
+            } else if self.g.is_output(v) {
+                bail!("graph output '{name}' could not keep its name");
+            }
         }
         Ok(self.edits)
     }

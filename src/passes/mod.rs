@@ -9,6 +9,7 @@
 //! [`Patch`]: crate::ir::Patch
 
 mod cleanup;
+mod fuse;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -61,10 +62,14 @@ pub trait Pass {
 /// The pipeline, in order. Each place has its reason.
 pub fn pipeline() -> Vec<Box<dyn Pass>> {
     vec![
-        // Forwarding nodes go first: removing them exposes each value's real producer to every
+        // Constants first, so every later pattern finds them as initializers.
+        Box::new(cleanup::constant::ConstantToInitializer),
+        // Forwarding nodes next: removing them exposes each value's real producer to every
         // pattern that follows.
         Box::new(cleanup::identity::EliminateIdentity),
         Box::new(cleanup::dropout::EliminateDropout),
+        // Fusions work on the cleaned graph and leave their old constants for dead-code.
+        Box::new(fuse::conv_bn::FuseConvBn),
         // Last: everything above leaves unread nodes and initializers behind.
         Box::new(cleanup::dce::DeadCode),
     ]

@@ -210,3 +210,51 @@ pub fn count_op(m: &Model, op: &str) -> usize {
         .copied()
         .unwrap_or(0)
 }
+
+/// A ModelProto with the given nodes, inputs, outputs and initializers (opset 17).
+pub fn model_io(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    inits: Vec<onnxsmith::onnx::proto::TensorProto>,
+) -> ModelProto {
+    let mut m = model_with(nodes);
+    let g = m.graph.as_mut().unwrap();
+    g.input = inputs;
+    g.output = outputs;
+    g.initializer = inits;
+    m
+}
+
+/// Seeded values in [-1, 1) (a tiny LCG, so fixtures need no RNG crate state).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn attr_ints(name: &str, v: &[i64]) -> onnxsmith::onnx::proto::AttributeProto {
+    onnxsmith::onnx::proto::AttributeProto {
+        name: name.into(),
+        r#type: onnxsmith::onnx::proto::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn attr_int(name: &str, v: i64) -> onnxsmith::onnx::proto::AttributeProto {
+    onnxsmith::onnx::proto::AttributeProto {
+        name: name.into(),
+        r#type: onnxsmith::onnx::proto::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,168 @@
+//! `fuse-conv-bn`: an inference BatchNormalization after a Conv folds into the Conv's weights.
+//!
+//! ```text
+//!   x ─▶ Conv(W, b?) ─▶ c ─▶ BatchNormalization(γ, β, μ, σ², ε) ─▶ y
+//!                                  ⇒
+//!   x ─▶ Conv(W', b') ─▶ y      s = γ / √(σ² + ε)   W' = W · s (per output channel)
+//!                               b' = (b − μ) · s + β
+//! ```
+//!
+//! Preconditions: W, b, γ, β, μ, σ² are f32 initializers (not graph inputs, which a caller
+//! could override); `c` is read only by the BatchNormalization and is not a graph output; the
+//! BatchNormalization is in inference mode (no `training_mode=1`, no extra outputs read).
+//! Refuses otherwise, naming the reason under `--explain`. W is never edited in place (another
+//! Conv may share it): W' and b' are new initializers, and dead-code removes the old ones.
+//! Arithmetic is in f64, rounded once to f32. Runs inside subgraphs too.
+
+use anyhow::Result;
+
+use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+
+pub struct FuseConvBn;
+
+pub struct ConvBn {
+    conv: NodeId,
+    bn: NodeId,
+    x: ValueId,
+    /// Output of the BatchNormalization, which the fused Conv produces.
+    y: ValueId,
+    weight: (Vec<f32>, Vec<i64>),
+    bias: Option<Vec<f32>>,
+    /// γ, β, μ, σ²
+    stats: [Vec<f32>; 4],
+    epsilon: f32,
+    weight_name: String,
+}
+
+fn f32_constant(g: &Graph, v: Option<ValueId>) -> Option<(Vec<f32>, Vec<i64>)> {
+    let t = g.value(v?).constant()?;
+    Some((t.to_f32_vec()?, t.dims().to_vec()))
+}
+
+/// Matches a Conv ⇒ BatchNormalization pair ending at `bn`.
+fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
+    let node = g.node(bn);
+    let c = node.input(0).ok_or("it has no input")?;
+    let conv = g.producer(c).ok_or("its input is not produced by a Conv")?;
+    let cnode = g.node(conv);
+    if !cnode.is("Conv") {
+        return Err("its input is not produced by a Conv");
+    }
+    if g.value(c).uses().len() != 1 || g.is_output(c) {
+        return Err("the Conv's output has other readers");
+    }
+    if node.attr_i("training_mode") == Some(1) {
+        return Err("it is in training mode");
+    }
+    if node.outputs()[1..]
+        .iter()
+        .flatten()
+        .any(|&v| !g.value(v).uses().is_empty() || g.is_output(v))
+    {
+        return Err("its running-statistics outputs are read");
+    }
+    let y = node.output(0).ok_or("it has no output")?;
+    let x = cnode.input(0).ok_or("the Conv has no input")?;
+    let weight =
+        f32_constant(g, cnode.input(1)).ok_or("the Conv's weight is not an f32 initializer")?;
+    let bias = match cnode.input(2) {
+        None => None,
+        Some(b) => Some(
+            f32_constant(g, Some(b))
+                .ok_or("the Conv's bias is not an f32 initializer")?
+                .0,
+        ),
+    };
+    let cout = *weight.1.first().ok_or("the Conv's weight has no dims")? as usize;
+    let mut stats: [Vec<f32>; 4] = Default::default();
+    for (i, s) in stats.iter_mut().enumerate() {
+        let (v, _) =
+            f32_constant(g, node.input(i + 1)).ok_or("its parameters are not f32 initializers")?;
+        if v.len() != cout {
+            return Err("its parameters do not have one value per Conv output channel");
+        }
+        *s = v;
+    }
+    if bias.as_ref().is_some_and(|b| b.len() != cout) {
+        return Err("the Conv's bias does not have one value per output channel");
+    }
+    Ok(ConvBn {
+        conv,
+        bn,
+        x,
+        y,
+        weight,
+        bias,
+        stats,
+        epsilon: node.attr_f("epsilon").unwrap_or(1e-5),
+        weight_name: g.value(cnode.input(1).unwrap()).name().to_string(),
+    })
+}
+
+fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
+    let [gamma, beta, mean, var] = &m.stats;
+    let (w, dims) = &m.weight;
+    let cout = dims[0] as usize;
+    let per = w.len() / cout;
+    let scale: Vec<f64> = (0..cout)
+        .map(|o| gamma[o] as f64 / (var[o] as f64 + m.epsilon as f64).sqrt())
+        .collect();
+    let new_w: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x as f64 * scale[i / per]) as f32)
+        .collect();
+    let new_b: Vec<f32> = (0..cout)
+        .map(|o| {
+            let b = m.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            ((b - mean[o] as f64) * scale[o] + beta[o] as f64) as f32
+        })
+        .collect();
+    let mut patch = Patch::new(g);
+    let w_id = patch.add_initializer(
+        &format!("{}_fused_bn", m.weight_name),
+        Tensor::from_f32(dims.clone(), &new_w),
+    )?;
+    let b_id = patch.add_initializer(
+        &format!("{}_fused_bn_bias", m.weight_name),
+        Tensor::from_f32(vec![cout as i64], &new_b),
+    )?;
+    patch.set_inputs(m.conv, &[Some(m.x), Some(w_id), Some(b_id)]);
+    let c = patch.graph().node(m.conv).output(0).unwrap();
+    patch.replace_value(m.y, c)?;
+    patch.remove_node(m.bn)?;
+    patch.commit()
+}
+
+impl Pass for FuseConvBn {
+    fn id(&self) -> &'static str {
+        "fuse-conv-bn"
+    }
+
+    fn about(&self) -> &'static str {
+        "fold an inference BatchNormalization into the Conv before it"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let n = for_each_graph(&mut model.graph, &mut |g| {
+            let mut done = 0;
+            let mut bns: Vec<NodeId> = g
+                .node_ids()
+                .filter(|&n| g.node(n).is("BatchNormalization"))
+                .collect();
+            bns.sort();
+            for bn in bns {
+                match match_at(g, bn) {
+                    Ok(m) => done += rewrite(g, m)?,
+                    Err(why) => {
+                        let name = g.node(bn).name.clone();
+                        cx.refuse("fuse-conv-bn", &name, "BatchNormalization", why);
+                    }
+                }
+            }
+            Ok(done)
+        })?;
+        Ok(Changed::from_count(n))
+    }
+}

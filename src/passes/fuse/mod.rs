@@ -1,0 +1,3 @@
+//! Fusion: rewrites that merge operators into fewer, equivalent ones.
+
+pub mod conv_bn;

@@ -1,0 +1,176 @@
+//! Fusion passes.
+
+mod common;
+
+use common::{
+    assert_same_outputs, attr_int, attr_ints, before_after, count_op, f32_info, f32_tensor, lift,
+    model_io, node, run_passes, values,
+};
+use onnxsmith::onnx::proto::{ModelProto, NodeProto};
+
+fn conv(inputs: &[&str], out: &str) -> NodeProto {
+    let mut n = node("Conv", "conv", inputs, &[out]);
+    n.attribute = vec![
+        attr_ints("kernel_shape", &[3, 3]),
+        attr_ints("pads", &[1, 1, 1, 1]),
+    ];
+    n
+}
+
+fn bn_params(c: usize) -> Vec<onnxsmith::onnx::proto::TensorProto> {
+    let pos = |seed| {
+        values(c, seed)
+            .iter()
+            .map(|v| 1.0 + 0.4 * v)
+            .collect::<Vec<_>>()
+    };
+    vec![
+        f32_tensor("gamma", &[c as i64], &pos(1)),
+        f32_tensor("beta", &[c as i64], &values(c, 2)),
+        f32_tensor("mean", &[c as i64], &values(c, 3)),
+        f32_tensor("var", &[c as i64], &pos(4)),
+    ]
+}
+
+/// x[1,2,5,5] ─▶ Conv(W[3,2,3,3], b?) ─▶ c ─▶ BatchNormalization ─▶ y, plus `extra` nodes.
+fn conv_bn(with_bias: bool, extra: Vec<NodeProto>, extra_outputs: Vec<&str>) -> ModelProto {
+    let mut inits = vec![f32_tensor("W", &[3, 2, 3, 3], &values(54, 9))];
+    let mut conv_inputs = vec!["x", "W"];
+    if with_bias {
+        inits.push(f32_tensor("B", &[3], &values(3, 10)));
+        conv_inputs.push("B");
+    }
+    inits.extend(bn_params(3));
+    let mut nodes = vec![
+        conv(&conv_inputs, "c"),
+        node(
+            "BatchNormalization",
+            "bn",
+            &["c", "gamma", "beta", "mean", "var"],
+            &["y"],
+        ),
+    ];
+    nodes.extend(extra);
+    let mut outputs = vec![f32_info("y", &[1, 3, 5, 5])];
+    outputs.extend(extra_outputs.iter().map(|o| f32_info(o, &[1, 3, 5, 5])));
+    model_io(nodes, vec![f32_info("x", &[1, 2, 5, 5])], outputs, inits)
+}
+
+#[test]
+fn fuses_conv_bn() {
+    let m = lift(conv_bn(false, vec![], vec![]));
+    let (out, _) = run_passes(&m, &["fuse-conv-bn", "dead-code"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 0);
+    assert_eq!(
+        out.graph.initializers().len(),
+        2,
+        "only the fused weight and bias remain"
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn fuses_conv_bn_with_conv_bias() {
+    let m = lift(conv_bn(true, vec![], vec![]));
+    let (out, _) = run_passes(&m, &["fuse-conv-bn", "dead-code"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 0);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_conv_bn_when_conv_output_has_two_users() {
+    let m = lift(conv_bn(
+        false,
+        vec![node("Relu", "relu", &["c"], &["z"])],
+        vec!["z"],
+    ));
+    let (out, report) = run_passes(&m, &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("other readers")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_conv_bn_in_training_mode() {
+    let mut p = conv_bn(false, vec![], vec![]);
+    p.graph.as_mut().unwrap().node[1]
+        .attribute
+        .push(attr_int("training_mode", 1));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(report.explain.iter().any(|e| e.contains("training mode")));
+}
+
+#[test]
+fn keeps_conv_bn_when_weight_is_a_graph_input() {
+    let mut p = conv_bn(false, vec![], vec![]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "W");
+    g.input.push(f32_info("W", &[3, 2, 3, 3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("weight is not an f32 initializer")));
+}
+
+#[test]
+fn keeps_conv_bn_when_statistics_are_inputs() {
+    let mut p = conv_bn(false, vec![], vec![]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "mean");
+    g.input.push(f32_info("mean", &[3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("parameters are not f32 initializers")));
+}
+
+#[test]
+fn keeps_bn_not_after_a_conv() {
+    let mut p = conv_bn(false, vec![], vec![]);
+    let g = p.graph.as_mut().unwrap();
+    g.node[0] = node("Relu", "relu", &["x"], &["c"]);
+    g.input[0] = f32_info("x", &[1, 3, 5, 5]);
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("not produced by a Conv")));
+}
+
+#[test]
+fn keeps_conv_bn_whose_statistics_do_not_match_the_channels() {
+    let mut p = conv_bn(false, vec![], vec![]);
+    let g = p.graph.as_mut().unwrap();
+    for t in g
+        .initializer
+        .iter_mut()
+        .filter(|t| ["gamma", "beta", "mean", "var"].contains(&t.name.as_str()))
+    {
+        *t = f32_tensor(&t.name.clone(), &[1], &[1.0]);
+    }
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    assert!(report
+        .explain
+        .iter()
+        .any(|e| e.contains("one value per Conv output channel")));
+}
+
+#[test]
+fn fuses_the_built_in_resnet50() {
+    let m = onnxsmith::zoo::resnet50().unwrap();
+    let (out, _) = run_passes(&m, &["fuse-conv-bn", "dead-code"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 0);
+    assert_eq!(out.graph.node_count(), 175 - 53);
+    assert_same_outputs(&m, &out);
+}
