@@ -416,3 +416,100 @@ fn keeps_constants_of_ir_3_models() {
     assert_eq!(count_op(&out, "Constant"), 1);
     assert!(report.steps.is_empty());
 }
+
+// ---- cse ----
+
+#[test]
+fn merges_equal_initializers_and_equal_nodes() {
+    let mut p = model_with(vec![
+        node("Mul", "m1", &["x", "k1"], &["a"]),
+        node("Mul", "m2", &["x", "k2"], &["b"]),
+        node("Add", "add", &["a", "b"], &["y"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.push(f32_tensor("k1", &[3], &[1.0, 2.0, 3.0]));
+    g.initializer.push(f32_tensor("k2", &[3], &[1.0, 2.0, 3.0]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["cse"]);
+    assert_eq!(out.graph.initializers().len(), 1);
+    assert_eq!(
+        count_op(&out, "Mul"),
+        1,
+        "once the constants are one, the Muls are one"
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_initializers_that_differ() {
+    let mut p = model_with(vec![
+        node("Mul", "m1", &["x", "k1"], &["a"]),
+        node("Mul", "m2", &["x", "k2"], &["b"]),
+        node("Add", "add", &["a", "b"], &["y"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.push(f32_tensor("k1", &[3], &[1.0, 2.0, 3.0]));
+    g.initializer.push(f32_tensor("k2", &[3], &[1.0, 2.0, 4.0]));
+    let (out, report) = run_passes(&lift(p), &["cse"]);
+    assert_eq!(out.graph.initializers().len(), 2);
+    assert_eq!(count_op(&out, "Mul"), 2);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_nondeterministic_nodes_apart() {
+    let mut r1 = node("RandomUniformLike", "r1", &["x"], &["a"]);
+    r1.attribute.push(common::attr_int("dtype", 1));
+    let mut r2 = r1.clone();
+    r2.name = "r2".into();
+    r2.output = vec!["b".into()];
+    let m = lift(model_with(vec![
+        r1,
+        r2,
+        node("Add", "add", &["a", "b"], &["y"]),
+    ]));
+    let (out, report) = run_passes(&m, &["cse"]);
+    assert_eq!(count_op(&out, "RandomUniformLike"), 2);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_equal_nodes_that_feed_two_graph_outputs() {
+    let mut p = model_with(vec![
+        node("Relu", "r1", &["x"], &["y"]),
+        node("Relu", "r2", &["x"], &["y2"]),
+    ]);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .output
+        .push(f32_info("y2", &[2, 3]));
+    let (out, report) = run_passes(&lift(p), &["cse"]);
+    assert_eq!(count_op(&out, "Relu"), 2);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("two graph outputs")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_equal_custom_nodes_apart() {
+    let mut c1 = node("Sample", "c1", &["x"], &["a"]);
+    c1.domain = "com.example".into();
+    let mut c2 = c1.clone();
+    c2.name = "c2".into();
+    c2.output = vec!["b".into()];
+    let mut p = model_with(vec![c1, c2, node("Add", "add", &["a", "b"], &["y"])]);
+    p.opset_import
+        .push(onnxsmith::onnx::proto::OperatorSetIdProto {
+            domain: "com.example".into(),
+            version: 1,
+        });
+    let (out, _) = run_passes(&lift(p), &["cse"]);
+    assert_eq!(out.graph.node_count(), 3);
+}

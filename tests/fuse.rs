@@ -174,3 +174,147 @@ fn fuses_the_built_in_resnet50() {
     assert_eq!(out.graph.node_count(), 175 - 53);
     assert_same_outputs(&m, &out);
 }
+
+// ---- fuse-layer-norm ----
+
+/// x[2,4,8] ─▶ the decomposed layer norm exporters write ─▶ y.
+fn layer_norm_model(opset: i64, with_bias: bool, eps_as_input: bool) -> ModelProto {
+    let mut nodes = vec![
+        {
+            let mut n = node("ReduceMean", "mean", &["x"], &["m"]);
+            n.attribute.push(attr_ints("axes", &[-1]));
+            n
+        },
+        node("Sub", "sub", &["x", "m"], &["d"]),
+        node("Pow", "pow", &["d", "two"], &["p"]),
+        {
+            let mut n = node("ReduceMean", "var", &["p"], &["v"]);
+            n.attribute.push(attr_ints("axes", &[-1]));
+            n
+        },
+        node("Add", "add_eps", &["v", "eps"], &["ve"]),
+        node("Sqrt", "sqrt", &["ve"], &["s"]),
+        node("Div", "div", &["d", "s"], &["n"]),
+        node(
+            "Mul",
+            "mul",
+            &["gamma", "n"],
+            &[if with_bias { "g" } else { "y" }],
+        ),
+    ];
+    if with_bias {
+        nodes.push(node("Add", "add_bias", &["g", "beta"], &["y"]));
+    }
+    let mut inits = vec![
+        f32_tensor("two", &[], &[2.0]),
+        f32_tensor(
+            "gamma",
+            &[8],
+            &values(8, 5)
+                .iter()
+                .map(|v| 1.0 + 0.3 * v)
+                .collect::<Vec<_>>(),
+        ),
+        f32_tensor("beta", &[8], &values(8, 6)),
+    ];
+    let mut inputs = vec![f32_info("x", &[2, 4, 8])];
+    if eps_as_input {
+        inputs.push(f32_info("eps", &[]));
+    } else {
+        inits.push(f32_tensor("eps", &[], &[1e-5]));
+    }
+    let mut m = model_io(nodes, inputs, vec![f32_info("y", &[2, 4, 8])], inits);
+    m.opset_import[0].version = opset;
+    m
+}
+
+#[test]
+fn fuses_layer_norm() {
+    let m = lift(layer_norm_model(17, true, false));
+    let (out, _) = run_passes(&m, &["fuse-layer-norm", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_eq!(count_op(&out, "LayerNormalization"), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn fuses_layer_norm_without_bias() {
+    let m = lift(layer_norm_model(17, false, false));
+    let (out, _) = run_passes(&m, &["fuse-layer-norm", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_layer_norm_before_opset_17() {
+    let m = lift(layer_norm_model(14, true, false));
+    let (out, report) = run_passes(&m, &["fuse-layer-norm"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 0);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_layer_norm_whose_epsilon_is_not_constant() {
+    let m = lift(layer_norm_model(17, true, true));
+    let (out, report) = run_passes(&m, &["fuse-layer-norm"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("epsilon is not a constant")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_layer_norm_whose_intermediate_is_read_elsewhere() {
+    let mut p = layer_norm_model(17, true, false);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &["v"], &["z"]));
+    g.output.push(f32_info("z", &[2, 4, 1]));
+    let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("read outside the pattern")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_layer_norm_over_another_axis() {
+    let mut p = layer_norm_model(17, true, false);
+    let g = p.graph.as_mut().unwrap();
+    g.node[0].attribute[0] = attr_ints("axes", &[1]);
+    let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 0);
+    assert!(
+        report.explain.iter().any(|e| e.contains("last axis")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_layer_norm_whose_scale_is_an_input() {
+    let mut p = layer_norm_model(17, true, false);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "gamma");
+    g.input.push(f32_info("gamma", &[8]));
+    let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("scale is not a constant")),
+        "{:?}",
+        report.explain
+    );
+}

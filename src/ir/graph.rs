@@ -779,6 +779,18 @@ impl Graph {
         }
     }
 
+    /// A node name not used by any node of this graph, derived from `base`.
+    pub fn fresh_node_name(&self, base: &str) -> String {
+        let taken = |n: &str| self.dag.node_weights().any(|x| x.name == n);
+        if !taken(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken(n))
+            .unwrap()
+    }
+
     /// A name not used by any value of this graph, derived from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
         if !self.names.contains_key(base) {

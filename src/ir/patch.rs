@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use super::graph::{Def, Graph, NodeId, ValueId};
+use super::graph::{Attr, Def, Graph, NodeId, ValueId};
 use super::tensor::{Dim, Tensor};
 
 pub struct Patch<'g> {
@@ -117,6 +117,36 @@ impl<'g> Patch<'g> {
         self.renames.push((v, name));
         self.edits += 1;
         Ok(v)
+    }
+
+    /// Adds a node of the default domain; its outputs get fresh names derived from `name`.
+    pub fn add_node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[Option<ValueId>],
+        outputs: usize,
+        attrs: Vec<Attr>,
+    ) -> Result<NodeId> {
+        let name = self.g.fresh_node_name(name);
+        let outs: Vec<String> = (0..outputs)
+            .map(|i| self.g.fresh_name(&format!("{name}_output_{i}")))
+            .collect();
+        let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        self.edits += 1;
+        self.g.add_node(op, "", &name, inputs, &outs, attrs)
+    }
+
+    /// Like [`Patch::replace_value`], and `new` (a value this patch made) takes `old`'s name
+    /// once `old` is gone, so the rewrite keeps the names the model was written with.
+    pub fn replace_value_keeping_name(&mut self, old: ValueId, new: ValueId) -> Result<()> {
+        let name = self.g.value(old).name().to_string();
+        let was_output = self.g.is_output(old);
+        self.replace_value(old, new)?;
+        if !was_output {
+            self.renames.push((new, name));
+        }
+        Ok(())
     }
 
     /// Rewires all inputs of `n`.

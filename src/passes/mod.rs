@@ -9,6 +9,7 @@
 //! [`Patch`]: crate::ir::Patch
 
 mod cleanup;
+mod fold;
 mod fuse;
 
 use std::collections::BTreeSet;
@@ -68,8 +69,13 @@ pub fn pipeline() -> Vec<Box<dyn Pass>> {
         // pattern that follows.
         Box::new(cleanup::identity::EliminateIdentity),
         Box::new(cleanup::dropout::EliminateDropout),
+        // Merging equal constants and nodes before fusing means each pattern is seen once.
+        Box::new(cleanup::cse::Cse),
+        // Shape arithmetic folds before fusions so they see plain Reshapes.
+        Box::new(fold::reshape_target::FoldReshapeTarget),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
+        Box::new(fuse::layer_norm::FuseLayerNorm),
         // Last: everything above leaves unread nodes and initializers behind.
         Box::new(cleanup::dce::DeadCode),
     ]

@@ -1,6 +1,7 @@
 //! Cleanup: rewrites that remove work without computing anything.
 
 pub mod constant;
+pub mod cse;
 pub mod dce;
 pub mod dropout;
 pub mod identity;

@@ -1,0 +1,3 @@
+//! Folding: rewrites that compute at compile time what the graph would compute at run time.
+
+pub mod reshape_target;

@@ -1,0 +1,147 @@
+//! `fold-reshape-target`: a Reshape target computed from the input's own shape becomes a
+//! constant, without freezing any dynamic dim.
+//!
+//! ```text
+//!   s = Shape(x)                                    
+//!   b = Unsqueeze(Gather(s, 0), [0])                
+//!   t = Unsqueeze(Gather(s, 1), [0])          ⇒     y = Reshape(x, [0, 0, 12, 64])
+//!   y = Reshape(x, Concat(b, t, [12], [64]))
+//! ```
+//!
+//! A 0 in a Reshape target copies that dim from the input (opset 5+, unless `allowzero=1`),
+//! so dims that are symbolic (batch, sequence) stay symbolic. Preconditions: every Concat part
+//! is either a constant int64 vector or `Unsqueeze(Gather(Shape(x), i), [0])` of the Reshape's
+//! own input with `i` equal to the part's position; no constant part is 0 (it would be read as
+//! "copy"); `Shape` has no start/end. Refuses otherwise. The Shape/Gather/Unsqueeze/Concat chain
+//! is left to dead-code. Runs inside subgraphs too.
+
+use anyhow::Result;
+
+use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+
+pub struct FoldReshapeTarget;
+
+struct Found {
+    reshape: NodeId,
+    target: Vec<i64>,
+}
+
+fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    g.value(v).constant()?.to_i64_vec()
+}
+
+/// The axes of an Unsqueeze: the attribute before opset 13, the second input after.
+fn unsqueeze_axes(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    match node.input(1) {
+        Some(a) => const_ints(g, a),
+        None => node.attr_ints("axes").map(<[i64]>::to_vec),
+    }
+}
+
+/// Whether `part` is `Unsqueeze(Gather(Shape(x), pos), [0])`.
+fn copies_dim(g: &Graph, part: ValueId, x: ValueId, pos: usize) -> bool {
+    let step = |v: ValueId, op: &str| g.producer(v).filter(|&n| g.node(n).is(op));
+    let Some(unsq) = step(part, "Unsqueeze") else {
+        return false;
+    };
+    if unsqueeze_axes(g, unsq).as_deref() != Some(&[0]) {
+        return false;
+    }
+    let Some(gather) = g.node(unsq).input(0).and_then(|v| step(v, "Gather")) else {
+        return false;
+    };
+    let gn = g.node(gather);
+    if gn.attr_i("axis").unwrap_or(0) != 0 {
+        return false;
+    }
+    let index = gn
+        .input(1)
+        .and_then(|i| g.value(i).constant())
+        .and_then(|t| {
+            let v = t.to_i64_vec()?;
+            (t.dims().is_empty() && v.len() == 1).then(|| v[0])
+        });
+    if index != Some(pos as i64) {
+        return false;
+    }
+    let Some(shape) = gn.input(0).and_then(|v| step(v, "Shape")) else {
+        return false;
+    };
+    let sn = g.node(shape);
+    sn.input(0) == Some(x) && sn.attr("start").is_none() && sn.attr("end").is_none()
+}
+
+fn match_at(g: &Graph, reshape: NodeId) -> Result<Found, &'static str> {
+    let node = g.node(reshape);
+    if node.attr_i("allowzero") == Some(1) {
+        return Err("allowzero=1 reads 0 as a real dim");
+    }
+    let (Some(x), Some(shape)) = (node.input(0), node.input(1)) else {
+        return Err("it has no target");
+    };
+    if g.value(shape).constant().is_some() {
+        return Err("its target is already constant");
+    }
+    let concat = g
+        .producer(shape)
+        .filter(|&n| g.node(n).is("Concat"))
+        .ok_or("its target is not a Concat")?;
+    let mut target = Vec::new();
+    for (pos, part) in g.node(concat).inputs().iter().enumerate() {
+        let part = part.ok_or("a Concat part is missing")?;
+        if let Some(v) = const_ints(g, part) {
+            if v.contains(&0) {
+                return Err("a constant part holds 0, which would mean copy");
+            }
+            target.extend(v);
+        } else if target.len() == pos && copies_dim(g, part, x, target.len()) {
+            target.push(0);
+        } else {
+            return Err("a part is neither a constant nor the same dim of the input's own shape");
+        }
+    }
+    Ok(Found { reshape, target })
+}
+
+impl Pass for FoldReshapeTarget {
+    fn id(&self) -> &'static str {
+        "fold-reshape-target"
+    }
+
+    fn about(&self) -> &'static str {
+        "replace Shape-computed Reshape targets with constants that copy dynamic dims"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        if model.opset("").unwrap_or(1) < 5 {
+            return Ok(Changed::No);
+        }
+        let n = for_each_graph(&mut model.graph, &mut |g| {
+            let mut found = Vec::new();
+            let mut reshapes: Vec<NodeId> =
+                g.node_ids().filter(|&n| g.node(n).is("Reshape")).collect();
+            reshapes.sort();
+            for r in reshapes {
+                match match_at(g, r) {
+                    Ok(f) => found.push(f),
+                    Err(why) => {
+                        let name = g.node(r).name.clone();
+                        cx.refuse("fold-reshape-target", &name, "Reshape", why);
+                    }
+                }
+            }
+            let mut patch = Patch::new(g);
+            for f in found {
+                let base = format!("{}_target", patch.graph().node(f.reshape).name);
+                let len = f.target.len() as i64;
+                let t = patch.add_initializer(&base, Tensor::from_i64(vec![len], &f.target))?;
+                let x = patch.graph().node(f.reshape).input(0);
+                patch.set_inputs(f.reshape, &[x, Some(t)]);
+            }
+            patch.commit()
+        })?;
+        Ok(Changed::from_count(n))
+    }
+}
