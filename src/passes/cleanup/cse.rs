@@ -34,6 +34,9 @@ const NONDETERMINISTIC: &[&str] = &[
     "Dropout",
 ];
 
+/// Element type, shape and the first bytes of a payload.
+type BucketKey = (i32, Vec<i64>, Vec<u8>);
+
 /// Pairs (duplicate, kept) of initializers with equal content.
 fn equal_initializers(g: &Graph) -> Vec<(ValueId, ValueId)> {
     // Bucket by type, shape and the first bytes, then compare whole payloads within a bucket:
