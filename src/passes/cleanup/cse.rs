@@ -41,8 +41,7 @@ type BucketKey = (i32, Vec<i64>, Vec<u8>);
 fn equal_initializers(g: &Graph) -> Vec<(ValueId, ValueId)> {
     // Bucket by type, shape and the first bytes, then compare whole payloads within a bucket:
     // random weights differ early, so full comparisons are rare.
-    let mut buckets: HashMap<(i32, Vec<i64>, Vec<u8>), Vec<(ValueId, bytes::Bytes)>> =
-        HashMap::new();
+    let mut buckets: HashMap<BucketKey, Vec<(ValueId, bytes::Bytes)>> = HashMap::new();
     let mut pairs = Vec::new();
     for &v in g.initializers() {
         let value = g.value(v);
