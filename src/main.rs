@@ -90,6 +90,9 @@ struct OptimizeArgs {
     /// Say why each pattern did not fire.
     #[arg(long)]
     explain: bool,
+    /// Bytes a folded constant may exceed its inputs by (default 1048576).
+    #[arg(long)]
+    fold_limit: Option<u64>,
     /// Check the IR's invariants after every pass.
     #[arg(long)]
     verify_each: bool,
@@ -345,6 +348,7 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
         stop_after: args.stop_after,
         verify_each: args.verify_each,
         explain: args.explain,
+        fold_limit: args.fold_limit,
     };
     progress.step("running passes");
     let t = Instant::now();
@@ -563,6 +567,7 @@ fn demo(dir: &Path) -> Result<u8> {
         disable: Vec::new(),
         stop_after: None,
         explain: false,
+        fold_limit: None,
         verify_each: false,
         no_check: false,
         bisect: false,

@@ -19,7 +19,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 
-use crate::ir::{DType, Def, Dim, Model};
+use crate::ir::{DType, Def, Dim, Model, Tensor};
 
 /// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
 /// shape; any other symbol or unknown dim becomes `default_dim`.
@@ -201,6 +201,33 @@ impl HostTensor {
                 .copied()
                 .collect(),
         )
+    }
+
+    /// The value as a constant tensor, for folding. `None` for types ONNX cannot store.
+    pub fn to_tensor(&self) -> Option<Tensor> {
+        let t = if self.0.datum_type() == DatumType::TDim {
+            self.0.cast_to::<i64>().ok()?.into_owned()
+        } else {
+            self.0.clone()
+        };
+        let dtype = match t.datum_type() {
+            DatumType::F32 => DType::F32,
+            DatumType::F64 => DType::F64,
+            DatumType::F16 => DType::F16,
+            DatumType::I8 => DType::I8,
+            DatumType::U8 => DType::U8,
+            DatumType::I16 => DType::I16,
+            DatumType::U16 => DType::U16,
+            DatumType::I32 => DType::I32,
+            DatumType::U32 => DType::U32,
+            DatumType::I64 => DType::I64,
+            DatumType::U64 => DType::U64,
+            DatumType::Bool => DType::BOOL,
+            _ => return None,
+        };
+        let dims = t.shape().iter().map(|&d| d as i64).collect();
+        let bytes = t.try_as_plain_ram().ok()?.as_bytes().to_vec();
+        Some(Tensor::from_raw(dtype, dims, bytes::Bytes::from(bytes)))
     }
 
     /// Equal including strings, for outputs that are not numbers.

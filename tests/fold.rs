@@ -147,3 +147,157 @@ fn keeps_reshape_target_that_is_not_a_concat() {
         report.explain
     );
 }
+
+// ---- fold-constants ----
+
+fn f32_t(name: &str, dims: &[i64], v: &[f32]) -> onnxsmith::onnx::proto::TensorProto {
+    common::f32_tensor(name, dims, v)
+}
+
+#[test]
+fn folds_constant_subexpressions() {
+    let p = model_io(
+        vec![
+            node("Mul", "scale", &["w", "s"], &["ws"]),
+            node("Add", "shift", &["ws", "b"], &["k"]),
+            node("Mul", "apply", &["x", "k"], &["y"]),
+        ],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![
+            f32_t("w", &[3], &[1.0, 2.0, 3.0]),
+            f32_t("s", &[], &[0.5]),
+            f32_t("b", &[3], &[1.0, 1.0, 1.0]),
+        ],
+    );
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["fold-constants", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    let k = out
+        .graph
+        .find("k")
+        .expect("the folded value keeps its name");
+    assert_eq!(
+        out.graph.value(k).constant().unwrap().to_f32_vec().unwrap(),
+        [1.5, 2.0, 2.5]
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_folds_that_would_bloat_the_file() {
+    // Expand of a scalar to 2M floats (8 MB out of 4 bytes in), read by a non-constant Gather.
+    let mut idx = f32_info("idx", &[2]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        idx.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.elem_type = 7;
+    }
+    let p = model_io(
+        vec![
+            node("Expand", "expand", &["one", "shape"], &["big"]),
+            node("Gather", "pick", &["big", "idx"], &["y"]),
+        ],
+        vec![idx],
+        vec![f32_info("y", &[2, 2048])],
+        vec![f32_t("one", &[], &[1.0]), {
+            let v: Vec<u8> = [1024i64, 2048]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            tensor("shape", 7, &[2], v)
+        }],
+    );
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["fold-constants"]);
+    assert_eq!(count_op(&out, "Expand"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("more than its")),
+        "{:?}",
+        report.explain
+    );
+    // A larger limit lets it through.
+    let mut folded = m.clone();
+    let opts = onnxsmith::passes::PipelineOptions {
+        only: Some(vec!["fold-constants".into()]),
+        fold_limit: Some(16 << 20),
+        ..Default::default()
+    };
+    onnxsmith::passes::run_pipeline(&mut folded, &opts).unwrap();
+    assert_eq!(count_op(&folded, "Expand"), 0);
+}
+
+#[test]
+fn keeps_dequantize_linear_of_weights() {
+    let p = model_io(
+        vec![
+            node("DequantizeLinear", "dq", &["q", "scale", "zp"], &["w"]),
+            node("Mul", "mul", &["x", "w"], &["y"]),
+        ],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![
+            tensor("q", 3, &[3], vec![1, 2, 3]),
+            f32_t("scale", &[], &[0.1]),
+            tensor("zp", 3, &[], vec![0]),
+        ],
+    );
+    let (out, report) = run_passes(&lift(p), &["fold-constants"]);
+    assert_eq!(count_op(&out, "DequantizeLinear"), 1);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_nodes_reading_overridable_initializers() {
+    let mut p = model_io(
+        vec![
+            node("Mul", "scale", &["w", "s"], &["k"]),
+            node("Mul", "apply", &["x", "k"], &["y"]),
+        ],
+        vec![f32_info("x", &[2, 3]), f32_info("s", &[])],
+        vec![f32_info("y", &[2, 3])],
+        vec![f32_t("w", &[3], &[1.0, 2.0, 3.0]), f32_t("s", &[], &[0.5])],
+    );
+    p.ir_version = 8;
+    let (out, report) = run_passes(&lift(p), &["fold-constants"]);
+    assert_eq!(
+        out.graph.node_count(),
+        2,
+        "s is a graph input with a default, not a constant"
+    );
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_custom_ops_unfolded() {
+    let mut custom = node("Scale", "custom", &["w"], &["k"]);
+    custom.domain = "com.example".into();
+    let mut p = model_io(
+        vec![custom, node("Mul", "apply", &["x", "k"], &["y"])],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![f32_t("w", &[3], &[1.0, 2.0, 3.0])],
+    );
+    p.opset_import
+        .push(onnxsmith::onnx::proto::OperatorSetIdProto {
+            domain: "com.example".into(),
+            version: 1,
+        });
+    let (out, report) = run_passes(&lift(p), &["fold-constants"]);
+    assert_eq!(out.graph.node_count(), 2);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_constant_nodes_that_are_graph_outputs() {
+    let p = model_io(
+        vec![node("Mul", "scale", &["w", "s"], &["y"])],
+        vec![],
+        vec![f32_info("y", &[3])],
+        vec![f32_t("w", &[3], &[1.0, 2.0, 3.0]), f32_t("s", &[], &[0.5])],
+    );
+    let (out, report) = run_passes(&lift(p), &["fold-constants"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert!(report.steps.is_empty());
+}

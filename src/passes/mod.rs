@@ -60,8 +60,13 @@ pub trait Pass {
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed>;
 }
 
-/// The pipeline, in order. Each place has its reason.
+/// The pipeline, in order, with the default fold limit.
 pub fn pipeline() -> Vec<Box<dyn Pass>> {
+    pipeline_with(fold::constant::DEFAULT_FOLD_LIMIT)
+}
+
+/// The pipeline, in order. Each place has its reason.
+pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
     vec![
         // Constants first, so every later pattern finds them as initializers.
         Box::new(cleanup::constant::ConstantToInitializer),
@@ -73,6 +78,8 @@ pub fn pipeline() -> Vec<Box<dyn Pass>> {
         Box::new(cleanup::cse::Cse),
         // Shape arithmetic folds before fusions so they see plain Reshapes.
         Box::new(fold::reshape_target::FoldReshapeTarget),
+        // Constant subexpressions next: fusions then meet constants, not the ops computing them.
+        Box::new(fold::constant::FoldConstants { limit: fold_limit }),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
         Box::new(fuse::layer_norm::FuseLayerNorm),
@@ -114,6 +121,8 @@ pub struct PipelineOptions {
     /// Check the IR's invariants after every pass (always on in debug builds).
     pub verify_each: bool,
     pub explain: bool,
+    /// Bytes a folded constant may exceed its inputs by (default 1 MiB).
+    pub fold_limit: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -143,7 +152,10 @@ const MAX_ROUNDS: usize = 32;
 
 /// The ids of the passes `opts` selects, checking that every name it gives exists.
 pub fn selected(opts: &PipelineOptions) -> Result<Vec<Box<dyn Pass>>> {
-    let all = pipeline();
+    let all = pipeline_with(
+        opts.fold_limit
+            .unwrap_or(fold::constant::DEFAULT_FOLD_LIMIT),
+    );
     let known: Vec<&str> = all.iter().map(|p| p.id()).collect();
     for name in opts.only.iter().flatten().chain(&opts.disable) {
         if !known.contains(&name.as_str()) {

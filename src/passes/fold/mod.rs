@@ -1,3 +1,4 @@
 //! Folding: rewrites that compute at compile time what the graph would compute at run time.
 
+pub mod constant;
 pub mod reshape_target;
