@@ -7,7 +7,7 @@ one run. Imported by bench/run.py, which writes bench/RESULTS.md; runnable alone
 For each model and tool: wall time (min of 3 runs of the whole process), peak RSS, node count,
 op histogram, file size, max abs difference of the outputs against the original in ONNX Runtime
 on seeded inputs, and ONNX Runtime CPU latency of the output (2 threads, batch 1, median of 30
-after 5 warm-up runs). Tools are a list of (name, command) so later tasks add rows."""
+after 5 warm-up runs, all of a model's outputs measured round-robin). Tools are a list of (name, command) so later tasks add rows."""
 import collections
 import statistics
 import sys
@@ -66,16 +66,20 @@ def op_histogram(path):
     return hist
 
 
-def latency(path, feeds, runs=30, warmup=5):
-    s = ort_session(path)
-    for _ in range(warmup):
-        s.run(None, feeds)
-    times = []
+def latencies(paths, feeds, runs=30, warmup=5):
+    """Median latency of each model, measured round-robin (one run of each in turn) so drift in
+    the machine's speed hits every tool alike."""
+    sessions = [ort_session(p) for p in paths]
+    for s in sessions:
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times = [[] for _ in paths]
     for _ in range(runs):
-        t = time.perf_counter()
-        s.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for s, ts in zip(sessions, times):
+            t = time.perf_counter()
+            s.run(None, feeds)
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
 
 
 def compare_model(model, exe, repeat=3, log=print):
@@ -87,7 +91,7 @@ def compare_model(model, exe, repeat=3, log=print):
     expected = ort_session(model).run(None, feeds)
     rows = [{
         "tool": "original", "nodes": sum(op_histogram(model).values()), "ops": op_histogram(model),
-        "bytes": Path(model).stat().st_size, "latency": latency(model, feeds), "diff": 0.0,
+        "bytes": Path(model).stat().st_size, "diff": 0.0, "path": str(model),
     }]
     for tool, argv in optimize_tools(exe):
         out = work / f"{tool.replace(' ', '_')}.onnx"
@@ -98,12 +102,15 @@ def compare_model(model, exe, repeat=3, log=print):
             row["nodes"] = sum(row["ops"].values())
             row["bytes"] = out.stat().st_size + sum(p.stat().st_size for p in work.glob(out.name + ".*"))
             row["diff"] = max_abs_diff(expected, ort_session(out).run(None, feeds))
-            row["latency"] = latency(out, feeds)
+            row["path"] = str(out)
         except Exception as e:  # noqa: BLE001
             row["error"] = " ".join(str(e).split())[:160]
         log(f"  {name:<22} {tool:<22} " + (f"error: {row['error']}" if "error" in row else
-            f"{row['time']:.2f} s, {row['nodes']} nodes, diff {row['diff']:.1e}, {row['latency'] * 1e3:.2f} ms"))
+            f"{row['time']:.2f} s, {row['nodes']} nodes, diff {row['diff']:.1e}"))
         rows.append(row)
+    ok = [r for r in rows if "path" in r]
+    for r, t in zip(ok, latencies([r["path"] for r in ok], feeds)):
+        r["latency"] = t
     return {"model": name, "bytes": Path(model).stat().st_size, "rows": rows}
 
 

@@ -104,7 +104,8 @@ def optimizer_section(results):
         "`onnxsmith --no-check` does not (onnxsim, onnxslim, onnxoptimizer and polygraphy check "
         "nothing by default; ORT's offline optimizer is a Python process that loads ONNX Runtime). "
         "Max abs diff compares each output with the original in ONNX Runtime on the same seeded "
-        "inputs. Latency: ONNX Runtime CPU, 2 threads, batch 1, median of 30 after 5 warm-ups.",
+        "inputs. Latency: ONNX Runtime CPU, 2 threads, batch 1, median of 30 after 5 warm-ups, "
+        "the original and every tool's output measured round-robin.",
         "",
     ]
     lines += [f"![{c.stem}](charts/{c.name})" for c in charts]

@@ -350,6 +350,97 @@ impl Runner {
     }
 }
 
+/// Shapes tract infers for the model's values, each dim `Some` when it is the same whatever
+/// the inputs are: graph inputs keep their declared dims, with symbols (and unknown dims) left
+/// symbolic, and declared shapes of inner values and outputs are ignored, since exports get
+/// them wrong. Empty when tract cannot type the model.
+pub fn static_shapes(model: &Model) -> HashMap<String, Vec<Option<i64>>> {
+    contain_panic(|| infer_static_shapes(model)).unwrap_or_default()
+}
+
+fn infer_static_shapes(model: &Model) -> Result<HashMap<String, Vec<Option<i64>>>> {
+    use tract_onnx::prelude::{OutletId, TDim};
+    let mut proto = model.to_proto()?;
+    // Large constants (weights) only matter to shapes through their dims: hand them to tract as
+    // inputs of known shape, so typing does not copy or fold megabytes of weights.
+    let mut weights: HashMap<String, (DType, Vec<i64>)> = HashMap::new();
+    if let Some(gp) = proto.graph.as_mut() {
+        gp.initializer.retain(|t| {
+            let big = Tensor::from_proto(t.clone()).stored_bytes() > 4096;
+            if big {
+                weights.insert(t.name.clone(), (DType(t.data_type), t.dims.clone()));
+            }
+            !big
+        });
+        let mut names: Vec<&String> = weights.keys().collect();
+        names.sort();
+        for name in names {
+            let (dtype, dims) = &weights[name];
+            let shape = dims.iter().map(|&d| Dim::Known(d)).collect();
+            gp.input.push(
+                crate::ir::ValueInfo::of(crate::ir::Type::tensor(*dtype, shape)).to_proto(name),
+            );
+        }
+    }
+    let tract_proto = tract_onnx::pb::ModelProto::decode(&*proto.encode_to_vec())?;
+    let mut inference = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true)
+        .model_for_proto_model(&tract_proto)?;
+    let g = &model.graph;
+    let outlets = inference.input_outlets()?.to_vec();
+    for (i, outlet) in outlets.iter().enumerate() {
+        let name = inference.node(outlet.node).name.clone();
+        if let Some((dtype, dims)) = weights.get(&name) {
+            let dt = datum(*dtype).context("weight of unknown type")?;
+            let dims: Vec<TDim> = dims.iter().map(|&d| TDim::from(d)).collect();
+            inference.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
+            continue;
+        }
+        let v = g.find(&name).context("tract input not in the graph")?;
+        let dt = g
+            .dtype(v)
+            .and_then(datum)
+            .context("input of unknown type")?;
+        let shape = g.shape(v).context("input of unknown rank")?;
+        let dims: Vec<TDim> = shape
+            .iter()
+            .enumerate()
+            .map(|(j, d)| match d {
+                Dim::Known(n) => TDim::from(*n),
+                Dim::Sym(s) => TDim::from(inference.symbols.sym(s)),
+                Dim::Unknown => TDim::from(inference.symbols.sym(&format!("unknown_{name}_{j}"))),
+            })
+            .collect();
+        inference.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
+    }
+    let typed = inference.into_typed()?;
+    // Graph inputs are the interface: their declared dims hold by definition.
+    let mut out: HashMap<String, Vec<Option<i64>>> = HashMap::new();
+    for &v in g.inputs() {
+        if let Some(shape) = g.shape(v) {
+            let dims = shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(n) => Some(*n),
+                    _ => None,
+                })
+                .collect();
+            out.insert(g.value(v).name().to_string(), dims);
+        }
+    }
+    for node in typed.nodes() {
+        for (slot, fact) in node.outputs.iter().enumerate() {
+            let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) else {
+                continue;
+            };
+            let dims = fact.fact.shape.iter().map(|d| d.as_i64()).collect();
+            out.insert(label.to_string(), dims);
+        }
+    }
+    Ok(out)
+}
+
 /// Runs `f`, turning a panic inside tract into an `Unrunnable` error. tract's panic message
 /// goes into that error instead of onto stderr, where it would read as our crash.
 fn contain_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -301,3 +301,101 @@ fn keeps_constant_nodes_that_are_graph_outputs() {
     assert_eq!(out.graph.node_count(), 1);
     assert!(report.steps.is_empty());
 }
+
+// ---- fold-shape ----
+
+/// y = Reshape(x, Concat(Shape(x, start=1) ...)): x: f32[batch, 4, 6] ─▶ Shape of a static slice.
+fn shape_model(start: i64) -> ModelProto {
+    let mut shape = node("Shape", "shape", &["x"], &["s"]);
+    shape.attribute.push(attr_int("start", start));
+    let mut concat = node("Concat", "concat", &["minus_one", "s"], &["target"]);
+    concat.attribute.push(attr_int("axis", 0));
+    let mut p = reshape_model(0, 1, &[2, 3]);
+    let g = p.graph.as_mut().unwrap();
+    g.node = vec![
+        shape,
+        concat,
+        node("Reshape", "reshape", &["x", "target"], &["y"]),
+    ];
+    g.initializer = vec![i64_tensor("minus_one", &[1], &[-1])];
+    let mut y = f32_info("y", &[1, 4, 6]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        y.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape.as_mut().unwrap().dim[0].value = Some(
+            onnxsmith::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+        );
+    }
+    g.output = vec![y];
+    p
+}
+
+#[test]
+fn folds_shape_of_static_dims_keeping_the_batch_dynamic() {
+    let m = lift(shape_model(1));
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
+    let target = out
+        .graph
+        .node(out.graph.node_ids().next().unwrap())
+        .input(1)
+        .unwrap();
+    assert_eq!(
+        out.graph
+            .value(target)
+            .constant()
+            .unwrap()
+            .to_i64_vec()
+            .unwrap(),
+        [-1, 4, 6]
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_shape_of_dynamic_dims() {
+    let m = lift(shape_model(0));
+    let (out, report) = run_passes(&m, &["fold-shape"]);
+    assert_eq!(count_op(&out, "Shape"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("depend on dynamic input dims")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn ignores_declared_shapes_of_inner_values() {
+    // value_info claims x's Relu output is [1, 4, 6]; the batch is still dynamic.
+    let mut p = shape_model(0);
+    let g = p.graph.as_mut().unwrap();
+    g.node.insert(0, node("Relu", "relu", &["x"], &["r"]));
+    g.node[1].input[0] = "r".into();
+    g.value_info.push(f32_info("r", &[1, 4, 6]));
+    let (out, _) = run_passes(&lift(p), &["fold-shape"]);
+    assert_eq!(count_op(&out, "Shape"), 1);
+}
+
+#[test]
+fn keeps_shape_that_is_a_graph_output() {
+    let mut p = shape_model(1);
+    let g = p.graph.as_mut().unwrap();
+    let mut s = f32_info("s", &[2]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        s.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.elem_type = 7;
+    }
+    g.output.push(s);
+    let (out, report) = run_passes(&lift(p), &["fold-shape"]);
+    assert_eq!(count_op(&out, "Shape"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("graph output")),
+        "{:?}",
+        report.explain
+    );
+}

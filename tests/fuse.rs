@@ -318,3 +318,132 @@ fn keeps_layer_norm_whose_scale_is_an_input() {
         report.explain
     );
 }
+
+// ---- fuse-conv-add and fuse-conv-mul ----
+
+/// x[1,2,5,5] ─▶ Conv(W) ─▶ c ─▶ op(c, k) ─▶ y, with k of the given shape.
+fn conv_then(op: &str, k_dims: &[i64], k: &[f32], constant_first: bool) -> ModelProto {
+    let inputs = if constant_first {
+        ["k", "c"]
+    } else {
+        ["c", "k"]
+    };
+    model_io(
+        vec![conv(&["x", "W"], "c"), node(op, "op", &inputs, &["y"])],
+        vec![f32_info("x", &[1, 2, 5, 5])],
+        vec![f32_info("y", &[1, 3, 5, 5])],
+        vec![
+            f32_tensor("W", &[3, 2, 3, 3], &values(54, 9)),
+            f32_tensor("k", k_dims, k),
+        ],
+    )
+}
+
+#[test]
+fn fuses_conv_add_into_the_bias() {
+    let m = lift(conv_then("Add", &[1, 3, 1, 1], &[0.5, -1.0, 2.0], false));
+    let (out, _) = run_passes(&m, &["fuse-conv-add", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn fuses_conv_add_with_the_constant_first_and_a_scalar() {
+    let m = lift(conv_then("Add", &[], &[0.25], true));
+    let (out, _) = run_passes(&m, &["fuse-conv-add", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_conv_add_that_is_not_per_channel() {
+    let m = lift(conv_then(
+        "Add",
+        &[1, 1, 1, 5],
+        &[1.0, 2.0, 3.0, 4.0, 5.0],
+        false,
+    ));
+    let (out, report) = run_passes(&m, &["fuse-conv-add"]);
+    assert_eq!(count_op(&out, "Add"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("not one value per output channel")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_conv_add_whose_operand_is_an_input() {
+    let mut p = conv_then("Add", &[1, 3, 1, 1], &[0.5, -1.0, 2.0], false);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "k");
+    g.input.push(f32_info("k", &[1, 3, 1, 1]));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-add"]);
+    assert_eq!(count_op(&out, "Add"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("not a constant")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_conv_add_when_conv_output_has_two_users() {
+    let mut p = conv_then("Add", &[1, 3, 1, 1], &[0.5, -1.0, 2.0], false);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "relu", &["c"], &["z"]));
+    g.output.push(f32_info("z", &[1, 3, 5, 5]));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-add"]);
+    assert_eq!(count_op(&out, "Add"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("other readers")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn fuses_conv_mul_into_the_weights() {
+    let m = lift(conv_then("Mul", &[3, 1, 1], &[0.5, -1.0, 2.0], false));
+    let (out, _) = run_passes(&m, &["fuse-conv-mul", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_conv_mul_that_is_not_per_channel() {
+    let m = lift(conv_then("Mul", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0], false));
+    let (out, report) = run_passes(&m, &["fuse-conv-mul"]);
+    assert_eq!(count_op(&out, "Mul"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("not one value per output channel")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_conv_mul_whose_weight_is_an_input() {
+    let mut p = conv_then("Mul", &[3, 1, 1], &[0.5, -1.0, 2.0], false);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "W");
+    g.input.push(f32_info("W", &[3, 2, 3, 3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-mul"]);
+    assert_eq!(count_op(&out, "Mul"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("weight is not an f32 initializer")),
+        "{:?}",
+        report.explain
+    );
+}

@@ -149,9 +149,14 @@ impl<'g> Patch<'g> {
         Ok(())
     }
 
-    /// Rewires all inputs of `n`.
+    /// Rewires all inputs of `n`. Trailing omitted inputs are dropped rather than written as
+    /// empty names, which some runtimes (tract among them) do not accept.
     pub fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {
-        self.g.set_inputs(n, inputs);
+        let len = inputs
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        self.g.set_inputs(n, &inputs[..len]);
         self.edits += 1;
     }
 

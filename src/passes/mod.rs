@@ -78,10 +78,15 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(cleanup::cse::Cse),
         // Shape arithmetic folds before fusions so they see plain Reshapes.
         Box::new(fold::reshape_target::FoldReshapeTarget),
+        // Static dims become constants, which constant folding then propagates.
+        Box::new(fold::shape::FoldShape),
         // Constant subexpressions next: fusions then meet constants, not the ops computing them.
         Box::new(fold::constant::FoldConstants { limit: fold_limit }),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
+        // After BN fusion, so a Conv's own bias exists to absorb the Add.
+        Box::new(fuse::conv_mul::FuseConvMul),
+        Box::new(fuse::conv_add::FuseConvAdd),
         Box::new(fuse::layer_norm::FuseLayerNorm),
         // Last: everything above leaves unread nodes and initializers behind.
         Box::new(cleanup::dce::DeadCode),

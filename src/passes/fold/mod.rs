@@ -2,3 +2,4 @@
 
 pub mod constant;
 pub mod reshape_target;
+pub mod shape;

@@ -1,4 +1,111 @@
 //! Fusion: rewrites that merge operators into fewer, equivalent ones.
 
+pub mod conv_add;
 pub mod conv_bn;
+pub mod conv_mul;
 pub mod layer_norm;
+
+use crate::ir::{Graph, NodeId, ValueId};
+
+/// A binary node whose one operand is a Conv's sole output and whose other is a constant.
+pub struct ConvBefore {
+    pub conv: NodeId,
+    pub x: ValueId,
+    pub weight: ValueId,
+    pub weight_name: String,
+    pub bias: Option<Vec<f32>>,
+    pub conv_out: ValueId,
+    /// The binary node's other operand.
+    pub constant: ValueId,
+    /// The binary node's output.
+    pub out: ValueId,
+    pub channels: usize,
+    /// Rank of the Conv's output (weight rank).
+    pub rank: usize,
+}
+
+/// The refusal for binary nodes that simply do not follow a Conv: too common to report.
+pub const NOT_AFTER_CONV: &str = "neither operand is a Conv output";
+
+/// Matches `op(conv_output, constant)` in either order at `n`.
+pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
+    let node = g.node(n);
+    let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
+        return Err(NOT_AFTER_CONV);
+    };
+    let is_conv = |v: ValueId| g.producer(v).filter(|&p| g.node(p).is("Conv"));
+    let (conv, conv_out, constant) = match (is_conv(a), is_conv(b)) {
+        (Some(c), _) => (c, a, b),
+        (None, Some(c)) => (c, b, a),
+        _ => return Err(NOT_AFTER_CONV),
+    };
+    if g.value(conv_out).uses().len() != 1 || g.is_output(conv_out) {
+        return Err("the Conv's output has other readers");
+    }
+    let cn = g.node(conv);
+    let x = cn.input(0).ok_or("the Conv has no input")?;
+    let weight = cn.input(1).ok_or("the Conv has no weight")?;
+    let w = g
+        .value(weight)
+        .constant()
+        .filter(|t| t.to_f32_vec().is_some())
+        .ok_or("the Conv's weight is not an f32 initializer")?;
+    let channels = *w.dims().first().ok_or("the Conv's weight has no dims")? as usize;
+    let bias = match cn.input(2) {
+        None => None,
+        Some(b) => Some(
+            g.value(b)
+                .constant()
+                .and_then(|t| t.to_f32_vec())
+                .filter(|v| v.len() == channels)
+                .ok_or("the Conv's bias is not an f32 initializer")?,
+        ),
+    };
+    Ok(ConvBefore {
+        conv,
+        x,
+        weight,
+        weight_name: g.value(weight).name().to_string(),
+        bias,
+        conv_out,
+        constant,
+        out: node.output(0).ok_or("it has no output")?,
+        channels,
+        rank: w.dims().len(),
+    })
+}
+
+/// One value per output channel from a constant that broadcasts along the channel axis of a
+/// rank-`rank` Conv output: shape [], [1], [C, 1, ..., 1] or [1, C, 1, ..., 1].
+pub fn per_channel(
+    g: &Graph,
+    v: ValueId,
+    channels: usize,
+    rank: usize,
+) -> Result<Vec<f32>, &'static str> {
+    let t = g
+        .value(v)
+        .constant()
+        .ok_or("the other operand is not a constant")?;
+    let values = t.to_f32_vec().ok_or("the other operand is not f32")?;
+    let dims: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
+    if values.len() == 1 && dims.len() <= rank {
+        return Ok(vec![values[0]; channels]);
+    }
+    // Right-aligned against [N, C, spatial...]: the channel axis is rank - 2 from the end.
+    let from_end = rank - 1;
+    let ok = dims.len() >= from_end
+        && dims.len() <= rank
+        && dims.iter().rev().enumerate().all(|(i, &d)| {
+            if i == from_end - 1 {
+                d == channels
+            } else {
+                d == 1
+            }
+        });
+    if ok && values.len() == channels {
+        Ok(values)
+    } else {
+        Err("the constant is not one value per output channel")
+    }
+}
