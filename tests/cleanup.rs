@@ -513,3 +513,81 @@ fn keeps_equal_custom_nodes_apart() {
     let (out, _) = run_passes(&lift(p), &["cse"]);
     assert_eq!(out.graph.node_count(), 3);
 }
+
+// ---- eliminate-noop ----
+
+#[test]
+fn eliminates_noop_transpose_concat_pad_and_cast() {
+    let mut t = node("Transpose", "t", &["a"], &["b"]);
+    t.attribute.push(common::attr_ints("perm", &[0, 1]));
+    let mut c = node("Concat", "c", &["b"], &["d"]);
+    c.attribute.push(common::attr_int("axis", 0));
+    let mut cast = node("Cast", "cast", &["x"], &["xc"]);
+    cast.attribute.push(common::attr_int("to", 1));
+    let mut p = model_with(vec![
+        cast,
+        node("Relu", "relu", &["xc"], &["a"]),
+        t,
+        c,
+        node("Pad", "pad", &["d", "pads"], &["e"]),
+        node("Neg", "neg", &["e"], &["y"]),
+    ]);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(tensor("pads", 7, &[4], vec![0; 32]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-noop"]);
+    assert_eq!(out.graph.node_count(), 2, "only Relu and Neg remain");
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_transposes_that_permute() {
+    let mut t = node("Transpose", "t", &["a"], &["b"]);
+    t.attribute.push(common::attr_ints("perm", &[1, 0]));
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        t,
+        node("Neg", "neg", &["b"], &["y"]),
+    ]);
+    p.graph.as_mut().unwrap().output[0] = f32_info("y", &[3, 2]);
+    let (out, report) = run_passes(&lift(p), &["eliminate-noop"]);
+    assert_eq!(count_op(&out, "Transpose"), 1);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_casts_of_untrusted_inner_values() {
+    // a's declared type says f32 but nothing proves it: the Cast stays.
+    let mut cast = node("Cast", "cast", &["a"], &["b"]);
+    cast.attribute.push(common::attr_int("to", 1));
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        cast,
+        node("Neg", "neg", &["b"], &["y"]),
+    ]);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .value_info
+        .push(f32_info("a", &[2, 3]));
+    let (out, report) = run_passes(&lift(p), &["eliminate-noop"]);
+    assert_eq!(count_op(&out, "Cast"), 1);
+    assert!(report.steps.is_empty());
+}
+
+#[test]
+fn keeps_noop_between_graph_input_and_output() {
+    let mut t = node("Transpose", "t", &["x"], &["y"]);
+    t.attribute.push(common::attr_ints("perm", &[0, 1]));
+    let (out, report) = run_passes(&lift(model_with(vec![t])), &["eliminate-noop"]);
+    assert_eq!(count_op(&out, "Transpose"), 1);
+    assert!(
+        report.explain.iter().any(|e| e.contains("interface")),
+        "{:?}",
+        report.explain
+    );
+}

@@ -447,3 +447,95 @@ fn keeps_conv_mul_whose_weight_is_an_input() {
         report.explain
     );
 }
+
+// ---- fuse-matmul-add ----
+
+/// x[2,4] ─▶ MatMul(B[4,3]) ─▶ m ─▶ Add(c) ─▶ y[2,3], x of the given shape.
+fn matmul_add(x_dims: &[i64], y_dims: &[i64], c_dims: &[i64]) -> ModelProto {
+    let c_len: i64 = c_dims.iter().product();
+    model_io(
+        vec![
+            node("MatMul", "mm", &["x", "B"], &["m"]),
+            node("Add", "add", &["m", "c"], &["y"]),
+        ],
+        vec![f32_info("x", x_dims)],
+        vec![f32_info("y", y_dims)],
+        vec![
+            f32_tensor("B", &[4, 3], &values(12, 3)),
+            f32_tensor("c", c_dims, &values(c_len as usize, 4)),
+        ],
+    )
+}
+
+#[test]
+fn fuses_matmul_add_into_gemm() {
+    let m = lift(matmul_add(&[2, 4], &[2, 3], &[3]));
+    let (out, _) = run_passes(&m, &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 1);
+    assert_eq!(out.graph.node_count(), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_matmul_add_of_3d_inputs() {
+    let m = lift(matmul_add(&[2, 5, 4], &[2, 5, 3], &[3]));
+    let (out, report) = run_passes(&m, &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("not known to be 2-D")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_matmul_add_whose_bias_is_not_per_column() {
+    let m = lift(matmul_add(&[2, 4], &[2, 3], &[2, 3]));
+    let (out, report) = run_passes(&m, &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("one value per output column")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_matmul_add_whose_weight_is_an_input() {
+    let mut p = matmul_add(&[2, 4], &[2, 3], &[3]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "B");
+    g.input.push(f32_info("B", &[4, 3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("not a 2-D f32 initializer")),
+        "{:?}",
+        report.explain
+    );
+}
+
+#[test]
+fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
+    let mut p = matmul_add(&[2, 4], &[2, 3], &[3]);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &["m"], &["z"]));
+    g.output.push(f32_info("z", &[2, 3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert!(
+        report.explain.iter().any(|e| e.contains("other readers")),
+        "{:?}",
+        report.explain
+    );
+}

@@ -74,6 +74,7 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         // pattern that follows.
         Box::new(cleanup::identity::EliminateIdentity),
         Box::new(cleanup::dropout::EliminateDropout),
+        Box::new(cleanup::noop::EliminateNoop),
         // Merging equal constants and nodes before fusing means each pattern is seen once.
         Box::new(cleanup::cse::Cse),
         // Shape arithmetic folds before fusions so they see plain Reshapes.
@@ -88,6 +89,7 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fuse::conv_mul::FuseConvMul),
         Box::new(fuse::conv_add::FuseConvAdd),
         Box::new(fuse::layer_norm::FuseLayerNorm),
+        Box::new(fuse::matmul_add::FuseMatMulAdd),
         // Last: everything above leaves unread nodes and initializers behind.
         Box::new(cleanup::dce::DeadCode),
     ]

@@ -5,6 +5,7 @@ pub mod cse;
 pub mod dce;
 pub mod dropout;
 pub mod identity;
+pub mod noop;
 
 use anyhow::Result;
 

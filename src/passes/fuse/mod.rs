@@ -4,6 +4,7 @@ pub mod conv_add;
 pub mod conv_bn;
 pub mod conv_mul;
 pub mod layer_norm;
+pub mod matmul_add;
 
 use crate::ir::{Graph, NodeId, ValueId};
 
