@@ -109,6 +109,36 @@ def optimizer_section(results):
         "",
     ]
     lines += [f"![{c.stem}](charts/{c.name})" for c in charts]
+    lines += ["", "### Targets", "", "| model | onnxsmith nodes | fewest nodes of the others (tool) | met | "
+              "max abs diff of onnxsmith's output |", "|---|---:|---|---|---:|"]
+    for r in results:
+        rows = {x["tool"]: x for x in r["rows"] if "error" not in x}
+        ours = rows.get("onnxsmith")
+        others = [x for t, x in rows.items() if not t.startswith("onnxsmith") and t != "original"]
+        if not ours or not others:
+            continue
+        best = min(others, key=lambda x: x["nodes"])
+        met = "yes" if ours["nodes"] <= best["nodes"] else "**no**"
+        lines.append(f"| {r['model']} | {ours['nodes']} | {best['nodes']} ({best['tool']}) | {met} | {ours['diff']:.1e} |")
+    resnet = next((r for r in results if r["model"] == "resnet50"), None)
+    if resnet:
+        rows = {x["tool"]: x for x in resnet["rows"] if "error" not in x}
+        nc, ck = rows["onnxsmith --no-check"], rows["onnxsmith"]
+        lines += ["", "ResNet-50 speed targets:", ""]
+        for tool, factor in [("onnxsim", 10), ("onnxslim", 5), ("ort-basic", 1)]:
+            if tool in rows:
+                ratio = rows[tool]["time"] / nc["time"]
+                lines.append(f"- `optimize --no-check` vs {tool}: {ratio:.1f}x faster (target: at least {factor}x): "
+                             f"{'met' if ratio >= factor else '**not met**'}")
+        if "onnxsim" in rows:
+            ratio = rows["onnxsim"]["time"] / ck["time"]
+            lines.append(f"- `optimize` with the tract check vs onnxsim: {ratio:.1f}x faster (target: at least 5x): "
+                         f"{'met' if ratio >= 5 else '**not met**'}")
+            lat = ck["latency"] / rows["onnxsim"]["latency"]
+            lines.append(f"- ORT latency of our output / onnxsim's: {lat:.3f} (target: at most 1.02): "
+                         f"{'met' if lat <= 1.02 else '**not met**'}")
+        lines.append(f"- peak RSS of `optimize --no-check` / file size: {nc['rss'] / resnet['bytes']:.2f} (target: at most 1.5): "
+                     f"{'met' if nc['rss'] / resnet['bytes'] <= 1.5 else '**not met**'}")
     lines += ["", compare.markdown(results)]
     return "\n".join(lines)
 

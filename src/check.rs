@@ -172,11 +172,17 @@ impl Reference {
 
     /// Runs `candidate` on the reference inputs and compares.
     pub fn check(&self, candidate: &Model) -> Result<Outcome> {
+        self.check_prepared(Runner::new(candidate, &self.opts.binding, &[]))
+    }
+
+    /// Like [`Reference::check`], with the candidate already made runnable (which can happen
+    /// on another thread while the reference runs).
+    pub fn check_prepared(&self, runner: Result<Runner>) -> Result<Outcome> {
         let expected = match &self.outputs {
             Ok(o) => o,
             Err(reason) => return Ok(Outcome::Unverified(format!("original: {reason}"))),
         };
-        let runner = match Runner::new(candidate, &self.opts.binding, &[]) {
+        let runner = match runner {
             Ok(r) => r,
             Err(e) => return unrunnable_outcome(e, "result"),
         };
