@@ -20,6 +20,17 @@ use serde::Serialize;
 
 use crate::ir::{print::print_model, verify::verify, Graph, Model};
 
+/// Operators whose result differs from run to run: never merged, never folded.
+pub const NONDETERMINISTIC: &[&str] = &[
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+];
+
 /// Whether a pass changed the graph, and how many rewrites it made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Changed {

@@ -20,19 +20,9 @@ use anyhow::Result;
 use prost::Message;
 
 use crate::ir::{Def, Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::passes::{for_each_graph, Changed, Pass, PassContext, NONDETERMINISTIC};
 
 pub struct Cse;
-
-const NONDETERMINISTIC: &[&str] = &[
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    "Dropout",
-];
 
 /// Element type, shape and the first bytes of a payload.
 type BucketKey = (i32, Vec<i64>, Vec<u8>);

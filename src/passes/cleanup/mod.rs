@@ -9,19 +9,69 @@ pub mod noop;
 
 use anyhow::Result;
 
-use crate::ir::{Graph, NodeId, Patch, ValueId};
+use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
+use crate::passes::{for_each_graph, Changed, PassContext};
 
-/// A node that forwards `input` unchanged to `output`.
-pub struct Forward {
-    pub node: NodeId,
-    pub input: ValueId,
-    pub output: ValueId,
+/// What a forwarding pass says of a node: not its pattern, a node to remove, or one that must
+/// stay for the reason given.
+pub enum Verdict {
+    NotMine,
+    Forwards,
+    Keep(&'static str),
+}
+
+/// Removes every node that `judge` says forwards its first input unchanged to its first
+/// output, in every graph of the model, one at a time: removing one can turn the next one's
+/// output into a renamed interface.
+pub fn remove_forwarding(
+    model: &mut Model,
+    pass: &str,
+    cx: &mut PassContext,
+    judge: &dyn Fn(&Graph, NodeId) -> Verdict,
+) -> Result<Changed> {
+    let n = for_each_graph(&mut model.graph, &mut |g| {
+        let mut done = 0;
+        while let Some((node, input, output)) = next_forward(g, pass, cx, judge) {
+            let mut patch = Patch::new(g);
+            patch.replace_value(output, input)?;
+            patch.remove_node(node)?;
+            done += patch.commit()?;
+        }
+        Ok(done)
+    })?;
+    Ok(Changed::from_count(n))
+}
+
+fn next_forward(
+    g: &Graph,
+    pass: &str,
+    cx: &mut PassContext,
+    judge: &dyn Fn(&Graph, NodeId) -> Verdict,
+) -> Option<(NodeId, ValueId, ValueId)> {
+    let mut nodes: Vec<NodeId> = g.node_ids().collect();
+    nodes.sort();
+    for n in nodes {
+        let node = g.node(n);
+        let (Some(input), Some(output)) = (node.input(0), node.output(0)) else {
+            continue;
+        };
+        let why = match judge(g, n) {
+            Verdict::NotMine => continue,
+            Verdict::Keep(why) => why,
+            Verdict::Forwards => match forward_blocker(g, input, output) {
+                None => return Some((n, input, output)),
+                Some(why) => why,
+            },
+        };
+        cx.refuse(pass, &node.name, &node.op, why);
+    }
+    None
 }
 
 /// Why a forwarding node must stay, or `None` when it can go. Readers of the output read the
 /// input instead; when the output is a graph output the input takes its name, which needs the
 /// input to be an internal value.
-pub fn forward_blocker(g: &Graph, input: ValueId, output: ValueId) -> Option<&'static str> {
+fn forward_blocker(g: &Graph, input: ValueId, output: ValueId) -> Option<&'static str> {
     if !g.is_output(output) {
         return None;
     }
@@ -31,12 +81,4 @@ pub fn forward_blocker(g: &Graph, input: ValueId, output: ValueId) -> Option<&'s
     } else {
         Some("its output is a graph output and its input is a graph input, initializer, capture or another output, so removing it would rename the graph's interface")
     }
-}
-
-/// Removes a forwarding node, its readers reading its input instead.
-pub fn remove_forward(g: &mut Graph, f: Forward) -> Result<usize> {
-    let mut patch = Patch::new(g);
-    patch.replace_value(f.output, f.input)?;
-    patch.remove_node(f.node)?;
-    patch.commit()
 }

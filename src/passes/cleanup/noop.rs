@@ -13,9 +13,9 @@
 
 use anyhow::Result;
 
-use super::{forward_blocker, remove_forward, Forward};
+use super::{remove_forwarding, Verdict};
 use crate::ir::{Def, Graph, Model, NodeId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::passes::{Changed, Pass, PassContext};
 
 pub struct EliminateNoop;
 
@@ -48,29 +48,6 @@ fn is_noop(g: &Graph, n: NodeId) -> bool {
     false
 }
 
-fn find(g: &Graph, cx: &mut PassContext) -> Vec<Forward> {
-    let mut found = Vec::new();
-    for n in g.node_ids() {
-        if !is_noop(g, n) {
-            continue;
-        }
-        let node = g.node(n);
-        let (Some(input), Some(output)) = (node.input(0), node.output(0)) else {
-            continue;
-        };
-        match forward_blocker(g, input, output) {
-            None => found.push(Forward {
-                node: n,
-                input,
-                output,
-            }),
-            Some(why) => cx.refuse("eliminate-noop", &node.name, &node.op, why),
-        }
-    }
-    found.sort_by_key(|f| f.node);
-    found
-}
-
 impl Pass for EliminateNoop {
     fn id(&self) -> &'static str {
         "eliminate-noop"
@@ -81,13 +58,12 @@ impl Pass for EliminateNoop {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g| {
-            let mut done = 0;
-            while let Some(f) = find(g, cx).into_iter().next() {
-                done += remove_forward(g, f)?;
+        remove_forwarding(model, self.id(), cx, &|g, n| {
+            if is_noop(g, n) {
+                Verdict::Forwards
+            } else {
+                Verdict::NotMine
             }
-            Ok(done)
-        })?;
-        Ok(Changed::from_count(n))
+        })
     }
 }

@@ -23,7 +23,7 @@ use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId, ValueInfo};
 use crate::onnx::proto::ModelProto;
-use crate::passes::{Changed, Pass, PassContext};
+use crate::passes::{Changed, Pass, PassContext, NONDETERMINISTIC};
 use crate::runtime::{Binding, Runner};
 
 pub struct FoldConstants {
@@ -33,14 +33,9 @@ pub struct FoldConstants {
 
 pub const DEFAULT_FOLD_LIMIT: u64 = 1 << 20;
 
+/// Besides the nondeterministic ones: folding Q/DQ would undo quantization, and Constant has a
+/// pass of its own.
 const NEVER: &[&str] = &[
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    "Dropout",
     "QuantizeLinear",
     "DequantizeLinear",
     "DynamicQuantizeLinear",
@@ -52,7 +47,7 @@ fn why_not(g: &Graph, n: NodeId) -> Option<&'static str> {
     if !(node.domain.is_empty() || node.domain == "ai.onnx") {
         return Some("operators outside the default domain are opaque");
     }
-    if NEVER.contains(&node.op.as_str()) {
+    if NEVER.contains(&node.op.as_str()) || NONDETERMINISTIC.contains(&node.op.as_str()) {
         return Some("this operator is never folded");
     }
     if node.has_bodies() {

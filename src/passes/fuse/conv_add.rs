@@ -12,9 +12,9 @@
 
 use anyhow::Result;
 
-use super::{conv_before, per_channel, ConvBefore};
-use crate::ir::{Model, NodeId, Patch, Tensor};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use super::fuse_after_conv;
+use crate::ir::{Model, Tensor};
+use crate::passes::{Changed, Pass, PassContext};
 
 pub struct FuseConvAdd;
 
@@ -28,40 +28,15 @@ impl Pass for FuseConvAdd {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g| {
-            let mut done = 0;
-            let mut adds: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("Add")).collect();
-            adds.sort();
-            for add in adds {
-                let m: Result<(ConvBefore, Vec<f32>), &str> = conv_before(g, add).and_then(|m| {
-                    let k = per_channel(g, m.constant, m.channels, m.rank)?;
-                    Ok((m, k))
-                });
-                let (m, k) = match m {
-                    Ok(m) => m,
-                    Err(why) => {
-                        if why != super::NOT_AFTER_CONV {
-                            let name = g.node(add).name.clone();
-                            cx.refuse("fuse-conv-add", &name, "Add", why);
-                        }
-                        continue;
-                    }
-                };
-                let bias: Vec<f32> = (0..m.channels)
-                    .map(|o| m.bias.as_ref().map_or(0.0, |b| b[o]) + k[o])
-                    .collect();
-                let mut patch = Patch::new(g);
-                let b = patch.add_initializer(
-                    &format!("{}_bias", m.weight_name),
-                    Tensor::from_f32(vec![m.channels as i64], &bias),
-                )?;
-                patch.set_inputs(m.conv, &[Some(m.x), Some(m.weight), Some(b)]);
-                patch.replace_value(m.out, m.conv_out)?;
-                patch.remove_node(add)?;
-                done += patch.commit()?;
-            }
-            Ok(done)
-        })?;
-        Ok(Changed::from_count(n))
+        fuse_after_conv(model, "Add", self.id(), cx, &|patch, m, k| {
+            let bias: Vec<f32> = (0..m.channels)
+                .map(|o| m.bias.as_ref().map_or(0.0, |b| b[o]) + k[o])
+                .collect();
+            let b = patch.add_initializer(
+                &format!("{}_bias", m.weight_name),
+                Tensor::from_f32(vec![m.channels as i64], &bias),
+            )?;
+            Ok((m.weight, Some(b)))
+        })
     }
 }

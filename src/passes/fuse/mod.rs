@@ -6,7 +6,54 @@ pub mod conv_mul;
 pub mod layer_norm;
 pub mod matmul_add;
 
-use crate::ir::{Graph, NodeId, ValueId};
+use anyhow::Result;
+
+use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
+use crate::passes::{for_each_graph, Changed, PassContext};
+
+/// Makes a Conv's new weight and optional bias from a match and the per-channel values.
+pub type FoldIntoConv =
+    dyn Fn(&mut Patch, &ConvBefore, &[f32]) -> Result<(ValueId, Option<ValueId>)>;
+
+/// Folds every `op(conv_output, per-channel constant)` into its Conv, in every graph: `fold`
+/// makes the new weight and bias (as initializers) from the match and the constant's values.
+pub fn fuse_after_conv(
+    model: &mut Model,
+    op: &str,
+    pass: &str,
+    cx: &mut PassContext,
+    fold: &FoldIntoConv,
+) -> Result<Changed> {
+    let n = for_each_graph(&mut model.graph, &mut |g| {
+        let mut done = 0;
+        let mut nodes: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is(op)).collect();
+        nodes.sort();
+        for n in nodes {
+            let matched = conv_before(g, n).and_then(|m| {
+                let k = per_channel(g, m.constant, m.channels, m.rank)?;
+                Ok((m, k))
+            });
+            let (m, k) = match matched {
+                Ok(found) => found,
+                Err(why) => {
+                    if why != NOT_AFTER_CONV {
+                        let name = g.node(n).name.clone();
+                        cx.refuse(pass, &name, op, why);
+                    }
+                    continue;
+                }
+            };
+            let mut patch = Patch::new(g);
+            let (w, b) = fold(&mut patch, &m, &k)?;
+            patch.set_inputs(m.conv, &[Some(m.x), Some(w), b]);
+            patch.replace_value(m.out, m.conv_out)?;
+            patch.remove_node(n)?;
+            done += patch.commit()?;
+        }
+        Ok(done)
+    })?;
+    Ok(Changed::from_count(n))
+}
 
 /// A binary node whose one operand is a Conv's sole output and whose other is a constant.
 pub struct ConvBefore {
