@@ -399,3 +399,77 @@ fn keeps_shape_that_is_a_graph_output() {
         report.explain
     );
 }
+
+/// y = Reshape(x, Concat(Slice(Shape(x), [start], [end]), [-1])), x: f32[batch, 4, 6].
+fn flatten_model(start: i64, end: i64) -> ModelProto {
+    let mut p = reshape_model(0, 1, &[2, 3]);
+    let g = p.graph.as_mut().unwrap();
+    let mut concat = node("Concat", "concat", &["head", "minus_one"], &["target"]);
+    concat.attribute.push(attr_int("axis", 0));
+    g.node = vec![
+        node("Shape", "shape", &["x"], &["s"]),
+        node(
+            "Slice",
+            "slice",
+            &["s", "starts", "ends", "axes"],
+            &["head"],
+        ),
+        concat,
+        node("Reshape", "reshape", &["x", "target"], &["y"]),
+    ];
+    g.initializer = vec![
+        i64_tensor("starts", &[1], &[start]),
+        i64_tensor("ends", &[1], &[end]),
+        i64_tensor("axes", &[1], &[0]),
+        i64_tensor("minus_one", &[1], &[-1]),
+    ];
+    let mut y = f32_info("y", &[1, 24]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        y.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape.as_mut().unwrap().dim[0].value = Some(
+            onnxsmith::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+        );
+        t.shape.as_mut().unwrap().dim[1].value = None;
+    }
+    g.output = vec![y];
+    p
+}
+
+#[test]
+fn folds_sliced_shape_flatten_target() {
+    let m = lift(flatten_model(0, 1));
+    let (out, _) = run_passes(&m, &["fold-reshape-target", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
+    let target = out
+        .graph
+        .node(out.graph.node_ids().next().unwrap())
+        .input(1)
+        .unwrap();
+    assert_eq!(
+        out.graph
+            .value(target)
+            .constant()
+            .unwrap()
+            .to_i64_vec()
+            .unwrap(),
+        [0, -1]
+    );
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_sliced_shape_that_does_not_start_at_its_position() {
+    let m = lift(flatten_model(1, 2));
+    let (out, report) = run_passes(&m, &["fold-reshape-target"]);
+    assert_eq!(count_op(&out, "Shape"), 1);
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("neither a constant nor the same dim")),
+        "{:?}",
+        report.explain
+    );
+}

@@ -10,15 +10,19 @@
 //!
 //! A 0 in a Reshape target copies that dim from the input (opset 5+, unless `allowzero=1`),
 //! so dims that are symbolic (batch, sequence) stay symbolic. Preconditions: every Concat part
-//! is either a constant int64 vector or `Unsqueeze(Gather(Shape(x), i), [0])` of the Reshape's
-//! own input with `i` equal to the part's position; no constant part is 0 (it would be read as
-//! "copy"); `Shape` has no start/end. Refuses otherwise. The Shape/Gather/Unsqueeze/Concat chain
+//! is a constant int64 vector, `Unsqueeze(Gather(Shape(x), i), [0])`, or
+//! `Slice(Shape(x), [i], [j])` (the flatten Paddle and others export, possibly through Casts
+//! to int32/int64), of the Reshape's own
+//! input with `i` equal to the part's position and, for the Slice, `j` within x's rank as tract
+//! infers it; no constant part is 0 (it would be read as "copy"); `Shape` has no start/end.
+//! Refuses otherwise. The Shape/Gather/Unsqueeze/Concat chain
 //! is left to dead-code. Runs inside subgraphs too.
 
 use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::runtime::static_shapes;
 
 pub struct FoldReshapeTarget;
 
@@ -73,7 +77,62 @@ fn copies_dim(g: &Graph, part: ValueId, x: ValueId, pos: usize) -> bool {
     sn.input(0) == Some(x) && sn.attr("start").is_none() && sn.attr("end").is_none()
 }
 
-fn match_at(g: &Graph, reshape: NodeId) -> Result<Found, &'static str> {
+/// The value under any Casts to int32 or int64: exact for dims, and some exporters wrap shape
+/// arithmetic in them.
+fn through_int_casts(g: &Graph, mut v: ValueId) -> ValueId {
+    while let Some(n) = g.producer(v).filter(|&n| g.node(n).is("Cast")) {
+        let node = g.node(n);
+        match (node.attr_i("to"), node.input(0)) {
+            (Some(6 | 7), Some(inner)) => v = inner,
+            _ => break,
+        }
+    }
+    v
+}
+
+/// How many dims `part` copies when it is `Slice(Shape(x), [at], [e])` (axes [0], step 1):
+/// dims at..e of x itself, which needs x's rank, as tract infers it, to reach e.
+fn copies_dims(
+    g: &Graph,
+    part: ValueId,
+    x: ValueId,
+    at: usize,
+    rank: Option<usize>,
+) -> Option<usize> {
+    let slice = g
+        .producer(through_int_casts(g, part))
+        .filter(|&n| g.node(n).is("Slice"))?;
+    let sn = g.node(slice);
+    let shape = sn
+        .input(0)
+        .and_then(|v| g.producer(through_int_casts(g, v)))
+        .filter(|&n| g.node(n).is("Shape"))?;
+    let shn = g.node(shape);
+    if shn.input(0) != Some(x) || shn.attr("start").is_some() || shn.attr("end").is_some() {
+        return None;
+    }
+    let one = |slot: usize| -> Option<Option<i64>> {
+        match sn.input(slot) {
+            None => Some(None),
+            Some(v) => match const_ints(g, v)?.as_slice() {
+                [k] => Some(Some(*k)),
+                _ => None,
+            },
+        }
+    };
+    let (start, end) = (one(1)??, one(2)??);
+    if one(3)?.unwrap_or(0) != 0 || one(4)?.unwrap_or(1) != 1 {
+        return None;
+    }
+    let ok = start == at as i64 && end > start && rank.is_some_and(|r| end as usize <= r);
+    ok.then(|| (end - start) as usize)
+}
+
+fn match_at(
+    g: &Graph,
+    reshape: NodeId,
+    rank: &dyn Fn(ValueId) -> Option<usize>,
+) -> Result<Found, &'static str> {
     let node = g.node(reshape);
     if node.attr_i("allowzero") == Some(1) {
         return Err("allowzero=1 reads 0 as a real dim");
@@ -98,6 +157,8 @@ fn match_at(g: &Graph, reshape: NodeId) -> Result<Found, &'static str> {
             target.extend(v);
         } else if target.len() == pos && copies_dim(g, part, x, target.len()) {
             target.push(0);
+        } else if let Some(n) = copies_dims(g, part, x, target.len(), rank(x)) {
+            target.extend(std::iter::repeat_n(0, n));
         } else {
             return Err("a part is neither a constant nor the same dim of the input's own shape");
         }
@@ -118,13 +179,24 @@ impl Pass for FoldReshapeTarget {
         if model.opset("").unwrap_or(1) < 5 {
             return Ok(Changed::No);
         }
+        // Ranks are needed only for the Slice form; ask tract only when a Reshape is there.
+        let any_reshape = model
+            .graph
+            .node_ids()
+            .any(|n| model.graph.node(n).is("Reshape"));
+        let shapes = if any_reshape {
+            static_shapes(model)
+        } else {
+            Default::default()
+        };
         let n = for_each_graph(&mut model.graph, &mut |g| {
+            let rank = |v: ValueId| shapes.get(g.value(v).name()).map(Vec::len);
             let mut found = Vec::new();
             let mut reshapes: Vec<NodeId> =
                 g.node_ids().filter(|&n| g.node(n).is("Reshape")).collect();
             reshapes.sort();
             for r in reshapes {
-                match match_at(g, r) {
+                match match_at(g, r, &rank) {
                     Ok(f) => found.push(f),
                     Err(why) => {
                         let name = g.node(r).name.clone();
