@@ -132,12 +132,7 @@ fn eliminates_dropout_with_constant_false_training_mode_and_unread_mask() {
 #[test]
 fn keeps_dropout_whose_mask_is_read() {
     let mut p = model_with(vec![node("Dropout", "drop", &["x"], &["y", "mask"])]);
-    let mut mask = f32_info("mask", &[2, 3]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        mask.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.elem_type = 9;
-    }
+    let mask = common::info("mask", 9, &[2, 3]);
     p.graph.as_mut().unwrap().output.push(mask);
     let m = lift(p);
     let (out, report) = run_passes(&m, &["eliminate-dropout"]);
@@ -158,12 +153,7 @@ fn keeps_dropout_whose_training_mode_is_not_constant() {
         node("Relu", "relu", &["x"], &["a"]),
         node("Dropout", "drop", &["a", "", "mode"], &["y"]),
     ]);
-    let mut mode = f32_info("mode", &[]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        mode.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.elem_type = 9;
-    }
+    let mode = common::info("mode", 9, &[]);
     p.graph.as_mut().unwrap().input.push(mode);
     let m = lift(p);
     let (out, report) = run_passes(&m, &["eliminate-dropout"]);

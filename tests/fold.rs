@@ -188,12 +188,7 @@ fn folds_constant_subexpressions() {
 #[test]
 fn keeps_folds_that_would_bloat_the_file() {
     // Expand of a scalar to 2M floats (8 MB out of 4 bytes in), read by a non-constant Gather.
-    let mut idx = f32_info("idx", &[2]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        idx.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.elem_type = 7;
-    }
+    let idx = common::info("idx", 7, &[2]);
     let p = model_io(
         vec![
             node("Expand", "expand", &["one", "shape"], &["big"]),
@@ -384,12 +379,7 @@ fn ignores_declared_shapes_of_inner_values() {
 fn keeps_shape_that_is_a_graph_output() {
     let mut p = shape_model(1);
     let g = p.graph.as_mut().unwrap();
-    let mut s = f32_info("s", &[2]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        s.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.elem_type = 7;
-    }
+    let s = common::info("s", 7, &[2]);
     g.output.push(s);
     let (out, report) = run_passes(&lift(p), &["fold-shape"]);
     assert_eq!(count_op(&out, "Shape"), 1);

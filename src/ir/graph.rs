@@ -781,28 +781,26 @@ impl Graph {
 
     /// A node name not used by any node of this graph, derived from `base`.
     pub fn fresh_node_name(&self, base: &str) -> String {
-        let taken = |n: &str| self.dag.node_weights().any(|x| x.name == n);
-        if !taken(base) {
-            return base.to_string();
-        }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| !taken(n))
-            .unwrap()
+        first_free(base, |n| self.dag.node_weights().any(|x| x.name == n))
     }
 
     /// A name not used by any value of this graph, derived from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
-        if !self.names.contains_key(base) {
-            return base.to_string();
-        }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| !self.names.contains_key(n))
-            .unwrap()
+        first_free(base, |n| self.names.contains_key(n))
     }
 
     pub(crate) fn set_node_rest(&mut self, n: NodeId, rest: NodeProto) {
         self.dag[n.0].rest = rest;
     }
+}
+
+/// `base`, or `base_1`, `base_2`, ... : the first that `taken` does not claim.
+fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(base) {
+        return base.to_string();
+    }
+    (1..)
+        .map(|i| format!("{base}_{i}"))
+        .find(|n| !taken(n))
+        .unwrap()
 }

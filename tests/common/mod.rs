@@ -47,11 +47,16 @@ use onnxsmith::onnx::proto::{
 };
 
 pub fn f32_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    info(name, 1, dims)
+}
+
+/// A tensor value of ONNX element type `elem_type` (1 f32, 7 i64, 9 bool, ...).
+pub fn info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: 1,
+                elem_type,
                 shape: Some(TensorShapeProto {
                     dim: dims
                         .iter()
@@ -121,12 +126,7 @@ pub fn if_model() -> ModelProto {
         branch("else_branch", vec![node("Neg", "else_neg", &["a"], &["r"])]),
     ];
     let mut m = model_with(vec![node("Relu", "relu", &["x"], &["a"]), iff]);
-    let mut c = f32_info("c", &[]);
-    if let Some(type_proto::Value::TensorType(t)) = c.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.elem_type = 9;
-    }
-    m.graph.as_mut().unwrap().input.push(c);
+    m.graph.as_mut().unwrap().input.push(info("c", 9, &[]));
     m
 }
 
