@@ -108,9 +108,7 @@ fn keeps_conv_bn_in_training_mode() {
 #[test]
 fn keeps_conv_bn_when_weight_is_a_graph_input() {
     let mut p = conv_bn(false, vec![], vec![]);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "W");
-    g.input.push(f32_info("W", &[3, 2, 3, 3]));
+    common::initializer_to_input(&mut p, "W", &[3, 2, 3, 3]);
     let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
     assert!(report
@@ -122,9 +120,7 @@ fn keeps_conv_bn_when_weight_is_a_graph_input() {
 #[test]
 fn keeps_conv_bn_when_statistics_are_inputs() {
     let mut p = conv_bn(false, vec![], vec![]);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "mean");
-    g.input.push(f32_info("mean", &[3]));
+    common::initializer_to_input(&mut p, "mean", &[3]);
     let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
     assert!(report
@@ -304,9 +300,7 @@ fn keeps_layer_norm_over_another_axis() {
 #[test]
 fn keeps_layer_norm_whose_scale_is_an_input() {
     let mut p = layer_norm_model(17, true, false);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "gamma");
-    g.input.push(f32_info("gamma", &[8]));
+    common::initializer_to_input(&mut p, "gamma", &[8]);
     let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
     assert_eq!(count_op(&out, "LayerNormalization"), 0);
     assert!(
@@ -379,9 +373,7 @@ fn keeps_conv_add_that_is_not_per_channel() {
 #[test]
 fn keeps_conv_add_whose_operand_is_an_input() {
     let mut p = conv_then("Add", &[1, 3, 1, 1], &[0.5, -1.0, 2.0], false);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "k");
-    g.input.push(f32_info("k", &[1, 3, 1, 1]));
+    common::initializer_to_input(&mut p, "k", &[1, 3, 1, 1]);
     let (out, report) = run_passes(&lift(p), &["fuse-conv-add"]);
     assert_eq!(count_op(&out, "Add"), 1);
     assert!(
@@ -433,9 +425,7 @@ fn keeps_conv_mul_that_is_not_per_channel() {
 #[test]
 fn keeps_conv_mul_whose_weight_is_an_input() {
     let mut p = conv_then("Mul", &[3, 1, 1], &[0.5, -1.0, 2.0], false);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "W");
-    g.input.push(f32_info("W", &[3, 2, 3, 3]));
+    common::initializer_to_input(&mut p, "W", &[3, 2, 3, 3]);
     let (out, report) = run_passes(&lift(p), &["fuse-conv-mul"]);
     assert_eq!(count_op(&out, "Mul"), 1);
     assert!(
@@ -510,9 +500,7 @@ fn keeps_matmul_add_whose_bias_is_not_per_column() {
 #[test]
 fn keeps_matmul_add_whose_weight_is_an_input() {
     let mut p = matmul_add(&[2, 4], &[2, 3], &[3]);
-    let g = p.graph.as_mut().unwrap();
-    g.initializer.retain(|t| t.name != "B");
-    g.input.push(f32_info("B", &[4, 3]));
+    common::initializer_to_input(&mut p, "B", &[4, 3]);
     let (out, report) = run_passes(&lift(p), &["fuse-matmul-add"]);
     assert_eq!(count_op(&out, "Gemm"), 0);
     assert!(

@@ -103,6 +103,18 @@ fn removing_a_node_that_is_still_read_is_refused() {
     assert!(err.contains("output 'a' is still read"), "{err}");
 }
 
+/// Node names in the order lowering writes them.
+fn written_order(m: &Model) -> Vec<String> {
+    m.to_proto()
+        .unwrap()
+        .graph
+        .unwrap()
+        .node
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
 #[test]
 fn lowering_keeps_node_order_where_dependencies_allow() {
     let m = lift(common::model_with(vec![
@@ -110,16 +122,7 @@ fn lowering_keeps_node_order_where_dependencies_allow() {
         common::node("Neg", "n1", &["x"], &["b"]),
         common::node("Add", "add", &["a", "b"], &["y"]),
     ]));
-    let names: Vec<String> = m
-        .to_proto()
-        .unwrap()
-        .graph
-        .unwrap()
-        .node
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
-    assert_eq!(names, ["r1", "n1", "add"]);
+    assert_eq!(written_order(&m), ["r1", "n1", "add"]);
 }
 
 #[test]
@@ -129,16 +132,7 @@ fn unsorted_graph_is_written_sorted() {
         common::node("Relu", "r1", &["x"], &["a"]),
         common::node("Neg", "n1", &["x"], &["b"]),
     ]));
-    let names: Vec<String> = m
-        .to_proto()
-        .unwrap()
-        .graph
-        .unwrap()
-        .node
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
-    assert_eq!(names, ["r1", "n1", "add"]);
+    assert_eq!(written_order(&m), ["r1", "n1", "add"]);
 }
 
 #[test]

@@ -633,13 +633,8 @@ impl Graph {
                     self.link(new, u.node, u.slot);
                 }
                 Slot::Capture => {
-                    let node = &mut self.dag[u.node.0];
-                    node.captures.retain(|&c| c != old);
-                    for attr in &mut node.attrs {
-                        for body in attr.bodies_mut() {
-                            body.rename_capture(&old_name, &new_name);
-                        }
-                    }
+                    self.dag[u.node.0].captures.retain(|&c| c != old);
+                    self.rename_in_bodies(u.node, &old_name, &new_name);
                     self.add_node_capture(u.node, new);
                 }
             }
@@ -647,6 +642,15 @@ impl Graph {
         for o in &mut self.outputs {
             if o.value == old {
                 o.value = new;
+            }
+        }
+    }
+
+    /// Makes every subgraph of `n` capture `new` where it captured `old`.
+    fn rename_in_bodies(&mut self, n: NodeId, old: &str, new: &str) {
+        for attr in &mut self.dag[n.0].attrs {
+            for body in attr.bodies_mut() {
+                body.rename_capture(old, new);
             }
         }
     }
@@ -674,11 +678,7 @@ impl Graph {
             .map(|u| u.node)
             .collect();
         for n in users {
-            for attr in &mut self.dag[n.0].attrs {
-                for body in attr.bodies_mut() {
-                    body.rename_capture(old, new);
-                }
-            }
+            self.rename_in_bodies(n, old, new);
         }
     }
 
@@ -701,11 +701,7 @@ impl Graph {
             .map(|u| u.node)
             .collect();
         for n in readers {
-            for attr in &mut self.dag[n.0].attrs {
-                for body in attr.bodies_mut() {
-                    body.rename_capture(&old, name);
-                }
-            }
+            self.rename_in_bodies(n, &old, name);
         }
         Ok(())
     }

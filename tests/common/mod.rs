@@ -258,3 +258,11 @@ pub fn attr_int(name: &str, v: i64) -> onnxsmith::onnx::proto::AttributeProto {
         ..Default::default()
     }
 }
+
+/// Moves initializer `name` to the graph inputs (an f32 of `dims`): a value the caller may
+/// override, which no rewrite may treat as a constant.
+pub fn initializer_to_input(p: &mut ModelProto, name: &str, dims: &[i64]) {
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != name);
+    g.input.push(f32_info(name, dims));
+}
