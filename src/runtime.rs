@@ -118,6 +118,25 @@ fn datum(dtype: DType) -> Option<DatumType> {
     })
 }
 
+fn dtype_of(dt: DatumType) -> Option<DType> {
+    Some(match dt {
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        DatumType::F16 => DType::F16,
+        DatumType::I8 => DType::I8,
+        DatumType::U8 => DType::U8,
+        DatumType::I16 => DType::I16,
+        DatumType::U16 => DType::U16,
+        DatumType::I32 => DType::I32,
+        DatumType::U32 => DType::U32,
+        DatumType::I64 => DType::I64,
+        DatumType::U64 => DType::U64,
+        DatumType::Bool => DType::BOOL,
+        DatumType::String => DType::STRING,
+        _ => return None,
+    })
+}
+
 /// A tensor on the host, as fed to or returned by a run.
 #[derive(Clone)]
 pub struct HostTensor(TTensor);
@@ -210,21 +229,7 @@ impl HostTensor {
         } else {
             self.0.clone()
         };
-        let dtype = match t.datum_type() {
-            DatumType::F32 => DType::F32,
-            DatumType::F64 => DType::F64,
-            DatumType::F16 => DType::F16,
-            DatumType::I8 => DType::I8,
-            DatumType::U8 => DType::U8,
-            DatumType::I16 => DType::I16,
-            DatumType::U16 => DType::U16,
-            DatumType::I32 => DType::I32,
-            DatumType::U32 => DType::U32,
-            DatumType::I64 => DType::I64,
-            DatumType::U64 => DType::U64,
-            DatumType::Bool => DType::BOOL,
-            _ => return None,
-        };
+        let dtype = dtype_of(t.datum_type()).filter(|&d| d != DType::STRING)?;
         let dims = t.shape().iter().map(|&d| d as i64).collect();
         let bytes = t.try_as_plain_ram().ok()?.as_bytes().to_vec();
         Some(Tensor::from_raw(dtype, dims, bytes::Bytes::from(bytes)))
@@ -350,19 +355,101 @@ impl Runner {
     }
 }
 
-/// Shapes tract infers for the model's values, each dim `Some` when it is the same whatever
-/// the inputs are: graph inputs keep their declared dims, with symbols (and unknown dims) left
-/// symbolic, and declared shapes of inner values and outputs are ignored, since exports get
-/// them wrong. Empty when tract cannot type the model.
-pub fn static_shapes(model: &Model) -> HashMap<String, Vec<Option<i64>>> {
-    contain_panic(|| infer_static_shapes(model)).unwrap_or_default()
+/// What tract proves about one value: its element type and, when the rank is known, its dims
+/// (`Dim::Sym` holds tract's expression of the graph inputs' symbols, so two equal `Sym`s are
+/// the same length whatever the inputs are).
+#[derive(Clone, Debug, Default)]
+pub struct Fact {
+    pub dtype: Option<DType>,
+    pub shape: Option<Vec<Dim>>,
 }
 
-fn infer_static_shapes(model: &Model) -> Result<HashMap<String, Vec<Option<i64>>>> {
+/// Facts about the top-level graph's values, by name. Graph inputs keep their declared types
+/// and dims, with symbols (and unknown dims) left symbolic; declared shapes of inner values and
+/// outputs are ignored, since exports get them wrong. Values tract cannot analyse are absent.
+#[derive(Debug, Default)]
+pub struct Facts(HashMap<String, Fact>);
+
+impl Facts {
+    pub fn get(&self, name: &str) -> Option<&Fact> {
+        self.0.get(name)
+    }
+
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        self.get(name)?.dtype
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[Dim]> {
+        self.get(name)?.shape.as_deref()
+    }
+
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.shape(name).map(<[Dim]>::len)
+    }
+
+    /// The dims, each `Some` when it is the same whatever the inputs are.
+    pub fn dims(&self, name: &str) -> Option<Vec<Option<i64>>> {
+        Some(
+            self.shape(name)?
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(n) => Some(*n),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `a` and `b` provably have the same shape for every input.
+    pub fn same_shape(&self, a: &str, b: &str) -> bool {
+        let (Some(x), Some(y)) = (self.shape(a), self.shape(b)) else {
+            return false;
+        };
+        x.len() == y.len()
+            && x.iter().zip(y).all(|(p, q)| match (p, q) {
+                (Dim::Known(m), Dim::Known(n)) => m == n,
+                (Dim::Sym(m), Dim::Sym(n)) => m == n,
+                _ => false,
+            })
+    }
+}
+
+/// Infers [`Facts`] with tract. Ops tract cannot analyse (an `If` whose branches disagree, a
+/// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
+/// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
+pub fn infer_facts(model: &Model) -> Facts {
+    let r = contain_panic(|| infer(model));
+    if let Err(e) = &r {
+        eprintln!("DEBUG {e:?}");
+    }
+    Facts(r.unwrap_or_default())
+}
+
+fn dim_of(d: &tract_onnx::prelude::TDim) -> Dim {
+    match d.as_i64() {
+        Some(n) => Dim::Known(n),
+        None => Dim::Sym(d.to_string()),
+    }
+}
+
+/// A graph input's declared dims, each unknown, negative or `?` one (exports write -1 or `?`
+/// for "any", which must not make two such dims equal) turned into a symbol of its own.
+fn input_shape(g: &crate::ir::Graph, v: crate::ir::ValueId) -> Option<Vec<Dim>> {
+    let name = g.value(v).name();
+    let dims = g.shape(v)?.iter().enumerate().map(|(j, d)| match d {
+        Dim::Known(n) if *n >= 0 => Dim::Known(*n),
+        Dim::Sym(s) if s != "?" => Dim::Sym(s.clone()),
+        _ => Dim::Sym(format!("unknown_{name}_{j}")),
+    });
+    Some(dims.collect())
+}
+
+fn infer(model: &Model) -> Result<HashMap<String, Fact>> {
+    use tract_hir::infer::Factoid;
     use tract_onnx::prelude::{OutletId, TDim};
     let mut proto = model.to_proto()?;
     // Large constants (weights) only matter to shapes through their dims: hand them to tract as
-    // inputs of known shape, so typing does not copy or fold megabytes of weights.
+    // inputs of known shape, so analysis does not copy or fold megabytes of weights.
     let mut weights: HashMap<String, (DType, Vec<i64>)> = HashMap::new();
     if let Some(gp) = proto.graph.as_mut() {
         gp.initializer.retain(|t| {
@@ -402,41 +489,72 @@ fn infer_static_shapes(model: &Model) -> Result<HashMap<String, Vec<Option<i64>>
             .dtype(v)
             .and_then(datum)
             .context("input of unknown type")?;
-        let shape = g.shape(v).context("input of unknown rank")?;
+        let shape = input_shape(g, v).context("input of unknown rank")?;
         let dims: Vec<TDim> = shape
             .iter()
-            .enumerate()
-            .map(|(j, d)| match d {
+            .map(|d| match d {
                 Dim::Known(n) => TDim::from(*n),
-                Dim::Sym(s) => TDim::from(inference.symbols.sym(s)),
-                Dim::Unknown => TDim::from(inference.symbols.sym(&format!("unknown_{name}_{j}"))),
+                _ => TDim::from(inference.symbols.sym(&d.to_string())),
             })
             .collect();
         inference.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
     }
-    let typed = inference.into_typed()?;
-    // Graph inputs are the interface: their declared dims hold by definition.
-    let mut out: HashMap<String, Vec<Option<i64>>> = HashMap::new();
-    for &v in g.inputs() {
-        if let Some(shape) = g.shape(v) {
-            let dims = shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(n) => Some(*n),
-                    _ => None,
-                })
-                .collect();
-            out.insert(g.value(v).name().to_string(), dims);
-        }
-    }
-    for node in typed.nodes() {
+    // Obstinate: an op that fails analysis does not stop the others.
+    let _ = inference.analyse(true);
+    let mut out: HashMap<String, Fact> = HashMap::new();
+    for node in inference.nodes() {
         for (slot, fact) in node.outputs.iter().enumerate() {
-            let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) else {
+            let Some(label) = inference.outlet_label(OutletId::new(node.id, slot)) else {
                 continue;
             };
-            let dims = fact.fact.shape.iter().map(|d| d.as_i64()).collect();
-            out.insert(label.to_string(), dims);
+            let shape = (!fact.fact.shape.is_open()).then(|| {
+                fact.fact
+                    .shape
+                    .dims()
+                    .map(|d| d.concretize().map_or(Dim::Unknown, |d| dim_of(&d)))
+                    .collect()
+            });
+            let dtype = fact.fact.datum_type.concretize().and_then(dtype_of);
+            out.insert(label.to_string(), Fact { dtype, shape });
         }
+    }
+    if let Ok(typed) = inference.into_typed() {
+        for node in typed.nodes() {
+            for (slot, fact) in node.outputs.iter().enumerate() {
+                let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) else {
+                    continue;
+                };
+                let shape = fact.fact.shape.iter().map(dim_of).collect();
+                let dtype = dtype_of(fact.fact.datum_type);
+                out.insert(
+                    label.to_string(),
+                    Fact {
+                        dtype,
+                        shape: Some(shape),
+                    },
+                );
+            }
+        }
+    }
+    // Graph inputs are the interface: their declared types and dims hold by definition.
+    for &v in g.inputs() {
+        out.insert(
+            g.value(v).name().to_string(),
+            Fact {
+                dtype: g.dtype(v),
+                shape: input_shape(g, v),
+            },
+        );
+    }
+    for (name, (dtype, dims)) in weights {
+        let shape = dims.into_iter().map(Dim::Known).collect();
+        out.insert(
+            name,
+            Fact {
+                dtype: Some(dtype),
+                shape: Some(shape),
+            },
+        );
     }
     Ok(out)
 }

@@ -551,14 +551,18 @@ fn keeps_transposes_that_permute() {
 
 #[test]
 fn keeps_casts_of_untrusted_inner_values() {
-    // a's declared type says f32 but nothing proves it: the Cast stays.
+    // a comes from an operator nothing can analyse; its declared type says f32 but nothing
+    // proves it, so the Cast stays.
+    let mut opaque = node("Mystery", "mystery", &["x"], &["a"]);
+    opaque.domain = "com.example".into();
     let mut cast = node("Cast", "cast", &["a"], &["b"]);
     cast.attribute.push(common::attr_int("to", 1));
-    let mut p = model_with(vec![
-        node("Relu", "relu", &["x"], &["a"]),
-        cast,
-        node("Neg", "neg", &["b"], &["y"]),
-    ]);
+    let mut p = model_with(vec![opaque, cast, node("Neg", "neg", &["b"], &["y"])]);
+    p.opset_import
+        .push(onnxsmith::onnx::proto::OperatorSetIdProto {
+            domain: "com.example".into(),
+            version: 1,
+        });
     p.graph
         .as_mut()
         .unwrap()
@@ -567,6 +571,21 @@ fn keeps_casts_of_untrusted_inner_values() {
     let (out, report) = run_passes(&lift(p), &["eliminate-noop"]);
     assert_eq!(count_op(&out, "Cast"), 1);
     assert!(report.steps.is_empty());
+}
+
+#[test]
+fn eliminates_casts_tract_proves_redundant() {
+    // Relu keeps x's f32, which tract proves; the Cast back to f32 does nothing.
+    let mut cast = node("Cast", "cast", &["a"], &["b"]);
+    cast.attribute.push(common::attr_int("to", 1));
+    let m = lift(model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        cast,
+        node("Neg", "neg", &["b"], &["y"]),
+    ]));
+    let (out, _) = run_passes(&m, &["eliminate-noop"]);
+    assert_eq!(count_op(&out, "Cast"), 0);
+    assert_same_outputs(&m, &out);
 }
 
 #[test]
@@ -580,4 +599,85 @@ fn keeps_noop_between_graph_input_and_output() {
         "{:?}",
         report.explain
     );
+}
+
+fn i64s(name: &str, v: &[i64]) -> onnxsmith::onnx::proto::TensorProto {
+    tensor(
+        name,
+        7,
+        &[v.len() as i64],
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+#[test]
+fn eliminates_shape_preserving_ops_and_neutral_arithmetic() {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Reshape", "reshape", &["a", "same_shape"], &["b"]),
+        node(
+            "Slice",
+            "slice",
+            &["b", "zero", "big", "zero", "one"],
+            &["c"],
+        ),
+        node("Expand", "expand", &["c", "row"], &["d"]),
+        node("Add", "add", &["zeros", "d"], &["e"]),
+        node("Mul", "mul", &["e", "ones"], &["f"]),
+        node("Div", "div", &["f", "ones"], &["g"]),
+        node("Sub", "sub", &["g", "zeros"], &["h"]),
+        node("Tile", "tile", &["h", "unit_repeats"], &["i"]),
+        node("Neg", "neg", &["i"], &["y"]),
+    ]);
+    p.graph.as_mut().unwrap().initializer = vec![
+        i64s("same_shape", &[2, 3]),
+        i64s("zero", &[0]),
+        i64s("big", &[i64::MAX]),
+        i64s("one", &[1]),
+        i64s("row", &[1, 3]),
+        i64s("unit_repeats", &[1, 1]),
+        f32_tensor("zeros", &[3], &[0.0; 3]),
+        f32_tensor("ones", &[1], &[1.0]),
+    ];
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-noop"]);
+    assert_eq!(out.graph.node_count(), 2, "only Relu and Neg remain");
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_neutral_arithmetic_that_broadcasts_and_reversing_slices() {
+    // zeros[4, 2, 3] + x grows x to [4, 2, 3]; a full Slice with step -1 reverses.
+    let mut p = model_with(vec![
+        node("Add", "add", &["x", "zeros"], &["a"]),
+        node(
+            "Slice",
+            "slice",
+            &["a", "minus_one", "low", "zero", "minus_one"],
+            &["y"],
+        ),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer = vec![
+        f32_tensor("zeros", &[4, 2, 3], &[0.0; 24]),
+        i64s("minus_one", &[-1]),
+        i64s("low", &[i64::MIN]),
+        i64s("zero", &[0]),
+    ];
+    g.output = vec![f32_info("y", &[4, 2, 3])];
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-noop"]);
+    assert_eq!(out.graph.node_count(), 2);
+    assert!(report.steps.is_empty());
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_arithmetic_with_other_constants() {
+    let mut p = model_with(vec![node("Mul", "mul", &["x", "twos"], &["y"])]);
+    p.graph.as_mut().unwrap().initializer = vec![f32_tensor("twos", &[1], &[2.0])];
+    let (out, report) = run_passes(&lift(p), &["eliminate-noop"]);
+    assert_eq!(count_op(&out, "Mul"), 1);
+    assert!(report.steps.is_empty());
 }

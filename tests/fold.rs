@@ -3,10 +3,10 @@
 mod common;
 
 use common::{
-    assert_same_outputs, attr_int, before_after, count_op, f32_info, lift, model_io, node,
-    run_passes, tensor,
+    assert_explained, assert_same_outputs, attr_int, before_after, count_op, f32_info, lift,
+    model_io, node, run_passes, tensor,
 };
-use onnxsmith::onnx::proto::ModelProto;
+use onnxsmith::onnx::proto::{ModelProto, NodeProto};
 
 fn i64_tensor(name: &str, dims: &[i64], v: &[i64]) -> onnxsmith::onnx::proto::TensorProto {
     tensor(
@@ -462,4 +462,196 @@ fn keeps_sliced_shape_that_does_not_start_at_its_position() {
         "{:?}",
         report.explain
     );
+}
+
+/// y = Reshape(x, Concat([-1], picked)), x: f32[batch, 4, 6], where `picked` reads dims of
+/// Shape(x) through `pick` (a Gather or Slice node writing "picked").
+fn picked_dims_model(
+    pick: NodeProto,
+    inits: Vec<onnxsmith::onnx::proto::TensorProto>,
+) -> ModelProto {
+    let mut p = shape_model(0);
+    let g = p.graph.as_mut().unwrap();
+    let mut concat = node("Concat", "concat", &["minus_one", "picked"], &["target"]);
+    concat.attribute.push(attr_int("axis", 0));
+    g.node = vec![
+        node("Shape", "shape", &["x"], &["s"]),
+        pick,
+        concat,
+        node("Reshape", "reshape", &["x", "target"], &["y"]),
+    ];
+    g.initializer.extend(inits);
+    p
+}
+
+fn gather_of_shape(indices: &[i64]) -> ModelProto {
+    let mut gather = node("Gather", "gather", &["s", "idx"], &["picked"]);
+    gather.attribute.push(attr_int("axis", 0));
+    picked_dims_model(
+        gather,
+        vec![i64_tensor("idx", &[indices.len() as i64], indices)],
+    )
+}
+
+fn slice_of_shape(start: i64, end: i64, step: i64) -> ModelProto {
+    let slice = node(
+        "Slice",
+        "slice",
+        &["s", "st", "en", "ax", "sp"],
+        &["picked"],
+    );
+    picked_dims_model(
+        slice,
+        vec![
+            i64_tensor("st", &[1], &[start]),
+            i64_tensor("en", &[1], &[end]),
+            i64_tensor("ax", &[1], &[0]),
+            i64_tensor("sp", &[1], &[step]),
+        ],
+    )
+}
+
+fn folded_target(m: &onnxsmith::ir::Model) -> Vec<i64> {
+    let g = &m.graph;
+    let reshape = g.node_ids().find(|&n| g.node(n).is("Reshape")).unwrap();
+    let target = g.node(reshape).input(1).unwrap();
+    g.value(target).constant().unwrap().to_i64_vec().unwrap()
+}
+
+#[test]
+fn folds_known_dims_gathered_from_a_dynamic_shape() {
+    let m = lift(gather_of_shape(&[2, 1]));
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
+    assert_eq!(folded_target(&out), [-1, 6, 4]);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn folds_known_dims_sliced_from_a_dynamic_shape() {
+    for (start, end, step, want) in [(1, 3, 1, vec![-1, 4, 6]), (-1, 0, -1, vec![-1, 6, 4])] {
+        let m = lift(slice_of_shape(start, end, step));
+        let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 1, "slice {start}:{end}:{step}");
+        assert_eq!(folded_target(&out), want);
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn keeps_gathers_and_slices_that_read_a_dynamic_dim() {
+    let (out, report) = run_passes(&lift(gather_of_shape(&[0])), &["fold-shape"]);
+    assert_eq!(count_op(&out, "Gather"), 1);
+    assert_explained(
+        &report,
+        "kept Gather 'gather': the input's dims depend on dynamic input dims",
+    );
+    let (out, report) = run_passes(&lift(slice_of_shape(0, 2, 1)), &["fold-shape"]);
+    assert_eq!(count_op(&out, "Slice"), 1);
+    assert_explained(
+        &report,
+        "kept Slice 'slice': the input's dims depend on dynamic input dims",
+    );
+}
+
+#[test]
+fn keeps_gathers_of_shapes_with_computed_indices() {
+    let mut p = gather_of_shape(&[1]);
+    let g = p.graph.as_mut().unwrap();
+    g.node.insert(1, node("Abs", "abs", &["idx0"], &["idx"]));
+    g.initializer[1].name = "idx0".into();
+    let (out, report) = run_passes(&lift(p), &["fold-shape"]);
+    assert_eq!(count_op(&out, "Gather"), 1);
+    assert_explained(&report, "its indices are not constant");
+}
+
+// ---- inline-constant-if ----
+
+/// `common::if_model` with its condition a constant.
+fn constant_if(cond: &[u8]) -> ModelProto {
+    let mut p = common::if_model();
+    let g = p.graph.as_mut().unwrap();
+    g.input.retain(|i| i.name != "c");
+    let dims: &[i64] = if cond.len() == 1 { &[] } else { &[2] };
+    g.initializer.push(tensor("c", 9, dims, cond.to_vec()));
+    p
+}
+
+#[test]
+fn inlines_the_branch_an_if_always_takes() {
+    for (cond, op) in [(1u8, "Add"), (0, "Neg")] {
+        let m = lift(constant_if(&[cond]));
+        let (out, report) = run_passes(&m, &["inline-constant-if", "dead-code"]);
+        assert_eq!(report.steps[0], "inline-constant-if");
+        assert_eq!(count_op(&out, "If"), 0);
+        assert_eq!(count_op(&out, op), 1, "condition {cond}");
+        assert_eq!(out.graph.node_count(), 2, "Relu and the branch's node");
+        if cond == 1 {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn inlines_branches_holding_ifs_that_capture_outer_values() {
+    // The then-branch holds a second If (on the graph input d) whose branches read the outer
+    // `a`: after inlining, that If reads `a` from the main graph.
+    let mut p = constant_if(&[1]);
+    let inner = common::if_model();
+    let inner_if = inner.graph.as_ref().unwrap().node[1].clone();
+    let mut inner_if = inner_if;
+    inner_if.input[0] = "d".into();
+    inner_if.output[0] = "r".into();
+    let g = p.graph.as_mut().unwrap();
+    let outer_if = &mut g.node[1];
+    outer_if.attribute[0].g.as_mut().unwrap().node = vec![inner_if];
+    g.input.push(common::info("d", 9, &[]));
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["inline-constant-if", "dead-code"]);
+    assert_eq!(
+        count_op(&out, "If"),
+        1,
+        "the inner If, now in the main graph"
+    );
+    assert_eq!(out.graph.node_count(), 2);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_ifs_whose_condition_is_not_one_constant() {
+    let (out, report) = run_passes(&lift(common::if_model()), &["inline-constant-if"]);
+    assert_eq!(count_op(&out, "If"), 1);
+    assert_explained(&report, "its condition is not a constant");
+    let (out, report) = run_passes(&lift(constant_if(&[1, 0])), &["inline-constant-if"]);
+    assert_eq!(count_op(&out, "If"), 1);
+    assert_explained(&report, "does not hold exactly one element");
+}
+
+#[test]
+fn keeps_ifs_whose_branch_returns_a_captured_graph_output() {
+    // The then-branch returns the outer `a` itself; y would have to be renamed to `a`.
+    let mut p = constant_if(&[1]);
+    let g = p.graph.as_mut().unwrap();
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node.clear();
+    then.output[0].name = "a".into();
+    let (out, report) = run_passes(&lift(p), &["inline-constant-if"]);
+    assert_eq!(count_op(&out, "If"), 1);
+    assert_explained(
+        &report,
+        "a graph output would take the name of a value not computed in the branch",
+    );
+}
+
+#[test]
+fn keeps_ifs_whose_branch_output_type_clashes() {
+    let mut p = constant_if(&[1]);
+    let g = p.graph.as_mut().unwrap();
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.output[0] = common::info("r", 7, &[2, 3]);
+    let (out, report) = run_passes(&lift(p), &["inline-constant-if"]);
+    assert_eq!(count_op(&out, "If"), 1);
+    assert_explained(&report, "declared type clashes");
 }

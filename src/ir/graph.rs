@@ -1,9 +1,9 @@
 //! The graph itself: operators in a private petgraph, values in a side table.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -772,6 +772,94 @@ impl Graph {
     fn drop_value(&mut self, v: ValueId) {
         if let Some(value) = self.values[v.index()].take() {
             self.names.remove(&value.name);
+        }
+    }
+
+    /// Moves everything `body` computes (a subgraph without inputs, such as an If branch, of a
+    /// node of this graph) into this graph, and returns, for each of the body's outputs, the
+    /// value of this graph that now holds it. Captures become the outer values they name; the
+    /// body's values keep their names unless a name is taken here or inside a subgraph here,
+    /// in which case they get fresh ones (subgraphs capturing them follow).
+    pub fn splice(&mut self, mut body: Graph) -> Result<Vec<ValueId>> {
+        if !body.inputs.is_empty() {
+            bail!("cannot splice subgraph '{}': it has inputs", body.name);
+        }
+        let mut taken = HashSet::new();
+        self.collect_names(&mut taken);
+        let mut free = |name: &str| {
+            let name = first_free(name, |n| taken.contains(n));
+            taken.insert(name.clone());
+            name
+        };
+        let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+        for &c in &body.captures {
+            let name = &body.value(c).name;
+            let outer = self.find(name).with_context(|| {
+                format!("subgraph '{}' reads '{name}', which is not here", body.name)
+            })?;
+            map.insert(c, outer);
+        }
+        for &v in &body.initializers {
+            let value = body.value(v);
+            let t = value.init.clone().context("initializer without a tensor")?;
+            map.insert(v, self.add_initializer(&free(&value.name), t)?);
+        }
+        for &v in &body.sparse_initializers {
+            let value = body.value(v);
+            let t = value
+                .sparse
+                .clone()
+                .context("sparse initializer without a tensor")?;
+            map.insert(v, self.add_sparse_initializer(&free(&value.name), t)?);
+        }
+        for n in body.topo_order()? {
+            let node = &mut body.dag[n.0];
+            let attrs = std::mem::take(&mut node.attrs);
+            let (op, domain, rest) = (node.op.clone(), node.domain.clone(), node.rest.clone());
+            let name = self.fresh_node_name(&node.name);
+            let node = &body.dag[n.0];
+            let inputs: Vec<Option<ValueId>> =
+                node.inputs.iter().map(|i| i.map(|v| map[&v])).collect();
+            let outs: Vec<String> = node
+                .outputs
+                .iter()
+                .map(|o| o.map_or(String::new(), |v| free(&body.value(v).name)))
+                .collect();
+            let outs_ref: Vec<&str> = outs.iter().map(String::as_str).collect();
+            let m = self.add_node(&op, &domain, &name, &inputs, &outs_ref, attrs)?;
+            self.dag[m.0].rest = rest;
+            for (old, new) in node.outputs.iter().zip(&self.dag[m.0].outputs.clone()) {
+                if let (Some(old), Some(new)) = (old, new) {
+                    map.insert(*old, *new);
+                    self.value_mut(*new).info = body.value(*old).info.clone();
+                }
+            }
+            for &c in &node.captures {
+                let outer = map[&c];
+                self.add_node_capture(m, outer);
+                let (was, is) = (body.value(c).name.clone(), self.value(outer).name.clone());
+                if was != is {
+                    self.rename_in_bodies(m, &was, &is);
+                }
+            }
+        }
+        for &v in &body.value_info {
+            if let Some(&mapped) = map.get(&v) {
+                if !self.value_info.contains(&mapped) && self.value(mapped).info.is_some() {
+                    self.value_info.push(mapped);
+                }
+            }
+        }
+        Ok(body.outputs.iter().map(|o| map[&o.value]).collect())
+    }
+
+    /// Every value name of this graph and of the subgraphs inside it.
+    fn collect_names(&self, into: &mut HashSet<String>) {
+        into.extend(self.names.keys().cloned());
+        for node in self.dag.node_weights() {
+            for body in node.attrs.iter().flat_map(Attr::bodies) {
+                body.collect_names(into);
+            }
         }
     }
 

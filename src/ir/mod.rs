@@ -48,7 +48,7 @@ mod tensor;
 pub mod verify;
 
 pub use graph::{Attr, Def, Graph, Node, NodeId, Output, Slot, Use, Value, ValueId, ValueInfo};
-pub use patch::Patch;
+pub use patch::{type_clash, Patch};
 pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};
 
 use anyhow::Result;

@@ -7,6 +7,26 @@ use anyhow::{bail, Result};
 use super::graph::{Attr, Def, Graph, NodeId, ValueId};
 use super::tensor::{Dim, Tensor};
 
+/// Why value `b` of graph `gb` cannot stand in for value `a` of `ga`, if it cannot: their
+/// declared element types differ or their known dims disagree.
+pub fn type_clash(ga: &Graph, a: ValueId, gb: &Graph, b: ValueId) -> Option<String> {
+    if let (Some(x), Some(y)) = (ga.dtype(a), gb.dtype(b)) {
+        if x != y {
+            return Some(format!("element types {x} and {y} differ"));
+        }
+    }
+    if let (Some(x), Some(y)) = (ga.shape(a), gb.shape(b)) {
+        let clash = x.len() != y.len()
+            || x.iter()
+                .zip(y)
+                .any(|(p, q)| matches!((p, q), (Dim::Known(m), Dim::Known(n)) if m != n));
+        if clash {
+            return Some(format!("shapes {x:?} and {y:?} differ"));
+        }
+    }
+    None
+}
+
 pub struct Patch<'g> {
     g: &'g mut Graph,
     /// Values that take over a graph output's name once the old value is gone.
@@ -33,19 +53,8 @@ impl<'g> Patch<'g> {
     pub fn replace_value(&mut self, old: ValueId, new: ValueId) -> Result<()> {
         let g = &*self.g;
         let (on, nn) = (g.value(old).name(), g.value(new).name());
-        if let (Some(a), Some(b)) = (g.dtype(old), g.dtype(new)) {
-            if a != b {
-                bail!("cannot replace '{on}' ({a}) with '{nn}' ({b}): element types differ");
-            }
-        }
-        if let (Some(a), Some(b)) = (g.shape(old), g.shape(new)) {
-            let clash = a.len() != b.len()
-                || a.iter()
-                    .zip(b)
-                    .any(|(x, y)| matches!((x, y), (Dim::Known(p), Dim::Known(q)) if p != q));
-            if clash {
-                bail!("cannot replace '{on}' with '{nn}': shapes {a:?} and {b:?} differ");
-            }
+        if let Some(why) = type_clash(g, old, g, new) {
+            bail!("cannot replace '{on}' with '{nn}': {why}");
         }
         if g.is_output(old) {
             if !self.is_internal(new) {
@@ -135,6 +144,23 @@ impl<'g> Patch<'g> {
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.edits += 1;
         self.g.add_node(op, "", &name, inputs, &outs, attrs)
+    }
+
+    /// Takes the subgraph held by attribute `attr` of `n` and moves what it computes into this
+    /// graph (see [`Graph::splice`]); returns the values now holding its outputs. `n` keeps
+    /// running until the caller rewires its readers and removes it.
+    pub fn splice_body(&mut self, n: NodeId, attr: &str) -> Result<Vec<ValueId>> {
+        let node = self.g.node_mut(n);
+        let Some(body) = node
+            .attrs
+            .iter_mut()
+            .find(|a| a.name() == attr)
+            .and_then(|a| a.g.take())
+        else {
+            bail!("node '{}' has no subgraph '{attr}'", node.name);
+        };
+        self.edits += 1;
+        self.g.splice(*body)
     }
 
     /// Like [`Patch::replace_value`], and `new` (a value this patch made) takes `old`'s name

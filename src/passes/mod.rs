@@ -13,12 +13,14 @@ mod fold;
 mod fuse;
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::ir::{print::print_model, verify::verify, Graph, Model};
+use crate::runtime::{infer_facts, Facts};
 
 /// Operators whose result differs from run to run: never merged, never folded.
 pub const NONDETERMINISTIC: &[&str] = &[
@@ -48,13 +50,22 @@ impl Changed {
     }
 }
 
-/// What passes may record besides their edits.
+/// What passes may record besides their edits, and what they share.
 #[derive(Default)]
 pub struct PassContext {
     explain: Option<BTreeSet<String>>,
+    /// tract's facts about the model as it is now; dropped whenever a pass changes it.
+    facts: Option<Rc<Facts>>,
 }
 
 impl PassContext {
+    /// tract's facts about the main graph of `model`, inferred once per state of the model.
+    pub fn facts(&mut self, model: &Model) -> Rc<Facts> {
+        self.facts
+            .get_or_insert_with(|| Rc::new(infer_facts(model)))
+            .clone()
+    }
+
     /// Records why a pattern did not fire (kept only under `--explain`).
     pub fn refuse(&mut self, pass: &str, node: &str, op: &str, why: &str) {
         if let Some(notes) = self.explain.as_mut() {
@@ -94,6 +105,9 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fold::shape::FoldShape),
         // Constant subexpressions next: fusions then meet constants, not the ops computing them.
         Box::new(fold::constant::FoldConstants { limit: fold_limit }),
+        // Conditions that folding made constant: the branch taken joins the graph, where the
+        // next round's folding reaches it.
+        Box::new(fold::constant_if::InlineConstantIf),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
         // After BN fusion, so a Conv's own bias exists to absorb the Add.
@@ -106,11 +120,27 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// Runs `f` on `g` and, first, on every subgraph inside it (innermost first), keeping each
-/// node's captures in step with what its subgraphs still read. Returns the total of `f`'s counts.
+/// Which graph a pass is looking at: facts inferred by tract describe the main graph only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Main,
+    Body,
+}
+
+/// Runs `f` on the model's main graph `g` and, first, on every subgraph inside it (innermost
+/// first), keeping each node's captures in step with what its subgraphs still read. Returns the
+/// total of `f`'s counts.
 pub fn for_each_graph(
     g: &mut Graph,
-    f: &mut dyn FnMut(&mut Graph) -> Result<usize>,
+    f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
+) -> Result<usize> {
+    visit(g, Scope::Main, f)
+}
+
+fn visit(
+    g: &mut Graph,
+    scope: Scope,
+    f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
 ) -> Result<usize> {
     let mut total = 0;
     let holders: Vec<_> = g.node_ids().filter(|&n| g.node(n).has_bodies()).collect();
@@ -118,7 +148,7 @@ pub fn for_each_graph(
         let mut inner = 0;
         for attr in &mut g.node_mut(n).attrs {
             for body in attr.bodies_mut() {
-                inner += for_each_graph(body, f)?;
+                inner += visit(body, Scope::Body, f)?;
             }
         }
         if inner > 0 {
@@ -126,7 +156,7 @@ pub fn for_each_graph(
         }
         total += inner;
     }
-    Ok(total + f(g)?)
+    Ok(total + f(g, scope)?)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -196,6 +226,7 @@ pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<Pipelin
     let passes = selected(opts)?;
     let mut cx = PassContext {
         explain: opts.explain.then(BTreeSet::new),
+        facts: None,
     };
     let mut stats: Vec<PassStat> = passes
         .iter()
@@ -240,6 +271,7 @@ pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<Pipelin
                 }
             }
             if let Changed::Yes(n) = changed {
+                cx.facts = None;
                 stat.rewrites += n;
                 steps.push(pass.id());
                 changed_this_round = true;

@@ -266,3 +266,12 @@ pub fn initializer_to_input(p: &mut ModelProto, name: &str, dims: &[i64]) {
     g.initializer.retain(|t| t.name != name);
     g.input.push(f32_info(name, dims));
 }
+
+/// `--explain` gave a reason containing `needle`.
+pub fn assert_explained(report: &PipelineReport, needle: &str) {
+    assert!(
+        report.explain.iter().any(|e| e.contains(needle)),
+        "no reason containing {needle:?} in {:#?}",
+        report.explain
+    );
+}

@@ -121,7 +121,7 @@ impl Pass for ConstantToInitializer {
             // model's interface.
             return Ok(Changed::No);
         }
-        let n = for_each_graph(&mut model.graph, &mut |g| {
+        let n = for_each_graph(&mut model.graph, &mut |g, _| {
             let found = find(g, cx);
             let mut patch = Patch::new(g);
             for f in found {

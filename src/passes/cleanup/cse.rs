@@ -166,7 +166,7 @@ impl Pass for Cse {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g| {
+        let n = for_each_graph(&mut model.graph, &mut |g, _| {
             let mut done = 0;
             let pairs = equal_initializers(g);
             if !pairs.is_empty() {

@@ -90,7 +90,7 @@ impl Pass for DeadCode {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g| {
+        let n = for_each_graph(&mut model.graph, &mut |g, _| {
             let dead = find(g, cx)?;
             let mut patch = Patch::new(g);
             for n in dead.nodes {

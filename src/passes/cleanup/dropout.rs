@@ -14,6 +14,7 @@ use anyhow::Result;
 use super::{remove_forwarding, Verdict};
 use crate::ir::{Graph, Model, NodeId};
 use crate::passes::{Changed, Pass, PassContext};
+use crate::runtime::Facts;
 
 pub struct EliminateDropout;
 
@@ -41,7 +42,7 @@ fn judge(g: &Graph, n: NodeId, opset: i64) -> Verdict {
         return Verdict::Keep("is_test is 0 (training)");
     }
     // The unread mask goes with the node.
-    Verdict::Forwards
+    Verdict::Forwards(0)
 }
 
 impl Pass for EliminateDropout {
@@ -55,6 +56,8 @@ impl Pass for EliminateDropout {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
         let opset = model.opset("").unwrap_or(1);
-        remove_forwarding(model, self.id(), cx, &|g, n| judge(g, n, opset))
+        remove_forwarding(model, self.id(), cx, &Facts::default(), &|g, n, _| {
+            judge(g, n, opset)
+        })
     }
 }

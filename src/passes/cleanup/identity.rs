@@ -15,6 +15,7 @@ use anyhow::Result;
 use super::{remove_forwarding, Verdict};
 use crate::ir::Model;
 use crate::passes::{Changed, Pass, PassContext};
+use crate::runtime::Facts;
 
 pub struct EliminateIdentity;
 
@@ -28,9 +29,9 @@ impl Pass for EliminateIdentity {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        remove_forwarding(model, self.id(), cx, &|g, n| {
+        remove_forwarding(model, self.id(), cx, &Facts::default(), &|g, n, _| {
             if g.node(n).is("Identity") {
-                Verdict::Forwards
+                Verdict::Forwards(0)
             } else {
                 Verdict::NotMine
             }

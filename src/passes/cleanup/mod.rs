@@ -10,28 +10,37 @@ pub mod noop;
 use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, PassContext};
+use crate::passes::{for_each_graph, Changed, PassContext, Scope};
+use crate::runtime::Facts;
 
-/// What a forwarding pass says of a node: not its pattern, a node to remove, or one that must
-/// stay for the reason given.
+/// What a forwarding pass says of a node: not its pattern, a node to remove (and which input
+/// its readers read instead), or one that must stay for the reason given.
 pub enum Verdict {
     NotMine,
-    Forwards,
+    /// Its output equals the input in this slot.
+    Forwards(usize),
     Keep(&'static str),
 }
 
-/// Removes every node that `judge` says forwards its first input unchanged to its first
+/// How a forwarding pass judges a node: the graph, the node, and tract's facts when the graph
+/// is the main one.
+pub type Judge<'a> = &'a dyn Fn(&Graph, NodeId, Option<&Facts>) -> Verdict;
+
+/// Removes every node that `judge` says forwards one of its inputs unchanged to its first
 /// output, in every graph of the model, one at a time: removing one can turn the next one's
-/// output into a renamed interface.
+/// output into a renamed interface. Removing a forwarding node changes no other value's type
+/// or shape, so `facts` (of the main graph, inferred before) stay true throughout.
 pub fn remove_forwarding(
     model: &mut Model,
     pass: &str,
     cx: &mut PassContext,
-    judge: &dyn Fn(&Graph, NodeId) -> Verdict,
+    facts: &Facts,
+    judge: Judge,
 ) -> Result<Changed> {
-    let n = for_each_graph(&mut model.graph, &mut |g| {
+    let n = for_each_graph(&mut model.graph, &mut |g, scope| {
+        let facts = (scope == Scope::Main).then_some(facts);
         let mut done = 0;
-        while let Some((node, input, output)) = next_forward(g, pass, cx, judge) {
+        while let Some((node, input, output)) = next_forward(g, pass, cx, facts, judge) {
             let mut patch = Patch::new(g);
             patch.replace_value(output, input)?;
             patch.remove_node(node)?;
@@ -46,22 +55,28 @@ fn next_forward(
     g: &Graph,
     pass: &str,
     cx: &mut PassContext,
-    judge: &dyn Fn(&Graph, NodeId) -> Verdict,
+    facts: Option<&Facts>,
+    judge: Judge,
 ) -> Option<(NodeId, ValueId, ValueId)> {
     let mut nodes: Vec<NodeId> = g.node_ids().collect();
     nodes.sort();
     for n in nodes {
         let node = g.node(n);
-        let (Some(input), Some(output)) = (node.input(0), node.output(0)) else {
+        let Some(output) = node.output(0) else {
             continue;
         };
-        let why = match judge(g, n) {
+        let why = match judge(g, n, facts) {
             Verdict::NotMine => continue,
             Verdict::Keep(why) => why,
-            Verdict::Forwards => match forward_blocker(g, input, output) {
-                None => return Some((n, input, output)),
-                Some(why) => why,
-            },
+            Verdict::Forwards(slot) => {
+                let Some(input) = node.input(slot) else {
+                    continue;
+                };
+                match forward_blocker(g, input, output) {
+                    None => return Some((n, input, output)),
+                    Some(why) => why,
+                }
+            }
         };
         cx.refuse(pass, &node.name, &node.op, why);
     }

@@ -21,8 +21,7 @@
 use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
-use crate::runtime::static_shapes;
+use crate::passes::{for_each_graph, Changed, Pass, PassContext, Scope};
 
 pub struct FoldReshapeTarget;
 
@@ -184,13 +183,17 @@ impl Pass for FoldReshapeTarget {
             .graph
             .node_ids()
             .any(|n| model.graph.node(n).is("Reshape"));
-        let shapes = if any_reshape {
-            static_shapes(model)
+        let facts = if any_reshape {
+            cx.facts(model)
         } else {
             Default::default()
         };
-        let n = for_each_graph(&mut model.graph, &mut |g| {
-            let rank = |v: ValueId| shapes.get(g.value(v).name()).map(Vec::len);
+        let n = for_each_graph(&mut model.graph, &mut |g, scope| {
+            let rank = |v: ValueId| {
+                (scope == Scope::Main)
+                    .then(|| facts.rank(g.value(v).name()))
+                    .flatten()
+            };
             let mut found = Vec::new();
             let mut reshapes: Vec<NodeId> =
                 g.node_ids().filter(|&n| g.node(n).is("Reshape")).collect();

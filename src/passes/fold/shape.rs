@@ -1,24 +1,32 @@
-//! `fold-shape`: Shape and Size of a value whose dims tract proves constant become constants.
+//! `fold-shape`: Shape and Size of a value whose dims tract proves constant become constants,
+//! and so do the known dims picked out of a partly dynamic shape.
 //!
 //! ```text
-//!   x: f32[N, 64, 7, 7]                         
+//!   x: f32[N, 64, 7, 7]
 //!   s = Shape(x, start=1) ─▶ ...       ⇒        s = const i64[3] [64, 7, 7] ─▶ ...
 //!   n = Size(y)  (y: f32[2, 3])                 n = const i64 6
+//!   c = Gather(Shape(x), 1)                     c = const i64 64
+//!   h = Slice(Shape(x), [2], [4])               h = const i64[2] [7, 7]
 //! ```
 //!
 //! Shapes come from tract's inference over the ops, with graph inputs' symbolic dims left
 //! symbolic, never from declared value_info or declared output shapes (exports get those
-//! wrong). A Shape whose selected dims depend on a symbol (the batch, a sequence length) is
-//! kept, and `--explain` says so. Top-level graph only. `fold-constants` then folds whatever
-//! computed from the new constants.
+//! wrong). A selection that includes a dim depending on a symbol (the batch, a sequence length)
+//! is kept, and `--explain` says so. Gather and Slice fold only with constant indices on axis 0
+//! of a Shape's output. Top-level graph only. `fold-constants` then folds whatever computed
+//! from the new constants; the Shape itself is left to dead-code once nothing reads it.
 
 use anyhow::Result;
 
-use crate::ir::{Model, NodeId, Patch, Tensor, ValueId};
+use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
-use crate::runtime::static_shapes;
+use crate::runtime::Facts;
 
 pub struct FoldShape;
+
+fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    g.value(v).constant()?.to_i64_vec()
+}
 
 /// The dims `Shape(start, end)` selects, clamped as the operator defines.
 fn select(dims: &[Option<i64>], start: Option<i64>, end: Option<i64>) -> Vec<Option<i64>> {
@@ -32,6 +40,116 @@ fn select(dims: &[Option<i64>], start: Option<i64>, end: Option<i64>) -> Vec<Opt
     }
 }
 
+/// The positions a one-axis Slice of a vector of length `len` reads, clamped as the operator
+/// defines for both step signs.
+fn slice_positions(len: i64, start: i64, end: i64, step: i64) -> Vec<i64> {
+    let norm = |i: i64| if i < 0 { i + len } else { i };
+    let (mut i, end) = if step > 0 {
+        (norm(start).clamp(0, len), norm(end).clamp(0, len))
+    } else {
+        (norm(start).clamp(0, len - 1), norm(end).clamp(-1, len - 1))
+    };
+    let mut out = Vec::new();
+    while (step > 0 && i < end) || (step < 0 && i > end) {
+        out.push(i);
+        i += step;
+    }
+    out
+}
+
+/// The value `n` computes, as `(dims of the result, elements)`, or why it cannot be known.
+fn evaluate(g: &Graph, n: NodeId, facts: &Facts) -> Result<(Vec<i64>, Vec<i64>), &'static str> {
+    const DYNAMIC: &str = "the input's dims depend on dynamic input dims";
+    let node = g.node(n);
+    let x = node.input(0).ok_or("it has no input")?;
+    let dims_of = |v: ValueId| facts.dims(g.value(v).name()).ok_or(DYNAMIC);
+    let known = |sel: Vec<Option<i64>>| sel.into_iter().collect::<Option<Vec<i64>>>();
+    let shape_of = |s: ValueId| -> Result<Vec<Option<i64>>, &'static str> {
+        let p = g
+            .producer(s)
+            .filter(|&p| g.node(p).is("Shape"))
+            .ok_or("its data is not a Shape")?;
+        let shape = g.node(p);
+        let dims = dims_of(shape.input(0).ok_or("Shape without input")?)?;
+        Ok(select(&dims, shape.attr_i("start"), shape.attr_i("end")))
+    };
+    match node.op.as_str() {
+        "Shape" => {
+            let sel = known(select(
+                &dims_of(x)?,
+                node.attr_i("start"),
+                node.attr_i("end"),
+            ))
+            .ok_or(DYNAMIC)?;
+            Ok((vec![sel.len() as i64], sel))
+        }
+        "Size" => {
+            let all = known(dims_of(x)?).ok_or(DYNAMIC)?;
+            Ok((vec![], vec![all.iter().product()]))
+        }
+        "Gather" => {
+            if node.attr_i("axis").unwrap_or(0) != 0 {
+                return Err("it gathers on an axis other than 0");
+            }
+            let dims = shape_of(x)?;
+            let idx = node.input(1).ok_or("it has no indices")?;
+            let t = g
+                .value(idx)
+                .constant()
+                .ok_or("its indices are not constant")?;
+            let positions = t.to_i64_vec().ok_or("its indices are not integers")?;
+            let len = dims.len() as i64;
+            let mut sel = Vec::new();
+            for i in positions {
+                let i = if i < 0 { i + len } else { i };
+                sel.push(
+                    *dims
+                        .get(usize::try_from(i).map_err(|_| "index out of range")?)
+                        .ok_or("index out of range")?,
+                );
+            }
+            Ok((t.dims().to_vec(), known(sel).ok_or(DYNAMIC)?))
+        }
+        "Slice" => {
+            let dims = shape_of(x)?;
+            let arg = |i: usize| -> Result<Option<Vec<i64>>, &'static str> {
+                match node.input(i) {
+                    None => Ok(None),
+                    Some(v) => const_ints(g, v)
+                        .map(Some)
+                        .ok_or("its bounds are not constant"),
+                }
+            };
+            let (Some(starts), Some(ends)) = (arg(1)?, arg(2)?) else {
+                return Err("it takes its bounds from attributes (opset < 10)");
+            };
+            let axes = arg(3)?.unwrap_or(vec![0]);
+            let steps = arg(4)?.unwrap_or(vec![1]);
+            if starts.len() != 1 || ends.len() != 1 || !matches!(axes[..], [0] | [-1]) {
+                return Err("it does not slice exactly one axis");
+            }
+            let step = *steps.first().filter(|&&s| s != 0).ok_or("bad step")?;
+            let sel: Vec<Option<i64>> =
+                slice_positions(dims.len() as i64, starts[0], ends[0], step)
+                    .into_iter()
+                    .map(|i| dims[i as usize])
+                    .collect();
+            Ok((vec![sel.len() as i64], known(sel).ok_or(DYNAMIC)?))
+        }
+        _ => Err("not a shape read"),
+    }
+}
+
+/// Whether `n` reads a Shape's output (the other candidates are Shape and Size themselves).
+fn reads_shape(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    (node.is("Gather") || node.is("Slice"))
+        && node
+            .input(0)
+            .and_then(|v| g.producer(v))
+            .is_some_and(|p| g.node(p).is("Shape"))
+}
+
 impl Pass for FoldShape {
     fn id(&self) -> &'static str {
         "fold-shape"
@@ -43,25 +161,20 @@ impl Pass for FoldShape {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
         let g = &model.graph;
-        let candidates: Vec<NodeId> = {
-            let mut c: Vec<NodeId> = g
-                .node_ids()
-                .filter(|&n| g.node(n).is("Shape") || g.node(n).is("Size"))
-                .collect();
-            c.sort();
-            c
-        };
+        let mut candidates: Vec<NodeId> = g
+            .node_ids()
+            .filter(|&n| g.node(n).is("Shape") || g.node(n).is("Size") || reads_shape(g, n))
+            .collect();
         if candidates.is_empty() {
             return Ok(Changed::No);
         }
-        let shapes = static_shapes(model);
+        candidates.sort();
+        let facts = cx.facts(model);
         let g = &model.graph;
         let mut found: Vec<(NodeId, ValueId, Tensor)> = Vec::new();
         for n in candidates {
             let node = g.node(n);
-            let (Some(x), Some(out)) = (node.input(0), node.output(0)) else {
-                continue;
-            };
+            let Some(out) = node.output(0) else { continue };
             if g.is_output(out) {
                 cx.refuse(
                     "fold-shape",
@@ -71,29 +184,10 @@ impl Pass for FoldShape {
                 );
                 continue;
             }
-            let selected = shapes.get(g.value(x).name()).and_then(|dims| {
-                let sel = if node.op == "Shape" {
-                    select(dims, node.attr_i("start"), node.attr_i("end"))
-                } else {
-                    dims.clone()
-                };
-                sel.into_iter().collect::<Option<Vec<i64>>>()
-            });
-            let Some(sel) = selected else {
-                cx.refuse(
-                    "fold-shape",
-                    &node.name,
-                    &node.op,
-                    "the input's dims depend on dynamic input dims",
-                );
-                continue;
-            };
-            let t = if node.op == "Shape" {
-                Tensor::from_i64(vec![sel.len() as i64], &sel)
-            } else {
-                Tensor::from_i64(vec![], &[sel.iter().product()])
-            };
-            found.push((n, out, t));
+            match evaluate(g, n, &facts) {
+                Ok((dims, values)) => found.push((n, out, Tensor::from_i64(dims, &values))),
+                Err(why) => cx.refuse("fold-shape", &node.name, &node.op, why),
+            }
         }
         let mut patch = Patch::new(&mut model.graph);
         for (n, out, t) in found {

@@ -145,7 +145,7 @@ impl Pass for FuseConvBn {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g| {
+        let n = for_each_graph(&mut model.graph, &mut |g, _| {
             let mut done = 0;
             let mut bns: Vec<NodeId> = g
                 .node_ids()

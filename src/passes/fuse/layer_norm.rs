@@ -181,7 +181,7 @@ impl Pass for FuseLayerNorm {
         if model.opset("").unwrap_or(1) < 17 {
             return Ok(Changed::No);
         }
-        let n = for_each_graph(&mut model.graph, &mut |g| {
+        let n = for_each_graph(&mut model.graph, &mut |g, _| {
             let mut done = 0;
             let mut divs: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("Div")).collect();
             divs.sort();

@@ -12,7 +12,6 @@ use anyhow::Result;
 
 use crate::ir::{DType, Graph, Model, NodeId, Patch, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
-use crate::runtime::static_shapes;
 
 pub struct FuseMatMulAdd;
 
@@ -97,9 +96,9 @@ impl Pass for FuseMatMulAdd {
             return Ok(Changed::No);
         }
         adds.sort();
-        let shapes = static_shapes(model);
+        let facts = cx.facts(model);
         let g = &model.graph;
-        let ranks = |v: ValueId| shapes.get(g.value(v).name()).map(Vec::len);
+        let ranks = |v: ValueId| facts.rank(g.value(v).name());
         let mut found = Vec::new();
         for add in adds {
             match match_at(g, add, &ranks) {

@@ -24,7 +24,7 @@ pub fn fuse_after_conv(
     cx: &mut PassContext,
     fold: &FoldIntoConv,
 ) -> Result<Changed> {
-    let n = for_each_graph(&mut model.graph, &mut |g| {
+    let n = for_each_graph(&mut model.graph, &mut |g, _| {
         let mut done = 0;
         let mut nodes: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is(op)).collect();
         nodes.sort();
