@@ -79,6 +79,38 @@ fn fuses_conv_bn_with_conv_bias() {
 }
 
 #[test]
+fn fuses_grouped_conv_transpose_bn() {
+    // W[4, 3, 3, 3] with 2 groups: 6 output channels, each group's 3 along W's second axis.
+    let mut ct = node("ConvTranspose", "ct", &["x", "W", "B"], &["c"]);
+    ct.attribute = vec![
+        attr_ints("kernel_shape", &[3, 3]),
+        attr_ints("pads", &[1, 1, 1, 1]),
+        attr_int("group", 2),
+    ];
+    let bn = node(
+        "BatchNormalization",
+        "bn",
+        &["c", "gamma", "beta", "mean", "var"],
+        &["y"],
+    );
+    let mut inits = vec![
+        f32_tensor("W", &[4, 3, 3, 3], &values(108, 9)),
+        f32_tensor("B", &[6], &values(6, 10)),
+    ];
+    inits.extend(bn_params(6));
+    let m = lift(model_io(
+        vec![ct, bn],
+        vec![f32_info("x", &[1, 4, 5, 5])],
+        vec![f32_info("y", &[1, 6, 5, 5])],
+        inits,
+    ));
+    let (out, _) = run_passes(&m, &["fuse-conv-bn", "dead-code"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 0);
+    assert_eq!(count_op(&out, "ConvTranspose"), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
 fn keeps_conv_bn_when_conv_output_has_two_users() {
     let m = lift(conv_bn(
         false,

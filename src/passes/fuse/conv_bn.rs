@@ -1,4 +1,5 @@
-//! `fuse-conv-bn`: an inference BatchNormalization after a Conv folds into the Conv's weights.
+//! `fuse-conv-bn`: an inference BatchNormalization after a Conv or ConvTranspose folds into
+//! its weights.
 //!
 //! ```text
 //!   x ─▶ Conv(W, b?) ─▶ c ─▶ BatchNormalization(γ, β, μ, σ², ε) ─▶ y
@@ -6,6 +7,9 @@
 //!   x ─▶ Conv(W', b') ─▶ y      s = γ / √(σ² + ε)   W' = W · s (per output channel)
 //!                               b' = (b − μ) · s + β
 //! ```
+//!
+//! A Conv's output channels are W's first axis; a ConvTranspose's are its second, repeated per
+//! group (W is [C_in, C_out / group, k...]).
 //!
 //! Preconditions: W, b, γ, β, μ, σ² are f32 initializers (not graph inputs, which a caller
 //! could override); `c` is read only by the BatchNormalization and is not a graph output; the
@@ -33,6 +37,8 @@ pub struct ConvBn {
     stats: [Vec<f32>; 4],
     epsilon: f32,
     weight_name: String,
+    /// For a ConvTranspose, its group count; `None` for a Conv.
+    transposed: Option<usize>,
 }
 
 fn f32_constant(g: &Graph, v: Option<ValueId>) -> Option<(Vec<f32>, Vec<i64>)> {
@@ -46,9 +52,13 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
     let c = node.input(0).ok_or("it has no input")?;
     let conv = g.producer(c).ok_or("its input is not produced by a Conv")?;
     let cnode = g.node(conv);
-    if !cnode.is("Conv") {
+    let transposed = if cnode.is("ConvTranspose") {
+        Some(cnode.attr_i("group").unwrap_or(1).max(1) as usize)
+    } else if cnode.is("Conv") {
+        None
+    } else {
         return Err("its input is not produced by a Conv");
-    }
+    };
     if g.value(c).uses().len() != 1 || g.is_output(c) {
         return Err("the Conv's output has other readers");
     }
@@ -74,7 +84,10 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
                 .0,
         ),
     };
-    let cout = *weight.1.first().ok_or("the Conv's weight has no dims")? as usize;
+    let cout = match transposed {
+        None => *weight.1.first().ok_or("the Conv's weight has no dims")? as usize,
+        Some(group) => *weight.1.get(1).ok_or("the Conv's weight has no dims")? as usize * group,
+    };
     let mut stats: [Vec<f32>; 4] = Default::default();
     for (i, s) in stats.iter_mut().enumerate() {
         let (v, _) =
@@ -97,21 +110,37 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
         stats,
         epsilon: node.attr_f("epsilon").unwrap_or(1e-5),
         weight_name: g.value(cnode.input(1).unwrap()).name().to_string(),
+        transposed,
     })
 }
 
 fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
     let [gamma, beta, mean, var] = &m.stats;
     let (w, dims) = &m.weight;
-    let cout = dims[0] as usize;
-    let per = w.len() / cout;
+    let cout = gamma.len();
     let scale: Vec<f64> = (0..cout)
         .map(|o| gamma[o] as f64 / (var[o] as f64 + m.epsilon as f64).sqrt())
         .collect();
+    // The output channel weight element `i` feeds.
+    let channel: Box<dyn Fn(usize) -> usize> = match m.transposed {
+        None => {
+            let per = w.len() / cout;
+            Box::new(move |i| i / per)
+        }
+        Some(group) => {
+            let (cin, per_group) = (dims[0] as usize, dims[1] as usize);
+            let kernel = w.len() / (cin * per_group);
+            let in_per_group = cin / group;
+            Box::new(move |i| {
+                let (ci, j) = (i / (per_group * kernel), i / kernel % per_group);
+                ci / in_per_group * per_group + j
+            })
+        }
+    };
     let new_w: Vec<f32> = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x as f64 * scale[i / per]) as f32)
+        .map(|(i, &x)| (x as f64 * scale[channel(i)]) as f32)
         .collect();
     let new_b: Vec<f32> = (0..cout)
         .map(|o| {
@@ -141,7 +170,7 @@ impl Pass for FuseConvBn {
     }
 
     fn about(&self) -> &'static str {
-        "fold an inference BatchNormalization into the Conv before it"
+        "fold an inference BatchNormalization into the Conv or ConvTranspose before it"
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
