@@ -440,6 +440,29 @@ fn fuses_conv_mul_into_the_weights() {
 }
 
 #[test]
+fn fuses_mul_and_add_after_a_grouped_conv_transpose() {
+    // W[4, 3, 3, 3] with 2 groups: 6 output channels along W's second axis, per group.
+    let mut ct = node("ConvTranspose", "ct", &["x", "W"], &["c"]);
+    ct.attribute = vec![attr_ints("kernel_shape", &[3, 3]), attr_int("group", 2)];
+    let m = lift(model_io(
+        vec![
+            ct,
+            node("Mul", "mul", &["c", "k"], &["d"]),
+            node("Add", "add", &["d", "k"], &["y"]),
+        ],
+        vec![f32_info("x", &[1, 4, 5, 5])],
+        vec![f32_info("y", &[1, 6, 7, 7])],
+        vec![
+            f32_tensor("W", &[4, 3, 3, 3], &values(108, 9)),
+            f32_tensor("k", &[6, 1, 1], &[0.5, -1.0, 2.0, 1.5, -0.25, 3.0]),
+        ],
+    ));
+    let (out, _) = run_passes(&m, &["fuse-conv-mul", "fuse-conv-add", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1, "only the ConvTranspose is left");
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
 fn keeps_conv_mul_that_is_not_per_channel() {
     let m = lift(conv_then("Mul", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0], false));
     let (out, report) = run_passes(&m, &["fuse-conv-mul"]);

@@ -1,4 +1,5 @@
-//! `fuse-conv-add`: a per-channel constant added after a Conv becomes the Conv's bias.
+//! `fuse-conv-add`: a per-channel constant added after a Conv (or ConvTranspose) becomes its
+//! bias.
 //!
 //! ```text
 //!   x ─▶ Conv(W, b?) ─▶ c ─▶ Add(c, k) ─▶ y        ⇒        x ─▶ Conv(W, b + k) ─▶ y

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A Conv's output channels are W's first axis; a ConvTranspose's are its second, repeated per
-//! group (W is [C_in, C_out / group, k...]).
+//! group (see `ConvKind`).
 //!
 //! Preconditions: W, b, γ, β, μ, σ² are f32 initializers (not graph inputs, which a caller
 //! could override); `c` is read only by the BatchNormalization and is not a graph output; the
@@ -20,6 +20,7 @@
 
 use anyhow::Result;
 
+use super::ConvKind;
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{for_each_graph, Changed, Pass, PassContext};
 
@@ -37,8 +38,7 @@ pub struct ConvBn {
     stats: [Vec<f32>; 4],
     epsilon: f32,
     weight_name: String,
-    /// For a ConvTranspose, its group count; `None` for a Conv.
-    transposed: Option<usize>,
+    kind: ConvKind,
 }
 
 fn f32_constant(g: &Graph, v: Option<ValueId>) -> Option<(Vec<f32>, Vec<i64>)> {
@@ -52,13 +52,7 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
     let c = node.input(0).ok_or("it has no input")?;
     let conv = g.producer(c).ok_or("its input is not produced by a Conv")?;
     let cnode = g.node(conv);
-    let transposed = if cnode.is("ConvTranspose") {
-        Some(cnode.attr_i("group").unwrap_or(1).max(1) as usize)
-    } else if cnode.is("Conv") {
-        None
-    } else {
-        return Err("its input is not produced by a Conv");
-    };
+    let kind = ConvKind::of(g, conv).ok_or("its input is not produced by a Conv")?;
     if g.value(c).uses().len() != 1 || g.is_output(c) {
         return Err("the Conv's output has other readers");
     }
@@ -84,10 +78,9 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
                 .0,
         ),
     };
-    let cout = match transposed {
-        None => *weight.1.first().ok_or("the Conv's weight has no dims")? as usize,
-        Some(group) => *weight.1.get(1).ok_or("the Conv's weight has no dims")? as usize * group,
-    };
+    let cout = kind
+        .out_channels(&weight.1)
+        .ok_or("the Conv's weight has too few dims")?;
     let mut stats: [Vec<f32>; 4] = Default::default();
     for (i, s) in stats.iter_mut().enumerate() {
         let (v, _) =
@@ -110,7 +103,7 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
         stats,
         epsilon: node.attr_f("epsilon").unwrap_or(1e-5),
         weight_name: g.value(cnode.input(1).unwrap()).name().to_string(),
-        transposed,
+        kind,
     })
 }
 
@@ -121,26 +114,10 @@ fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
     let scale: Vec<f64> = (0..cout)
         .map(|o| gamma[o] as f64 / (var[o] as f64 + m.epsilon as f64).sqrt())
         .collect();
-    // The output channel weight element `i` feeds.
-    let channel: Box<dyn Fn(usize) -> usize> = match m.transposed {
-        None => {
-            let per = w.len() / cout;
-            Box::new(move |i| i / per)
-        }
-        Some(group) => {
-            let (cin, per_group) = (dims[0] as usize, dims[1] as usize);
-            let kernel = w.len() / (cin * per_group);
-            let in_per_group = cin / group;
-            Box::new(move |i| {
-                let (ci, j) = (i / (per_group * kernel), i / kernel % per_group);
-                ci / in_per_group * per_group + j
-            })
-        }
-    };
     let new_w: Vec<f32> = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x as f64 * scale[channel(i)]) as f32)
+        .map(|(i, &x)| (x as f64 * scale[m.kind.channel_of(dims, i)]) as f32)
         .collect();
     let new_b: Vec<f32> = (0..cout)
         .map(|o| {

@@ -1,4 +1,5 @@
-//! `fuse-conv-mul`: a per-channel constant multiplying a Conv's output scales its weights.
+//! `fuse-conv-mul`: a per-channel constant multiplying a Conv's (or ConvTranspose's) output
+//! scales its weights, along the output-channel axis of each (see `ConvKind`).
 //!
 //! ```text
 //!   x ─▶ Conv(W, b?) ─▶ c ─▶ Mul(c, k) ─▶ y        ⇒        x ─▶ Conv(W · k, b · k) ─▶ y
@@ -30,8 +31,11 @@ impl Pass for FuseConvMul {
             let weight = patch.graph().value(m.weight).constant();
             let w = weight.and_then(Tensor::to_f32_vec).unwrap_or_default();
             let dims = weight.map(|t| t.dims().to_vec()).unwrap_or_default();
-            let per = w.len() / m.channels;
-            let scaled: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * k[i / per]).collect();
+            let scaled: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * k[m.kind.channel_of(&dims, i)])
+                .collect();
             let wid = patch.add_initializer(
                 &format!("{}_scaled", m.weight_name),
                 Tensor::from_f32(dims, &scaled),

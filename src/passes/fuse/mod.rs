@@ -55,9 +55,54 @@ pub fn fuse_after_conv(
     Ok(Changed::from_count(n))
 }
 
-/// A binary node whose one operand is a Conv's sole output and whose other is a constant.
+/// Where a convolution's output channels lie in its weight: a Conv's are the first axis; a
+/// ConvTranspose's are the second, repeated per group (its weight is [C_in, C_out / group, k...]).
+#[derive(Clone, Copy, Debug)]
+pub enum ConvKind {
+    Conv,
+    Transpose { group: usize },
+}
+
+impl ConvKind {
+    pub fn of(g: &Graph, n: NodeId) -> Option<ConvKind> {
+        let node = g.node(n);
+        if node.is("Conv") {
+            Some(ConvKind::Conv)
+        } else if node.is("ConvTranspose") {
+            let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+            Some(ConvKind::Transpose { group })
+        } else {
+            None
+        }
+    }
+
+    pub fn out_channels(self, dims: &[i64]) -> Option<usize> {
+        match self {
+            ConvKind::Conv => dims.first().map(|&d| d as usize),
+            ConvKind::Transpose { group } => dims.get(1).map(|&d| d as usize * group),
+        }
+    }
+
+    /// The output channel that element `i` of a weight of shape `dims` feeds.
+    pub fn channel_of(self, dims: &[i64], i: usize) -> usize {
+        let numel: usize = dims.iter().map(|&d| d as usize).product();
+        match self {
+            ConvKind::Conv => i / (numel / dims[0] as usize),
+            ConvKind::Transpose { group } => {
+                let (cin, per_group) = (dims[0] as usize, dims[1] as usize);
+                let kernel = numel / (cin * per_group);
+                let (ci, j) = (i / (per_group * kernel), i / kernel % per_group);
+                ci / (cin / group) * per_group + j
+            }
+        }
+    }
+}
+
+/// A binary node whose one operand is a Conv's (or ConvTranspose's) sole output and whose
+/// other is a constant.
 pub struct ConvBefore {
     pub conv: NodeId,
+    pub kind: ConvKind,
     pub x: ValueId,
     pub weight: ValueId,
     pub weight_name: String,
@@ -81,7 +126,7 @@ pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
     let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
         return Err(NOT_AFTER_CONV);
     };
-    let is_conv = |v: ValueId| g.producer(v).filter(|&p| g.node(p).is("Conv"));
+    let is_conv = |v: ValueId| g.producer(v).filter(|&p| ConvKind::of(g, p).is_some());
     let (conv, conv_out, constant) = match (is_conv(a), is_conv(b)) {
         (Some(c), _) => (c, a, b),
         (None, Some(c)) => (c, b, a),
@@ -91,6 +136,7 @@ pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
         return Err("the Conv's output has other readers");
     }
     let cn = g.node(conv);
+    let kind = ConvKind::of(g, conv).ok_or(NOT_AFTER_CONV)?;
     let x = cn.input(0).ok_or("the Conv has no input")?;
     let weight = cn.input(1).ok_or("the Conv has no weight")?;
     let w = g
@@ -98,7 +144,9 @@ pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
         .constant()
         .filter(|t| t.to_f32_vec().is_some())
         .ok_or("the Conv's weight is not an f32 initializer")?;
-    let channels = *w.dims().first().ok_or("the Conv's weight has no dims")? as usize;
+    let channels = kind
+        .out_channels(w.dims())
+        .ok_or("the Conv's weight has too few dims")?;
     let bias = match cn.input(2) {
         None => None,
         Some(b) => Some(
@@ -111,6 +159,7 @@ pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
     };
     Ok(ConvBefore {
         conv,
+        kind,
         x,
         weight,
         weight_name: g.value(weight).name().to_string(),
