@@ -617,3 +617,109 @@ fn bisect_names_the_first_step_that_changes_the_numbers() {
         None
     );
 }
+
+// ---- fuse-pad-conv ----
+
+fn i64_tensor(name: &str, v: &[i64]) -> onnxsmith::onnx::proto::TensorProto {
+    common::tensor(
+        name,
+        7,
+        &[v.len() as i64],
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+/// x[1,2,5,5] ─▶ Pad(pads, value) ─▶ p ─▶ `op` ─▶ y, with `op` reading p first.
+fn pad_then(op: NodeProto, pads: &[i64], value: f32, y_dims: &[i64]) -> ModelProto {
+    let mut inits = vec![i64_tensor("pads", pads), f32_tensor("value", &[], &[value])];
+    if op.op_type == "Conv" {
+        inits.push(f32_tensor("W", &[3, 2, 3, 3], &values(54, 9)));
+    }
+    model_io(
+        vec![node("Pad", "pad", &["x", "pads", "value"], &["p"]), op],
+        vec![f32_info("x", &[1, 2, 5, 5])],
+        vec![f32_info("y", y_dims)],
+        inits,
+    )
+}
+
+fn pool(op: &str, attrs: Vec<onnxsmith::onnx::proto::AttributeProto>) -> NodeProto {
+    let mut n = node(op, "pool", &["p"], &["y"]);
+    n.attribute = vec![attr_ints("kernel_shape", &[3, 3])];
+    n.attribute.extend(attrs);
+    n
+}
+
+#[test]
+fn fuses_zero_pad_into_conv() {
+    let m = lift(pad_then(
+        conv(&["p", "W"], "y"),
+        &[0, 0, 1, 2, 0, 0, 0, 1],
+        0.0,
+        &[1, 3, 6, 8],
+    ));
+    let (out, _) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn fuses_zero_pad_into_average_pool_counting_padded_zeros() {
+    let m = lift(pad_then(
+        pool("AveragePool", vec![]),
+        &[0, 0, 1, 1, 0, 0, 1, 1],
+        0.0,
+        &[1, 2, 5, 5],
+    ));
+    let (out, _) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_pads_that_do_not_compose() {
+    let cases = [
+        (
+            pad_then(
+                pool("MaxPool", vec![]),
+                &[0, 0, 1, 1, 0, 0, 1, 1],
+                0.0,
+                &[1, 2, 5, 5],
+            ),
+            "MaxPool pads with -inf",
+        ),
+        (
+            pad_then(
+                conv(&["p", "W"], "y"),
+                &[0, 0, 1, 1, 0, 0, 1, 1],
+                1.0,
+                &[1, 3, 7, 7],
+            ),
+            "value is not zero",
+        ),
+        (
+            pad_then(
+                conv(&["p", "W"], "y"),
+                &[0, 1, 0, 0, 0, 0, 0, 0],
+                0.0,
+                &[1, 3, 5, 5],
+            ),
+            "batch or channel axis",
+        ),
+        (
+            pad_then(
+                pool("AveragePool", vec![attr_ints("pads", &[1, 1, 1, 1])]),
+                &[0, 0, 1, 1, 0, 0, 1, 1],
+                0.0,
+                &[1, 2, 7, 7],
+            ),
+            "without counting padded zeros",
+        ),
+    ];
+    for (p, why) in cases {
+        let (out, report) = run_passes(&lift(p), &["fuse-pad-conv"]);
+        assert_eq!(count_op(&out, "Pad"), 1, "{why}");
+        common::assert_explained(&report, why);
+    }
+}

@@ -175,6 +175,16 @@ impl<'g> Patch<'g> {
         Ok(())
     }
 
+    /// Sets attribute `attr` of `n`, replacing one of the same name.
+    pub fn set_attr(&mut self, n: NodeId, attr: Attr) {
+        let attrs = &mut self.g.node_mut(n).attrs;
+        match attrs.iter_mut().find(|a| a.name() == attr.name()) {
+            Some(a) => *a = attr,
+            None => attrs.push(attr),
+        }
+        self.edits += 1;
+    }
+
     /// Rewires all inputs of `n`. Trailing omitted inputs are dropped rather than written as
     /// empty names, which some runtimes (tract among them) do not accept.
     pub fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {

@@ -110,6 +110,8 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fold::constant_if::InlineConstantIf),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
+        // Padding joins the Conv itself, so the Conv sits right after its producer again.
+        Box::new(fuse::pad_conv::FusePadConv),
         // After BN fusion, so a Conv's own bias exists to absorb the Add.
         Box::new(fuse::conv_mul::FuseConvMul),
         Box::new(fuse::conv_add::FuseConvAdd),

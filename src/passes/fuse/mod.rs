@@ -5,6 +5,7 @@ pub mod conv_bn;
 pub mod conv_mul;
 pub mod layer_norm;
 pub mod matmul_add;
+pub mod pad_conv;
 
 use anyhow::Result;
 
