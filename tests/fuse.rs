@@ -723,3 +723,65 @@ fn keeps_pads_that_do_not_compose() {
         common::assert_explained(&report, why);
     }
 }
+
+// ---- fuse-gelu ----
+
+/// x · ½ · (1 + erf(x / √2)) written the way `order` says, at `opset`, with ½ as `half`.
+fn gelu_model(order: u8, opset: i64, half: f32) -> ModelProto {
+    let tail = match order {
+        0 => vec![
+            node("Mul", "m1", &["x", "a"], &["m"]),
+            node("Mul", "m2", &["m", "half"], &["y"]),
+        ],
+        1 => vec![
+            node("Mul", "h", &["half", "x"], &["m"]),
+            node("Mul", "m1", &["a", "m"], &["y"]),
+        ],
+        _ => vec![
+            node("Mul", "m1", &["a", "half"], &["m"]),
+            node("Mul", "m2", &["x", "m"], &["y"]),
+        ],
+    };
+    let mut nodes = vec![
+        node("Div", "div", &["x", "sqrt2"], &["d"]),
+        node("Erf", "erf", &["d"], &["e"]),
+        node("Add", "add", &["one", "e"], &["a"]),
+    ];
+    nodes.extend(tail);
+    let mut p = model_io(
+        nodes,
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![
+            f32_tensor("sqrt2", &[], &[std::f32::consts::SQRT_2]),
+            f32_tensor("one", &[], &[1.0]),
+            f32_tensor("half", &[1], &[half]),
+        ],
+    );
+    p.opset_import[0].version = opset;
+    p
+}
+
+#[test]
+fn fuses_erf_gelu_in_every_order() {
+    for order in 0..3 {
+        let m = lift(gelu_model(order, 20, 0.5));
+        let (out, _) = run_passes(&m, &["fuse-gelu", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 1, "order {order}");
+        assert_eq!(count_op(&out, "Gelu"), 1);
+        if order == 0 {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn keeps_erf_gelu_before_opset_20_and_near_misses() {
+    let (out, report) = run_passes(&lift(gelu_model(0, 17, 0.5)), &["fuse-gelu"]);
+    assert_eq!(count_op(&out, "Erf"), 1);
+    common::assert_explained(&report, "Gelu needs opset 20");
+    let (out, report) = run_passes(&lift(gelu_model(1, 20, 0.6)), &["fuse-gelu"]);
+    assert_eq!(count_op(&out, "Erf"), 1);
+    common::assert_explained(&report, "do not form");
+}

@@ -116,6 +116,7 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fuse::conv_mul::FuseConvMul),
         Box::new(fuse::conv_add::FuseConvAdd),
         Box::new(fuse::layer_norm::FuseLayerNorm),
+        Box::new(fuse::gelu::FuseGelu),
         Box::new(fuse::matmul_add::FuseMatMulAdd),
         // Last: everything above leaves unread nodes and initializers behind.
         Box::new(cleanup::dce::DeadCode),

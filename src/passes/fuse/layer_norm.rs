@@ -17,6 +17,7 @@
 
 use anyhow::Result;
 
+use super::{only_reader, producer_op, scalar};
 use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{for_each_graph, Changed, Pass, PassContext};
 
@@ -32,22 +33,6 @@ struct Found {
     /// Every node of the pattern, removed after the rewrite.
     nodes: Vec<NodeId>,
     name: String,
-}
-
-/// The single node reading `v`, when it is an `op` and `v` is not a graph output.
-fn only_reader(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
-    let uses = g.value(v).uses();
-    (uses.len() == 1 && !g.is_output(v) && g.node(uses[0].node).is(op)).then(|| uses[0].node)
-}
-
-fn producer_op(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
-    g.producer(v).filter(|&n| g.node(n).is(op))
-}
-
-fn scalar(g: &Graph, v: Option<ValueId>) -> Option<f32> {
-    let t = g.value(v?).constant()?;
-    let vals = t.to_f32_vec()?;
-    (vals.len() == 1).then(|| vals[0])
 }
 
 /// Whether a ReduceMean averages over the last axis only, keeping dims.

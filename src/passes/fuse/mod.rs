@@ -3,6 +3,7 @@
 pub mod conv_add;
 pub mod conv_bn;
 pub mod conv_mul;
+pub mod gelu;
 pub mod layer_norm;
 pub mod matmul_add;
 pub mod pad_conv;
@@ -11,6 +12,24 @@ use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
 use crate::passes::{for_each_graph, Changed, PassContext};
+
+/// The single node reading `v`, when it is an `op` and `v` is not a graph output.
+pub fn only_reader(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
+    let uses = g.value(v).uses();
+    (uses.len() == 1 && !g.is_output(v) && g.node(uses[0].node).is(op)).then(|| uses[0].node)
+}
+
+/// The node producing `v`, when it is an `op`.
+pub fn producer_op(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
+    g.producer(v).filter(|&n| g.node(n).is(op))
+}
+
+/// The value of a one-element f32 constant.
+pub fn scalar(g: &Graph, v: Option<ValueId>) -> Option<f32> {
+    let t = g.value(v?).constant()?;
+    let vals = t.to_f32_vec()?;
+    (vals.len() == 1).then(|| vals[0])
+}
 
 /// Makes a Conv's new weight and optional bias from a match and the per-channel values.
 pub type FoldIntoConv =
