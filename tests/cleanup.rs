@@ -681,3 +681,95 @@ fn keeps_arithmetic_with_other_constants() {
     assert_eq!(count_op(&out, "Mul"), 1);
     assert!(report.steps.is_empty());
 }
+
+// ---- merge-transposes, merge-reshapes, commute-constants ----
+
+fn transpose(name: &str, x: &str, y: &str, perm: Option<&[i64]>) -> NodeProto {
+    let mut t = node("Transpose", name, &[x], &[y]);
+    if let Some(p) = perm {
+        t.attribute.push(common::attr_ints("perm", p));
+    }
+    t
+}
+
+fn transposes(p1: Option<&[i64]>, p2: Option<&[i64]>) -> onnxsmith::ir::Model {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        transpose("t1", "a", "b", p1),
+        transpose("t2", "b", "c", p2),
+        node("Neg", "neg", &["c"], &["y"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.input = vec![f32_info("x", &[2, 3, 4])];
+    g.output = vec![f32_info("y", &[3, 4, 2])];
+    lift(p)
+}
+
+#[test]
+fn merges_consecutive_transposes() {
+    let m = transposes(Some(&[2, 0, 1]), Some(&[2, 1, 0]));
+    let (out, _) = run_passes(&m, &["merge-transposes", "dead-code"]);
+    assert_eq!(count_op(&out, "Transpose"), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_transposes_with_implicit_perms() {
+    let (out, report) = run_passes(&transposes(None, Some(&[1, 2, 0])), &["merge-transposes"]);
+    assert_eq!(count_op(&out, "Transpose"), 2);
+    common::assert_explained(&report, "a perm is implicit");
+}
+
+fn reshapes(inner: NodeProto, target: &[i64]) -> onnxsmith::ir::Model {
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        inner,
+        node("Reshape", "reshape", &["b", "target"], &["c"]),
+        node("Neg", "neg", &["c"], &["y"]),
+    ]);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer = vec![i64s("inner_target", &[3, 2, 1]), i64s("target", target)];
+    g.output = vec![f32_info("y", &[6])];
+    lift(p)
+}
+
+#[test]
+fn merges_reshapes_after_reshaping_ops() {
+    for inner in [
+        node("Reshape", "inner", &["a", "inner_target"], &["b"]),
+        with_attr(node("Flatten", "inner", &["a"], &["b"]), "axis", 0),
+    ] {
+        let m = reshapes(inner, &[-1]);
+        let (out, _) = run_passes(&m, &["merge-reshapes", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 3, "Relu, Reshape, Neg");
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn keeps_reshapes_whose_target_copies_a_dim() {
+    let inner = node("Reshape", "inner", &["a", "inner_target"], &["b"]);
+    let (out, report) = run_passes(&reshapes(inner, &[0, -1]), &["merge-reshapes"]);
+    assert_eq!(count_op(&out, "Reshape"), 2);
+    common::assert_explained(&report, "copies a dim");
+}
+
+#[test]
+fn moves_constants_second_so_cse_merges() {
+    let mut p = model_with(vec![
+        node("Add", "a1", &["k", "x"], &["a"]),
+        node("Add", "a2", &["x", "k"], &["b"]),
+        node("Mul", "mul", &["a", "b"], &["y"]),
+    ]);
+    p.graph.as_mut().unwrap().initializer = vec![f32_tensor("k", &[1], &[0.5])];
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["commute-constants", "cse"]);
+    assert_eq!(count_op(&out, "Add"), 1);
+    assert_same_outputs(&m, &out);
+    // Sub does not commute.
+    let mut p = model_with(vec![node("Sub", "sub", &["k", "x"], &["y"])]);
+    p.graph.as_mut().unwrap().initializer = vec![f32_tensor("k", &[1], &[0.5])];
+    let (_, report) = run_passes(&lift(p), &["commute-constants"]);
+    assert!(report.steps.is_empty());
+}

@@ -97,6 +97,12 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(cleanup::identity::EliminateIdentity),
         Box::new(cleanup::dropout::EliminateDropout),
         Box::new(cleanup::noop::EliminateNoop),
+        // Chains of layout ops collapse to their last link; what becomes the identity is
+        // removed by eliminate-noop in the next round.
+        Box::new(cleanup::merge_transpose::MergeTransposes),
+        Box::new(cleanup::merge_reshape::MergeReshapes),
+        // One operand order for commutative ops, so that CSE sees equal nodes as equal.
+        Box::new(cleanup::commute::CommuteConstants),
         // Merging equal constants and nodes before fusing means each pattern is seen once.
         Box::new(cleanup::cse::Cse),
         // Shape arithmetic folds before fusions so they see plain Reshapes.

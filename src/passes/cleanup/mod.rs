@@ -1,10 +1,13 @@
 //! Cleanup: rewrites that remove work without computing anything.
 
+pub mod commute;
 pub mod constant;
 pub mod cse;
 pub mod dce;
 pub mod dropout;
 pub mod identity;
+pub mod merge_reshape;
+pub mod merge_transpose;
 pub mod noop;
 
 use anyhow::Result;
