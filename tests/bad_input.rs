@@ -156,6 +156,24 @@ fn duplicate_value_names() {
 }
 
 #[test]
+fn value_info_listed_twice_is_accepted_keeping_the_first() {
+    // Some simplifiers write an entry twice; value_info only declares, so this is not an error.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    let mut m = model_with(vec![
+        node("Relu", "a", &["x"], &["h"]),
+        node("Neg", "b", &["h"], &["y"]),
+    ]);
+    let g = m.graph.as_mut().unwrap();
+    g.value_info = vec![f32_info("h", &[2, 3]), f32_info("h", &[2, 3])];
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    let (code, err) = inspect(&p);
+    assert_eq!(code, 0, "{err}");
+    let model = onnxsmith::load(&p).unwrap().model;
+    assert_eq!(model.graph.value_info().len(), 1);
+}
+
+#[test]
 fn cycle() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.onnx");

@@ -130,9 +130,13 @@ fn lift_graph(mut gp: GraphProto, outer: &dyn Fn(&str) -> bool) -> Result<Graph>
             .with_context(|| format!("graph output '{name}' is produced by nothing"))?;
         g.add_output(v, ValueInfo::from_proto(vi));
     }
+    // value_info only declares; some tools write an entry twice. The first one is kept.
+    let mut declared = HashSet::new();
     for vi in std::mem::take(&mut gp.value_info) {
-        let name = vi.name.clone();
-        g.add_value_info(&name, ValueInfo::from_proto(vi))?;
+        if declared.insert(vi.name.clone()) {
+            let name = vi.name.clone();
+            g.add_value_info(&name, ValueInfo::from_proto(vi))?;
+        }
     }
     g.rest = gp;
     Ok(g)
