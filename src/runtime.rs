@@ -418,11 +418,7 @@ impl Facts {
 /// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
 /// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
 pub fn infer_facts(model: &Model) -> Facts {
-    let r = contain_panic(|| infer(model));
-    if let Err(e) = &r {
-        eprintln!("DEBUG {e:?}");
-    }
-    Facts(r.unwrap_or_default())
+    Facts(contain_panic(|| infer(model)).unwrap_or_default())
 }
 
 fn dim_of(d: &tract_onnx::prelude::TDim) -> Dim {

@@ -225,6 +225,36 @@ fn unknown_domain_and_future_opset_are_warnings() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("com.example::Frobnicate"));
 }
 
+#[test]
+fn facts_tract_cannot_infer_leave_stderr_to_warnings() {
+    // An input declared without a rank gives tract nothing to start from; the passes that ask
+    // it for facts go on without them and must not print its error.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    let mut m = model_with(vec![node("Relu", "relu", &["x"], &["y"])]);
+    let x = &mut m.graph.as_mut().unwrap().input[0];
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        x.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    let out = bin()
+        .args(["optimize", "--no-check", "-q", "-o"])
+        .arg(dir.path().join("o.onnx"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for line in err.lines() {
+        assert!(
+            line.starts_with("warning"),
+            "unexpected stderr line: {line}"
+        );
+    }
+}
+
 /// A model whose single initializer lives in `w.bin` at `offset` with `length` bytes.
 fn external_model(dir: &Path, offset: &str, length: &str) -> std::path::PathBuf {
     let mut m = model_with(vec![node("Add", "add", &["x", "w"], &["y"])]);
