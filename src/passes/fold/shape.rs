@@ -47,7 +47,8 @@ fn slice_positions(len: i64, start: i64, end: i64, step: i64) -> Vec<i64> {
     let (mut i, end) = if step > 0 {
         (norm(start).clamp(0, len), norm(end).clamp(0, len))
     } else {
-        (norm(start).clamp(0, len - 1), norm(end).clamp(-1, len - 1))
+        // max then min, not clamp: for an empty vector the range is empty, not a panic.
+        (norm(start).max(0).min(len - 1), norm(end).max(-1).min(len - 1))
     };
     let mut out = Vec::new();
     while (step > 0 && i < end) || (step < 0 && i > end) {
