@@ -385,6 +385,12 @@ impl Graph {
         self.ty(v).and_then(Type::shape)
     }
 
+    /// The integers a constant holds (shapes, axes, pads, indices), when `v` is an int32 or
+    /// int64 constant.
+    pub fn const_ints(&self, v: ValueId) -> Option<Vec<i64>> {
+        self.value(v).constant()?.to_i64_vec()
+    }
+
     /// Nodes in a deterministic topological order that keeps insertion order wherever
     /// dependencies allow (so a graph that was read in order is written in the same order).
     /// Fails on a cycle, naming a node on it.

@@ -133,8 +133,8 @@ fn lift_graph(mut gp: GraphProto, outer: &dyn Fn(&str) -> bool) -> Result<Graph>
     // value_info only declares; some tools write an entry twice. The first one is kept.
     let mut declared = HashSet::new();
     for vi in std::mem::take(&mut gp.value_info) {
-        if declared.insert(vi.name.clone()) {
-            let name = vi.name.clone();
+        let name = vi.name.clone();
+        if declared.insert(name.clone()) {
             g.add_value_info(&name, ValueInfo::from_proto(vi))?;
         }
     }

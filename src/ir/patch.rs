@@ -16,15 +16,19 @@ pub fn type_clash(ga: &Graph, a: ValueId, gb: &Graph, b: ValueId) -> Option<Stri
         }
     }
     if let (Some(x), Some(y)) = (ga.shape(a), gb.shape(b)) {
-        let clash = x.len() != y.len()
-            || x.iter()
-                .zip(y)
-                .any(|(p, q)| matches!((p, q), (Dim::Known(m), Dim::Known(n)) if m != n));
-        if clash {
+        if dims_clash(x, y) {
             return Some(format!("shapes {x:?} and {y:?} differ"));
         }
     }
     None
+}
+
+/// Whether two shapes differ in rank or in a dim both know.
+fn dims_clash(x: &[Dim], y: &[Dim]) -> bool {
+    x.len() != y.len()
+        || x.iter()
+            .zip(y)
+            .any(|(p, q)| matches!((p, q), (Dim::Known(m), Dim::Known(n)) if m != n))
 }
 
 pub struct Patch<'g> {
@@ -109,12 +113,7 @@ impl<'g> Patch<'g> {
         }
         let shape = t.dims().iter().map(|&d| Dim::Known(d)).collect::<Vec<_>>();
         if let Some(declared) = self.g.shape(old) {
-            let clash = declared.len() != shape.len()
-                || declared
-                    .iter()
-                    .zip(&shape)
-                    .any(|(a, b)| matches!((a, b), (Dim::Known(p), Dim::Known(q)) if p != q));
-            if clash {
+            if dims_clash(declared, &shape) {
                 bail!(
                     "cannot replace '{name}' ({declared:?}) with a constant of shape {:?}",
                     t.dims()

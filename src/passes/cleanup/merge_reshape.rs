@@ -31,8 +31,7 @@ fn match_at(g: &Graph, n: NodeId) -> Result<Option<ValueId>, &'static str> {
     };
     let target = node
         .input(1)
-        .and_then(|s| g.value(s).constant())
-        .and_then(|t| t.to_i64_vec())
+        .and_then(|s| g.const_ints(s))
         .ok_or("its target is not a constant")?;
     if node.attr_i("allowzero") != Some(1) && target.contains(&0) {
         return Err("its target copies a dim (0) of the value it reshapes");

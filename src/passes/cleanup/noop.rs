@@ -26,10 +26,6 @@ use crate::runtime::Facts;
 
 pub struct EliminateNoop;
 
-fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
-    g.value(v).constant()?.to_i64_vec()
-}
-
 /// Whether every element of `t` is 1 (`one`) or 0, in `t`'s own encoding.
 fn is_splat(t: &Tensor, one: bool) -> bool {
     let unit: &[u8] = match (t.dtype(), one) {
@@ -66,14 +62,14 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<usize> {
         "Split" => yes(node.outputs().len() == 1),
         "Pad" => {
             let pads = match node.input(1) {
-                Some(p) => const_ints(g, p),
+                Some(p) => g.const_ints(p),
                 None => node.attr_ints("pads").map(<[i64]>::to_vec),
             };
             yes(pads.is_some_and(|p| p.iter().all(|&v| v == 0)))
         }
         "Tile" => yes(node
             .input(1)
-            .and_then(|r| const_ints(g, r))
+            .and_then(|r| g.const_ints(r))
             .is_some_and(|r| r.iter().all(|&v| v == 1))),
         "Cast" => {
             let trusted = matches!(g.value(x).def(), Def::Initializer | Def::Input);
@@ -88,7 +84,7 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<usize> {
         "Reshape" | "Expand" | "Flatten" => yes(keeps_shape(x)),
         "Slice" => {
             let steps_positive = match node.input(4) {
-                Some(s) => const_ints(g, s).is_some_and(|s| s.iter().all(|&v| v > 0)),
+                Some(s) => g.const_ints(s).is_some_and(|s| s.iter().all(|&v| v > 0)),
                 None => true,
             };
             yes(steps_positive && keeps_shape(x))

@@ -30,15 +30,11 @@ struct Found {
     target: Vec<i64>,
 }
 
-fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
-    g.value(v).constant()?.to_i64_vec()
-}
-
 /// The axes of an Unsqueeze: the attribute before opset 13, the second input after.
 fn unsqueeze_axes(g: &Graph, n: NodeId) -> Option<Vec<i64>> {
     let node = g.node(n);
     match node.input(1) {
-        Some(a) => const_ints(g, a),
+        Some(a) => g.const_ints(a),
         None => node.attr_ints("axes").map(<[i64]>::to_vec),
     }
 }
@@ -113,7 +109,7 @@ fn copies_dims(
     let one = |slot: usize| -> Option<Option<i64>> {
         match sn.input(slot) {
             None => Some(None),
-            Some(v) => match const_ints(g, v)?.as_slice() {
+            Some(v) => match g.const_ints(v)?.as_slice() {
                 [k] => Some(Some(*k)),
                 _ => None,
             },
@@ -149,7 +145,7 @@ fn match_at(
     let mut target = Vec::new();
     for (pos, part) in g.node(concat).inputs().iter().enumerate() {
         let part = part.ok_or("a Concat part is missing")?;
-        if let Some(v) = const_ints(g, part) {
+        if let Some(v) = g.const_ints(part) {
             if v.contains(&0) {
                 return Err("a constant part holds 0, which would mean copy");
             }

@@ -24,10 +24,6 @@ use crate::runtime::Facts;
 
 pub struct FoldShape;
 
-fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
-    g.value(v).constant()?.to_i64_vec()
-}
-
 /// The dims `Shape(start, end)` selects, clamped as the operator defines.
 fn select(dims: &[Option<i64>], start: Option<i64>, end: Option<i64>) -> Vec<Option<i64>> {
     let r = dims.len() as i64;
@@ -48,7 +44,10 @@ fn slice_positions(len: i64, start: i64, end: i64, step: i64) -> Vec<i64> {
         (norm(start).clamp(0, len), norm(end).clamp(0, len))
     } else {
         // max then min, not clamp: for an empty vector the range is empty, not a panic.
-        (norm(start).max(0).min(len - 1), norm(end).max(-1).min(len - 1))
+        (
+            norm(start).max(0).min(len - 1),
+            norm(end).max(-1).min(len - 1),
+        )
     };
     let mut out = Vec::new();
     while (step > 0 && i < end) || (step < 0 && i > end) {
@@ -116,7 +115,8 @@ fn evaluate(g: &Graph, n: NodeId, facts: &Facts) -> Result<(Vec<i64>, Vec<i64>),
             let arg = |i: usize| -> Result<Option<Vec<i64>>, &'static str> {
                 match node.input(i) {
                     None => Ok(None),
-                    Some(v) => const_ints(g, v)
+                    Some(v) => g
+                        .const_ints(v)
                         .map(Some)
                         .ok_or("its bounds are not constant"),
                 }

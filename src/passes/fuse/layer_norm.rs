@@ -39,7 +39,7 @@ struct Found {
 fn last_axis_mean(g: &Graph, n: NodeId, rank: Option<usize>) -> bool {
     let node = g.node(n);
     let axes = match node.input(1) {
-        Some(a) => g.value(a).constant().and_then(|t| t.to_i64_vec()),
+        Some(a) => g.const_ints(a),
         None => node.attr_ints("axes").map(<[i64]>::to_vec),
     };
     let last = match axes.as_deref() {

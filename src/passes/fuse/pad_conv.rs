@@ -30,10 +30,6 @@ struct Found {
     count_include_pad: bool,
 }
 
-fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
-    g.value(v).constant()?.to_i64_vec()
-}
-
 /// Whether the Pad's fill value is zero.
 fn pads_with_zero(g: &Graph, pad: NodeId) -> Result<bool, &'static str> {
     let node = g.node(pad);
@@ -49,8 +45,10 @@ fn pads_with_zero(g: &Graph, pad: NodeId) -> Result<bool, &'static str> {
     }
 }
 
+/// The refusal for ops that simply do not follow a Pad: too common to report.
+const NOT_PADDED: &str = "its input is not a Pad's output";
+
 fn match_at(g: &Graph, n: NodeId) -> Result<Found, &'static str> {
-    const NOT_PADDED: &str = "its input is not a Pad's output";
     let node = g.node(n);
     let p = node.input(0).ok_or(NOT_PADDED)?;
     let pad = g
@@ -75,7 +73,7 @@ fn match_at(g: &Graph, n: NodeId) -> Result<Found, &'static str> {
         return Err("the Pad names its axes");
     }
     let pads = match pn.input(1) {
-        Some(v) => const_ints(g, v).ok_or("the Pad's pads are not constant")?,
+        Some(v) => g.const_ints(v).ok_or("the Pad's pads are not constant")?,
         None => pn.attr_ints("pads").ok_or("the Pad has no pads")?.to_vec(),
     };
     if node
@@ -155,7 +153,7 @@ impl Pass for FusePadConv {
             for n in ops {
                 match match_at(g, n) {
                     Ok(f) => found.push(f),
-                    Err("its input is not a Pad's output") => {}
+                    Err(NOT_PADDED) => {}
                     Err(why) => {
                         let node = g.node(n);
                         cx.refuse("fuse-pad-conv", &node.name, &node.op, why);
