@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::ir::Model;
-use crate::runtime::{Binding, HostTensor, Runner, Unrunnable};
+use crate::runtime::{input_specs, Binding, HostTensor, Runner, Unrunnable};
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Tolerance {
@@ -121,101 +121,120 @@ pub enum Outcome {
     Unverified(String),
 }
 
+/// What a model computed: its output names and, per input set, its output values.
+pub struct Outputs {
+    names: Vec<String>,
+    values: Vec<Vec<HostTensor>>,
+}
+
+/// Runs `model` in tract on every input set.
+pub fn run_all(model: &Model, binding: &Binding, inputs: &[Vec<HostTensor>]) -> Result<Outputs> {
+    let runner = Runner::new(model, binding, &[])?;
+    let values = inputs
+        .iter()
+        .map(|set| runner.run(set))
+        .collect::<Result<_>>()?;
+    Ok(Outputs {
+        names: runner.outputs,
+        values,
+    })
+}
+
+/// [`run_all`] on the sets from [`inputs_for`]; without them, unrunnable for the same reason.
+pub fn run_on(
+    model: &Model,
+    binding: &Binding,
+    inputs: &Result<Vec<Vec<HostTensor>>, Unrunnable>,
+) -> Result<Outputs> {
+    run_all(model, binding, inputs.as_ref().map_err(|e| e.clone())?)
+}
+
+/// The input sets a check feeds every model: the user's, or `samples` seeded sets shaped after
+/// `model`'s declared inputs, which a rewrite never changes. Known before any model runs, so
+/// the original and a candidate can run at the same time.
+pub fn inputs_for(model: &Model, opts: &CheckOptions) -> Result<Vec<Vec<HostTensor>>, Unrunnable> {
+    if !opts.inputs.is_empty() {
+        return Ok(opts.inputs.clone());
+    }
+    let specs = input_specs(model, &opts.binding)
+        .map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    (0..opts.samples.max(1))
+        .map(|_| {
+            specs
+                .iter()
+                .map(|spec| HostTensor::random(spec, &mut rng))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| Unrunnable(format!("cannot make seeded inputs: {e:#}")))
+        })
+        .collect()
+}
+
 /// The original model's inputs and outputs, computed once and reused for every candidate.
 pub struct Reference {
     opts: CheckOptions,
     inputs: Vec<Vec<HostTensor>>,
-    outputs: Result<Vec<Vec<HostTensor>>, String>,
-    names: Vec<String>,
+    /// Why the original cannot be run, when it cannot.
+    outputs: Result<Outputs, String>,
 }
 
 impl Reference {
     pub fn new(original: &Model, opts: &CheckOptions) -> Result<Reference> {
-        let mut reference = Reference {
+        let inputs = inputs_for(original, opts);
+        let outputs = run_on(original, &opts.binding, &inputs);
+        Reference::from_run(opts, inputs.unwrap_or_default(), outputs)
+    }
+
+    /// A reference from the original's outputs on `inputs`, computed elsewhere (on another
+    /// thread, while the passes run). An unrunnable original makes every check "unverified".
+    pub fn from_run(
+        opts: &CheckOptions,
+        inputs: Vec<Vec<HostTensor>>,
+        outputs: Result<Outputs>,
+    ) -> Result<Reference> {
+        let outputs = match outputs {
+            Ok(o) => Ok(o),
+            Err(e) => Err(e.downcast::<Unrunnable>()?.0),
+        };
+        Ok(Reference {
             opts: opts.clone(),
-            inputs: opts.inputs.clone(),
-            outputs: Err(String::new()),
-            names: Vec::new(),
-        };
-        let runner = match Runner::new(original, &opts.binding, &[]) {
-            Ok(r) => r,
-            Err(e) => return unverified(reference, e),
-        };
-        if reference.inputs.is_empty() {
-            let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-            for _ in 0..opts.samples.max(1) {
-                let set = runner
-                    .inputs
-                    .iter()
-                    .map(|spec| HostTensor::random(spec, &mut rng))
-                    .collect::<Result<Vec<_>>>();
-                match set {
-                    Ok(set) => reference.inputs.push(set),
-                    Err(e) => {
-                        let why = Unrunnable(format!("cannot make seeded inputs: {e:#}"));
-                        return unverified(reference, why.into());
-                    }
-                }
-            }
-        }
-        let mut outputs = Vec::new();
-        for set in &reference.inputs {
-            match runner.run(set) {
-                Ok(o) => outputs.push(o),
-                Err(e) => return unverified(reference, e),
-            }
-        }
-        reference.outputs = Ok(outputs);
-        reference.names = runner.outputs;
-        Ok(reference)
+            inputs,
+            outputs,
+        })
     }
 
     /// Runs `candidate` on the reference inputs and compares.
     pub fn check(&self, candidate: &Model) -> Result<Outcome> {
-        self.check_prepared(Runner::new(candidate, &self.opts.binding, &[]))
+        // With nothing to compare against, running the candidate would be wasted.
+        let got = match &self.outputs {
+            Ok(_) => run_all(candidate, &self.opts.binding, &self.inputs),
+            Err(_) => Ok(Outputs {
+                names: Vec::new(),
+                values: Vec::new(),
+            }),
+        };
+        self.judge(got)
     }
 
-    /// Like [`Reference::check`], with the candidate already made runnable (which can happen
-    /// on another thread while the reference runs).
-    pub fn check_prepared(&self, runner: Result<Runner>) -> Result<Outcome> {
+    /// Compares a candidate's outputs on the reference inputs, computed elsewhere.
+    pub fn judge(&self, got: Result<Outputs>) -> Result<Outcome> {
         let expected = match &self.outputs {
             Ok(o) => o,
             Err(reason) => return Ok(Outcome::Unverified(format!("original: {reason}"))),
         };
-        let runner = match runner {
-            Ok(r) => r,
-            Err(e) => return unrunnable_outcome(e, "result"),
-        };
-        let mut got = Vec::new();
-        for set in &self.inputs {
-            match runner.run(set) {
-                Ok(o) => got.push(o),
-                Err(e) => return unrunnable_outcome(e, "result"),
+        let got = match got {
+            Ok(o) => o,
+            Err(e) => {
+                let u = e.downcast::<Unrunnable>()?;
+                return Ok(Outcome::Unverified(format!("result: {}", u.0)));
             }
-        }
+        };
         Ok(Outcome::Checked(compare(
-            &self.names,
-            expected,
-            &got,
+            &expected.names,
+            &expected.values,
+            &got.values,
             self.opts.tolerance,
         )))
-    }
-}
-
-fn unverified(mut r: Reference, e: anyhow::Error) -> Result<Reference> {
-    match e.downcast::<Unrunnable>() {
-        Ok(u) => {
-            r.outputs = Err(u.0);
-            Ok(r)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn unrunnable_outcome(e: anyhow::Error, which: &str) -> Result<Outcome> {
-    match e.downcast::<Unrunnable>() {
-        Ok(u) => Ok(Outcome::Unverified(format!("{which}: {}", u.0))),
-        Err(e) => Err(e),
     }
 }
 

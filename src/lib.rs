@@ -80,8 +80,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
 
 /// Lowers and writes `model` to `path` atomically.
 pub fn save(model: &Model, path: &Path, opts: SaveOptions) -> Result<()> {
-    let proto = model.to_proto()?;
-    onnx::save_model(proto, path, opts)
+    stage(model, path, opts)?.commit()
+}
+
+/// Lowers and writes `model` beside `path`, to be put in place by `commit` (or deleted when
+/// dropped): the result can be written while it is still being checked.
+pub fn stage(model: &Model, path: &Path, opts: SaveOptions) -> Result<onnx::Staged> {
+    onnx::stage_model(model.to_proto()?, path, opts)
 }
 
 /// Refuses to write `output` when it is `input` or one of the files `input` reads.

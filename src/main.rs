@@ -11,11 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use onnxsmith::check::{CheckOptions, Outcome, Reference, Tolerance};
+use onnxsmith::check::{self, CheckOptions, Outcome, Reference, Tolerance};
 use onnxsmith::ir::Model;
 use onnxsmith::passes::{pipeline, PipelineOptions, PipelineReport};
 use onnxsmith::report::{human_bytes, Summary};
-use onnxsmith::runtime::{input_specs, Binding, HostTensor, Runner};
+use onnxsmith::runtime::{input_specs, Binding, HostTensor};
 use onnxsmith::{ExternalData, SaveOptions};
 
 #[derive(Parser)]
@@ -352,31 +352,49 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
     };
     progress.step("running passes");
     let copts = check_options(&original, &args.check)?;
-    // The original runs in tract on one core while the passes and the result's preparation use
-    // the other: checking is the largest cost of `optimize`.
-    let (optimized, pass_time, prepared, reference) = std::thread::scope(|s| {
-        let reference = (!args.no_check).then(|| s.spawn(|| Reference::new(&original, &copts)));
+    let inputs = check::inputs_for(&original, &copts);
+    let check = !args.no_check;
+    // Checking is the largest cost of `optimize`, so everything that can overlap does: the
+    // original runs in tract on one thread while the passes run on this one; then the result
+    // runs in tract here while another thread writes it to a temporary file, put in place only
+    // once the check passes.
+    let (optimized, pass_time, original_run, result_run, staged) = std::thread::scope(|s| {
+        let original_run =
+            check.then(|| s.spawn(|| check::run_on(&original, &copts.binding, &inputs)));
         let t = Instant::now();
         let optimized = onnxsmith::optimize::optimize(&original, &opts);
         let pass_time = t.elapsed();
-        let prepared = match (&optimized, args.no_check) {
-            (Ok((m, _)), false) => Some(Runner::new(m, &copts.binding, &[])),
-            _ => None,
+        let (result_run, staged) = match &optimized {
+            Ok((result, _)) => std::thread::scope(|s| {
+                let staged = s.spawn(|| {
+                    let t = Instant::now();
+                    let staged = onnxsmith::stage(result, output, save_options(args.external_data));
+                    (staged, t.elapsed())
+                });
+                if check {
+                    progress.step("checking the result against the original in tract");
+                }
+                let result_run = check.then(|| check::run_on(result, &copts.binding, &inputs));
+                (
+                    result_run,
+                    Some(staged.join().expect("the writing thread panicked")),
+                )
+            }),
+            Err(_) => (None, None),
         };
-        let reference = reference.map(|h| h.join().expect("the reference thread panicked"));
-        (optimized, pass_time, prepared, reference)
+        let original_run = original_run.map(|h| h.join().expect("the reference thread panicked"));
+        (optimized, pass_time, original_run, result_run, staged)
     });
     let (result, pipeline_report) = optimized?;
-    let check_started = Instant::now();
+    let (staged, save_time) = staged.expect("a result is staged once the passes succeed");
+    let staged = staged?;
+    let check_time = total.elapsed() - load_time - pass_time;
 
     let mut check_json = json!({"status": "skipped"});
-    let mut check_time = Duration::ZERO;
     let mut verdict = None;
-    if let (Some(reference), Some(prepared)) = (reference, prepared) {
-        progress.step("checking the result against the original in tract");
-        let reference = reference?;
-        let outcome = reference.check_prepared(prepared)?;
-        check_time = check_started.elapsed();
+    if let (Some(original_run), Some(result_run)) = (original_run, result_run) {
+        let reference = Reference::from_run(&copts, inputs.unwrap_or_default(), original_run)?;
+        let outcome = reference.judge(result_run)?;
         match &outcome {
             Outcome::Checked(report) if !report.ok() => {
                 progress.done();
@@ -409,10 +427,7 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
         verdict = Some(outcome);
     }
 
-    progress.step("writing");
-    let t = Instant::now();
-    onnxsmith::save(&result, output, save_options(args.external_data))?;
-    let save_time = t.elapsed();
+    staged.commit()?;
     progress.done();
 
     let mut before = Summary::of(&original);

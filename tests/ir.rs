@@ -226,3 +226,97 @@ fn models_past_2_gib_go_external_by_themselves() {
     assert_eq!(t.dims(), [len]);
     assert_eq!(t.stored_bytes(), (2u64 << 30) + 4096);
 }
+
+#[test]
+fn a_staged_model_is_in_place_only_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = onnxsmith::zoo::resnet50().unwrap();
+    let p = dir.path().join("out.onnx");
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let staged = onnxsmith::stage(&m, &p, SaveOptions::default()).unwrap();
+    assert!(!p.exists(), "staged, not yet in place");
+    assert_eq!(listing().len(), 1, "one temporary file: {:?}", listing());
+    drop(staged);
+    assert!(listing().is_empty(), "dropped uncommitted: {:?}", listing());
+
+    let opts = SaveOptions {
+        external: ExternalData::Always,
+        ..SaveOptions::default()
+    };
+    onnxsmith::stage(&m, &p, opts).unwrap().commit().unwrap();
+    assert_eq!(listing(), ["out.onnx", "out.onnx.data"]);
+    assert_eq!(
+        print_model(&onnxsmith::load(&p).unwrap().model),
+        print_model(&m)
+    );
+}
+
+/// Resident size in KiB of this process's mappings of `path`, from /proc/self/smaps.
+#[cfg(target_os = "linux")]
+fn resident_kib_of(path: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.canonicalize().unwrap().to_string_lossy().into_owned();
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line.ends_with(&name);
+        } else if inside && first == "Rss:" {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forgotten_payload_leaves_memory_and_stays_readable() {
+    use onnxsmith::ir::Tensor;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.onnx");
+    let values: Vec<f32> = (0..1 << 20).map(|i| i as f32).collect();
+    let m = lift(common::model_io(
+        vec![common::node("Add", "add", &["x", "w"], &["y"])],
+        vec![common::f32_info("x", &[1 << 20])],
+        vec![common::f32_info("y", &[1 << 20])],
+        vec![Tensor::from_f32(vec![1 << 20], &values).to_proto("w")],
+    ));
+    onnxsmith::save(&m, &p, SaveOptions::default()).unwrap();
+
+    let loaded = onnxsmith::load(&p).unwrap().model;
+    let w = loaded.graph.find("w").unwrap();
+    let t = loaded.graph.value(w).initializer().unwrap();
+    assert_eq!(
+        t.to_f32_vec().unwrap(),
+        values,
+        "reading maps every page in"
+    );
+    let before = resident_kib_of(&p);
+    assert!(before >= 4000, "{before} KiB resident after reading 4 MiB");
+    t.forget_resident();
+    let after = resident_kib_of(&p);
+    assert!(after < 64, "{after} KiB still resident");
+    assert_eq!(
+        t.to_f32_vec().unwrap(),
+        values,
+        "the pages come back from the file"
+    );
+
+    // A payload on the heap is never touched: dropping its pages would zero it.
+    let heap = Tensor::from_f32(vec![1 << 20], &values);
+    heap.forget_resident();
+    assert_eq!(heap.to_f32_vec().unwrap(), values);
+}

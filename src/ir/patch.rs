@@ -35,6 +35,9 @@ pub struct Patch<'g> {
     g: &'g mut Graph,
     /// Values that take over a graph output's name once the old value is gone.
     renames: Vec<(ValueId, String)>,
+    /// Values that lost a reader; those left as unread initializers give their pages back at
+    /// `commit`, so a replaced weight does not stay resident beside its replacement.
+    unread: Vec<ValueId>,
     edits: usize,
 }
 
@@ -43,6 +46,7 @@ impl<'g> Patch<'g> {
         Patch {
             g,
             renames: Vec::new(),
+            unread: Vec::new(),
             edits: 0,
         }
     }
@@ -67,6 +71,7 @@ impl<'g> Patch<'g> {
             self.renames.push((new, on.to_string()));
         }
         self.g.replace_all_uses(old, new);
+        self.unread.push(old);
         self.edits += 1;
         Ok(())
     }
@@ -77,7 +82,9 @@ impl<'g> Patch<'g> {
     }
 
     pub fn remove_node(&mut self, n: NodeId) -> Result<()> {
+        let inputs: Vec<ValueId> = self.g.node(n).inputs().iter().flatten().copied().collect();
         self.g.remove_node(n)?;
+        self.unread.extend(inputs);
         self.edits += 1;
         Ok(())
     }
@@ -191,6 +198,7 @@ impl<'g> Patch<'g> {
             .iter()
             .rposition(Option::is_some)
             .map_or(0, |i| i + 1);
+        self.unread.extend(self.g.node(n).inputs().iter().flatten());
         self.g.set_inputs(n, &inputs[..len]);
         self.edits += 1;
     }
@@ -198,6 +206,13 @@ impl<'g> Patch<'g> {
     /// Applies pending renames; returns the number of edits made. A rename whose name is
     /// still taken (the old value was kept after all) leaves the fresh name in place.
     pub fn commit(self) -> Result<usize> {
+        for &v in &self.unread {
+            if self.g.contains_value(v) && self.g.value(v).uses().is_empty() {
+                if let Some(t) = self.g.value(v).initializer() {
+                    t.forget_resident();
+                }
+            }
+        }
         for (v, name) in self.renames {
             if self.g.find(&name).is_none() {
                 self.g.rename_value(v, &name)?;

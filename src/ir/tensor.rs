@@ -253,13 +253,17 @@ impl Tensor {
     }
 
     pub fn from_f32(dims: Vec<i64>, values: &[f32]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::from_raw(DType::F32, dims, Bytes::from(bytes))
+        Tensor::from_raw(DType::F32, dims, le_bytes(values, |v| v.to_le_bytes()))
     }
 
     pub fn from_i64(dims: Vec<i64>, values: &[i64]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::from_raw(DType::I64, dims, Bytes::from(bytes))
+        Tensor::from_raw(DType::I64, dims, le_bytes(values, |v| v.to_le_bytes()))
+    }
+
+    /// Lets the payload's pages go when it lies in the mapped input file; it stays readable
+    /// (see [`crate::onnx::forget_resident`]). For constants nothing reads any more.
+    pub fn forget_resident(&self) {
+        crate::onnx::forget_resident(&self.proto.raw_data);
     }
 
     pub fn proto(&self) -> &TensorProto {
@@ -355,6 +359,15 @@ impl Tensor {
         Some(Bytes::from(out))
     }
 
+    /// The payload of an f32 tensor whose size agrees with its dims.
+    pub fn f32_bytes(&self) -> Option<Bytes> {
+        if self.dtype() != DType::F32 {
+            return None;
+        }
+        let raw = self.raw_bytes()?;
+        (Some(raw.len() as u64) == DType::F32.byte_size(self.dims())).then_some(raw)
+    }
+
     /// Values as f32, for float tensors (used by the zoo, the printer and numeric checks).
     pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
         if self.dtype() != DType::F32 {
@@ -403,6 +416,16 @@ impl Tensor {
         }
         h.finish()
     }
+}
+
+/// Encodes `values` in one exactly sized buffer: collecting a `flat_map` grows by doubling,
+/// which for a large weight briefly holds it twice.
+fn le_bytes<T: Copy, const N: usize>(values: &[T], encode: impl Fn(T) -> [u8; N]) -> Bytes {
+    let mut out = Vec::with_capacity(values.len() * N);
+    for &v in values {
+        out.extend_from_slice(&encode(v));
+    }
+    Bytes::from(out)
 }
 
 /// 64-bit FNV-1a: tiny, stable across platforms and releases, good enough for content digests.

@@ -2,7 +2,6 @@
 //! slices of the mapping (`Bytes`), not heap copies. External data is resolved the same way.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,25 +9,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::external::for_each_tensor;
+use super::mapping::map_file;
 use super::proto::{tensor_proto::DataLocation, ModelProto, TensorProto};
 use crate::ir::DType;
-
-/// Maps a whole file. An empty file yields empty bytes (mapping zero bytes is an error on Linux).
-pub fn map_file(path: &Path) -> Result<Bytes> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?
-        .len();
-    if len == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: the mapping is read-only. As with every tool that maps its input, a file truncated
-    // by another process while we read it is outside what we can defend against.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", path.display()))?;
-    Ok(Bytes::from_owner(map))
-}
 
 /// Loads `path`, resolving external data relative to its directory. Also returns the
 /// external-data files read.

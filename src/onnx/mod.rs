@@ -3,6 +3,7 @@
 
 mod external;
 mod load;
+mod mapping;
 mod save;
 
 #[allow(clippy::all, missing_docs, rustdoc::all)]
@@ -11,4 +12,5 @@ pub mod proto {
 }
 
 pub use load::{decode_model, load_model};
-pub use save::{save_model, write_atomic, ExternalData, SaveOptions};
+pub use mapping::forget_resident;
+pub use save::{save_model, stage_model, write_atomic, ExternalData, SaveOptions, Staged};

@@ -45,7 +45,12 @@ impl Default for SaveOptions {
 
 /// Writes `model` to `path` atomically. Tensors are expected inline (loading resolves external
 /// data); which of them go out to `<file name>.data` is decided here.
-pub fn save_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Result<()> {
+pub fn save_model(model: ModelProto, path: &Path, opts: SaveOptions) -> Result<()> {
+    stage_model(model, path, opts)?.commit()
+}
+
+/// Like [`save_model`], but leaves the files staged beside their targets until `commit`.
+pub fn stage_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Result<Staged> {
     let file_name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?
@@ -59,6 +64,7 @@ pub fn save_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Resu
         ExternalData::Always => true,
         ExternalData::Auto => model.encoded_len() >= PROTOBUF_LIMIT,
     };
+    let mut staged = Staged { files: Vec::new() };
     if external {
         let data_name = format!("{file_name}.data");
         let data_path = dir.join(&data_name);
@@ -88,20 +94,21 @@ pub fn save_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Resu
                 path.display()
             );
         }
-        write_atomic(&data_path, |w| {
+        staged.append(stage(&data_path, |w| {
             for p in &payloads {
                 w.write_all(p)?;
             }
             Ok(())
-        })?;
+        })?);
     }
-    write_atomic(path, |w| {
+    staged.append(stage(path, |w| {
         let mut stream = StreamBuf::new(w);
         model
             .encode(&mut stream)
             .context("protobuf encoding failed")?;
         stream.finish()
-    })
+    })?);
+    Ok(staged)
 }
 
 fn entry(key: &str, value: &str) -> StringStringEntryProto {
@@ -113,11 +120,53 @@ fn entry(key: &str, value: &str) -> StringStringEntryProto {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Files written under temporary names beside their targets, not yet in place: `commit`
+/// renames them over their targets, in the order written (a model's external data before the
+/// model); dropping them uncommitted deletes them, so a reader never sees half a model.
+#[must_use = "a staged file is deleted unless committed"]
+pub struct Staged {
+    /// (temporary, target)
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    fn append(&mut self, mut later: Staged) {
+        self.files.append(&mut later.files);
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        while let Some((tmp, path)) = self.files.first() {
+            fs::rename(tmp, path).with_context(|| {
+                format!(
+                    "cannot move {} into place as {}",
+                    tmp.display(),
+                    path.display()
+                )
+            })?;
+            self.files.remove(0);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Runs `write` against a temporary file in `path`'s directory, then renames it over `path`.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
+    stage(path, write)?.commit()
+}
+
+/// Runs `write` against a temporary file in `path`'s directory, staged to replace `path`.
+fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<Staged> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -128,24 +177,26 @@ pub fn write_atomic(
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = (|| -> Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        write(&mut w)?;
-        w.flush()?;
-        drop(w);
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| {
+            format!(
+                "cannot write {}: cannot create {}",
+                path.display(),
+                tmp.display()
+            )
+        })?;
+    // From here on, dropping `staged` (on any error) deletes the temporary file.
+    let staged = Staged {
+        files: vec![(tmp, path.to_path_buf())],
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    write(&mut w)
+        .and_then(|()| Ok(w.flush()?))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(staged)
 }
 
 /// A `BufMut` that streams to a writer, so encoding a model never holds a second copy of it.

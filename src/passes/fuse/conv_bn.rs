@@ -18,7 +18,7 @@
 //! Conv may share it): W' and b' are new initializers, and dead-code removes the old ones.
 //! Arithmetic is in f64, rounded once to f32. Runs inside subgraphs too.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::ConvKind;
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
@@ -32,7 +32,7 @@ pub struct ConvBn {
     x: ValueId,
     /// Output of the BatchNormalization, which the fused Conv produces.
     y: ValueId,
-    weight: (Vec<f32>, Vec<i64>),
+    weight: Tensor,
     bias: Option<Vec<f32>>,
     /// γ, β, μ, σ²
     stats: [Vec<f32>; 4],
@@ -68,8 +68,12 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
     }
     let y = node.output(0).ok_or("it has no output")?;
     let x = cnode.input(0).ok_or("the Conv has no input")?;
-    let weight =
-        f32_constant(g, cnode.input(1)).ok_or("the Conv's weight is not an f32 initializer")?;
+    let weight = cnode
+        .input(1)
+        .and_then(|w| g.value(w).constant())
+        .filter(|t| t.f32_bytes().is_some())
+        .ok_or("the Conv's weight is not an f32 initializer")?
+        .clone();
     let bias = match cnode.input(2) {
         None => None,
         Some(b) => Some(
@@ -79,8 +83,8 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
         ),
     };
     let cout = kind
-        .out_channels(&weight.1)
-        .ok_or("the Conv's weight has too few dims")?;
+        .out_channels(weight.dims())
+        .ok_or("the Conv's weight has too few dims or does not split into its groups")?;
     let mut stats: [Vec<f32>; 4] = Default::default();
     for (i, s) in stats.iter_mut().enumerate() {
         let (v, _) =
@@ -109,16 +113,14 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
 
 fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
     let [gamma, beta, mean, var] = &m.stats;
-    let (w, dims) = &m.weight;
     let cout = gamma.len();
     let scale: Vec<f64> = (0..cout)
         .map(|o| gamma[o] as f64 / (var[o] as f64 + m.epsilon as f64).sqrt())
         .collect();
-    let new_w: Vec<f32> = w
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (x as f64 * scale[m.kind.channel_of(dims, i)]) as f32)
-        .collect();
+    let new_w = m
+        .kind
+        .scale_weight(&m.weight, &scale)
+        .context("the matched weight cannot be scaled")?;
     let new_b: Vec<f32> = (0..cout)
         .map(|o| {
             let b = m.bias.as_ref().map_or(0.0, |b| b[o] as f64);
@@ -126,10 +128,7 @@ fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
         })
         .collect();
     let mut patch = Patch::new(g);
-    let w_id = patch.add_initializer(
-        &format!("{}_fused_bn", m.weight_name),
-        Tensor::from_f32(dims.clone(), &new_w),
-    )?;
+    let w_id = patch.add_initializer(&format!("{}_fused_bn", m.weight_name), new_w)?;
     let b_id = patch.add_initializer(
         &format!("{}_fused_bn_bias", m.weight_name),
         Tensor::from_f32(vec![cout as i64], &new_b),

@@ -9,7 +9,7 @@
 //! Preconditions and refusals as for `fuse-conv-add`. W is never edited in place (it may be
 //! shared); the scaled copy is a new initializer. Runs inside subgraphs too.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::fuse_after_conv;
 use crate::ir::{Model, Tensor};
@@ -28,18 +28,14 @@ impl Pass for FuseConvMul {
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
         fuse_after_conv(model, "Mul", self.id(), cx, &|patch, m, k| {
-            let weight = patch.graph().value(m.weight).constant();
-            let w = weight.and_then(Tensor::to_f32_vec).unwrap_or_default();
-            let dims = weight.map(|t| t.dims().to_vec()).unwrap_or_default();
-            let scaled: Vec<f32> = w
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v * k[m.kind.channel_of(&dims, i)])
-                .collect();
-            let wid = patch.add_initializer(
-                &format!("{}_scaled", m.weight_name),
-                Tensor::from_f32(dims, &scaled),
-            )?;
+            let factor: Vec<f64> = k.iter().map(|&k| k as f64).collect();
+            let scaled = patch
+                .graph()
+                .value(m.weight)
+                .constant()
+                .and_then(|w| m.kind.scale_weight(w, &factor))
+                .context("the matched weight cannot be scaled")?;
+            let wid = patch.add_initializer(&format!("{}_scaled", m.weight_name), scaled)?;
             let bid = match &m.bias {
                 Some(b) => {
                     let scaled: Vec<f32> = b.iter().zip(k).map(|(b, k)| b * k).collect();

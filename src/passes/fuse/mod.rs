@@ -10,7 +10,7 @@ pub mod pad_conv;
 
 use anyhow::Result;
 
-use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
+use crate::ir::{DType, Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{for_each_graph, Changed, PassContext};
 
 /// The single node reading `v`, when it is an `op` and `v` is not a graph output.
@@ -99,22 +99,51 @@ impl ConvKind {
     pub fn out_channels(self, dims: &[i64]) -> Option<usize> {
         match self {
             ConvKind::Conv => dims.first().map(|&d| d as usize),
-            ConvKind::Transpose { group } => dims.get(1).map(|&d| d as usize * group),
+            ConvKind::Transpose { group } => {
+                let cin = *dims.first()? as usize;
+                cin.is_multiple_of(group).then_some(())?;
+                dims.get(1).map(|&d| d as usize * group)
+            }
         }
     }
 
-    /// The output channel that element `i` of a weight of shape `dims` feeds.
-    pub fn channel_of(self, dims: &[i64], i: usize) -> usize {
-        let numel: usize = dims.iter().map(|&d| d as usize).product();
-        match self {
-            ConvKind::Conv => i / (numel / dims[0] as usize),
+    /// `w`, a weight of this kind of convolution, with every element multiplied by the factor
+    /// of the output channel it feeds, each product computed in f64 and rounded once. Reads the
+    /// payload straight into one new buffer, so a large weight is never held twice more.
+    /// `None` unless `w` is f32 with a payload its dims agree with and `factor` has one value
+    /// per output channel.
+    pub fn scale_weight(self, w: &Tensor, factor: &[f64]) -> Option<Tensor> {
+        let raw = w.f32_bytes()?;
+        let dims = w.dims();
+        if self.out_channels(dims)? != factor.len() || factor.is_empty() {
+            return None;
+        }
+        // The weight is a sequence of runs of `run` elements that feed one output channel: a
+        // Conv's whole [C_in / group, k...] block, a ConvTranspose's kernel.
+        let numel = raw.len() / 4;
+        let (run, channel): (usize, Box<dyn Fn(usize) -> usize>) = match self {
+            ConvKind::Conv => (numel / factor.len(), Box::new(|r| r)),
             ConvKind::Transpose { group } => {
                 let (cin, per_group) = (dims[0] as usize, dims[1] as usize);
-                let kernel = numel / (cin * per_group);
-                let (ci, j) = (i / (per_group * kernel), i / kernel % per_group);
-                ci / (cin / group) * per_group + j
+                let kernel = numel / (cin * per_group).max(1);
+                let in_per_group = cin / group;
+                let channel =
+                    move |r: usize| r / per_group / in_per_group * per_group + r % per_group;
+                (kernel, Box::new(channel))
+            }
+        };
+        let mut out = vec![0u8; raw.len()];
+        if run > 0 {
+            let runs = raw.chunks_exact(4 * run).zip(out.chunks_exact_mut(4 * run));
+            for (r, (src, dst)) in runs.enumerate() {
+                let f = factor[channel(r)];
+                for (x, y) in src.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
+                    let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]) as f64;
+                    y.copy_from_slice(&((x * f) as f32).to_le_bytes());
+                }
             }
         }
+        Some(Tensor::from_raw(DType::F32, dims.to_vec(), out.into()))
     }
 }
 
@@ -162,11 +191,11 @@ pub fn conv_before(g: &Graph, n: NodeId) -> Result<ConvBefore, &'static str> {
     let w = g
         .value(weight)
         .constant()
-        .filter(|t| t.to_f32_vec().is_some())
+        .filter(|t| t.f32_bytes().is_some())
         .ok_or("the Conv's weight is not an f32 initializer")?;
     let channels = kind
         .out_channels(w.dims())
-        .ok_or("the Conv's weight has too few dims")?;
+        .ok_or("the Conv's weight has too few dims or does not split into its groups")?;
     let bias = match cn.input(2) {
         None => None,
         Some(b) => Some(
