@@ -162,6 +162,30 @@ fn keeps_conv_bn_when_statistics_are_inputs() {
 }
 
 #[test]
+fn keeps_conv_bn_whose_weight_payload_is_longer_than_its_dims() {
+    // A damaged file: W claims [3, 2, 3, 3] but holds 58 values. Scaling used to index a
+    // fourth channel's factor and panic.
+    let mut p = conv_bn(false, vec![], vec![]);
+    let w = &mut p.graph.as_mut().unwrap().initializer[0];
+    w.raw_data = [&w.raw_data[..], &[0u8; 16]].concat().into();
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn", "fuse-conv-mul"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "weight is not an f32 initializer");
+}
+
+#[test]
+fn keeps_conv_transpose_bn_whose_channels_do_not_split_into_groups() {
+    // W[3, 2, 3, 3] with group 2: 3 input channels cannot be split in two.
+    let mut ct = node("ConvTranspose", "ct", &["x", "W"], &["c"]);
+    ct.attribute = vec![attr_ints("kernel_shape", &[3, 3]), attr_int("group", 2)];
+    let mut p = conv_bn(false, vec![], vec![]);
+    p.graph.as_mut().unwrap().node[0] = ct;
+    let (out, report) = run_passes(&lift(p), &["fuse-conv-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "does not split into its groups");
+}
+
+#[test]
 fn keeps_bn_not_after_a_conv() {
     let mut p = conv_bn(false, vec![], vec![]);
     let g = p.graph.as_mut().unwrap();
