@@ -358,37 +358,51 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
     // original runs in tract on one thread while the passes run on this one; then the result
     // runs in tract here while another thread writes it to a temporary file, put in place only
     // once the check passes.
-    let (optimized, pass_time, original_run, result_run, staged) = std::thread::scope(|s| {
-        let original_run =
-            check.then(|| s.spawn(|| check::run_on(&original, &copts.binding, &inputs)));
-        let t = Instant::now();
-        let optimized = onnxsmith::optimize::optimize(&original, &opts);
-        let pass_time = t.elapsed();
-        let (result_run, staged) = match &optimized {
-            Ok((result, _)) => std::thread::scope(|s| {
-                let staged = s.spawn(|| {
-                    let t = Instant::now();
-                    let staged = onnxsmith::stage(result, output, save_options(args.external_data));
-                    (staged, t.elapsed())
-                });
-                if check {
-                    progress.step("checking the result against the original in tract");
-                }
-                let result_run = check.then(|| check::run_on(result, &copts.binding, &inputs));
-                (
-                    result_run,
-                    Some(staged.join().expect("the writing thread panicked")),
-                )
-            }),
-            Err(_) => (None, None),
-        };
-        let original_run = original_run.map(|h| h.join().expect("the reference thread panicked"));
-        (optimized, pass_time, original_run, result_run, staged)
-    });
+    let (optimized, pass_time, check_time, original_run, result_run, staged) =
+        std::thread::scope(|s| {
+            let original_run =
+                check.then(|| s.spawn(|| check::run_on(&original, &copts.binding, &inputs)));
+            let t = Instant::now();
+            let optimized = onnxsmith::optimize::optimize(&original, &opts);
+            let pass_time = t.elapsed();
+            let (result_run, staged) = match &optimized {
+                Ok((result, _)) => std::thread::scope(|s| {
+                    let staged = s.spawn(|| {
+                        let t = Instant::now();
+                        let staged =
+                            onnxsmith::stage(result, output, save_options(args.external_data));
+                        (staged, t.elapsed())
+                    });
+                    if check {
+                        progress.step("checking the result against the original in tract");
+                    }
+                    let result_run = check.then(|| check::run_on(result, &copts.binding, &inputs));
+                    (
+                        result_run,
+                        Some(staged.join().expect("the writing thread panicked")),
+                    )
+                }),
+                Err(_) => (None, None),
+            };
+            let original_run =
+                original_run.map(|h| h.join().expect("the reference thread panicked"));
+            let check_time = if check {
+                t.elapsed() - pass_time
+            } else {
+                Duration::ZERO
+            };
+            (
+                optimized,
+                pass_time,
+                check_time,
+                original_run,
+                result_run,
+                staged,
+            )
+        });
     let (result, pipeline_report) = optimized?;
     let (staged, save_time) = staged.expect("a result is staged once the passes succeed");
     let staged = staged?;
-    let check_time = total.elapsed() - load_time - pass_time;
 
     let mut check_json = json!({"status": "skipped"});
     let mut verdict = None;
@@ -560,6 +574,26 @@ fn pass_table(r: &PipelineReport) -> String {
         r.steps.len()
     )
     .unwrap();
+    if !r.kept_shapes.is_empty() {
+        const SHOWN: usize = 8;
+        writeln!(
+            s,
+            "{} Shape/Size op(s) kept: the dims they read are not constant",
+            r.kept_shapes.len()
+        )
+        .unwrap();
+        for k in r.kept_shapes.iter().take(SHOWN) {
+            writeln!(s, "  {k}").unwrap();
+        }
+        if r.kept_shapes.len() > SHOWN {
+            writeln!(
+                s,
+                "  ... and {} more (all in --report)",
+                r.kept_shapes.len() - SHOWN
+            )
+            .unwrap();
+        }
+    }
     s
 }
 

@@ -361,6 +361,11 @@ fn keeps_shape_of_dynamic_dims() {
         "{:?}",
         report.explain
     );
+    // Also in the default report, naming the dim that stopped it.
+    assert_eq!(
+        report.kept_shapes,
+        ["Shape 'shape' of 'x' [batch, 4, 6]: dim 0 (batch) not constant"]
+    );
 }
 
 #[test]
@@ -387,6 +392,10 @@ fn keeps_shape_that_is_a_graph_output() {
         report.explain.iter().any(|e| e.contains("graph output")),
         "{:?}",
         report.explain
+    );
+    assert_eq!(
+        report.kept_shapes,
+        ["Shape 'shape' of 'x' [batch, 4, 6]: known, but read as a graph output"]
     );
 }
 

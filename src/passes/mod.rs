@@ -202,6 +202,8 @@ pub struct PipelineReport {
     pub steps: Vec<&'static str>,
     pub rounds: usize,
     pub explain: Vec<String>,
+    /// When fold-shape ran: each Shape and Size left in the main graph, and why.
+    pub kept_shapes: Vec<String>,
 }
 
 /// Rounds before giving up on reaching a fixed point.
@@ -293,10 +295,20 @@ pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<Pipelin
             break;
         }
     }
+    let g = &model.graph;
+    let shape_ops = g
+        .node_ids()
+        .any(|n| g.node(n).is("Shape") || g.node(n).is("Size"));
+    let kept_shapes = if shape_ops && passes.iter().any(|p| p.id() == "fold-shape") {
+        fold::shape::kept(&model.graph, &cx.facts(model))
+    } else {
+        Vec::new()
+    };
     Ok(PipelineReport {
         passes: stats,
         steps,
         rounds,
+        kept_shapes,
         explain: cx
             .explain
             .map(|e| e.into_iter().collect())

@@ -12,13 +12,14 @@
 //! Shapes come from tract's inference over the ops, with graph inputs' symbolic dims left
 //! symbolic, never from declared value_info or declared output shapes (exports get those
 //! wrong). A selection that includes a dim depending on a symbol (the batch, a sequence length)
-//! is kept, and `--explain` says so. Gather and Slice fold only with constant indices on axis 0
+//! is kept; [`kept`] lists those left at the end, with the dims that stopped them, for the
+//! default report. Gather and Slice fold only with constant indices on axis 0
 //! of a Shape's output. Top-level graph only. `fold-constants` then folds whatever computed
 //! from the new constants; the Shape itself is left to dead-code once nothing reads it.
 
 use anyhow::Result;
 
-use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::ir::{Dim, Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
 use crate::runtime::Facts;
 
@@ -149,6 +150,57 @@ fn reads_shape(g: &Graph, n: NodeId) -> bool {
             .input(0)
             .and_then(|v| g.producer(v))
             .is_some_and(|p| g.node(p).is("Shape"))
+}
+
+/// Every Shape and Size left in the main graph, each with why it could not become a constant:
+/// the dims of its input that are not known numbers (a symbol such as the batch, or `?` where
+/// tract proves nothing), or another reason. Lines for the default report.
+pub fn kept(g: &Graph, facts: &Facts) -> Vec<String> {
+    let mut nodes: Vec<NodeId> = g
+        .node_ids()
+        .filter(|&n| g.node(n).is("Shape") || g.node(n).is("Size"))
+        .collect();
+    nodes.sort();
+    nodes
+        .into_iter()
+        .map(|n| {
+            let node = g.node(n);
+            let input = node.input(0).map(|x| g.value(x).name()).unwrap_or("");
+            let why = match facts.shape(input) {
+                Some(dims) => {
+                    let whole = node.is("Size");
+                    let (start, end) = if whole {
+                        (None, None)
+                    } else {
+                        (node.attr_i("start"), node.attr_i("end"))
+                    };
+                    let positions: Vec<Option<i64>> = (0..dims.len() as i64).map(Some).collect();
+                    let open: Vec<String> = select(&positions, start, end)
+                        .into_iter()
+                        .flatten()
+                        .filter(|&i| !matches!(dims[i as usize], Dim::Known(_)))
+                        .map(|i| format!("{i} ({})", dims[i as usize]))
+                        .collect();
+                    let shown: Vec<String> = dims.iter().map(Dim::to_string).collect();
+                    let out = node.output(0).filter(|&o| g.is_output(o));
+                    if open.is_empty() && out.is_some() {
+                        format!("[{}]: known, but read as a graph output", shown.join(", "))
+                    } else if open.is_empty() {
+                        format!("[{}]: known", shown.join(", "))
+                    } else {
+                        let dims = if open.len() == 1 { "dim" } else { "dims" };
+                        format!(
+                            "[{}]: {dims} {} not constant",
+                            shown.join(", "),
+                            open.join(", ")
+                        )
+                    }
+                }
+                None => "whose rank tract cannot infer".to_string(),
+            };
+            format!("{} '{}' of '{input}' {why}", node.op, node.name)
+        })
+        .collect()
 }
 
 impl Pass for FoldShape {
