@@ -297,6 +297,49 @@ fn keeps_constant_nodes_that_are_graph_outputs() {
     assert!(report.steps.is_empty());
 }
 
+/// An If that always takes its then-branch (so the check runs it), which adds `k = Mul(k1, k2)`
+/// to `a`; `k2` is a constant of the branch, `k1` one of the branch too, or of the main graph
+/// (captured) when `captured`.
+fn if_with_constant_work(captured: bool) -> ModelProto {
+    let mut p = constant_if(&[1]);
+    let g = p.graph.as_mut().unwrap();
+    let k1 = common::f32_tensor("k1", &[2, 3], &common::values(6, 1));
+    let k2 = common::f32_tensor("k2", &[2, 3], &common::values(6, 2));
+    if captured {
+        g.initializer.push(k1.clone());
+    }
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node = vec![
+        node("Mul", "then_mul", &["k1", "k2"], &["k"]),
+        node("Add", "then_add", &["a", "k"], &["r"]),
+    ];
+    then.initializer = vec![k2];
+    if !captured {
+        then.initializer.push(k1);
+    }
+    p
+}
+
+#[test]
+fn folds_constants_inside_if_branches() {
+    let m = lift(if_with_constant_work(false));
+    let (out, report) = run_passes(&m, &["fold-constants", "dead-code"]);
+    assert_eq!(report.steps[0], "fold-constants");
+    assert_eq!(count_op(&out, "Mul"), 0);
+    assert_eq!(count_op(&out, "Add"), 1);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_branch_work_on_values_captured_from_outside() {
+    // k1 is constant in the main graph, but inside the branch it is a capture.
+    let m = lift(if_with_constant_work(true));
+    let (out, _) = run_passes(&m, &["fold-constants"]);
+    assert_eq!(count_op(&out, "Mul"), 1);
+    assert_same_outputs(&m, &out);
+}
+
 // ---- fold-shape ----
 
 /// y = Reshape(x, Concat(Shape(x, start=1) ...)): x: f32[batch, 4, 6] ─▶ Shape of a static slice.

@@ -14,8 +14,8 @@
 //! `--fold-limit`), since folding Tile, Expand or ConstantOfShape can blow a file up. When tract
 //! cannot evaluate the region as a whole, nodes are tried one by one and those it cannot run
 //! are kept. Initializers that are graph inputs are not constants (a caller may override them).
-//! Top-level graph only: a body's constants are evaluated once the body is inlined or by the
-//! runtime.
+//! Runs inside subgraphs too, on what a body computes from its own constants: a value it
+//! captures from outside is not a constant there, whatever it is outside.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,7 +23,7 @@ use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId, ValueInfo};
 use crate::onnx::proto::ModelProto;
-use crate::passes::{Changed, Pass, PassContext, NONDETERMINISTIC};
+use crate::passes::{for_each_graph, Changed, Pass, PassContext, NONDETERMINISTIC};
 use crate::runtime::{Binding, Runner};
 
 pub struct FoldConstants {
@@ -81,7 +81,7 @@ fn constant_region(g: &Graph) -> Result<Vec<NodeId>> {
 
 /// Runs `nodes` (constants only) in tract and returns the values of `outputs`.
 fn evaluate(
-    model: &Model,
+    rest: &ModelProto,
     g: &Graph,
     nodes: &[NodeId],
     outputs: &[ValueId],
@@ -128,8 +128,8 @@ fn evaluate(
     let sub = Model {
         graph: sub,
         rest: ModelProto {
-            ir_version: model.rest.ir_version,
-            opset_import: model.rest.opset_import.clone(),
+            ir_version: rest.ir_version,
+            opset_import: rest.opset_import.clone(),
             ..Default::default()
         },
     };
@@ -174,20 +174,14 @@ fn source_bytes(g: &Graph, region: &[NodeId]) -> HashMap<ValueId, u64> {
         .collect()
 }
 
-impl Pass for FoldConstants {
-    fn id(&self) -> &'static str {
-        "fold-constants"
-    }
-
-    fn about(&self) -> &'static str {
-        "compute operators whose inputs are all constants (through tract, within a size budget)"
-    }
-
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let g = &model.graph;
+impl FoldConstants {
+    /// Folds `g`'s constant region; the number of edits.
+    fn fold(&self, rest: &ModelProto, g: &mut Graph, cx: &mut PassContext) -> Result<usize> {
+        let graph = g;
+        let g = &*graph;
         let region = constant_region(g)?;
         if region.is_empty() {
-            return Ok(Changed::No);
+            return Ok(0);
         }
         let in_region: HashSet<NodeId> = region.iter().copied().collect();
         let frontier: Vec<ValueId> = region
@@ -201,7 +195,7 @@ impl Pass for FoldConstants {
             })
             .collect();
         let mut folded: Vec<(ValueId, Tensor)> = Vec::new();
-        match evaluate(model, g, &region, &frontier) {
+        match evaluate(rest, g, &region, &frontier) {
             Ok(values) => folded.extend(frontier.iter().copied().zip(values)),
             Err(_) => {
                 // One by one: nodes whose inputs are initializers already.
@@ -216,7 +210,7 @@ impl Pass for FoldConstants {
                         continue;
                     }
                     let outs: Vec<ValueId> = node.outputs().iter().flatten().copied().collect();
-                    match evaluate(model, g, &[n], &outs) {
+                    match evaluate(rest, g, &[n], &outs) {
                         Ok(values) => folded.extend(outs.into_iter().zip(values)),
                         Err(e) => {
                             let why = format!("tract cannot evaluate it: {}", e.root_cause());
@@ -242,9 +236,9 @@ impl Pass for FoldConstants {
             keep
         });
         if folded.is_empty() {
-            return Ok(Changed::No);
+            return Ok(0);
         }
-        let mut patch = Patch::new(&mut model.graph);
+        let mut patch = Patch::new(graph);
         for (v, t) in folded {
             patch.replace_with_initializer(v, t)?;
         }
@@ -260,6 +254,22 @@ impl Pass for FoldConstants {
                 patch.remove_node(n)?;
             }
         }
-        Ok(Changed::from_count(patch.commit()?))
+        patch.commit()
+    }
+}
+
+impl Pass for FoldConstants {
+    fn id(&self) -> &'static str {
+        "fold-constants"
+    }
+
+    fn about(&self) -> &'static str {
+        "compute operators whose inputs are all constants (through tract, within a size budget)"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let Model { graph, rest } = model;
+        let n = for_each_graph(graph, &mut |g, _| self.fold(rest, g, cx))?;
+        Ok(Changed::from_count(n))
     }
 }
