@@ -773,3 +773,152 @@ fn moves_constants_second_so_cse_merges() {
     let (_, report) = run_passes(&lift(p), &["commute-constants"]);
     assert!(report.steps.is_empty());
 }
+
+// ---- merge-squeezes, and Squeeze/Unsqueeze pairs that cancel ----
+
+/// x[2, 3] ─▶ Relu ─▶ a ─▶ first(a, axes1) ─▶ b ─▶ second(b, axes2) ─▶ c ─▶ Neg ─▶ y, with
+/// the axes as inputs (opset 17) or, at opset 11, as attributes.
+fn squeezes(
+    ops: [&str; 2],
+    axes: [&[i64]; 2],
+    y_dims: &[i64],
+    opset: i64,
+) -> onnxsmith::onnx::proto::ModelProto {
+    let mut first = node(ops[0], "first", &["a", "axes1"], &["b"]);
+    let mut second = node(ops[1], "second", &["b", "axes2"], &["c"]);
+    let mut p = model_with(vec![]);
+    let g = p.graph.as_mut().unwrap();
+    if opset < 13 {
+        for (n, a) in [(&mut first, axes[0]), (&mut second, axes[1])] {
+            n.input.truncate(1);
+            n.attribute.push(common::attr_ints("axes", a));
+        }
+    } else {
+        g.initializer = vec![i64s("axes1", axes[0]), i64s("axes2", axes[1])];
+    }
+    g.node = vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        first,
+        second,
+        node("Neg", "neg", &["c"], &["y"]),
+    ];
+    g.output = vec![f32_info("y", y_dims)];
+    p.opset_import[0].version = opset;
+    p
+}
+
+/// The two ops, their axes, and the result's dims.
+type SqueezeCase<'a> = ([&'a str; 2], [&'a [i64]; 2], &'a [i64]);
+
+#[test]
+fn merges_unsqueezes_and_squeezes() {
+    let cases: [SqueezeCase; 4] = [
+        // [2, 3] ─▶ [1, 2, 3] ─▶ [1, 2, 1, 3]: axes [0, 2] of the result.
+        (["Unsqueeze", "Unsqueeze"], [&[0], &[2]], &[1, 2, 1, 3]),
+        // Negative axes, renumbered with the ranks tract infers: [2, 3, 1] ─▶ [2, 1, 3, 1].
+        (["Unsqueeze", "Unsqueeze"], [&[-1], &[1]], &[2, 1, 3, 1]),
+        // Back down: [2, 3] ─▶ [1, 2, 1, 3] ─▶ [2, 1, 3] ─▶ [2, 3] (axes 0 and 2 of the input).
+        (["Unsqueeze", "Squeeze"], [&[0, 2], &[0]], &[2, 1, 3]),
+        (["Squeeze", "Squeeze"], [&[0], &[1]], &[2, 3]),
+    ];
+    for (ops, axes, y) in cases {
+        for opset in [11, 17] {
+            let mut p = squeezes(ops, axes, y, opset);
+            if ops[0] == "Squeeze" {
+                // Squeeze∘Squeeze needs unit dims to take out: start from x[1, 2, 1, 3].
+                p.graph.as_mut().unwrap().input = vec![f32_info("x", &[1, 2, 1, 3])];
+            }
+            let m = lift(p);
+            let (out, report) = run_passes(&m, &["merge-squeezes", "dead-code"]);
+            let merged = ops[0] == ops[1];
+            assert_eq!(
+                out.graph.node_count(),
+                if merged { 3 } else { 4 },
+                "{ops:?} {axes:?} opset {opset}: {:?}",
+                report.explain
+            );
+            if merged && opset == 17 && axes[0] == [0] {
+                insta::assert_snapshot!(
+                    format!("merges_{}", ops[0].to_lowercase()),
+                    before_after(&m, &out)
+                );
+            }
+            assert_same_outputs(&m, &out);
+        }
+    }
+}
+
+#[test]
+fn keeps_squeezes_whose_first_output_has_other_readers() {
+    let mut p = squeezes(["Unsqueeze", "Unsqueeze"], [&[0], &[2]], &[1, 2, 1, 3], 17);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "other", &["b"], &["z"]));
+    g.output.push(f32_info("z", &[1, 2, 3]));
+    let (out, report) = run_passes(&lift(p), &["merge-squeezes"]);
+    assert_eq!(count_op(&out, "Unsqueeze"), 2);
+    common::assert_explained(&report, "other readers");
+}
+
+#[test]
+fn keeps_squeezes_whose_axes_are_unknown() {
+    // Axes computed at run time, and a Squeeze of every unit dim.
+    let mut p = squeezes(["Unsqueeze", "Unsqueeze"], [&[0], &[2]], &[1, 2, 1, 3], 17);
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "axes2");
+    g.input.push(common::info("axes2", 7, &[1]));
+    let (out, report) = run_passes(&lift(p), &["merge-squeezes"]);
+    assert_eq!(count_op(&out, "Unsqueeze"), 2);
+    common::assert_explained(&report, "axes are not constant");
+
+    let mut p = squeezes(["Squeeze", "Squeeze"], [&[0], &[1]], &[2, 3], 17);
+    let g = p.graph.as_mut().unwrap();
+    g.input = vec![f32_info("x", &[1, 2, 1, 3])];
+    g.node[2].input.truncate(1);
+    let (out, report) = run_passes(&lift(p), &["merge-squeezes"]);
+    assert_eq!(count_op(&out, "Squeeze"), 2);
+    common::assert_explained(&report, "axes are not constant");
+}
+
+#[test]
+fn eliminates_an_unsqueeze_that_undoes_a_squeeze() {
+    for (ops, axes, x) in [
+        (
+            ["Squeeze", "Unsqueeze"],
+            [&[1i64][..], &[-2][..]],
+            &[2i64, 1, 3][..],
+        ),
+        (["Unsqueeze", "Squeeze"], [&[0, 2], &[2, 0]], &[2, 3]),
+    ] {
+        let mut p = squeezes(ops, axes, x, 17);
+        p.graph.as_mut().unwrap().input = vec![f32_info("x", x)];
+        let m = lift(p);
+        let (out, report) = run_passes(&m, &["eliminate-noop", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 2, "{ops:?}: {:?}", report.explain);
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn keeps_an_unsqueeze_that_puts_back_other_axes() {
+    let mut p = squeezes(["Squeeze", "Unsqueeze"], [&[1], &[0]], &[1, 2, 3], 17);
+    p.graph.as_mut().unwrap().input = vec![f32_info("x", &[2, 1, 3])];
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["eliminate-noop"]);
+    assert_eq!(out.graph.node_count(), 4);
+}
+
+#[test]
+fn keeps_a_noop_whose_declared_output_type_clashes() {
+    // A wrong declaration: the Identity's output claims i64. Removing it used to fail the pass.
+    let mut p = model_with(vec![
+        node("Relu", "relu", &["x"], &["a"]),
+        node("Identity", "id", &["a"], &["b"]),
+        node("Neg", "neg", &["b"], &["y"]),
+    ]);
+    let infos = &mut p.graph.as_mut().unwrap().value_info;
+    infos.push(f32_info("a", &[2, 3]));
+    infos.push(common::info("b", 7, &[2, 3]));
+    let (out, report) = run_passes(&lift(p), &["eliminate-identity"]);
+    assert_eq!(count_op(&out, "Identity"), 1);
+    common::assert_explained(&report, "declared types of its input and output clash");
+}

@@ -101,6 +101,7 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         // removed by eliminate-noop in the next round.
         Box::new(cleanup::merge_transpose::MergeTransposes),
         Box::new(cleanup::merge_reshape::MergeReshapes),
+        Box::new(cleanup::merge_squeeze::MergeSqueezes),
         // One operand order for commutative ops, so that CSE sees equal nodes as equal.
         Box::new(cleanup::commute::CommuteConstants),
         // Merging equal constants and nodes before fusing means each pattern is seen once.

@@ -42,7 +42,7 @@ fn judge(g: &Graph, n: NodeId, opset: i64) -> Verdict {
         return Verdict::Keep("is_test is 0 (training)");
     }
     // The unread mask goes with the node.
-    Verdict::Forwards(0)
+    node.input(0).map_or(Verdict::NotMine, Verdict::Forwards)
 }
 
 impl Pass for EliminateDropout {

@@ -29,12 +29,12 @@ impl Pass for EliminateIdentity {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        remove_forwarding(model, self.id(), cx, &Facts::default(), &|g, n, _| {
-            if g.node(n).is("Identity") {
-                Verdict::Forwards(0)
-            } else {
-                Verdict::NotMine
-            }
+        remove_forwarding(model, self.id(), cx, &Facts::default(), &|g, n, _| match g
+            .node(n)
+            .input(0)
+        {
+            Some(x) if g.node(n).is("Identity") => Verdict::Forwards(x),
+            _ => Verdict::NotMine,
         })
     }
 }

@@ -7,21 +7,23 @@ pub mod dce;
 pub mod dropout;
 pub mod identity;
 pub mod merge_reshape;
+pub mod merge_squeeze;
 pub mod merge_transpose;
 pub mod noop;
 
 use anyhow::Result;
 
-use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
+use crate::ir::{type_clash, Graph, Model, NodeId, Patch, ValueId};
 use crate::passes::{for_each_graph, Changed, PassContext, Scope};
 use crate::runtime::Facts;
 
-/// What a forwarding pass says of a node: not its pattern, a node to remove (and which input
-/// its readers read instead), or one that must stay for the reason given.
+/// What a forwarding pass says of a node: not its pattern, a node to remove (and the value its
+/// readers read instead: one of its inputs, or a value further up that it provably equals), or
+/// one that must stay for the reason given.
 pub enum Verdict {
     NotMine,
-    /// Its output equals the input in this slot.
-    Forwards(usize),
+    /// Its output equals this value.
+    Forwards(ValueId),
     Keep(&'static str),
 }
 
@@ -71,15 +73,10 @@ fn next_forward(
         let why = match judge(g, n, facts) {
             Verdict::NotMine => continue,
             Verdict::Keep(why) => why,
-            Verdict::Forwards(slot) => {
-                let Some(input) = node.input(slot) else {
-                    continue;
-                };
-                match forward_blocker(g, input, output) {
-                    None => return Some((n, input, output)),
-                    Some(why) => why,
-                }
-            }
+            Verdict::Forwards(input) => match forward_blocker(g, input, output) {
+                None => return Some((n, input, output)),
+                Some(why) => why,
+            },
         };
         cx.refuse(pass, &node.name, &node.op, why);
     }
@@ -87,9 +84,12 @@ fn next_forward(
 }
 
 /// Why a forwarding node must stay, or `None` when it can go. Readers of the output read the
-/// input instead; when the output is a graph output the input takes its name, which needs the
-/// input to be an internal value.
+/// input instead, so their declared types must agree; when the output is a graph output the
+/// input takes its name, which needs the input to be an internal value.
 fn forward_blocker(g: &Graph, input: ValueId, output: ValueId) -> Option<&'static str> {
+    if type_clash(g, output, g, input).is_some() {
+        return Some("the declared types of its input and output clash");
+    }
     if !g.is_output(output) {
         return None;
     }
@@ -99,4 +99,28 @@ fn forward_blocker(g: &Graph, input: ValueId, output: ValueId) -> Option<&'stati
     } else {
         Some("its output is a graph output and its input is a graph input, initializer, capture or another output, so removing it would rename the graph's interface")
     }
+}
+
+/// The axes Squeeze or Unsqueeze `n` names (its second input from opset 13, its attribute
+/// before), made non-negative against `rank` (the rank they index: a Squeeze's input's, an
+/// Unsqueeze's output's) and sorted. `None` when they are not constant, absent (a Squeeze of
+/// every unit dim), repeated or out of range, or negative with the rank unknown.
+pub fn squeeze_axes(g: &Graph, n: NodeId, rank: Option<usize>) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let axes = match node.input(1) {
+        Some(a) => g.const_ints(a)?,
+        None => node.attr_ints("axes")?.to_vec(),
+    };
+    let mut axes = axes
+        .into_iter()
+        .map(|a| match (a < 0, rank) {
+            (false, _) => Some(a),
+            (true, Some(r)) => Some(a + r as i64),
+            (true, None) => None,
+        })
+        .collect::<Option<Vec<i64>>>()?;
+    axes.sort_unstable();
+    let in_range = |a: i64| a >= 0 && rank.is_none_or(|r| a < r as i64);
+    let distinct = axes.windows(2).all(|w| w[0] != w[1]);
+    (!axes.is_empty() && distinct && axes.iter().all(|&a| in_range(a))).then_some(axes)
 }

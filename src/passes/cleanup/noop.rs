@@ -4,6 +4,7 @@
 //!   Transpose(x, perm=[0,1,2,...])   Concat(x)   Pad(x, pads=0...)   Tile(x, 1...)   Split(x)
 //!   Cast(x: T, to=T)   Reshape / Expand / Flatten / Slice(x) to x's own shape
 //!   x + 0   0 + x   x - 0   x * 1   1 * x   x / 1   (the result having x's shape)
+//!   Unsqueeze(Squeeze(x, a), a)   Squeeze(Unsqueeze(x, a), a)
 //!                                       ⇒  x
 //! ```
 //!
@@ -13,13 +14,15 @@
 //! an initializer's or graph input's type counts), a Reshape, Expand or Flatten whose result
 //! is proven to have its input's shape, a Slice with positive steps likewise, and arithmetic
 //! with a constant of zeros or ones whose result keeps the other operand's shape (a broadcast
-//! that grows it is real work). Declared types of inner values are never trusted. Refuses when
+//! that grows it is real work), and an Unsqueeze putting back exactly the axes a Squeeze took
+//! out, or the reverse (negative axes need the rank, which only the main graph's facts give).
+//! Declared types of inner values are never trusted. Refuses when
 //! removing the node would rename the graph's interface (see `eliminate-identity`). Runs
 //! inside subgraphs too.
 
 use anyhow::Result;
 
-use super::{remove_forwarding, Verdict};
+use super::{remove_forwarding, squeeze_axes, Verdict};
 use crate::ir::{DType, Def, Graph, Model, NodeId, Tensor, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
 use crate::runtime::Facts;
@@ -45,14 +48,14 @@ fn is_splat(t: &Tensor, one: bool) -> bool {
         .is_some_and(|raw| !raw.is_empty() && raw.chunks(unit.len()).all(|c| c == unit))
 }
 
-/// The input `n` returns unchanged, if it provably does.
-fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<usize> {
+/// The value `n` returns unchanged, if it provably does.
+fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<ValueId> {
     let node = g.node(n);
     let x = node.input(0)?;
     let y = node.output(0)?;
     let name = |v: ValueId| g.value(v).name();
     let keeps_shape = |x: ValueId| facts.is_some_and(|f| f.same_shape(name(x), name(y)));
-    let yes = |cond: bool| cond.then_some(0);
+    let yes = |cond: bool| cond.then_some(x);
     match node.op.as_str() {
         _ if !node.domain.is_empty() && node.domain != "ai.onnx" => None,
         "Transpose" => yes(node
@@ -89,15 +92,29 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<usize> {
             };
             yes(steps_positive && keeps_shape(x))
         }
+        "Squeeze" | "Unsqueeze" => {
+            // Unsqueeze(Squeeze(x, a), a) and Squeeze(Unsqueeze(x, a), a): both name axes of
+            // the larger rank (the Squeeze's input, the Unsqueeze's output).
+            let undone = if node.is("Squeeze") {
+                "Unsqueeze"
+            } else {
+                "Squeeze"
+            };
+            let p = g.producer(x).filter(|&p| g.node(p).is(undone))?;
+            let larger = if node.is("Squeeze") { x } else { y };
+            let rank = facts.and_then(|f| f.rank(name(larger)));
+            let same = squeeze_axes(g, p, rank)? == squeeze_axes(g, n, rank)?;
+            same.then(|| g.node(p).input(0))?
+        }
         "Add" | "Sub" | "Mul" | "Div" => {
             let one = matches!(node.op.as_str(), "Mul" | "Div");
             let commutes = matches!(node.op.as_str(), "Add" | "Mul");
             let b = node.input(1)?;
             let neutral = |v: ValueId| g.value(v).constant().is_some_and(|t| is_splat(t, one));
             if neutral(b) && keeps_shape(x) {
-                Some(0)
+                Some(x)
             } else if commutes && neutral(x) && keeps_shape(b) {
-                Some(1)
+                Some(b)
             } else {
                 None
             }
@@ -123,7 +140,7 @@ impl Pass for EliminateNoop {
             cx,
             &facts,
             &|g, n, facts| match forwarded(g, n, facts) {
-                Some(slot) => Verdict::Forwards(slot),
+                Some(x) => Verdict::Forwards(x),
                 None => Verdict::NotMine,
             },
         )
