@@ -279,6 +279,9 @@ impl Runner {
         // impossible, which is "unverified", not an error in the model.
         let inputs = input_specs(model, binding)
             .map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))?;
+        if let Some(why) = first_misranked_op(&model.graph) {
+            return Err(Unrunnable(why).into());
+        }
         if let Some((node, op)) = first_opaque_op(model) {
             return Err(Unrunnable(format!(
                 "tract cannot run {op} at {node}: operators of this domain are not implemented"
@@ -468,6 +471,9 @@ fn input_shape(g: &crate::ir::Graph, v: crate::ir::ValueId) -> Option<Vec<Dim>> 
 }
 
 fn infer(model: &Model) -> Result<HashMap<String, Fact>> {
+    if let Some(why) = first_misranked_op(&model.graph) {
+        bail!(why);
+    }
     use tract_hir::infer::Factoid;
     use tract_onnx::prelude::{OutletId, TDim};
     let mut proto = model.to_proto()?;
@@ -597,6 +603,57 @@ fn contain_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
             .unwrap_or("unknown panic");
         Err(Unrunnable(format!("tract cannot run this model: it panicked: {msg}")).into())
     })
+}
+
+/// Operators and the least rank of their first input that tract handles: below it, tract
+/// indexes the channel axis out of bounds (a crash no panic guard catches), so such a model
+/// must never reach it. Each is either invalid ONNX there or, for a rank-1 BatchNormalization,
+/// a corner tract does not implement.
+const MIN_RANK: &[(&str, usize)] = &[
+    ("BatchNormalization", 2),
+    ("InstanceNormalization", 3),
+    ("LRN", 3),
+    ("Conv", 3),
+    ("ConvTranspose", 3),
+    ("MaxPool", 3),
+    ("AveragePool", 3),
+    ("LpPool", 3),
+    ("GlobalAveragePool", 3),
+    ("GlobalMaxPool", 3),
+    ("GlobalLpPool", 3),
+];
+
+/// The first node, in any graph, whose first input is known before any inference (an
+/// initializer, or a graph input as declared, which is what tract is told) to have a rank
+/// below what tract handles for its operator; described for the user.
+fn first_misranked_op(g: &crate::ir::Graph) -> Option<String> {
+    for n in g.node_ids() {
+        let node = g.node(n);
+        if let Some(found) = node
+            .attrs
+            .iter()
+            .flat_map(|a| a.bodies())
+            .find_map(first_misranked_op)
+        {
+            return Some(found);
+        }
+        let Some(&(_, least)) = MIN_RANK.iter().find(|(op, _)| node.is(op)) else {
+            continue;
+        };
+        let Some(x) = node.input(0) else { continue };
+        let rank = match g.value(x).def() {
+            Def::Initializer => g.value(x).initializer().map(|t| t.dims().len()),
+            Def::Input => g.shape(x).map(<[Dim]>::len),
+            _ => None,
+        };
+        if let Some(rank) = rank.filter(|&r| r < least) {
+            return Some(format!(
+                "tract cannot run {} at node '{}': its input has rank {rank}, below {least}",
+                node.op, node.name
+            ));
+        }
+    }
+    None
 }
 
 /// The first operator of a domain tract has no operators for.
