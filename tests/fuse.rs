@@ -215,7 +215,136 @@ fn keeps_conv_bn_whose_statistics_do_not_match_the_channels() {
     assert!(report
         .explain
         .iter()
-        .any(|e| e.contains("one value per Conv output channel")));
+        .any(|e| e.contains("one value per output channel")));
+}
+
+// ---- fuse-gemm-bn ----
+
+/// x[2, 4] ─▶ `product`(x, B, C?) ─▶ m ─▶ BatchNormalization ─▶ y[2, 3]; B is [4, 3], or [3, 4]
+/// under transB; C, when given, has dims `c_dims`.
+fn gemm_bn(product: NodeProto, trans_b: bool, c_dims: Option<&[i64]>) -> ModelProto {
+    let b_dims: &[i64] = if trans_b { &[3, 4] } else { &[4, 3] };
+    let mut inits = vec![f32_tensor("B", b_dims, &values(12, 5))];
+    if let Some(dims) = c_dims {
+        let n = dims.iter().product::<i64>() as usize;
+        inits.push(f32_tensor("C", dims, &values(n, 6)));
+    }
+    inits.extend(bn_params(3));
+    model_io(
+        vec![
+            product,
+            node(
+                "BatchNormalization",
+                "bn",
+                &["m", "gamma", "beta", "mean", "var"],
+                &["y"],
+            ),
+        ],
+        vec![f32_info("x", &[2, 4])],
+        vec![f32_info("y", &[2, 3])],
+        inits,
+    )
+}
+
+fn gemm(trans_b: bool, with_c: bool) -> NodeProto {
+    let inputs: &[&str] = if with_c {
+        &["x", "B", "C"]
+    } else {
+        &["x", "B"]
+    };
+    let mut n = node("Gemm", "gemm", inputs, &["m"]);
+    n.attribute = vec![
+        attr_int("transB", trans_b as i64),
+        common::attr_float("alpha", 0.5),
+        common::attr_float("beta", 2.0),
+    ];
+    n
+}
+
+#[test]
+fn fuses_gemm_bn() {
+    let cases: [(bool, Option<&[i64]>); 4] = [
+        (false, Some(&[3])),
+        (true, Some(&[1, 3])),
+        (true, None),
+        (false, Some(&[])),
+    ];
+    for (trans_b, c) in cases {
+        let m = lift(gemm_bn(gemm(trans_b, c.is_some()), trans_b, c));
+        let (out, report) = run_passes(&m, &["fuse-gemm-bn", "dead-code"]);
+        assert_eq!(
+            out.graph.node_count(),
+            1,
+            "transB {trans_b}, C {c:?}: {:?}",
+            report.explain
+        );
+        if !trans_b && c == Some(&[3]) {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn fuses_a_2d_matmul_and_bn_into_gemm() {
+    let m = lift(gemm_bn(
+        node("MatMul", "mm", &["x", "B"], &["m"]),
+        false,
+        None,
+    ));
+    let (out, _) = run_passes(&m, &["fuse-gemm-bn", "dead-code"]);
+    assert_eq!(count_op(&out, "Gemm"), 1);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_matmul_bn_that_is_not_2d() {
+    // x[2, 3, 4] · B[4, 3]: the BatchNormalization's channels are the 3 rows, not the columns.
+    let mut p = gemm_bn(node("MatMul", "mm", &["x", "B"], &["m"]), false, None);
+    let g = p.graph.as_mut().unwrap();
+    g.input[0] = f32_info("x", &[2, 3, 4]);
+    g.output[0] = f32_info("y", &[2, 3, 3]);
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["fuse-gemm-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "not known to be 2-D");
+}
+
+#[test]
+fn keeps_gemm_bn_whose_bias_is_per_row() {
+    let m = lift(gemm_bn(gemm(false, true), false, Some(&[2, 1])));
+    let (out, report) = run_passes(&m, &["fuse-gemm-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "not an f32 initializer of one value per column");
+}
+
+#[test]
+fn keeps_gemm_bn_whose_weight_is_an_input() {
+    let mut p = gemm_bn(gemm(false, false), false, None);
+    common::initializer_to_input(&mut p, "B", &[4, 3]);
+    let (out, report) = run_passes(&lift(p), &["fuse-gemm-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "weight is not a 2-D f32 initializer");
+}
+
+#[test]
+fn keeps_gemm_bn_when_the_product_has_other_readers_or_bn_trains() {
+    let mut p = gemm_bn(gemm(false, false), false, None);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "relu", &["m"], &["z"]));
+    g.output.push(f32_info("z", &[2, 3]));
+    let (out, report) = run_passes(&lift(p), &["fuse-gemm-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "the product has other readers");
+
+    let mut p = gemm_bn(gemm(false, false), false, None);
+    p.graph.as_mut().unwrap().node[1]
+        .attribute
+        .push(attr_int("training_mode", 1));
+    let (out, report) = run_passes(&lift(p), &["fuse-gemm-bn"]);
+    assert_eq!(count_op(&out, "BatchNormalization"), 1);
+    common::assert_explained(&report, "training mode");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::ir::{print::print_model, verify::verify, Graph, Model};
+use crate::ir::{print::print_model, verify::verify, Attr, Graph, Model, NodeId};
 use crate::runtime::{infer_facts, Facts};
 
 /// Operators whose result differs from run to run: never merged, never folded.
@@ -117,6 +117,7 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fold::constant_if::InlineConstantIf),
         // Fusions work on the cleaned graph and leave their old constants for dead-code.
         Box::new(fuse::conv_bn::FuseConvBn),
+        Box::new(fuse::gemm_bn::FuseGemmBn),
         // Padding joins the Conv itself, so the Conv sits right after its producer again.
         Box::new(fuse::pad_conv::FusePadConv),
         // After BN fusion, so a Conv's own bias exists to absorb the Add.
@@ -135,6 +136,19 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
 pub enum Scope {
     Main,
     Body,
+}
+
+/// Whether `f` holds for some node of `g` or of a subgraph inside it: lets a pass that needs
+/// tract's facts skip inferring them when its pattern cannot occur.
+pub fn any_node(g: &Graph, f: &dyn Fn(&Graph, NodeId) -> bool) -> bool {
+    g.node_ids().any(|n| {
+        f(g, n)
+            || g.node(n)
+                .attrs
+                .iter()
+                .flat_map(Attr::bodies)
+                .any(|b| any_node(b, f))
+    })
 }
 
 /// Runs `f` on the model's main graph `g` and, first, on every subgraph inside it (innermost

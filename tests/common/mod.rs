@@ -259,6 +259,15 @@ pub fn attr_int(name: &str, v: i64) -> onnxsmith::onnx::proto::AttributeProto {
     }
 }
 
+pub fn attr_float(name: &str, v: f32) -> onnxsmith::onnx::proto::AttributeProto {
+    onnxsmith::onnx::proto::AttributeProto {
+        name: name.into(),
+        r#type: onnxsmith::onnx::proto::attribute_proto::AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
+}
+
 /// Moves initializer `name` to the graph inputs (an f32 of `dims`): a value the caller may
 /// override, which no rewrite may treat as a constant.
 pub fn initializer_to_input(p: &mut ModelProto, name: &str, dims: &[i64]) {

@@ -19,7 +19,7 @@ use anyhow::Result;
 
 use super::squeeze_axes;
 use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext, Scope};
+use crate::passes::{any_node, for_each_graph, Changed, Pass, PassContext, Scope};
 use crate::runtime::Facts;
 
 pub struct MergeSqueezes;
@@ -81,18 +81,14 @@ fn merge(patch: &mut Patch, m: Merge) -> Result<()> {
     Ok(())
 }
 
-/// Whether some Squeeze or Unsqueeze, in any graph, reads one of its own kind: the facts the
-/// match may need cost a tract analysis, not worth making for nothing.
-fn has_pair(g: &Graph) -> bool {
-    g.node_ids().any(|n| {
-        let node = g.node(n);
-        let pair = (node.is("Squeeze") || node.is("Unsqueeze"))
-            && node
-                .input(0)
-                .and_then(|t| g.producer(t))
-                .is_some_and(|p| g.node(p).op == node.op);
-        pair || node.attrs.iter().flat_map(Attr::bodies).any(has_pair)
-    })
+/// Whether Squeeze or Unsqueeze `n` reads one of its own kind.
+fn is_pair(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    (node.is("Squeeze") || node.is("Unsqueeze"))
+        && node
+            .input(0)
+            .and_then(|t| g.producer(t))
+            .is_some_and(|p| g.node(p).op == node.op)
 }
 
 impl Pass for MergeSqueezes {
@@ -105,7 +101,8 @@ impl Pass for MergeSqueezes {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        if !has_pair(&model.graph) {
+        // The facts the match may need cost a tract analysis: not worth it for nothing.
+        if !any_node(&model.graph, &is_pair) {
             return Ok(Changed::No);
         }
         let facts = cx.facts(model);

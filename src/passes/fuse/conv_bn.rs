@@ -20,7 +20,7 @@
 
 use anyhow::{Context, Result};
 
-use super::ConvKind;
+use super::{BnAffine, ConvKind};
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{for_each_graph, Changed, Pass, PassContext};
 
@@ -34,9 +34,7 @@ pub struct ConvBn {
     y: ValueId,
     weight: Tensor,
     bias: Option<Vec<f32>>,
-    /// γ, β, μ, σ²
-    stats: [Vec<f32>; 4],
-    epsilon: f32,
+    affine: BnAffine,
     weight_name: String,
     kind: ConvKind,
 }
@@ -55,16 +53,6 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
     let kind = ConvKind::of(g, conv).ok_or("its input is not produced by a Conv")?;
     if g.value(c).uses().len() != 1 || g.is_output(c) {
         return Err("the Conv's output has other readers");
-    }
-    if node.attr_i("training_mode") == Some(1) {
-        return Err("it is in training mode");
-    }
-    if node.outputs()[1..]
-        .iter()
-        .flatten()
-        .any(|&v| !g.value(v).uses().is_empty() || g.is_output(v))
-    {
-        return Err("its running-statistics outputs are read");
     }
     let y = node.output(0).ok_or("it has no output")?;
     let x = cnode.input(0).ok_or("the Conv has no input")?;
@@ -85,15 +73,7 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
     let cout = kind
         .out_channels(weight.dims())
         .ok_or("the Conv's weight has too few dims or does not split into its groups")?;
-    let mut stats: [Vec<f32>; 4] = Default::default();
-    for (i, s) in stats.iter_mut().enumerate() {
-        let (v, _) =
-            f32_constant(g, node.input(i + 1)).ok_or("its parameters are not f32 initializers")?;
-        if v.len() != cout {
-            return Err("its parameters do not have one value per Conv output channel");
-        }
-        *s = v;
-    }
+    let affine = BnAffine::of(g, bn, cout)?;
     if bias.as_ref().is_some_and(|b| b.len() != cout) {
         return Err("the Conv's bias does not have one value per output channel");
     }
@@ -104,27 +84,22 @@ fn match_at(g: &Graph, bn: NodeId) -> Result<ConvBn, &'static str> {
         y,
         weight,
         bias,
-        stats,
-        epsilon: node.attr_f("epsilon").unwrap_or(1e-5),
+        affine,
         weight_name: g.value(cnode.input(1).unwrap()).name().to_string(),
         kind,
     })
 }
 
 fn rewrite(g: &mut Graph, m: ConvBn) -> Result<usize> {
-    let [gamma, beta, mean, var] = &m.stats;
-    let cout = gamma.len();
-    let scale: Vec<f64> = (0..cout)
-        .map(|o| gamma[o] as f64 / (var[o] as f64 + m.epsilon as f64).sqrt())
-        .collect();
+    let cout = m.affine.scale.len();
     let new_w = m
         .kind
-        .scale_weight(&m.weight, &scale)
+        .scale_weight(&m.weight, &m.affine.scale)
         .context("the matched weight cannot be scaled")?;
     let new_b: Vec<f32> = (0..cout)
         .map(|o| {
-            let b = m.bias.as_ref().map_or(0.0, |b| b[o] as f64);
-            ((b - mean[o] as f64) * scale[o] + beta[o] as f64) as f32
+            m.affine
+                .bias(o, m.bias.as_ref().map_or(0.0, |b| b[o] as f64))
         })
         .collect();
     let mut patch = Patch::new(g);

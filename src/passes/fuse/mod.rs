@@ -4,6 +4,7 @@ pub mod conv_add;
 pub mod conv_bn;
 pub mod conv_mul;
 pub mod gelu;
+pub mod gemm_bn;
 pub mod layer_norm;
 pub mod matmul_add;
 pub mod pad_conv;
@@ -108,42 +109,102 @@ impl ConvKind {
     }
 
     /// `w`, a weight of this kind of convolution, with every element multiplied by the factor
-    /// of the output channel it feeds, each product computed in f64 and rounded once. Reads the
-    /// payload straight into one new buffer, so a large weight is never held twice more.
-    /// `None` unless `w` is f32 with a payload its dims agree with and `factor` has one value
-    /// per output channel.
+    /// of the output channel it feeds (see [`scale_runs`]). `None` unless `w` is f32 with a
+    /// payload its dims agree with and `factor` has one value per output channel.
     pub fn scale_weight(self, w: &Tensor, factor: &[f64]) -> Option<Tensor> {
-        let raw = w.f32_bytes()?;
         let dims = w.dims();
         if self.out_channels(dims)? != factor.len() || factor.is_empty() {
             return None;
         }
-        // The weight is a sequence of runs of `run` elements that feed one output channel: a
-        // Conv's whole [C_in / group, k...] block, a ConvTranspose's kernel.
-        let numel = raw.len() / 4;
-        let (run, channel): (usize, Box<dyn Fn(usize) -> usize>) = match self {
-            ConvKind::Conv => (numel / factor.len(), Box::new(|r| r)),
+        // The weight is a sequence of runs of elements that feed one output channel: a Conv's
+        // whole [C_in / group, k...] block, a ConvTranspose's kernel.
+        let numel = w.len() as usize;
+        match self {
+            ConvKind::Conv => scale_runs(w, factor, numel / factor.len(), &|r| r),
             ConvKind::Transpose { group } => {
                 let (cin, per_group) = (dims[0] as usize, dims[1] as usize);
                 let kernel = numel / (cin * per_group).max(1);
                 let in_per_group = cin / group;
-                let channel =
-                    move |r: usize| r / per_group / in_per_group * per_group + r % per_group;
-                (kernel, Box::new(channel))
-            }
-        };
-        let mut out = vec![0u8; raw.len()];
-        if run > 0 {
-            let runs = raw.chunks_exact(4 * run).zip(out.chunks_exact_mut(4 * run));
-            for (r, (src, dst)) in runs.enumerate() {
-                let f = factor[channel(r)];
-                for (x, y) in src.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
-                    let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]) as f64;
-                    y.copy_from_slice(&((x * f) as f32).to_le_bytes());
-                }
+                let channel = |r: usize| r / per_group / in_per_group * per_group + r % per_group;
+                scale_runs(w, factor, kernel, &channel)
             }
         }
-        Some(Tensor::from_raw(DType::F32, dims.to_vec(), out.into()))
+    }
+}
+
+/// `w`, an f32 tensor whose payload agrees with its dims, with run `r` of `run` consecutive
+/// elements multiplied by `factor[channel(r)]`, each product computed in f64 and rounded once.
+/// Reads the payload straight into one new buffer, so a large weight is never held twice more.
+pub fn scale_runs(
+    w: &Tensor,
+    factor: &[f64],
+    run: usize,
+    channel: &dyn Fn(usize) -> usize,
+) -> Option<Tensor> {
+    let raw = w.f32_bytes()?;
+    let mut out = vec![0u8; raw.len()];
+    if run > 0 {
+        let runs = raw.chunks_exact(4 * run).zip(out.chunks_exact_mut(4 * run));
+        for (r, (src, dst)) in runs.enumerate() {
+            let f = *factor.get(channel(r))?;
+            for (x, y) in src.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
+                let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]) as f64;
+                y.copy_from_slice(&((x * f) as f32).to_le_bytes());
+            }
+        }
+    }
+    Some(Tensor::from_raw(DType::F32, w.dims().to_vec(), out.into()))
+}
+
+/// An inference BatchNormalization as the per-channel affine map it computes:
+/// y = (x − μ) · s + β with s = γ / √(σ² + ε), in f64.
+pub struct BnAffine {
+    pub scale: Vec<f64>,
+    mean: Vec<f64>,
+    beta: Vec<f64>,
+}
+
+impl BnAffine {
+    /// Reads the BatchNormalization at `bn` for `channels` channels. Refuses training mode,
+    /// read running-statistics outputs, and parameters that are not f32 initializers of one
+    /// value per channel.
+    pub fn of(g: &Graph, bn: NodeId, channels: usize) -> Result<BnAffine, &'static str> {
+        let node = g.node(bn);
+        if node.attr_i("training_mode") == Some(1) {
+            return Err("it is in training mode");
+        }
+        if node.outputs()[1..]
+            .iter()
+            .flatten()
+            .any(|&v| !g.value(v).uses().is_empty() || g.is_output(v))
+        {
+            return Err("its running-statistics outputs are read");
+        }
+        let mut params: [Vec<f64>; 4] = Default::default();
+        for (i, p) in params.iter_mut().enumerate() {
+            let v = node
+                .input(i + 1)
+                .and_then(|v| g.value(v).constant())
+                .and_then(Tensor::to_f32_vec)
+                .ok_or("its parameters are not f32 initializers")?;
+            if v.len() != channels {
+                return Err("its parameters do not have one value per output channel");
+            }
+            *p = v.into_iter().map(f64::from).collect();
+        }
+        let [gamma, beta, mean, var] = params;
+        let eps = node.attr_f("epsilon").unwrap_or(1e-5) as f64;
+        let scale = gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + eps).sqrt())
+            .collect();
+        Ok(BnAffine { scale, mean, beta })
+    }
+
+    /// What a bias `b` of channel `o` becomes when the map folds into the op before it.
+    pub fn bias(&self, o: usize, b: f64) -> f32 {
+        ((b - self.mean[o]) * self.scale[o] + self.beta[o]) as f32
     }
 }
 

@@ -1,0 +1,173 @@
+//! `fuse-gemm-bn`: an inference BatchNormalization of a 2-D product folds into a Gemm.
+//!
+//! ```text
+//!   a ─▶ Gemm(a, B, C?; α, β, transA, transB) ─▶ m ─▶ BatchNormalization(γ, β', μ, σ², ε) ─▶ y
+//!   a ─▶ MatMul(a, B[K, N]) ─▶ m ─▶ BatchNormalization(γ, β', μ, σ², ε) ─▶ y      (a is 2-D)
+//!                                         ⇒
+//!   y = Gemm(a, B · s, (β·C − μ) · s + β'; α, transA, transB)     s = γ / √(σ² + ε)
+//! ```
+//!
+//! The product is [M, N] and the BatchNormalization's channels are its N columns, so `s`
+//! scales B's columns (its rows under transB) and the map's shift becomes the bias. This is
+//! the classifier head `Linear` then `BatchNorm1d`.
+//!
+//! Preconditions: B is an f32 initializer of rank 2; C is absent, or an f32 initializer of one
+//! value per column or a single value; for a MatMul, `a` is 2-D by tract's facts (Gemm is 2-D
+//! only, and a batched MatMul's channels are not its columns); `m` is read only by the
+//! BatchNormalization and is not a graph output; the BatchNormalization is in inference mode
+//! with f32 initializer parameters, one per column. Refuses otherwise, naming the reason under
+//! `--explain`. B and C are never edited in place (they may be shared): the scaled copies are
+//! new initializers. Runs inside subgraphs too, where only the Gemm form matches (facts, which
+//! the MatMul form needs, cover the main graph).
+
+use anyhow::{Context, Result};
+
+use super::{scale_runs, BnAffine};
+use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{any_node, for_each_graph, Changed, Pass, PassContext, Scope};
+use crate::runtime::Facts;
+
+pub struct FuseGemmBn;
+
+struct Found {
+    product: NodeId,
+    bn: NodeId,
+    a: ValueId,
+    b: Tensor,
+    b_name: String,
+    trans_b: bool,
+    /// What the bias adds to each column before the map: β·C, or nothing.
+    bias: Vec<f64>,
+    affine: BnAffine,
+    y: ValueId,
+}
+
+fn match_at(g: &Graph, bn: NodeId, facts: Option<&Facts>) -> Result<Found, &'static str> {
+    const NOT_AFTER: &str = "its input is not produced by a Gemm or MatMul";
+    let node = g.node(bn);
+    let m = node.input(0).ok_or("it has no input")?;
+    let product = g.producer(m).ok_or(NOT_AFTER)?;
+    let pn = g.node(product);
+    let gemm = pn.is("Gemm");
+    if !gemm && !pn.is("MatMul") {
+        return Err(NOT_AFTER);
+    }
+    if g.value(m).uses().len() != 1 || g.is_output(m) {
+        return Err("the product has other readers");
+    }
+    let a = pn.input(0).ok_or("the product has no input")?;
+    let b = pn.input(1).ok_or("the product has no weight")?;
+    let bt = g
+        .value(b)
+        .constant()
+        .filter(|t| t.dims().len() == 2 && t.f32_bytes().is_some())
+        .ok_or("the weight is not a 2-D f32 initializer")?;
+    let trans_b = gemm && pn.attr_i("transB") == Some(1);
+    let columns = bt.dims()[if trans_b { 0 } else { 1 }] as usize;
+    if !gemm && facts.and_then(|f| f.rank(g.value(a).name())) != Some(2) {
+        return Err("the MatMul's input is not known to be 2-D");
+    }
+    let bias = match pn.input(2).filter(|_| gemm) {
+        None => vec![0.0; columns],
+        Some(c) => {
+            let beta = pn.attr_f("beta").unwrap_or(1.0) as f64;
+            let ct = g
+                .value(c)
+                .constant()
+                .filter(|t| t.len() == 1 || t.len() == columns as u64);
+            let per_column = ct.filter(|t| matches!(t.dims(), [] | [_] | [1, _]));
+            let values = per_column
+                .and_then(Tensor::to_f32_vec)
+                .ok_or("the bias is not an f32 initializer of one value per column")?;
+            (0..columns)
+                .map(|n| beta * values[n % values.len()] as f64)
+                .collect()
+        }
+    };
+    Ok(Found {
+        product,
+        bn,
+        a,
+        b: bt.clone(),
+        b_name: g.value(b).name().to_string(),
+        trans_b,
+        bias,
+        affine: BnAffine::of(g, bn, columns)?,
+        y: node.output(0).ok_or("it has no output")?,
+    })
+}
+
+fn rewrite(g: &mut Graph, f: Found) -> Result<usize> {
+    let [rows, cols] = [f.b.dims()[0] as usize, f.b.dims()[1] as usize];
+    let scaled = if f.trans_b {
+        scale_runs(&f.b, &f.affine.scale, cols, &|r| r)
+    } else {
+        scale_runs(&f.b, &f.affine.scale, 1, &|r| r % cols)
+    };
+    let scaled = scaled.context("the matched weight cannot be scaled")?;
+    let columns = if f.trans_b { rows } else { cols };
+    let bias: Vec<f32> = (0..columns).map(|n| f.affine.bias(n, f.bias[n])).collect();
+    let mut patch = Patch::new(g);
+    let b = patch.add_initializer(&format!("{}_fused_bn", f.b_name), scaled)?;
+    let c = patch.add_initializer(
+        &format!("{}_fused_bn_bias", f.b_name),
+        Tensor::from_f32(vec![columns as i64], &bias),
+    )?;
+    let inputs = [Some(f.a), Some(b), Some(c)];
+    if patch.graph().node(f.product).is("Gemm") {
+        patch.set_inputs(f.product, &inputs);
+        patch.set_attr(f.product, Attr::float("beta", 1.0));
+        let m = patch.graph().node(f.product).output(0).unwrap();
+        patch.replace_value(f.y, m)?;
+        patch.remove_node(f.bn)?;
+    } else {
+        let name = patch.graph().node(f.product).name.clone();
+        let gemm = patch.add_node("Gemm", &format!("{name}_gemm"), &inputs, 1, vec![])?;
+        let out = patch.graph().node(gemm).output(0).unwrap();
+        patch.replace_value_keeping_name(f.y, out)?;
+        patch.remove_node(f.bn)?;
+        patch.remove_node(f.product)?;
+    }
+    patch.commit()
+}
+
+impl Pass for FuseGemmBn {
+    fn id(&self) -> &'static str {
+        "fuse-gemm-bn"
+    }
+
+    fn about(&self) -> &'static str {
+        "fold an inference BatchNormalization of a 2-D Gemm or MatMul into a Gemm"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let after_product = |g: &Graph, n: NodeId| {
+            g.node(n).is("BatchNormalization")
+                && g.node(n)
+                    .input(0)
+                    .and_then(|v| g.producer(v))
+                    .is_some_and(|p| g.node(p).is("Gemm") || g.node(p).is("MatMul"))
+        };
+        if !any_node(&model.graph, &after_product) {
+            return Ok(Changed::No);
+        }
+        let facts = cx.facts(model);
+        let n = for_each_graph(&mut model.graph, &mut |g, scope| {
+            let facts = (scope == Scope::Main).then_some(&*facts);
+            let mut bns: Vec<NodeId> = g.node_ids().filter(|&n| after_product(g, n)).collect();
+            bns.sort();
+            let mut done = 0;
+            for bn in bns {
+                match match_at(g, bn, facts) {
+                    Ok(f) => done += rewrite(g, f)?,
+                    Err(why) => {
+                        let name = g.node(bn).name.clone();
+                        cx.refuse("fuse-gemm-bn", &name, "BatchNormalization", why);
+                    }
+                }
+            }
+            Ok(done)
+        })?;
+        Ok(Changed::from_count(n))
+    }
+}
