@@ -149,6 +149,26 @@ pub fn run_on(
     run_all(model, binding, inputs.as_ref().map_err(|e| e.clone())?)
 }
 
+/// Peak memory of a check per byte of weights with the original and the result planned in tract
+/// at the same time, rounded up from ResNet-50's 8.4 (a plan holds a few copies of each weight,
+/// converted and packed).
+const BOTH_AT_ONCE_PER_WEIGHT_BYTE: u64 = 9;
+
+/// Whether planning the original and the result in tract at the same time is expected to fit
+/// in the memory the system has available now (assumed so where that cannot be read).
+pub fn both_at_once_fit(weight_bytes: u64) -> bool {
+    available_memory()
+        .is_none_or(|avail| weight_bytes.saturating_mul(BOTH_AT_ONCE_PER_WEIGHT_BYTE) <= avail)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The input sets a check feeds every model: the user's, or `samples` seeded sets shaped after
 /// `model`'s declared inputs, which a rewrite never changes. Known before any model runs, so
 /// the original and a candidate can run at the same time.

@@ -99,6 +99,11 @@ struct OptimizeArgs {
     /// Do not compare the result with the original.
     #[arg(long)]
     no_check: bool,
+    /// Run the original and the result in tract one after the other: about half the memory
+    /// and a slower check. Chosen by itself when both at once would not fit in the memory
+    /// available.
+    #[arg(long)]
+    check_one_at_a_time: bool,
     /// On a mismatch, name the first pass run whose output disagrees.
     #[arg(long)]
     bisect: bool,
@@ -354,14 +359,23 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
     let copts = check_options(&original, &args.check)?;
     let inputs = check::inputs_for(&original, &copts);
     let check = !args.no_check;
+    let one_at_a_time = check
+        && (args.check_one_at_a_time
+            || !check::both_at_once_fit(Summary::of(&original).param_bytes()));
+    if one_at_a_time && !args.check_one_at_a_time {
+        eprintln!("note: checking the original and the result one after the other, to fit in the memory available");
+    }
     // Checking is the largest cost of `optimize`, so everything that can overlap does: the
     // original runs in tract on one thread while the passes run on this one; then the result
     // runs in tract here while another thread writes it to a temporary file, put in place only
     // once the check passes.
     let (optimized, pass_time, check_time, original_run, result_run, staged) =
         std::thread::scope(|s| {
-            let original_run =
-                check.then(|| s.spawn(|| check::run_on(&original, &copts.binding, &inputs)));
+            // One at a time, the original's tract plan is gone before the result's is built.
+            let original_done =
+                one_at_a_time.then(|| check::run_on(&original, &copts.binding, &inputs));
+            let original_run = (check && !one_at_a_time)
+                .then(|| s.spawn(|| check::run_on(&original, &copts.binding, &inputs)));
             let t = Instant::now();
             let optimized = onnxsmith::optimize::optimize(&original, &opts);
             let pass_time = t.elapsed();
@@ -384,8 +398,8 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
                 }),
                 Err(_) => (None, None),
             };
-            let original_run =
-                original_run.map(|h| h.join().expect("the reference thread panicked"));
+            let original_run = original_done
+                .or_else(|| original_run.map(|h| h.join().expect("the reference thread panicked")));
             let check_time = if check {
                 t.elapsed() - pass_time
             } else {
@@ -631,6 +645,7 @@ fn demo(dir: &Path) -> Result<u8> {
         fold_limit: None,
         verify_each: false,
         no_check: false,
+        check_one_at_a_time: false,
         bisect: false,
         report: Some(dir.join("report.json")),
         external_data: false,

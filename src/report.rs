@@ -137,6 +137,11 @@ impl Summary {
         self.params.values().map(|p| p.count).sum()
     }
 
+    /// Bytes of all constant tensors, of every type.
+    pub fn param_bytes(&self) -> u64 {
+        self.params.values().map(|p| p.bytes).sum()
+    }
+
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let opsets: Vec<String> = self

@@ -35,3 +35,45 @@ fn binds_symbolic_dims() {
     assert_eq!(input_specs(&m, &b).unwrap()[0].shape, [2, 3, 64, 64]);
     assert!(b.add_spec("input:2xthree").is_err());
 }
+
+#[test]
+fn optimize_checks_both_at_once_or_one_at_a_time() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("m.onnx");
+    let m = model_with(vec![
+        node("Neg", "neg", &["x"], &["a"]),
+        node("Identity", "id", &["a"], &["b"]),
+        node("Relu", "relu", &["b"], &["y"]),
+    ]);
+    std::fs::write(&input, m.encode_to_vec()).unwrap();
+    for flags in [&[][..], &["--check-one-at-a-time"][..]] {
+        let output = dir.path().join("o.onnx");
+        let out = common::bin()
+            .args(["optimize", "-q", "-o"])
+            .arg(&output)
+            .arg(&input)
+            .args(flags)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {stdout}");
+        assert!(
+            stdout.contains("verified: outputs match"),
+            "{flags:?}: {stdout}"
+        );
+        let written = onnxsmith::load(&output).unwrap().model;
+        assert_eq!(common::count_op(&written, "Identity"), 0);
+        // Nothing but the result is left beside it: no temporary file.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        std::fs::remove_file(&output).unwrap();
+    }
+}
+
+#[test]
+fn a_check_too_big_for_memory_runs_one_model_at_a_time() {
+    assert!(onnxsmith::check::both_at_once_fit(1 << 20));
+    if std::fs::metadata("/proc/meminfo").is_ok() {
+        assert!(!onnxsmith::check::both_at_once_fit(u64::MAX / 16));
+    }
+}
