@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::ir::Model;
-use crate::runtime::{input_specs, Binding, HostTensor, Runner, Unrunnable};
+use crate::runtime::{feedable_inputs, Binding, HostTensor, Runner, Unrunnable};
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Tolerance {
@@ -176,8 +176,7 @@ pub fn inputs_for(model: &Model, opts: &CheckOptions) -> Result<Vec<Vec<HostTens
     if !opts.inputs.is_empty() {
         return Ok(opts.inputs.clone());
     }
-    let specs = input_specs(model, &opts.binding)
-        .map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))?;
+    let specs = feedable_inputs(model, &opts.binding)?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     (0..opts.samples.max(1))
         .map(|_| {
@@ -226,21 +225,24 @@ impl Reference {
     /// Runs `candidate` on the reference inputs and compares.
     pub fn check(&self, candidate: &Model) -> Result<Outcome> {
         // With nothing to compare against, running the candidate would be wasted.
-        let got = match &self.outputs {
-            Ok(_) => run_all(candidate, &self.opts.binding, &self.inputs),
-            Err(_) => Ok(Outputs {
-                names: Vec::new(),
-                values: Vec::new(),
-            }),
-        };
-        self.judge(got)
+        match self.expected() {
+            Ok(_) => self.judge(run_all(candidate, &self.opts.binding, &self.inputs)),
+            Err(verdict) => Ok(verdict),
+        }
+    }
+
+    /// The original's outputs, or the verdict every candidate gets when it could not run.
+    fn expected(&self) -> Result<&Outputs, Outcome> {
+        self.outputs
+            .as_ref()
+            .map_err(|reason| Outcome::Unverified(format!("original: {reason}")))
     }
 
     /// Compares a candidate's outputs on the reference inputs, computed elsewhere.
     pub fn judge(&self, got: Result<Outputs>) -> Result<Outcome> {
-        let expected = match &self.outputs {
+        let expected = match self.expected() {
             Ok(o) => o,
-            Err(reason) => return Ok(Outcome::Unverified(format!("original: {reason}"))),
+            Err(verdict) => return Ok(verdict),
         };
         let got = match got {
             Ok(o) => o,

@@ -357,11 +357,16 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
     };
     progress.step("running passes");
     let copts = check_options(&original, &args.check)?;
-    let inputs = check::inputs_for(&original, &copts);
     let check = !args.no_check;
-    let one_at_a_time = check
-        && (args.check_one_at_a_time
-            || !check::both_at_once_fit(Summary::of(&original).param_bytes()));
+    let inputs = if check {
+        check::inputs_for(&original, &copts)
+    } else {
+        Ok(Vec::new())
+    };
+    let mut before = Summary::of(&original);
+    before.file_bytes = Some(file_size(input)?);
+    let one_at_a_time =
+        check && (args.check_one_at_a_time || !check::both_at_once_fit(before.param_bytes()));
     if one_at_a_time && !args.check_one_at_a_time {
         eprintln!("note: checking the original and the result one after the other, to fit in the memory available");
     }
@@ -458,8 +463,6 @@ fn optimize(args: &OptimizeArgs) -> Result<u8> {
     staged.commit()?;
     progress.done();
 
-    let mut before = Summary::of(&original);
-    before.file_bytes = Some(file_size(input)?);
     let mut after = Summary::of(&result);
     after.file_bytes = Some(file_size(output)?);
     print!("{}", comparison_table(&before, &after));

@@ -267,6 +267,12 @@ impl fmt::Display for Unrunnable {
 
 impl std::error::Error for Unrunnable {}
 
+/// [`input_specs`], where failing to describe an input (a sequence, an optional, no declared
+/// rank) makes a check impossible: "unverified", not an error in the model.
+pub fn feedable_inputs(model: &Model, binding: &Binding) -> Result<Vec<InputSpec>, Unrunnable> {
+    input_specs(model, binding).map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))
+}
+
 impl Runner {
     /// Builds a runner returning the graph outputs followed by `extra_outputs` (names of
     /// intermediate values). A panic inside tract is reported as "cannot run", not passed on.
@@ -275,10 +281,7 @@ impl Runner {
     }
 
     fn build(model: &Model, binding: &Binding, extra_outputs: &[String]) -> Result<Runner> {
-        // Inputs we cannot describe (sequences, optionals, no declared rank) make a check
-        // impossible, which is "unverified", not an error in the model.
-        let inputs = input_specs(model, binding)
-            .map_err(|e| Unrunnable(format!("cannot feed this model: {e:#}")))?;
+        let inputs = feedable_inputs(model, binding)?;
         if let Some(why) = first_misranked_op(&model.graph) {
             return Err(Unrunnable(why).into());
         }
