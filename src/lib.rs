@@ -43,31 +43,20 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let (proto, external_files) = onnx::load_model(path)?;
     let model = Model::from_proto(proto).with_context(|| format!("{}", path.display()))?;
     let mut warnings = Vec::new();
-    let local_domains: Vec<&str> = model
-        .rest
-        .functions
-        .iter()
-        .map(|f| f.domain.as_str())
-        .collect();
-    for o in &model.rest.opset_import {
-        let domain = if o.domain == "ai.onnx" {
-            ""
-        } else {
-            o.domain.as_str()
-        };
+    let local_domains: Vec<&str> = model.functions().map(|(d, _)| d).collect();
+    for (written, version) in model.opsets() {
+        let domain = if written == "ai.onnx" { "" } else { written };
         match KNOWN_OPSETS.iter().find(|(d, _)| *d == domain) {
-            Some((_, newest)) if o.version > *newest => warnings.push(format!(
-                "{}: opset {} {} is newer than the {newest} we know; its operators are kept as they are",
+            Some((_, newest)) if version > *newest => warnings.push(format!(
+                "{}: opset {} {version} is newer than the {newest} we know; its operators are kept as they are",
                 path.display(),
                 if domain.is_empty() { "ai.onnx" } else { domain },
-                o.version
             )),
             Some(_) => {}
             None if local_domains.contains(&domain) => {}
             None => warnings.push(format!(
-                "{}: domain '{}' is not a standard ONNX domain; its operators are kept opaque",
+                "{}: domain '{written}' is not a standard ONNX domain; its operators are kept opaque",
                 path.display(),
-                o.domain
             )),
         }
     }

@@ -584,29 +584,29 @@ fn pass_table(r: &PipelineReport) -> String {
         )
         .unwrap();
     }
+    let rounds: Vec<String> = r
+        .rounds
+        .iter()
+        .map(|(stage, n)| format!("{stage} {n} round(s)"))
+        .collect();
     writeln!(
         s,
-        "fixed point after {} round(s), {} changing step(s)",
-        r.rounds,
+        "{}, {} changing step(s)",
+        rounds.join(", "),
         r.steps.len()
     )
     .unwrap();
-    if !r.kept_shapes.is_empty() {
+    for note in &r.notes {
         const SHOWN: usize = 8;
-        writeln!(
-            s,
-            "{} Shape/Size op(s) kept, with the dims they read:",
-            r.kept_shapes.len()
-        )
-        .unwrap();
-        for k in r.kept_shapes.iter().take(SHOWN) {
+        writeln!(s, "{}", note.heading).unwrap();
+        for k in note.lines.iter().take(SHOWN) {
             writeln!(s, "  {k}").unwrap();
         }
-        if r.kept_shapes.len() > SHOWN {
+        if note.lines.len() > SHOWN {
             writeln!(
                 s,
                 "  ... and {} more (all in --report)",
-                r.kept_shapes.len() - SHOWN
+                note.lines.len() - SHOWN
             )
             .unwrap();
         }

@@ -56,25 +56,11 @@ impl Summary {
             ty: g.ty(v).map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
         };
         let mut s = Summary {
-            ir_version: model.rest.ir_version,
-            producer: format!(
-                "{} {}",
-                model.rest.producer_name, model.rest.producer_version
-            )
-            .trim()
-            .to_string(),
+            ir_version: model.ir_version(),
+            producer: model.producer(),
             opsets: model
-                .rest
-                .opset_import
-                .iter()
-                .map(|o| {
-                    let d = if o.domain.is_empty() {
-                        "ai.onnx"
-                    } else {
-                        &o.domain
-                    };
-                    (d.to_string(), o.version)
-                })
+                .opsets()
+                .map(|(d, v)| (if d.is_empty() { "ai.onnx" } else { d }.to_string(), v))
                 .collect(),
             inputs: g.inputs().iter().map(|&v| port(v)).collect(),
             outputs: g.outputs().iter().map(|o| port(o.value)).collect(),
@@ -83,10 +69,8 @@ impl Summary {
             params: BTreeMap::new(),
             subgraphs: Vec::new(),
             functions: model
-                .rest
-                .functions
-                .iter()
-                .map(|f| format!("{}::{}", f.domain, f.name))
+                .functions()
+                .map(|(d, name)| format!("{d}::{name}"))
                 .collect(),
             file_bytes: None,
         };
@@ -105,16 +89,16 @@ impl Summary {
         for n in g.topo_order().unwrap_or_else(|_| g.node_ids().collect()) {
             let node = g.node(n);
             self.nodes += 1;
-            let op = if node.domain.is_empty() || node.domain == "ai.onnx" {
-                node.op.clone()
+            let op = if node.domain().is_empty() || node.domain() == "ai.onnx" {
+                node.op().to_string()
             } else {
-                format!("{}::{}", node.domain, node.op)
+                format!("{}::{}", node.domain(), node.op())
             };
             *self.ops.entry(op.clone()).or_default() += 1;
-            for a in &node.attrs {
+            for a in node.attrs() {
                 for (i, body) in a.bodies().enumerate() {
-                    let mut path = format!("{prefix}{}/{}", node.name, a.name());
-                    if a.graphs.len() > 1 {
+                    let mut path = format!("{prefix}{}/{}", node.name(), a.name());
+                    if a.bodies().count() > 1 {
                         path.push_str(&format!("[{i}]"));
                     }
                     self.subgraphs.push(Subgraph {

@@ -427,9 +427,6 @@ impl Facts {
     }
 }
 
-/// Infers [`Facts`] with tract. Ops tract cannot analyse (an `If` whose branches disagree, a
-/// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
-/// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
 /// tract's copy of `model`. The main graph's initializer payloads travel beside the protobuf,
 /// not in it: encoding every weight into one buffer only for tract to decode it back out would
 /// copy each of them twice more, which costs more than building tract's plan for ResNet-50.
@@ -450,6 +447,9 @@ fn tract_proto(model: &Model) -> Result<tract_onnx::pb::ModelProto> {
     Ok(decoded)
 }
 
+/// Infers [`Facts`] with tract. Ops tract cannot analyse (an `If` whose branches disagree, a
+/// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
+/// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
 pub fn infer_facts(model: &Model) -> Facts {
     Facts(contain_panic(|| infer(model)).unwrap_or_default())
 }
@@ -633,7 +633,7 @@ fn first_misranked_op(g: &crate::ir::Graph) -> Option<String> {
     for n in g.node_ids() {
         let node = g.node(n);
         if let Some(found) = node
-            .attrs
+            .attrs()
             .iter()
             .flat_map(|a| a.bodies())
             .find_map(first_misranked_op)
@@ -652,7 +652,8 @@ fn first_misranked_op(g: &crate::ir::Graph) -> Option<String> {
         if let Some(rank) = rank.filter(|&r| r < least) {
             return Some(format!(
                 "tract cannot run {} at node '{}': its input has rank {rank}, below {least}",
-                node.op, node.name
+                node.op(),
+                node.name()
             ));
         }
     }
@@ -667,11 +668,11 @@ fn first_opaque_op(model: &Model) -> Option<(String, String)> {
         .topo_order()
         .ok()?
         .into_iter()
-        .find(|&n| !RUNNABLE.contains(&g.node(n).domain.as_str()))?;
+        .find(|&n| !RUNNABLE.contains(&g.node(n).domain()))?;
     let node = g.node(n);
     Some((
-        format!("node '{}'", node.name),
-        format!("{}::{}", node.domain, node.op),
+        format!("node '{}'", node.name()),
+        format!("{}::{}", node.domain(), node.op()),
     ))
 }
 
@@ -680,7 +681,7 @@ fn describe_failure(model: &Model, e: &anyhow::Error) -> String {
     let chain = format!("{e:#}");
     let g = &model.graph;
     let culprit = g.node_ids().find(|&n| {
-        let name = &g.node(n).name;
+        let name = g.node(n).name();
         !name.is_empty() && chain.contains(&format!("\"{name}\""))
     });
     let root = e.root_cause().to_string();
@@ -689,9 +690,47 @@ fn describe_failure(model: &Model, e: &anyhow::Error) -> String {
             let node = g.node(n);
             format!(
                 "tract cannot run {} at node '{}': {root}",
-                node.op, node.name
+                node.op(),
+                node.name()
             )
         }
         None => format!("tract cannot run this model: {chain}"),
+    }
+}
+
+/// Computes constant regions of a model's graphs in tract: what folding needs, with the
+/// model's opsets, and nothing else of it.
+pub struct Evaluator {
+    ir_version: i64,
+    opsets: Vec<(String, i64)>,
+}
+
+impl Evaluator {
+    pub fn of(model: &Model) -> Evaluator {
+        Evaluator {
+            ir_version: model.ir_version(),
+            opsets: model.opsets().map(|(d, v)| (d.to_string(), v)).collect(),
+        }
+    }
+
+    /// The values of `outputs`, computed by `nodes` of `g` (in an order where each runs after
+    /// what it reads) from the constants they read.
+    pub fn evaluate(
+        &self,
+        g: &crate::ir::Graph,
+        nodes: &[crate::ir::NodeId],
+        outputs: &[crate::ir::ValueId],
+    ) -> Result<Vec<Tensor>> {
+        let opsets: Vec<(&str, i64)> = self.opsets.iter().map(|(d, v)| (d.as_str(), *v)).collect();
+        let sub = Model::new(g.extract(nodes, outputs)?, self.ir_version, &opsets, "");
+        let runner = Runner::new(&sub, &Binding::default(), &[])?;
+        runner
+            .run(&[])?
+            .iter()
+            .map(|v| {
+                v.to_tensor()
+                    .ok_or_else(|| anyhow!("a folded value has a type ONNX cannot store"))
+            })
+            .collect()
     }
 }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use onnxsmith::ir::Patch;
+
 use onnxsmith::ir::print::print_model;
 use onnxsmith::ir::{Model, Slot};
 use onnxsmith::{ExternalData, SaveOptions};
@@ -48,7 +50,7 @@ fn captures_are_explicit_and_keep_outer_nodes_alive() {
     let m = lift(common::if_model());
     let g = &m.graph;
     let a = g.find("a").unwrap();
-    let iff = g.node_ids().find(|&n| g.node(n).op == "If").unwrap();
+    let iff = g.node_ids().find(|&n| g.node(n).op() == "If").unwrap();
     assert_eq!(g.node(iff).captures(), &[a, g.find("x").unwrap()][..]);
     assert!(g
         .value(a)
@@ -76,8 +78,10 @@ fn replacing_a_captured_value_renames_it_inside_bodies() {
     let g = &mut m.graph;
     let (a, x) = (g.find("a").unwrap(), g.find("x").unwrap());
     let relu = g.producer(a).unwrap();
-    g.replace_all_uses(a, x);
-    g.remove_node(relu).unwrap();
+    let mut patch = Patch::new(g);
+    patch.replace_value(a, x).unwrap();
+    patch.remove_node(relu).unwrap();
+    patch.commit().unwrap();
     onnxsmith::ir::verify::verify(&m).unwrap();
     let text = print_model(&m);
     assert!(!text.contains("Relu"), "{text}");
@@ -99,8 +103,39 @@ fn removing_a_node_that_is_still_read_is_refused() {
     let mut m = lift(common::if_model());
     let a = m.graph.find("a").unwrap();
     let relu = m.graph.producer(a).unwrap();
-    let err = m.graph.remove_node(relu).unwrap_err().to_string();
+    let err = Patch::new(&mut m.graph)
+        .remove_node(relu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("output 'a' is still read"), "{err}");
+}
+
+#[test]
+fn a_new_node_of_another_shape_cannot_replace_a_value() {
+    use onnxsmith::ir::{DType, Dim, Type};
+    let mut m = lift(common::model_with(vec![common::node(
+        "Relu",
+        "relu",
+        &["x"],
+        &["y"],
+    )]));
+    let g = &mut m.graph;
+    let (x, y) = (g.find("x").unwrap(), g.find("y").unwrap());
+    let mut patch = Patch::new(g);
+    let wrong = Type::tensor(DType::F32, vec![Dim::Known(3), Dim::Known(2)]);
+    let n = patch
+        .add_node("Transpose", "t", &[Some(x)], vec![], &[Some(wrong)])
+        .unwrap();
+    let t = patch.graph().node(n).output(0).unwrap();
+    let err = patch.replace_value(y, t).unwrap_err().to_string();
+    assert!(err.contains("shapes") && err.contains("differ"), "{err}");
+    // The same node declared with the right shape may stand in for y.
+    let right = Type::tensor(DType::F32, vec![Dim::Known(2), Dim::Known(3)]);
+    let n = patch
+        .add_node("Relu", "r", &[Some(x)], vec![], &[Some(right)])
+        .unwrap();
+    let r = patch.graph().node(n).output(0).unwrap();
+    patch.replace_value(y, r).unwrap();
 }
 
 /// Node names in the order lowering writes them.
@@ -208,9 +243,11 @@ fn models_past_2_gib_go_external_by_themselves() {
     // Zeroed pages are not touched until written, so this costs disk, not memory.
     let big = bytes::Bytes::from(vec![0u8; (2usize << 30) + 4096]);
     let len = (big.len() / 4) as i64;
-    m.graph
+    let mut patch = Patch::new(&mut m.graph);
+    patch
         .add_initializer("big", Tensor::from_raw(DType::F32, vec![len], big))
         .unwrap();
+    patch.commit().unwrap();
     let p = dir.path().join("big.onnx");
     onnxsmith::save(&m, &p, SaveOptions::default()).unwrap();
     assert!(std::fs::metadata(&p).unwrap().len() < 4096);

@@ -60,6 +60,13 @@ pub enum Slot {
     Capture,
 }
 
+/// Which graph a pass is looking at: tract's facts describe the main graph only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Main,
+    Body,
+}
+
 /// Declared type and documentation of a value, as in a `ValueInfoProto`.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct ValueInfo {
@@ -96,7 +103,7 @@ pub struct Value {
     def: Def,
     /// Declared type (input, initializer-less value_info entry, ...). Graph outputs carry their
     /// own declaration in [`Graph::outputs`].
-    pub info: Option<ValueInfo>,
+    info: Option<ValueInfo>,
     init: Option<Tensor>,
     sparse: Option<SparseTensorProto>,
     uses: Vec<Use>,
@@ -130,79 +137,283 @@ impl Value {
     pub fn ty(&self) -> Option<&Type> {
         self.info.as_ref().and_then(|i| i.ty.as_ref())
     }
+    pub fn info(&self) -> Option<&ValueInfo> {
+        self.info.as_ref()
+    }
 }
 
-/// An attribute. Graph-valued attributes hold lifted subgraphs; everything else stays a proto.
+/// An attribute's value, typed. Two equal values are the same attribute value, whatever
+/// their encoding (common-subexpression elimination keys nodes on them): floats compare by
+/// their bits, tensors by element type, dims and payload. Subgraph-valued attributes hold
+/// their bodies beside the value (see [`Attr::bodies`]), so their values say only which kind
+/// they are; anything we do not model (sparse tensors, type protos, lists of tensors, an
+/// attribute without a type) is kept as its encoded proto.
+#[derive(Clone, Debug)]
+pub enum AttrValue {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+    Floats(Vec<f32>),
+    String(Vec<u8>),
+    Strings(Vec<Vec<u8>>),
+    Tensor(Tensor),
+    Graph,
+    Graphs,
+    Opaque(Vec<u8>),
+}
+
+impl PartialEq for AttrValue {
+    fn eq(&self, other: &AttrValue) -> bool {
+        use AttrValue::*;
+        match (self, other) {
+            (Int(a), Int(b)) => a == b,
+            (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
+            (Ints(a), Ints(b)) => a == b,
+            (Floats(a), Floats(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (String(a), String(b)) => a == b,
+            (Strings(a), Strings(b)) => a == b,
+            (Tensor(a), Tensor(b)) => a.same_content(b),
+            (Graph, Graph) | (Graphs, Graphs) => true,
+            (Opaque(a), Opaque(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for AttrValue {}
+
+impl std::hash::Hash for AttrValue {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::mem::discriminant(self).hash(h);
+        match self {
+            AttrValue::Int(v) => v.hash(h),
+            AttrValue::Float(v) => v.to_bits().hash(h),
+            AttrValue::Ints(v) => v.hash(h),
+            AttrValue::Floats(v) => v.iter().for_each(|x| x.to_bits().hash(h)),
+            AttrValue::String(v) => v.hash(h),
+            AttrValue::Strings(v) => v.hash(h),
+            AttrValue::Tensor(t) => t.digest().hash(h),
+            AttrValue::Graph | AttrValue::Graphs => {}
+            AttrValue::Opaque(v) => v.hash(h),
+        }
+    }
+}
+
+/// A named attribute of a node.
 #[derive(Clone, Debug)]
 pub struct Attr {
-    /// The attribute with `g` and `graphs` emptied.
-    pub proto: AttributeProto,
-    pub g: Option<Box<Graph>>,
-    pub graphs: Vec<Graph>,
+    name: String,
+    value: AttrValue,
+    /// The subgraphs of a graph-valued attribute: one for `Graph`, any number for `Graphs`.
+    bodies: Vec<Graph>,
+    /// What the value does not model (type, doc_string, ref_attr_name); the value's own field,
+    /// the name and the subgraphs cleared.
+    rest: AttributeProto,
 }
 
 impl Attr {
-    fn with(name: &str, ty: AttributeType, fill: impl FnOnce(&mut AttributeProto)) -> Attr {
-        let mut proto = AttributeProto {
-            name: name.to_string(),
-            r#type: ty as i32,
-            ..Default::default()
+    fn new(name: &str, value: AttrValue) -> Attr {
+        let ty = match &value {
+            AttrValue::Int(_) => AttributeType::Int,
+            AttrValue::Float(_) => AttributeType::Float,
+            AttrValue::Ints(_) => AttributeType::Ints,
+            AttrValue::Floats(_) => AttributeType::Floats,
+            AttrValue::String(_) => AttributeType::String,
+            AttrValue::Strings(_) => AttributeType::Strings,
+            AttrValue::Tensor(_) => AttributeType::Tensor,
+            AttrValue::Graph => AttributeType::Graph,
+            AttrValue::Graphs => AttributeType::Graphs,
+            AttrValue::Opaque(_) => AttributeType::Undefined,
         };
-        fill(&mut proto);
         Attr {
-            proto,
-            g: None,
-            graphs: Vec::new(),
+            name: name.to_string(),
+            value,
+            bodies: Vec::new(),
+            rest: AttributeProto {
+                r#type: ty as i32,
+                ..Default::default()
+            },
         }
     }
     pub fn int(name: &str, v: i64) -> Attr {
-        Attr::with(name, AttributeType::Int, |p| p.i = v)
+        Attr::new(name, AttrValue::Int(v))
     }
     pub fn float(name: &str, v: f32) -> Attr {
-        Attr::with(name, AttributeType::Float, |p| p.f = v)
+        Attr::new(name, AttrValue::Float(v))
     }
     pub fn ints(name: &str, v: &[i64]) -> Attr {
-        Attr::with(name, AttributeType::Ints, |p| p.ints = v.to_vec())
+        Attr::new(name, AttrValue::Ints(v.to_vec()))
     }
     pub fn string(name: &str, v: &str) -> Attr {
-        Attr::with(name, AttributeType::String, |p| {
-            p.s = v.as_bytes().to_vec().into()
-        })
+        Attr::new(name, AttrValue::String(v.as_bytes().to_vec()))
     }
     pub fn tensor(name: &str, t: &Tensor) -> Attr {
-        Attr::with(name, AttributeType::Tensor, |p| p.t = Some(t.to_proto("")))
+        Attr::new(name, AttrValue::Tensor(t.clone()))
     }
+
+    /// Splits a decoded attribute into its typed value and the rest; `lift` turns the
+    /// subgraphs it returns into bodies.
+    pub(super) fn from_proto(mut a: AttributeProto) -> (Attr, Vec<GraphProto>) {
+        let name = std::mem::take(&mut a.name);
+        let mut graphs = Vec::new();
+        let value = match a.r#type() {
+            AttributeType::Int => AttrValue::Int(std::mem::take(&mut a.i)),
+            AttributeType::Float => AttrValue::Float(std::mem::take(&mut a.f)),
+            AttributeType::Ints => AttrValue::Ints(std::mem::take(&mut a.ints)),
+            AttributeType::Floats => AttrValue::Floats(std::mem::take(&mut a.floats)),
+            AttributeType::String => AttrValue::String(std::mem::take(&mut a.s).to_vec()),
+            AttributeType::Strings => AttrValue::Strings(
+                std::mem::take(&mut a.strings)
+                    .into_iter()
+                    .map(|s| s.to_vec())
+                    .collect(),
+            ),
+            AttributeType::Tensor if a.t.is_some() => {
+                AttrValue::Tensor(Tensor::from_proto(a.t.take().unwrap()))
+            }
+            AttributeType::Graph if a.g.is_some() => {
+                graphs.push(a.g.take().unwrap());
+                AttrValue::Graph
+            }
+            AttributeType::Graphs => {
+                graphs = std::mem::take(&mut a.graphs);
+                AttrValue::Graphs
+            }
+            _ => {
+                // Kept whole: lowering writes `rest` back as it was read.
+                let encoded = prost::Message::encode_to_vec(&a);
+                return (
+                    Attr {
+                        name,
+                        value: AttrValue::Opaque(encoded),
+                        bodies: Vec::new(),
+                        rest: a,
+                    },
+                    graphs,
+                );
+            }
+        };
+        let attr = Attr {
+            name,
+            value,
+            bodies: Vec::new(),
+            rest: a,
+        };
+        (attr, graphs)
+    }
+
+    /// The attribute as written, with its lowered subgraphs.
+    pub(super) fn to_proto(&self, graphs: Vec<GraphProto>) -> AttributeProto {
+        let mut a = self.rest.clone();
+        a.name = self.name.clone();
+        match &self.value {
+            AttrValue::Int(v) => a.i = *v,
+            AttrValue::Float(v) => a.f = *v,
+            AttrValue::Ints(v) => a.ints = v.clone(),
+            AttrValue::Floats(v) => a.floats = v.clone(),
+            AttrValue::String(v) => a.s = v.clone().into(),
+            AttrValue::Strings(v) => a.strings = v.iter().map(|s| s.clone().into()).collect(),
+            AttrValue::Tensor(t) => a.t = Some(t.to_proto(&t.proto().name)),
+            AttrValue::Graph => a.g = graphs.into_iter().next(),
+            AttrValue::Graphs => a.graphs = graphs,
+            AttrValue::Opaque(_) => {}
+        }
+        a
+    }
+
+    pub(super) fn set_bodies(&mut self, bodies: Vec<Graph>) {
+        self.bodies = bodies;
+    }
+
     pub fn name(&self) -> &str {
-        &self.proto.name
+        &self.name
+    }
+    pub fn value(&self) -> &AttrValue {
+        &self.value
+    }
+    pub fn as_int(&self) -> Option<i64> {
+        match self.value {
+            AttrValue::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_float(&self) -> Option<f32> {
+        match self.value {
+            AttrValue::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_ints(&self) -> Option<&[i64]> {
+        match &self.value {
+            AttrValue::Ints(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match &self.value {
+            AttrValue::String(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// How the printer shows a value we do not model.
+    pub(super) fn describe_opaque(&self) -> String {
+        let a = &self.rest;
+        match a.r#type() {
+            AttributeType::Tensors => format!("{} tensors", a.tensors.len()),
+            _ if !a.ref_attr_name.is_empty() => format!("@{}", a.ref_attr_name),
+            other => format!("<{}>", other.as_str_name()),
+        }
+    }
+
+    /// Whether the value refers to an attribute of the enclosing function instead of holding one.
+    pub fn is_reference(&self) -> bool {
+        !self.rest.ref_attr_name.is_empty()
     }
     pub fn bodies(&self) -> impl Iterator<Item = &Graph> {
-        self.g.iter().map(|b| &**b).chain(self.graphs.iter())
+        self.bodies.iter()
     }
-    pub fn bodies_mut(&mut self) -> impl Iterator<Item = &mut Graph> {
-        self.g
-            .iter_mut()
-            .map(|b| &mut **b)
-            .chain(self.graphs.iter_mut())
+    pub(super) fn bodies_mut(&mut self) -> impl Iterator<Item = &mut Graph> {
+        self.bodies.iter_mut()
+    }
+    pub(super) fn take_bodies(&mut self) -> Vec<Graph> {
+        std::mem::take(&mut self.bodies)
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub op: String,
-    pub domain: String,
-    pub name: String,
+    op: String,
+    domain: String,
+    name: String,
     inputs: Vec<Option<ValueId>>,
     outputs: Vec<Option<ValueId>>,
-    pub attrs: Vec<Attr>,
+    attrs: Vec<Attr>,
     /// Values of this graph read inside the node's subgraphs, in first-use order.
     captures: Vec<ValueId>,
     /// doc_string, overload, metadata_props, device configurations; the modelled fields cleared.
-    pub rest: NodeProto,
+    rest: NodeProto,
     /// Insertion order, which lowering follows where dependencies allow.
     seq: u64,
 }
 
 impl Node {
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn attrs(&self) -> &[Attr] {
+        &self.attrs
+    }
+    pub(super) fn rest(&self) -> &NodeProto {
+        &self.rest
+    }
     pub fn inputs(&self) -> &[Option<ValueId>] {
         &self.inputs
     }
@@ -223,23 +434,35 @@ impl Node {
         self.attrs.iter().find(|a| a.name() == name)
     }
     pub fn attr_i(&self, name: &str) -> Option<i64> {
-        self.attr(name).map(|a| a.proto.i)
+        self.attr(name)?.as_int()
     }
     pub fn attr_f(&self, name: &str) -> Option<f32> {
-        self.attr(name).map(|a| a.proto.f)
+        self.attr(name)?.as_float()
     }
     pub fn attr_ints(&self, name: &str) -> Option<&[i64]> {
-        self.attr(name).map(|a| a.proto.ints.as_slice())
+        self.attr(name)?.as_ints()
+    }
+    pub fn attr_s(&self, name: &str) -> Option<&[u8]> {
+        self.attr(name)?.as_bytes()
     }
     pub fn has_bodies(&self) -> bool {
-        self.attrs
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+        self.attrs.iter().any(|a| !a.bodies.is_empty())
     }
     /// `op` in the default domain.
     pub fn is(&self, op: &str) -> bool {
         self.op == op && (self.domain.is_empty() || self.domain == "ai.onnx")
     }
+    /// Whether the operator belongs to a domain the ONNX standard defines, whose operators are
+    /// pure functions of their inputs with a published meaning (all but the random ones): the
+    /// default domain and `ai.onnx.ml`. Anything else is opaque to us.
+    pub fn in_standard_domain(&self) -> bool {
+        standard_domain(&self.domain)
+    }
+}
+
+/// See [`Node::in_standard_domain`].
+pub fn standard_domain(domain: &str) -> bool {
+    matches!(domain, "" | "ai.onnx" | "ai.onnx.ml")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -267,9 +490,9 @@ pub struct Graph {
     sparse_initializers: Vec<ValueId>,
     value_info: Vec<ValueId>,
     captures: Vec<ValueId>,
-    pub name: String,
+    name: String,
     /// doc_string, quantization_annotation, metadata_props; the modelled fields cleared.
-    pub rest: GraphProto,
+    rest: GraphProto,
     next_seq: u64,
 }
 
@@ -283,13 +506,25 @@ impl Graph {
 
     // ---- reading ----
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn rest(&self) -> &GraphProto {
+        &self.rest
+    }
+
+    pub(super) fn set_rest(&mut self, rest: GraphProto) {
+        self.rest = rest;
+    }
+
     pub fn value(&self, v: ValueId) -> &Value {
         self.values[v.index()]
             .as_ref()
             .expect("ValueId of a removed value")
     }
 
-    pub fn value_mut(&mut self, v: ValueId) -> &mut Value {
+    pub(super) fn value_mut(&mut self, v: ValueId) -> &mut Value {
         self.values[v.index()]
             .as_mut()
             .expect("ValueId of a removed value")
@@ -312,10 +547,6 @@ impl Graph {
 
     pub fn node(&self, n: NodeId) -> &Node {
         &self.dag[n.0]
-    }
-
-    pub fn node_mut(&mut self, n: NodeId) -> &mut Node {
-        &mut self.dag[n.0]
     }
 
     pub fn contains_node(&self, n: NodeId) -> bool {
@@ -383,6 +614,15 @@ impl Graph {
 
     pub fn shape(&self, v: ValueId) -> Option<&[Dim]> {
         self.ty(v).and_then(Type::shape)
+    }
+
+    /// The one node reading `v`, when exactly one node reads it (once) and it is not a graph
+    /// output: the condition for a rewrite to absorb `v` into that reader.
+    pub fn only_reader(&self, v: ValueId) -> Option<NodeId> {
+        match self.value(v).uses() {
+            [u] if !self.is_output(v) => Some(u.node),
+            _ => None,
+        }
     }
 
     /// The integers a constant holds (shapes, axes, pads, indices), when `v` is an int32 or
@@ -464,7 +704,7 @@ impl Graph {
         Ok(id)
     }
 
-    pub fn add_input(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
+    pub(super) fn add_input(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
         let v = self.new_value(name, Def::Input)?;
         self.value_mut(v).info = Some(info);
         self.inputs.push(v);
@@ -473,7 +713,7 @@ impl Graph {
 
     /// Adds an initializer. When a graph input of the same name exists, the tensor becomes its
     /// default value (IR < 4 style) and the input keeps its place.
-    pub fn add_initializer(&mut self, name: &str, tensor: Tensor) -> Result<ValueId> {
+    pub(super) fn add_initializer(&mut self, name: &str, tensor: Tensor) -> Result<ValueId> {
         if let Some(v) = self.find(name) {
             let value = self.value_mut(v);
             if value.def == Def::Input && value.init.is_none() {
@@ -488,7 +728,11 @@ impl Graph {
         Ok(v)
     }
 
-    pub fn add_sparse_initializer(&mut self, name: &str, t: SparseTensorProto) -> Result<ValueId> {
+    pub(super) fn add_sparse_initializer(
+        &mut self,
+        name: &str,
+        t: SparseTensorProto,
+    ) -> Result<ValueId> {
         let v = self.new_value(name, Def::SparseInitializer)?;
         self.value_mut(v).sparse = Some(t);
         self.sparse_initializers.push(v);
@@ -496,7 +740,7 @@ impl Graph {
     }
 
     /// A value read from the enclosing graph.
-    pub fn add_capture(&mut self, name: &str) -> Result<ValueId> {
+    pub(super) fn add_capture(&mut self, name: &str) -> Result<ValueId> {
         let v = self.new_value(name, Def::Capture)?;
         self.captures.push(v);
         Ok(v)
@@ -504,7 +748,7 @@ impl Graph {
 
     /// Lists `v` in value_info (its declaration goes in `Value::info`), or creates a
     /// declaration-only value when nothing of that name exists.
-    pub fn add_value_info(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
+    pub(super) fn add_value_info(&mut self, name: &str, info: ValueInfo) -> Result<ValueId> {
         let v = match self.find(name) {
             Some(v) => v,
             None => self.new_value(name, Def::Declared)?,
@@ -520,13 +764,13 @@ impl Graph {
         Ok(v)
     }
 
-    pub fn add_output(&mut self, value: ValueId, info: ValueInfo) {
+    pub(super) fn add_output(&mut self, value: ValueId, info: ValueInfo) {
         self.outputs.push(Output { value, info });
     }
 
     /// Adds a node. Its outputs get fresh values named `output_names` ("" for an omitted
     /// optional output).
-    pub fn add_node(
+    pub(super) fn add_node(
         &mut self,
         op: &str,
         domain: &str,
@@ -599,7 +843,7 @@ impl Graph {
     }
 
     /// Replaces all inputs of `n`.
-    pub fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {
+    pub(super) fn set_inputs(&mut self, n: NodeId, inputs: &[Option<ValueId>]) {
         let old = std::mem::take(&mut self.dag[n.0].inputs);
         for (slot, v) in old.iter().enumerate() {
             if let Some(v) = v {
@@ -615,7 +859,7 @@ impl Graph {
     }
 
     /// Records that `n`'s subgraphs read `v` (a value of this graph).
-    pub fn add_node_capture(&mut self, n: NodeId, v: ValueId) {
+    pub(super) fn add_node_capture(&mut self, n: NodeId, v: ValueId) {
         if !self.dag[n.0].captures.contains(&v) {
             self.dag[n.0].captures.push(v);
             self.link(v, n, Slot::Capture);
@@ -624,7 +868,7 @@ impl Graph {
 
     /// Points every reader of `old` (node inputs, subgraph captures, graph outputs) at `new`.
     /// Subgraphs that captured `old` by name are renamed to capture `new`.
-    pub fn replace_all_uses(&mut self, old: ValueId, new: ValueId) {
+    pub(super) fn replace_all_uses(&mut self, old: ValueId, new: ValueId) {
         if old == new {
             return;
         }
@@ -689,7 +933,7 @@ impl Graph {
     }
 
     /// Renames an internal value; subgraphs that capture it follow.
-    pub fn rename_value(&mut self, v: ValueId, name: &str) -> Result<()> {
+    pub(super) fn rename_value(&mut self, v: ValueId, name: &str) -> Result<()> {
         if self.find(name).is_some() {
             bail!(
                 "cannot rename '{}' to '{name}': the name is taken",
@@ -712,8 +956,73 @@ impl Graph {
         Ok(())
     }
 
+    /// Sets the type `v` is known to have, without declaring it in value_info: what a rewrite
+    /// states about the values it makes, for [`crate::ir::Patch`]'s checks.
+    pub(super) fn set_type(&mut self, v: ValueId, ty: Type) {
+        let value = self.value_mut(v);
+        match value.info.as_mut() {
+            Some(info) => info.ty = Some(ty),
+            None => value.info = Some(ValueInfo::of(ty)),
+        }
+    }
+
+    /// Sets attribute `attr` of `n`, replacing one of the same name.
+    pub(super) fn set_attr(&mut self, n: NodeId, attr: Attr) {
+        let attrs = &mut self.dag[n.0].attrs;
+        match attrs.iter_mut().find(|a| a.name() == attr.name()) {
+            Some(a) => *a = attr,
+            None => attrs.push(attr),
+        }
+    }
+
+    /// Takes the single subgraph of attribute `attr` of `n`.
+    pub(super) fn take_body(&mut self, n: NodeId, attr: &str) -> Result<Graph> {
+        let node = &mut self.dag[n.0];
+        let body = node
+            .attrs
+            .iter_mut()
+            .find(|a| a.name() == attr && a.value == AttrValue::Graph)
+            .and_then(|a| a.take_bodies().pop());
+        body.with_context(|| format!("node '{}' has no subgraph '{attr}'", node.name))
+    }
+
+    /// Runs `f` on this graph and, first, on every subgraph inside it (innermost first),
+    /// keeping each node's captures in step with what its subgraphs still read. `f` edits
+    /// through a [`crate::ir::Patch`]; its counts are summed.
+    pub fn for_each_graph(
+        &mut self,
+        f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
+    ) -> Result<usize> {
+        self.visit(Scope::Main, f)
+    }
+
+    fn visit(
+        &mut self,
+        scope: Scope,
+        f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
+    ) -> Result<usize> {
+        let mut total = 0;
+        let holders: Vec<NodeId> = self
+            .node_ids()
+            .filter(|&n| self.node(n).has_bodies())
+            .collect();
+        for n in holders {
+            let mut inner = 0;
+            for attr in &mut self.dag[n.0].attrs {
+                for body in attr.bodies_mut() {
+                    inner += body.visit(Scope::Body, f)?;
+                }
+            }
+            if inner > 0 {
+                self.sync_captures(n);
+            }
+            total += inner;
+        }
+        Ok(total + f(self, scope)?)
+    }
+
     /// Drops captures of `n` that none of its subgraphs reads any more.
-    pub fn sync_captures(&mut self, n: NodeId) {
+    pub(super) fn sync_captures(&mut self, n: NodeId) {
         let still: Vec<String> = self.dag[n.0]
             .attrs
             .iter()
@@ -729,7 +1038,7 @@ impl Graph {
     }
 
     /// Removes a node and its output values. Its outputs must no longer be read.
-    pub fn remove_node(&mut self, n: NodeId) -> Result<()> {
+    pub(super) fn remove_node(&mut self, n: NodeId) -> Result<()> {
         let node = &self.dag[n.0];
         for v in node.outputs.iter().flatten() {
             if !self.value(*v).uses.is_empty() || self.is_output(*v) {
@@ -755,7 +1064,7 @@ impl Graph {
 
     /// Removes a value nothing reads: an initializer, a declaration, or an unread input
     /// of a subgraph-free graph. Graph inputs and outputs are the interface and stay.
-    pub fn remove_value(&mut self, v: ValueId) -> Result<()> {
+    pub(super) fn remove_value(&mut self, v: ValueId) -> Result<()> {
         let value = self.value(v);
         if !value.uses.is_empty() || self.is_output(v) {
             bail!("cannot remove value '{}': it is still read", value.name);
@@ -786,7 +1095,7 @@ impl Graph {
     /// value of this graph that now holds it. Captures become the outer values they name; the
     /// body's values keep their names unless a name is taken here or inside a subgraph here,
     /// in which case they get fresh ones (subgraphs capturing them follow).
-    pub fn splice(&mut self, mut body: Graph) -> Result<Vec<ValueId>> {
+    pub(super) fn splice(&mut self, mut body: Graph) -> Result<Vec<ValueId>> {
         if !body.inputs.is_empty() {
             bail!("cannot splice subgraph '{}': it has inputs", body.name);
         }
@@ -859,6 +1168,53 @@ impl Graph {
         Ok(body.outputs.iter().map(|o| map[&o.value]).collect())
     }
 
+    /// A graph of its own computing `outputs` with copies of `nodes` (in an order where each
+    /// runs after what it reads) from the constants they read: the region to evaluate when
+    /// folding. Every input of `nodes` must be a constant or an output of `nodes`.
+    pub fn extract(&self, nodes: &[NodeId], outputs: &[ValueId]) -> Result<Graph> {
+        let mut sub = Graph::new("extracted");
+        for &n in nodes {
+            for &v in self.node(n).inputs.iter().flatten() {
+                if let Some(t) = self.value(v).constant() {
+                    if sub.find(self.value(v).name()).is_none() {
+                        sub.add_initializer(self.value(v).name(), t.clone())?;
+                    }
+                }
+            }
+        }
+        for &n in nodes {
+            let node = self.node(n);
+            let name = |v: &Option<ValueId>| v.map(|v| self.value(v).name().to_string());
+            let ins: Vec<Option<ValueId>> = node
+                .inputs
+                .iter()
+                .map(|v| name(v).map(|n| sub.find(&n).context("a region input is not a constant")))
+                .map(Option::transpose)
+                .collect::<Result<_>>()?;
+            let outs: Vec<String> = node
+                .outputs
+                .iter()
+                .map(|v| name(v).unwrap_or_default())
+                .collect();
+            let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+            sub.add_node(
+                &node.op,
+                &node.domain,
+                &node.name,
+                &ins,
+                &outs,
+                node.attrs.clone(),
+            )?;
+        }
+        for &v in outputs {
+            let id = sub
+                .find(self.value(v).name())
+                .context("an extracted output is not computed by the extracted nodes")?;
+            sub.add_output(id, ValueInfo::default());
+        }
+        Ok(sub)
+    }
+
     /// Every value name of this graph and of the subgraphs inside it.
     fn collect_names(&self, into: &mut HashSet<String>) {
         into.extend(self.names.keys().cloned());
@@ -879,7 +1235,7 @@ impl Graph {
         first_free(base, |n| self.names.contains_key(n))
     }
 
-    pub(crate) fn set_node_rest(&mut self, n: NodeId, rest: NodeProto) {
+    pub(super) fn set_node_rest(&mut self, n: NodeId, rest: NodeProto) {
         self.dag[n.0].rest = rest;
     }
 }

@@ -67,37 +67,28 @@ fn lift_graph(mut gp: GraphProto, outer: &dyn Fn(&str) -> bool) -> Result<Graph>
     for (n, inputs, attrs) in pending {
         let describe = |g: &Graph| {
             let node = g.node(n);
-            format!("node '{}' ({})", node.name, node.op)
+            format!("node '{}' ({})", node.name(), node.op())
         };
         let mut lifted = Vec::with_capacity(attrs.len());
-        for mut a in attrs {
-            let attr_name = a.name.clone();
-            let g_body = match a.g.take() {
-                Some(body) => Some(Box::new(lift_graph(body, &visible).with_context(|| {
-                    format!("in attribute '{attr_name}' of {}", describe(&g))
-                })?)),
-                None => None,
-            };
-            let mut graphs = Vec::new();
-            for body in std::mem::take(&mut a.graphs) {
-                graphs.push(
-                    lift_graph(body, &visible).with_context(|| {
-                        format!("in attribute '{attr_name}' of {}", describe(&g))
-                    })?,
-                );
+        for a in attrs {
+            let (mut attr, graphs) = Attr::from_proto(a);
+            let mut bodies = Vec::with_capacity(graphs.len());
+            for body in graphs {
+                bodies.push(lift_graph(body, &visible).with_context(|| {
+                    format!("in attribute '{}' of {}", attr.name(), describe(&g))
+                })?);
             }
-            lifted.push(Attr {
-                proto: a,
-                g: g_body,
-                graphs,
-            });
+            attr.set_bodies(bodies);
+            lifted.push(attr);
         }
         let captured: Vec<String> = lifted
             .iter()
             .flat_map(|a| a.bodies())
             .flat_map(|b| b.captures().iter().map(|&c| b.value(c).name().to_string()))
             .collect();
-        g.node_mut(n).attrs = lifted;
+        for attr in lifted {
+            g.set_attr(n, attr);
+        }
 
         let mut ids = Vec::with_capacity(inputs.len());
         for name in &inputs {
@@ -138,7 +129,7 @@ fn lift_graph(mut gp: GraphProto, outer: &dyn Fn(&str) -> bool) -> Result<Graph>
             g.add_value_info(&name, ValueInfo::from_proto(vi))?;
         }
     }
-    g.rest = gp;
+    g.set_rest(gp);
     Ok(g)
 }
 

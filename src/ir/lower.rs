@@ -7,28 +7,28 @@ use super::Model;
 use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 
 pub fn lower(model: &Model) -> Result<ModelProto> {
-    let mut proto = model.rest.clone();
+    let mut proto = model.rest().clone();
     proto.graph = Some(lower_graph(&model.graph)?);
     Ok(proto)
 }
 
 fn lower_graph(g: &Graph) -> Result<GraphProto> {
     let name = |v: ValueId| g.value(v).name().to_string();
-    let info = |v: ValueId| match &g.value(v).info {
+    let info = |v: ValueId| match g.value(v).info() {
         Some(i) => i.to_proto(&name(v)),
         None => ValueInfoProto {
             name: name(v),
             ..Default::default()
         },
     };
-    let mut gp = g.rest.clone();
-    gp.name = g.name.clone();
+    let mut gp = g.rest().clone();
+    gp.name = g.name().to_string();
     for n in g.topo_order()? {
         let node = g.node(n);
-        let mut np: NodeProto = node.rest.clone();
-        np.op_type = node.op.clone();
-        np.domain = node.domain.clone();
-        np.name = node.name.clone();
+        let mut np: NodeProto = node.rest().clone();
+        np.op_type = node.op().to_string();
+        np.domain = node.domain().to_string();
+        np.name = node.name().to_string();
         np.input = node
             .inputs()
             .iter()
@@ -39,17 +39,15 @@ fn lower_graph(g: &Graph) -> Result<GraphProto> {
             .iter()
             .map(|v| v.map(name).unwrap_or_default())
             .collect();
-        for attr in &node.attrs {
-            let mut a = attr.proto.clone();
-            if let Some(body) = &attr.g {
-                a.g = Some(lower_graph(body).with_context(|| {
-                    format!("in attribute '{}' of node '{}'", a.name, node.name)
-                })?);
-            }
-            for body in &attr.graphs {
-                a.graphs.push(lower_graph(body)?);
-            }
-            np.attribute.push(a);
+        for attr in node.attrs() {
+            let graphs = attr
+                .bodies()
+                .map(lower_graph)
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| {
+                    format!("in attribute '{}' of node '{}'", attr.name(), node.name())
+                })?;
+            np.attribute.push(attr.to_proto(graphs));
         }
         gp.node.push(np);
     }

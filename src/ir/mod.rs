@@ -2,9 +2,9 @@
 //!
 //! # The contract
 //!
-//! A [`Model`] is one top-level [`Graph`] plus the model envelope (`rest`: ir_version, opset
-//! imports, producer, doc strings, metadata, functions, training info), which passes read but
-//! rarely touch.
+//! A [`Model`] is one top-level [`Graph`] plus the model envelope (ir_version, opset imports,
+//! producer, doc strings, metadata, functions, training info), which passes read through
+//! accessors; the only part they change is an opset import ([`Model::set_opset`]).
 //!
 //! A graph holds **operators** as nodes of a petgraph `StableDiGraph` that no code outside this
 //! module sees; an edge carries one value from the producing node to one input slot (or the
@@ -37,8 +37,20 @@
 //! do not model rides along in a `rest` proto, and nodes are written in their original order
 //! wherever dependencies allow. The ONNX backend test corpus is the proof (tests/roundtrip.rs).
 //!
+//! **Changes.** A graph that exists changes only through a [`Patch`]: `Graph`'s mutators and
+//! `Node`'s fields are private to this module, so every edit is one the patch checks (a value
+//! replaced only by one of the same element type and compatible shape, a node removed only
+//! once nothing reads it, interface names kept). A rewrite states the types of the values it
+//! makes, so the check has something to compare. A graph made from nothing (the loader, the
+//! zoo) is built with a [`GraphBuilder`]. Walking into subgraphs with
+//! [`Graph::for_each_graph`] keeps their holders' captures in step.
+//!
+//! **Attributes** are typed ([`AttrValue`]), equal when their values are, so passes compare
+//! and hash them without protobuf.
+//!
 //! **Invariants** are listed and checked in [`verify`].
 
+mod build;
 mod graph;
 mod lift;
 mod lower;
@@ -47,20 +59,36 @@ pub mod print;
 mod tensor;
 pub mod verify;
 
-pub use graph::{Attr, Def, Graph, Node, NodeId, Output, Slot, Use, Value, ValueId, ValueInfo};
+pub use build::GraphBuilder;
+pub use graph::{
+    standard_domain, Attr, AttrValue, Def, Graph, Node, NodeId, Output, Scope, Slot, Use, Value,
+    ValueId, ValueInfo,
+};
 pub use patch::{type_clash, Patch};
 pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};
 
 use anyhow::Result;
 
-use crate::onnx::proto::ModelProto;
+use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 
 /// A model: its main graph and everything else the file held.
 #[derive(Clone, Debug)]
 pub struct Model {
     pub graph: Graph,
     /// The ModelProto without its graph.
-    pub rest: ModelProto,
+    rest: ModelProto,
+}
+
+/// "" and "ai.onnx" are the same domain.
+fn same_domain(a: &str, b: &str) -> bool {
+    fn norm(d: &str) -> &str {
+        if d == "ai.onnx" {
+            ""
+        } else {
+            d
+        }
+    }
+    norm(a) == norm(b)
 }
 
 impl Model {
@@ -71,24 +99,78 @@ impl Model {
         Ok(model)
     }
 
+    /// A new model of `graph` importing `opsets` (domain, version).
+    pub fn new(graph: Graph, ir_version: i64, opsets: &[(&str, i64)], producer: &str) -> Model {
+        Model {
+            graph,
+            rest: ModelProto {
+                ir_version,
+                opset_import: opsets
+                    .iter()
+                    .map(|&(domain, version)| OperatorSetIdProto {
+                        domain: domain.to_string(),
+                        version,
+                    })
+                    .collect(),
+                producer_name: producer.to_string(),
+                producer_version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
     pub fn to_proto(&self) -> Result<ModelProto> {
         lower::lower(self)
     }
 
+    /// The envelope without the graph, for lowering.
+    pub(crate) fn rest(&self) -> &ModelProto {
+        &self.rest
+    }
+
     /// The imported opset version of `domain` ("" and "ai.onnx" are the same domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        let norm = |d: &str| {
-            if d == "ai.onnx" {
-                String::new()
-            } else {
-                d.to_string()
-            }
-        };
-        let want = norm(domain);
+        self.opsets()
+            .find(|(d, _)| same_domain(d, domain))
+            .map(|(_, v)| v)
+    }
+
+    /// Every opset import, as written: (domain, version).
+    pub fn opsets(&self) -> impl Iterator<Item = (&str, i64)> + '_ {
         self.rest
             .opset_import
             .iter()
-            .find(|o| norm(&o.domain) == want)
-            .map(|o| o.version)
+            .map(|o| (o.domain.as_str(), o.version))
+    }
+
+    /// Imports `domain` at `version`, replacing the import of that domain if there is one.
+    pub fn set_opset(&mut self, domain: &str, version: i64) {
+        let imports = &mut self.rest.opset_import;
+        match imports.iter_mut().find(|o| same_domain(&o.domain, domain)) {
+            Some(o) => o.version = version,
+            None => imports.push(OperatorSetIdProto {
+                domain: domain.to_string(),
+                version,
+            }),
+        }
+    }
+
+    pub fn ir_version(&self) -> i64 {
+        self.rest.ir_version
+    }
+
+    /// Producer name and version, as one string.
+    pub fn producer(&self) -> String {
+        format!("{} {}", self.rest.producer_name, self.rest.producer_version)
+            .trim()
+            .to_string()
+    }
+
+    /// The model-local functions, as (domain, name).
+    pub fn functions(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.rest
+            .functions
+            .iter()
+            .map(|f| (f.domain.as_str(), f.name.as_str()))
     }
 }

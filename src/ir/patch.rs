@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 
 use super::graph::{Attr, Def, Graph, NodeId, ValueId};
-use super::tensor::{Dim, Tensor};
+use super::tensor::{Dim, Tensor, Type};
 
 /// Why value `b` of graph `gb` cannot stand in for value `a` of `ga`, if it cannot: their
 /// declared element types differ or their known dims disagree.
@@ -134,39 +134,39 @@ impl<'g> Patch<'g> {
         Ok(v)
     }
 
-    /// Adds a node of the default domain; its outputs get fresh names derived from `name`.
+    /// Adds a node of the default domain with one output per entry of `outputs`, each of the
+    /// type the rewrite knows it to have (`None` where it does not), so that replacing another
+    /// value by it is checked. Node and output names are fresh, derived from `name`.
     pub fn add_node(
         &mut self,
         op: &str,
         name: &str,
         inputs: &[Option<ValueId>],
-        outputs: usize,
         attrs: Vec<Attr>,
+        outputs: &[Option<Type>],
     ) -> Result<NodeId> {
         let name = self.g.fresh_node_name(name);
-        let outs: Vec<String> = (0..outputs)
+        let outs: Vec<String> = (0..outputs.len())
             .map(|i| self.g.fresh_name(&format!("{name}_output_{i}")))
             .collect();
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.edits += 1;
-        self.g.add_node(op, "", &name, inputs, &outs, attrs)
+        let n = self.g.add_node(op, "", &name, inputs, &outs, attrs)?;
+        for (slot, ty) in outputs.iter().enumerate() {
+            if let (Some(ty), Some(v)) = (ty, self.g.node(n).output(slot)) {
+                self.g.set_type(v, ty.clone());
+            }
+        }
+        Ok(n)
     }
 
     /// Takes the subgraph held by attribute `attr` of `n` and moves what it computes into this
     /// graph (see [`Graph::splice`]); returns the values now holding its outputs. `n` keeps
     /// running until the caller rewires its readers and removes it.
     pub fn splice_body(&mut self, n: NodeId, attr: &str) -> Result<Vec<ValueId>> {
-        let node = self.g.node_mut(n);
-        let Some(body) = node
-            .attrs
-            .iter_mut()
-            .find(|a| a.name() == attr)
-            .and_then(|a| a.g.take())
-        else {
-            bail!("node '{}' has no subgraph '{attr}'", node.name);
-        };
+        let body = self.g.take_body(n, attr)?;
         self.edits += 1;
-        self.g.splice(*body)
+        self.g.splice(body)
     }
 
     /// Like [`Patch::replace_value`], and `new` (a value this patch made) takes `old`'s name
@@ -183,12 +183,18 @@ impl<'g> Patch<'g> {
 
     /// Sets attribute `attr` of `n`, replacing one of the same name.
     pub fn set_attr(&mut self, n: NodeId, attr: Attr) {
-        let attrs = &mut self.g.node_mut(n).attrs;
-        match attrs.iter_mut().find(|a| a.name() == attr.name()) {
-            Some(a) => *a = attr,
-            None => attrs.push(attr),
-        }
+        self.g.set_attr(n, attr);
         self.edits += 1;
+    }
+
+    /// Makes input `slot` of `n` read `v` (`None` omits it), leaving its other inputs alone.
+    pub fn set_input(&mut self, n: NodeId, slot: usize, v: Option<ValueId>) {
+        let mut inputs = self.g.node(n).inputs().to_vec();
+        if inputs.len() <= slot {
+            inputs.resize(slot + 1, None);
+        }
+        inputs[slot] = v;
+        self.set_inputs(n, &inputs);
     }
 
     /// Rewires all inputs of `n`. Trailing omitted inputs are dropped rather than written as

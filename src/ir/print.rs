@@ -5,42 +5,28 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::graph::{Graph, ValueId};
+use super::graph::{Attr, AttrValue, Graph, ValueId};
 use super::tensor::Tensor;
 use super::Model;
-use crate::onnx::proto::attribute_proto::AttributeType;
-use crate::onnx::proto::AttributeProto;
 
 pub fn print_model(model: &Model) -> String {
     let mut out = String::new();
     let mut opsets: Vec<String> = model
-        .rest
-        .opset_import
-        .iter()
-        .map(|o| {
-            let d = if o.domain.is_empty() {
-                "ai.onnx"
-            } else {
-                &o.domain
-            };
-            format!("{d}:{}", o.version)
+        .opsets()
+        .map(|(d, v)| {
+            let d = if d.is_empty() { "ai.onnx" } else { d };
+            format!("{d}:{v}")
         })
         .collect();
     opsets.sort();
     writeln!(
         out,
         "model ir={} opsets=[{}]",
-        model.rest.ir_version,
+        model.ir_version(),
         opsets.join(", ")
     )
     .unwrap();
     print_graph(&model.graph, &HashMap::new(), 0, &mut out);
-    out
-}
-
-pub fn print_graph_text(g: &Graph) -> String {
-    let mut out = String::new();
-    print_graph(g, &HashMap::new(), 0, &mut out);
     out
 }
 
@@ -98,17 +84,17 @@ fn print_graph(g: &Graph, outer: &HashMap<String, String>, depth: usize, out: &m
             .iter()
             .map(|v| v.map_or("_".to_string(), |v| fresh(v, &mut ids)))
             .collect();
-        let op = if node.domain.is_empty() || node.domain == "ai.onnx" {
-            node.op.clone()
+        let op = if node.domain().is_empty() || node.domain() == "ai.onnx" {
+            node.op().to_string()
         } else {
-            format!("{}::{}", node.domain, node.op)
+            format!("{}::{}", node.domain(), node.op())
         };
-        let mut attrs: Vec<&AttributeProto> = node.attrs.iter().map(|a| &a.proto).collect();
-        attrs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut attrs: Vec<&Attr> = node.attrs().iter().collect();
+        attrs.sort_by(|a, b| a.name().cmp(b.name()));
         let shown: Vec<String> = attrs
             .iter()
-            .filter(|a| !matches!(a.r#type(), AttributeType::Graph | AttributeType::Graphs))
-            .map(|a| format!("{}={}", a.name, attr_value(a)))
+            .filter(|a| !matches!(a.value(), AttrValue::Graph | AttrValue::Graphs))
+            .map(|a| format!("{}={}", a.name(), attr_value(a)))
             .collect();
         let attr_text = if shown.is_empty() {
             String::new()
@@ -127,7 +113,7 @@ fn print_graph(g: &Graph, outer: &HashMap<String, String>, depth: usize, out: &m
             .map(|(v, s)| (g.value(*v).name().to_string(), s.clone()))
             .collect();
         let mut bodies: Vec<_> = node
-            .attrs
+            .attrs()
             .iter()
             .filter(|a| a.bodies().next().is_some())
             .collect();
@@ -175,28 +161,22 @@ fn tensor(t: &Tensor) -> String {
     )
 }
 
-fn attr_value(a: &AttributeProto) -> String {
-    match a.r#type() {
-        AttributeType::Float => format!("{:?}", a.f),
-        AttributeType::Int => a.i.to_string(),
-        AttributeType::String => format!("{:?}", String::from_utf8_lossy(&a.s)),
-        AttributeType::Floats => format!("{:?}", a.floats),
-        AttributeType::Ints => format!("{:?}", a.ints),
-        AttributeType::Strings => {
-            let v: Vec<String> = a
-                .strings
+fn attr_value(a: &Attr) -> String {
+    match a.value() {
+        AttrValue::Float(f) => format!("{f:?}"),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::String(s) => format!("{:?}", String::from_utf8_lossy(s)),
+        AttrValue::Floats(v) => format!("{v:?}"),
+        AttrValue::Ints(v) => format!("{v:?}"),
+        AttrValue::Strings(v) => {
+            let v: Vec<String> = v
                 .iter()
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .collect();
             format!("{v:?}")
         }
-        AttributeType::Tensor => {
-            a.t.as_ref()
-                .map(|t| tensor(&Tensor::from_proto(t.clone())))
-                .unwrap_or_default()
-        }
-        AttributeType::Tensors => format!("{} tensors", a.tensors.len()),
-        _ if !a.ref_attr_name.is_empty() => format!("@{}", a.ref_attr_name),
-        other => format!("<{}>", other.as_str_name()),
+        AttrValue::Tensor(t) => tensor(t),
+        AttrValue::Graph | AttrValue::Graphs => String::new(),
+        AttrValue::Opaque(_) => a.describe_opaque(),
     }
 }

@@ -38,57 +38,17 @@ impl DType {
 
     /// Short name used by the printer and reports.
     pub fn short(self) -> String {
-        let s = match self.0 {
-            0 => "undef",
-            1 => "f32",
-            2 => "u8",
-            3 => "i8",
-            4 => "u16",
-            5 => "i16",
-            6 => "i32",
-            7 => "i64",
-            8 => "str",
-            9 => "bool",
-            10 => "f16",
-            11 => "f64",
-            12 => "u32",
-            13 => "u64",
-            14 => "c64",
-            15 => "c128",
-            16 => "bf16",
-            17 => "f8e4m3fn",
-            18 => "f8e4m3fnuz",
-            19 => "f8e5m2",
-            20 => "f8e5m2fnuz",
-            21 => "u4",
-            22 => "i4",
-            23 => "f4e2m1",
-            n => return format!("dtype{n}"),
-        };
-        s.to_string()
+        crate::onnx::element_name(self.0)
     }
 
     /// Bits per element, for types with a fixed size.
     pub fn bits(self) -> Option<u64> {
-        Some(match self.0 {
-            9 | 2 | 3 | 17..=20 => 8,
-            4 | 5 | 10 | 16 => 16,
-            1 | 6 | 12 => 32,
-            7 | 11 | 13 | 14 => 64,
-            15 => 128,
-            21..=23 => 4,
-            _ => return None,
-        })
+        crate::onnx::element_bits(self.0)
     }
 
     /// Bytes a dense tensor of this type and shape occupies in `raw_data`.
     pub fn byte_size(self, dims: &[i64]) -> Option<u64> {
-        let bits = self.bits()?;
-        let mut n: u64 = 1;
-        for &d in dims {
-            n = n.checked_mul(u64::try_from(d).ok()?)?;
-        }
-        Some(n.checked_mul(bits)?.div_ceil(8))
+        crate::onnx::dense_bytes(self.0, dims)
     }
 }
 
@@ -396,6 +356,30 @@ impl Tensor {
             _ => return None,
         };
         Some(v)
+    }
+
+    /// A tensor of strings (`dims` empty for a scalar).
+    pub fn from_strings(dims: Vec<i64>, strings: Vec<Vec<u8>>) -> Tensor {
+        Tensor {
+            proto: TensorProto {
+                dims,
+                data_type: DType::STRING.0,
+                string_data: strings.into_iter().map(Bytes::from).collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Whether both hold the same elements: element type, dims and payload, however each is
+    /// encoded (raw bytes or typed fields).
+    pub fn same_content(&self, other: &Tensor) -> bool {
+        self.dtype() == other.dtype()
+            && self.dims() == other.dims()
+            && match (self.raw_bytes(), other.raw_bytes()) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => self.proto.string_data == other.proto.string_data,
+                _ => false,
+            }
     }
 
     /// A short stable digest of the content (type, shape and payload), for printouts.

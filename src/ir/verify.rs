@@ -40,13 +40,13 @@ pub fn verify(model: &Model) -> Result<()> {
 fn collect_domains(g: &Graph, out: &mut HashSet<String>) {
     for n in g.node_ids() {
         let node = g.node(n);
-        let d = if node.domain == "ai.onnx" {
+        let d = if node.domain() == "ai.onnx" {
             ""
         } else {
-            &node.domain
+            node.domain()
         };
         out.insert(d.to_string());
-        for a in &node.attrs {
+        for a in node.attrs() {
             for b in a.bodies() {
                 collect_domains(b, out);
             }
@@ -91,7 +91,7 @@ pub fn verify_graph(g: &Graph, top: bool) -> Result<()> {
     }
     for n in g.node_ids() {
         let node = g.node(n);
-        let here = || format!("node '{}' ({})", node.name, node.op);
+        let here = || format!("node '{}' ({})", node.name(), node.op());
         for (i, v) in node.inputs().iter().enumerate() {
             if let Some(v) = v {
                 if !g.contains_value(*v) {
@@ -118,7 +118,7 @@ pub fn verify_graph(g: &Graph, top: bool) -> Result<()> {
             }
         }
         let captured: HashSet<&str> = node.captures().iter().map(|&c| g.value(c).name()).collect();
-        for attr in &node.attrs {
+        for attr in node.attrs() {
             for body in attr.bodies() {
                 verify_graph(body, false)
                     .with_context(|| format!("in attribute '{}' of {}", attr.name(), here()))?;

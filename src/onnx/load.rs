@@ -11,7 +11,6 @@ use prost::Message;
 use super::external::for_each_tensor;
 use super::mapping::map_file;
 use super::proto::{tensor_proto::DataLocation, ModelProto, TensorProto};
-use crate::ir::DType;
 
 /// Loads `path`, resolving external data relative to its directory. Also returns the
 /// external-data files read.
@@ -111,11 +110,11 @@ fn resolve_tensor(
             "tensor '{name}': external data '{location}' offset {offset} length {length} is out of range (the file is {size} bytes)"
         )
     })?;
-    if let Some(expected) = DType(t.data_type).byte_size(&t.dims) {
+    if let Some(expected) = super::dense_bytes(t.data_type, &t.dims) {
         if expected != length {
             bail!(
                 "tensor '{name}': external data '{location}' holds {length} bytes but {} {:?} needs {expected}",
-                DType(t.data_type),
+                super::element_name(t.data_type),
                 t.dims
             );
         }

@@ -1,25 +1,36 @@
-//! Passes and the one ordered pipeline.
+//! Passes, and the staged pipeline they run in.
 //!
 //! A pass has a stable kebab-case id and lives in its own file, opened by a before ⇒ after
-//! picture, its preconditions and the reasons it refuses. Matching reads `&Graph` and returns a
-//! typed match; rewriting consumes the match and edits through one checked [`Patch`]. A pass
-//! reports whether it changed the graph; in debug and test builds that claim is confirmed
-//! against a hash of the canonical printout.
+//! picture, its preconditions, the reasons it refuses and what must run before it. Most passes
+//! are a [`Rewrite`]: a typed match found on `&Graph` at one anchor node, applied through one
+//! checked [`Patch`], driven by the one loop in this file, which also carries every refusal to
+//! `--explain`. Passes that look at the whole graph at once (common subexpressions, constant
+//! folding, dead code) implement [`Pass`] themselves. A pass reports whether it changed the
+//! graph; in debug and test builds that claim is confirmed against a hash of the canonical
+//! printout.
+//!
+//! Patterns match binary operands in either order, through [`other_operand`] and
+//! [`operand_where`]: a rewrite must not depend on `commute-constants` having run (a user may
+//! select passes with `--passes`), which exists so that CSE sees `Add(c, x)` and `Add(x, c)` as
+//! one.
 //!
 //! [`Patch`]: crate::ir::Patch
 
+pub mod channels;
 mod cleanup;
 mod fold;
 mod fuse;
 
-use std::collections::BTreeSet;
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::ir::{print::print_model, verify::verify, Attr, Graph, Model, NodeId};
+use crate::ir::{print::print_model, verify::verify, Graph, Model, NodeId, Patch, Scope, ValueId};
 use crate::runtime::{infer_facts, Facts};
 
 /// Operators whose result differs from run to run: never merged, never folded.
@@ -50,15 +61,44 @@ impl Changed {
     }
 }
 
-/// What passes may record besides their edits, and what they share.
+/// What a pipeline run shares with its passes: the explanations they record, tract's facts
+/// about the model as it is now, and whatever a stage is handed (calibration statistics, a
+/// pruning plan, ...), stored by type, plus the names and op types the user excluded. Open, so
+/// that tests and the library's callers can build one.
 #[derive(Default)]
 pub struct PassContext {
     explain: Option<BTreeSet<String>>,
-    /// tract's facts about the model as it is now; dropped whenever a pass changes it.
+    /// Dropped whenever a pass changes the model.
     facts: Option<Rc<Facts>>,
+    provided: HashMap<TypeId, Box<dyn Any>>,
+    /// Node names or op types no lossy stage may touch (`--exclude`).
+    pub exclude: Vec<String>,
 }
 
 impl PassContext {
+    /// A context that keeps the reasons patterns did not fire when `explain` is set.
+    pub fn new(explain: bool) -> PassContext {
+        PassContext {
+            explain: explain.then(BTreeSet::new),
+            ..Default::default()
+        }
+    }
+
+    /// Hands `value` to the passes that ask for a `T`.
+    pub fn provide<T: Any>(&mut self, value: T) {
+        self.provided.insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// The `T` the caller provided, if any.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.provided.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Whether the user excluded node `name` or its op type from lossy stages.
+    pub fn excluded(&self, name: &str, op: &str) -> bool {
+        self.exclude.iter().any(|e| e == name || e == op)
+    }
+
     /// tract's facts about the main graph of `model`, inferred once per state of the model.
     pub fn facts(&mut self, model: &Model) -> Rc<Facts> {
         self.facts
@@ -72,6 +112,11 @@ impl PassContext {
             notes.insert(format!("{pass}: kept {op} '{node}': {why}"));
         }
     }
+
+    /// The reasons recorded so far, sorted.
+    pub fn explained(&self) -> Vec<String> {
+        self.explain.iter().flatten().cloned().collect::<Vec<_>>()
+    }
 }
 
 pub trait Pass {
@@ -80,15 +125,216 @@ pub trait Pass {
     /// One line for `--list-passes`.
     fn about(&self) -> &'static str;
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed>;
+    /// What the report should say about the model once its stage is over (what the pass had
+    /// to leave, and why); `None` for nothing.
+    fn note(&self, _model: &Model, _cx: &mut PassContext) -> Option<Note> {
+        None
+    }
 }
 
-/// The pipeline, in order, with the default fold limit.
-pub fn pipeline() -> Vec<Box<dyn Pass>> {
-    pipeline_with(fold::constant::DEFAULT_FOLD_LIMIT)
+/// A pass's word for the report, as a heading and its lines.
+#[derive(Clone, Debug, Serialize)]
+pub struct Note {
+    pub pass: &'static str,
+    pub heading: String,
+    pub lines: Vec<String>,
 }
 
-/// The pipeline, in order. Each place has its reason.
-pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
+/// Why a pattern did not match at a node.
+pub enum Refusal {
+    /// The node is not this pattern at all: too common to report.
+    NotMine,
+    /// It nearly is, and this is what stops it (for `--explain`).
+    Because(Cow<'static, str>),
+}
+
+impl From<&'static str> for Refusal {
+    fn from(why: &'static str) -> Refusal {
+        Refusal::Because(Cow::Borrowed(why))
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Refusal {
+        Refusal::Because(Cow::Owned(why))
+    }
+}
+
+/// What a match may consult besides the graph.
+pub struct Look<'a> {
+    /// tract's facts, when looking at the main graph of a rewrite that asked for them.
+    pub facts: Option<&'a Facts>,
+    /// The model's default-domain opset.
+    pub opset: i64,
+}
+
+impl Look<'_> {
+    /// The rank tract proves for `v` of `g`.
+    pub fn rank(&self, g: &Graph, v: ValueId) -> Option<usize> {
+        self.facts?.rank(g.value(v).name())
+    }
+}
+
+/// A rewrite: where its pattern may be anchored, how a match is found on `&Graph`, and how it
+/// is applied through the patch. [`Pass`] is implemented for every rewrite by the one loop
+/// below: every graph (innermost first, or the main graph only), anchors in node order, each
+/// matched against the graph as the previous rewrites left it, refusals to `--explain` under
+/// the rewrite's id.
+pub trait Rewrite {
+    type Match;
+    const ID: &'static str;
+    const ABOUT: &'static str;
+    /// Whether the pattern is sought inside subgraph bodies too.
+    const IN_BODIES: bool = true;
+    /// Whether matching reads tract's facts (inferred only when some anchor exists).
+    const NEEDS_FACTS: bool = false;
+    /// Whether anchors are tried readers first (reverse topological order) instead of in node
+    /// order: for a rewrite whose match at a reader reads through the producer, which
+    /// rewriting the producer first would hide.
+    const READERS_FIRST: bool = false;
+
+    /// Whether the rewrite can apply to this model at all (an opset it needs, ...).
+    fn applies(&self, _model: &Model) -> bool {
+        true
+    }
+    /// Whether `n` may anchor a match: a cheap test on the node.
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool;
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Self::Match, Refusal>;
+    fn apply(&self, patch: &mut Patch, m: Self::Match) -> Result<()>;
+    /// See [`Pass::note`].
+    fn note(&self, _model: &Model, _cx: &mut PassContext) -> Option<Note> {
+        None
+    }
+}
+
+impl<R: Rewrite> Pass for R {
+    fn id(&self) -> &'static str {
+        R::ID
+    }
+
+    fn about(&self) -> &'static str {
+        R::ABOUT
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        if !self.applies(model) || !any_node(&model.graph, &|g, n| self.anchors(g, n)) {
+            return Ok(Changed::No);
+        }
+        let facts = R::NEEDS_FACTS.then(|| cx.facts(model));
+        let opset = model.opset("").unwrap_or(1);
+        let n = model.graph.for_each_graph(&mut |g, scope| {
+            if scope == Scope::Body && !R::IN_BODIES {
+                return Ok(0);
+            }
+            let look = Look {
+                facts: facts.as_deref().filter(|_| scope == Scope::Main),
+                opset,
+            };
+            let mut anchors: Vec<NodeId> = if R::READERS_FIRST {
+                let mut order = g.topo_order()?;
+                order.reverse();
+                order
+            } else {
+                let mut all: Vec<NodeId> = g.node_ids().collect();
+                all.sort();
+                all
+            };
+            anchors.retain(|&n| self.anchors(g, n));
+            let mut done = 0;
+            for n in anchors {
+                // An earlier rewrite may have removed the node or taken its pattern apart.
+                if !g.contains_node(n) || !self.anchors(g, n) {
+                    continue;
+                }
+                match self.find(g, n, &look) {
+                    Ok(m) => {
+                        let mut patch = Patch::new(g);
+                        self.apply(&mut patch, m)?;
+                        done += patch.commit()?;
+                    }
+                    Err(Refusal::NotMine) => {}
+                    Err(Refusal::Because(why)) => {
+                        let node = g.node(n);
+                        cx.refuse(R::ID, node.name(), node.op(), &why);
+                    }
+                }
+            }
+            Ok(done)
+        })?;
+        Ok(Changed::from_count(n))
+    }
+
+    fn note(&self, model: &Model, cx: &mut PassContext) -> Option<Note> {
+        Rewrite::note(self, model, cx)
+    }
+}
+
+/// The operand of binary node `n` other than `v`.
+pub fn other_operand(g: &Graph, n: NodeId, v: ValueId) -> Option<ValueId> {
+    let node = g.node(n);
+    match (node.input(0), node.input(1)) {
+        (Some(a), Some(b)) if a == v => Some(b),
+        (Some(a), Some(b)) if b == v => Some(a),
+        _ => None,
+    }
+}
+
+/// The operands of binary node `n` as (the one `pick` accepts, the other), trying the first
+/// operand first.
+pub fn operand_where(
+    g: &Graph,
+    n: NodeId,
+    pick: impl Fn(ValueId) -> bool,
+) -> Option<(ValueId, ValueId)> {
+    let node = g.node(n);
+    let (a, b) = (node.input(0)?, node.input(1)?);
+    if pick(a) {
+        Some((a, b))
+    } else if pick(b) {
+        Some((b, a))
+    } else {
+        None
+    }
+}
+
+/// The node producing `v`, when it is an `op`.
+pub fn producer_op(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
+    g.producer(v).filter(|&n| g.node(n).is(op))
+}
+
+/// The single node reading `v`, when it is an `op` (see [`Graph::only_reader`]).
+pub fn only_reader_op(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
+    g.only_reader(v).filter(|&n| g.node(n).is(op))
+}
+
+/// The value of a one-element f32 constant.
+pub fn scalar(g: &Graph, v: Option<ValueId>) -> Option<f32> {
+    let t = g.value(v?).constant()?;
+    let vals = t.to_f32_vec()?;
+    (vals.len() == 1).then(|| vals[0])
+}
+
+/// One stage of the pipeline: passes that run once, in order, then passes run together to a
+/// fixed point (the stage's cleanup).
+pub struct Stage {
+    pub name: &'static str,
+    /// Why the stage stands where it does.
+    pub reason: &'static str,
+    pub once: Vec<Box<dyn Pass>>,
+    pub fixed_point: Vec<Box<dyn Pass>>,
+}
+
+impl Stage {
+    fn passes(&self) -> impl Iterator<Item = &dyn Pass> {
+        self.once
+            .iter()
+            .chain(&self.fixed_point)
+            .map(|p| p.as_ref())
+    }
+}
+
+/// The passes of the simplify fixed point, in order. Each place has its reason.
+fn simplify(fold_limit: u64) -> Vec<Box<dyn Pass>> {
     vec![
         // Constants first, so every later pattern finds them as initializers.
         Box::new(cleanup::constant::ConstantToInitializer),
@@ -131,56 +377,28 @@ pub fn pipeline_with(fold_limit: u64) -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// Which graph a pass is looking at: facts inferred by tract describe the main graph only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Main,
-    Body,
+/// The pipeline: its stages in order, each with its reason.
+pub fn stages(fold_limit: u64) -> Vec<Stage> {
+    vec![
+        // Every later stage works on the simplest equivalent graph: pruning and quantization
+        // see fused Conv+BN weights and constant shapes, and count what is really computed.
+        // Pruning (channels removed, then cleanup) and quantization (Q/DQ inserted from
+        // calibration ranges, then cleanup) follow it, once each, when asked for.
+        Stage {
+            name: "simplify",
+            reason: "rewrites that keep the outputs exact, run together to a fixed point",
+            once: Vec::new(),
+            fixed_point: simplify(fold_limit),
+        },
+    ]
 }
 
-/// Whether `f` holds for some node of `g` or of a subgraph inside it: lets a pass that needs
-/// tract's facts skip inferring them when its pattern cannot occur.
-pub fn any_node(g: &Graph, f: &dyn Fn(&Graph, NodeId) -> bool) -> bool {
-    g.node_ids().any(|n| {
-        f(g, n)
-            || g.node(n)
-                .attrs
-                .iter()
-                .flat_map(Attr::bodies)
-                .any(|b| any_node(b, f))
-    })
-}
-
-/// Runs `f` on the model's main graph `g` and, first, on every subgraph inside it (innermost
-/// first), keeping each node's captures in step with what its subgraphs still read. Returns the
-/// total of `f`'s counts.
-pub fn for_each_graph(
-    g: &mut Graph,
-    f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
-) -> Result<usize> {
-    visit(g, Scope::Main, f)
-}
-
-fn visit(
-    g: &mut Graph,
-    scope: Scope,
-    f: &mut dyn FnMut(&mut Graph, Scope) -> Result<usize>,
-) -> Result<usize> {
-    let mut total = 0;
-    let holders: Vec<_> = g.node_ids().filter(|&n| g.node(n).has_bodies()).collect();
-    for n in holders {
-        let mut inner = 0;
-        for attr in &mut g.node_mut(n).attrs {
-            for body in attr.bodies_mut() {
-                inner += visit(body, Scope::Body, f)?;
-            }
-        }
-        if inner > 0 {
-            g.sync_captures(n);
-        }
-        total += inner;
-    }
-    Ok(total + f(g, scope)?)
+/// Every pass of the pipeline, in order.
+pub fn pipeline() -> Vec<Box<dyn Pass>> {
+    stages(fold::constant::DEFAULT_FOLD_LIMIT)
+        .into_iter()
+        .flat_map(|s| s.once.into_iter().chain(s.fixed_point))
+        .collect()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -200,6 +418,7 @@ pub struct PipelineOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct PassStat {
     pub id: &'static str,
+    pub stage: &'static str,
     pub runs: usize,
     pub rewrites: usize,
     #[serde(serialize_with = "secs")]
@@ -215,119 +434,197 @@ pub struct PipelineReport {
     pub passes: Vec<PassStat>,
     /// Every pass run that changed the graph, in order: the steps `--stop-after` counts.
     pub steps: Vec<&'static str>,
-    pub rounds: usize,
+    /// Rounds of each stage's fixed point, by stage.
+    pub rounds: Vec<(&'static str, usize)>,
     pub explain: Vec<String>,
-    /// When fold-shape ran: each Shape and Size left in the main graph, and why.
-    pub kept_shapes: Vec<String>,
+    /// What passes had to say once their stage was over.
+    pub notes: Vec<Note>,
+}
+
+impl PipelineReport {
+    /// What pass `id` had to say at the end of its stage.
+    pub fn note(&self, id: &str) -> Option<&Note> {
+        self.notes.iter().find(|n| n.pass == id)
+    }
 }
 
 /// Rounds before giving up on reaching a fixed point.
 const MAX_ROUNDS: usize = 32;
 
-/// The ids of the passes `opts` selects, checking that every name it gives exists.
-pub fn selected(opts: &PipelineOptions) -> Result<Vec<Box<dyn Pass>>> {
-    let all = pipeline_with(
+/// The stages with only the passes `opts` selects, checking that every name it gives exists.
+pub fn selected(opts: &PipelineOptions) -> Result<Vec<Stage>> {
+    let all = stages(
         opts.fold_limit
             .unwrap_or(fold::constant::DEFAULT_FOLD_LIMIT),
     );
-    let known: Vec<&str> = all.iter().map(|p| p.id()).collect();
+    let known: Vec<&str> = all
+        .iter()
+        .flat_map(|s| s.passes().map(|p| p.id()))
+        .collect();
     for name in opts.only.iter().flatten().chain(&opts.disable) {
         if !known.contains(&name.as_str()) {
             bail!("unknown pass '{name}' (known: {})", known.join(", "));
         }
     }
+    let keep = |p: &Box<dyn Pass>| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == p.id()))
+            && !opts.disable.iter().any(|x| x == p.id())
+    };
     Ok(all
         .into_iter()
-        .filter(|p| {
-            opts.only
-                .as_ref()
-                .is_none_or(|o| o.iter().any(|x| x == p.id()))
+        .map(|mut s| {
+            s.once.retain(keep);
+            s.fixed_point.retain(keep);
+            s
         })
-        .filter(|p| !opts.disable.iter().any(|x| x == p.id()))
         .collect())
 }
 
-/// Runs the selected passes to a fixed point.
+/// Runs the passes `opts` selects, stage by stage.
 pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<PipelineReport> {
-    let passes = selected(opts)?;
-    let mut cx = PassContext {
-        explain: opts.explain.then(BTreeSet::new),
-        facts: None,
-    };
-    let mut stats: Vec<PassStat> = passes
-        .iter()
-        .map(|p| PassStat {
-            id: p.id(),
-            runs: 0,
-            rewrites: 0,
-            time: Duration::ZERO,
-        })
-        .collect();
-    let mut steps = Vec::new();
-    let paranoid = cfg!(debug_assertions);
-    let mut rounds = 0;
-    'rounds: loop {
-        if rounds == MAX_ROUNDS {
-            bail!(
-                "the pipeline did not reach a fixed point in {MAX_ROUNDS} rounds; the last pass that changed the graph was '{}'",
-                steps.last().copied().unwrap_or("none")
-            );
-        }
-        rounds += 1;
-        let mut changed_this_round = false;
-        for (pass, stat) in passes.iter().zip(stats.iter_mut()) {
-            let before = paranoid.then(|| digest(model));
-            let t = Instant::now();
-            let changed = pass
-                .run(model, &mut cx)
-                .with_context(|| format!("pass '{}' failed", pass.id()))?;
-            stat.time += t.elapsed();
-            stat.runs += 1;
-            if opts.verify_each || paranoid {
-                verify(model).with_context(|| format!("pass '{}' broke the IR", pass.id()))?;
+    let mut cx = PassContext::new(opts.explain);
+    run_stages(model, &selected(opts)?, opts, &mut cx)
+}
+
+/// One pass run and its bookkeeping.
+struct Runner<'a> {
+    opts: &'a PipelineOptions,
+    stats: Vec<PassStat>,
+    steps: Vec<&'static str>,
+}
+
+/// Why the pipeline stopped early.
+struct StopAfter;
+
+impl Runner<'_> {
+    fn run(
+        &mut self,
+        stage: &'static str,
+        pass: &dyn Pass,
+        model: &mut Model,
+        cx: &mut PassContext,
+    ) -> Result<Result<bool, StopAfter>> {
+        let paranoid = cfg!(debug_assertions);
+        let before = paranoid.then(|| digest(model));
+        let t = Instant::now();
+        let changed = pass
+            .run(model, cx)
+            .with_context(|| format!("pass '{}' failed", pass.id()))?;
+        let i = match self
+            .stats
+            .iter()
+            .position(|s| s.id == pass.id() && s.stage == stage)
+        {
+            Some(i) => i,
+            None => {
+                self.stats.push(PassStat {
+                    id: pass.id(),
+                    stage,
+                    runs: 0,
+                    rewrites: 0,
+                    time: Duration::ZERO,
+                });
+                self.stats.len() - 1
             }
-            if let Some(before) = before {
-                let moved = digest(model) != before;
-                if moved != matches!(changed, Changed::Yes(_)) {
-                    bail!(
-                        "pass '{}' reported {changed:?} but the graph {}",
-                        pass.id(),
-                        if moved { "changed" } else { "did not change" }
-                    );
-                }
-            }
-            if let Changed::Yes(n) = changed {
-                cx.facts = None;
-                stat.rewrites += n;
-                steps.push(pass.id());
-                changed_this_round = true;
-                if opts.stop_after.is_some_and(|s| steps.len() >= s) {
-                    break 'rounds;
-                }
+        };
+        let stat = &mut self.stats[i];
+        stat.time += t.elapsed();
+        stat.runs += 1;
+        if self.opts.verify_each || paranoid {
+            verify(model).with_context(|| format!("pass '{}' broke the IR", pass.id()))?;
+        }
+        if let Some(before) = before {
+            let moved = digest(model) != before;
+            if moved != matches!(changed, Changed::Yes(_)) {
+                bail!(
+                    "pass '{}' reported {changed:?} but the graph {}",
+                    pass.id(),
+                    if moved { "changed" } else { "did not change" }
+                );
             }
         }
-        if !changed_this_round {
-            break;
+        let Changed::Yes(n) = changed else {
+            return Ok(Ok(false));
+        };
+        cx.facts = None;
+        stat.rewrites += n;
+        self.steps.push(pass.id());
+        if self.opts.stop_after.is_some_and(|s| self.steps.len() >= s) {
+            return Ok(Err(StopAfter));
         }
+        Ok(Ok(true))
     }
-    let g = &model.graph;
-    let shape_ops = g
-        .node_ids()
-        .any(|n| g.node(n).is("Shape") || g.node(n).is("Size"));
-    let kept_shapes = if shape_ops && passes.iter().any(|p| p.id() == "fold-shape") {
-        fold::shape::kept(&model.graph, &cx.facts(model))
-    } else {
-        Vec::new()
+}
+
+/// Runs `stages` on `model` with the context `cx` (which a caller may have handed what its
+/// stages need).
+pub fn run_stages(
+    model: &mut Model,
+    stages: &[Stage],
+    opts: &PipelineOptions,
+    cx: &mut PassContext,
+) -> Result<PipelineReport> {
+    let mut runner = Runner {
+        opts,
+        stats: Vec::new(),
+        steps: Vec::new(),
     };
+    let mut rounds = Vec::new();
+    let mut notes = Vec::new();
+    'stages: for stage in stages {
+        for pass in &stage.once {
+            if runner.run(stage.name, pass.as_ref(), model, cx)?.is_err() {
+                break 'stages;
+            }
+        }
+        let mut round = 0;
+        while !stage.fixed_point.is_empty() {
+            if round == MAX_ROUNDS {
+                bail!(
+                    "stage '{}' did not reach a fixed point in {MAX_ROUNDS} rounds; the last pass that changed the graph was '{}'",
+                    stage.name,
+                    runner.steps.last().copied().unwrap_or("none")
+                );
+            }
+            round += 1;
+            let mut changed = false;
+            for pass in &stage.fixed_point {
+                match runner.run(stage.name, pass.as_ref(), model, cx)? {
+                    Ok(c) => changed |= c,
+                    Err(StopAfter) => {
+                        rounds.push((stage.name, round));
+                        break 'stages;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        rounds.push((stage.name, round));
+        notes.extend(stage.passes().filter_map(|p| p.note(model, cx)));
+    }
     Ok(PipelineReport {
-        passes: stats,
-        steps,
+        passes: runner.stats,
+        steps: runner.steps,
         rounds,
-        kept_shapes,
-        explain: cx
-            .explain
-            .map(|e| e.into_iter().collect())
-            .unwrap_or_default(),
+        explain: cx.explained(),
+        notes,
+    })
+}
+
+/// Whether `f` holds for some node of `g` or of a subgraph inside it: lets a pass that needs
+/// tract's facts skip inferring them when its pattern cannot occur.
+pub fn any_node(g: &Graph, f: &dyn Fn(&Graph, NodeId) -> bool) -> bool {
+    g.node_ids().any(|n| {
+        f(g, n)
+            || g.node(n)
+                .attrs()
+                .iter()
+                .flat_map(|a| a.bodies())
+                .any(|b| any_node(b, f))
     })
 }
 

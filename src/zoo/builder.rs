@@ -4,11 +4,10 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ir::{Attr, DType, Dim, Graph, Model, Tensor, Type, ValueId, ValueInfo};
-use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+use crate::ir::{Attr, DType, Dim, GraphBuilder, Model, Tensor, Type, ValueId, ValueInfo};
 
 pub struct Builder {
-    pub graph: Graph,
+    pub graph: GraphBuilder,
     rng: ChaCha8Rng,
     opset: i64,
 }
@@ -16,7 +15,7 @@ pub struct Builder {
 impl Builder {
     pub fn new(name: &str, opset: i64, seed: u64) -> Builder {
         Builder {
-            graph: Graph::new(name),
+            graph: GraphBuilder::new(name),
             rng: ChaCha8Rng::seed_from_u64(seed),
             opset,
         }
@@ -24,17 +23,16 @@ impl Builder {
 
     pub fn input(&mut self, name: &str, dtype: DType, shape: Vec<Dim>) -> Result<ValueId> {
         self.graph
-            .add_input(name, ValueInfo::of(Type::tensor(dtype, shape)))
+            .input(name, ValueInfo::of(Type::tensor(dtype, shape)))
     }
 
     pub fn output(&mut self, v: ValueId, dtype: DType, shape: Vec<Dim>) {
         self.graph
-            .add_output(v, ValueInfo::of(Type::tensor(dtype, shape)));
+            .output(v, ValueInfo::of(Type::tensor(dtype, shape)));
     }
 
     pub fn init(&mut self, name: &str, dims: Vec<i64>, values: &[f32]) -> Result<ValueId> {
-        self.graph
-            .add_initializer(name, Tensor::from_f32(dims, values))
+        self.graph.initializer(name, Tensor::from_f32(dims, values))
     }
 
     /// Standard normal samples (Box–Muller), scaled by `std`.
@@ -66,23 +64,11 @@ impl Builder {
     ) -> Result<ValueId> {
         let out = format!("{name}_output_0");
         let ins: Vec<Option<ValueId>> = inputs.iter().map(|&v| Some(v)).collect();
-        let n = self.graph.add_node(op, "", name, &ins, &[&out], attrs)?;
-        Ok(self.graph.node(n).output(0).unwrap())
+        let n = self.graph.node(op, "", name, &ins, &[&out], attrs)?;
+        Ok(self.graph.graph().node(n).output(0).unwrap())
     }
 
     pub fn finish(self, producer: &str) -> Model {
-        Model {
-            graph: self.graph,
-            rest: ModelProto {
-                ir_version: 8,
-                opset_import: vec![OperatorSetIdProto {
-                    domain: String::new(),
-                    version: self.opset,
-                }],
-                producer_name: producer.to_string(),
-                producer_version: env!("CARGO_PKG_VERSION").to_string(),
-                ..Default::default()
-            },
-        }
+        Model::new(self.graph.finish(), 8, &[("", self.opset)], producer)
     }
 }

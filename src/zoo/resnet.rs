@@ -57,7 +57,7 @@ pub fn resnet50() -> Result<Model> {
     let w = b.init("fc.weight", vec![1000, 2048], &w)?;
     let bias = b.normal(1000, 0.01);
     let bias = b.init("fc.bias", vec![1000], &bias)?;
-    let out = b.graph.add_node(
+    let out = b.graph.node(
         "Gemm",
         "",
         "/fc/Gemm",
@@ -69,7 +69,7 @@ pub fn resnet50() -> Result<Model> {
             Attr::int("transB", 1),
         ],
     )?;
-    let logits = b.graph.node(out).output(0).unwrap();
+    let logits = b.graph.graph().node(out).output(0).unwrap();
     b.output(logits, DType::F32, vec![batch(), Dim::Known(1000)]);
     Ok(b.finish("onnxsmith.zoo"))
 }

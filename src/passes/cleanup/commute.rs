@@ -5,14 +5,15 @@
 //! ```
 //!
 //! One canonical order lets common-subexpression elimination see `Add(c, x)` and `Add(x, c)`
-//! as one, and every later pattern look for constants in one place. Only binary ops whose
+//! as one (fusions match either order themselves: see `passes`). Only binary ops whose
 //! result is the same, shape and values, in either order: Add, Mul, Max, Min, Equal, And, Or,
-//! Xor, BitwiseAnd, BitwiseOr, BitwiseXor. Runs inside subgraphs too.
+//! Xor, BitwiseAnd, BitwiseOr, BitwiseXor. Runs after `constant-to-initializer` (constants
+//! are initializers by then) and before `cse`. Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use crate::ir::{Model, NodeId, Patch};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::ir::{Graph, NodeId, Patch};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct CommuteConstants;
 
@@ -30,38 +31,29 @@ const COMMUTATIVE: &[&str] = &[
     "BitwiseXor",
 ];
 
-impl Pass for CommuteConstants {
-    fn id(&self) -> &'static str {
-        "commute-constants"
+impl Rewrite for CommuteConstants {
+    type Match = NodeId;
+    const ID: &'static str = "commute-constants";
+    const ABOUT: &'static str = "put the constant operand of commutative binary ops second";
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        let node = g.node(n);
+        let constant = |v| g.value(v).constant().is_some();
+        COMMUTATIVE.iter().any(|op| node.is(op))
+            && node.inputs().len() == 2
+            && matches!(
+                (node.input(0), node.input(1)),
+                (Some(a), Some(b)) if constant(a) && !constant(b)
+            )
     }
 
-    fn about(&self) -> &'static str {
-        "put the constant operand of commutative binary ops second"
+    fn find(&self, _: &Graph, n: NodeId, _: &Look) -> Result<NodeId, Refusal> {
+        Ok(n)
     }
 
-    fn run(&self, model: &mut Model, _cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
-            let constant = |v| g.value(v).constant().is_some();
-            let mut found: Vec<NodeId> = g
-                .node_ids()
-                .filter(|&n| {
-                    let node = g.node(n);
-                    COMMUTATIVE.iter().any(|op| node.is(op))
-                        && node.inputs().len() == 2
-                        && matches!(
-                            (node.input(0), node.input(1)),
-                            (Some(a), Some(b)) if constant(a) && !constant(b)
-                        )
-                })
-                .collect();
-            found.sort();
-            let mut patch = Patch::new(g);
-            for n in found {
-                let ins = patch.graph().node(n).inputs().to_vec();
-                patch.set_inputs(n, &[ins[1], ins[0]]);
-            }
-            patch.commit()
-        })?;
-        Ok(Changed::from_count(n))
+    fn apply(&self, patch: &mut Patch, n: NodeId) -> Result<()> {
+        let ins = patch.graph().node(n).inputs().to_vec();
+        patch.set_inputs(n, &[ins[1], ins[0]]);
+        Ok(())
     }
 }

@@ -9,19 +9,17 @@
 //! Constant whose output is a graph output (an initializer cannot stand in for it everywhere),
 //! and models of IR version < 4, where initializers must also be graph inputs.
 //! Runs inside subgraphs too: a body may hold initializers of its own. Later passes then see
-//! every constant in one place.
+//! every constant in one place. Runs first: nothing needs to run before it.
 
 use anyhow::Result;
 use bytes::Bytes;
 
-use crate::ir::{DType, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::onnx::proto::attribute_proto::AttributeType;
-use crate::onnx::proto::TensorProto;
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::ir::{AttrValue, DType, Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct ConstantToInitializer;
 
-struct Found {
+pub struct Found {
     node: NodeId,
     output: ValueId,
     tensor: Tensor,
@@ -30,106 +28,63 @@ struct Found {
 /// The tensor a Constant node stands for, or why it is kept.
 fn constant_value(g: &Graph, n: NodeId) -> Result<Tensor, &'static str> {
     let node = g.node(n);
-    let [attr] = node.attrs.as_slice() else {
+    let [attr] = node.attrs() else {
         return Err("it does not have exactly one value attribute");
     };
-    let a = &attr.proto;
-    if !a.ref_attr_name.is_empty() {
+    if attr.is_reference() {
         return Err("its value refers to a function attribute");
     }
-    let from = |dtype: DType, dims: Vec<i64>, raw: Vec<u8>| {
-        Tensor::from_raw(dtype, dims, Bytes::from(raw))
-    };
-    let le = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let lef = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    Ok(match (a.name.as_str(), a.r#type()) {
-        ("value", AttributeType::Tensor) => match &a.t {
-            Some(t) => Tensor::from_proto(t.clone()),
-            None => return Err("its value attribute holds no tensor"),
-        },
-        ("value_float", _) => from(DType::F32, vec![], lef(&[a.f])),
-        ("value_floats", _) => from(DType::F32, vec![a.floats.len() as i64], lef(&a.floats)),
-        ("value_int", _) => from(DType::I64, vec![], le(&[a.i])),
-        ("value_ints", _) => from(DType::I64, vec![a.ints.len() as i64], le(&a.ints)),
-        ("value_string", _) | ("value_strings", _) => {
-            let strings = if a.name == "value_string" {
-                vec![a.s.clone()]
-            } else {
-                a.strings.clone()
-            };
-            let dims = if a.name == "value_string" {
-                vec![]
-            } else {
-                vec![strings.len() as i64]
-            };
-            Tensor::from_proto(TensorProto {
-                dims,
-                data_type: DType::STRING.0,
-                string_data: strings,
-                ..Default::default()
-            })
+    let le = |v: &[i64]| Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    let lef = |v: &[f32]| Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    Ok(match (attr.name(), attr.value()) {
+        ("value", AttrValue::Tensor(t)) => t.clone(),
+        ("value", _) => return Err("its value attribute holds no tensor"),
+        ("value_float", AttrValue::Float(f)) => Tensor::from_raw(DType::F32, vec![], lef(&[*f])),
+        ("value_floats", AttrValue::Floats(v)) => {
+            Tensor::from_raw(DType::F32, vec![v.len() as i64], lef(v))
+        }
+        ("value_int", AttrValue::Int(i)) => Tensor::from_raw(DType::I64, vec![], le(&[*i])),
+        ("value_ints", AttrValue::Ints(v)) => {
+            Tensor::from_raw(DType::I64, vec![v.len() as i64], le(v))
+        }
+        ("value_string", AttrValue::String(s)) => Tensor::from_strings(vec![], vec![s.clone()]),
+        ("value_strings", AttrValue::Strings(v)) => {
+            Tensor::from_strings(vec![v.len() as i64], v.clone())
         }
         ("sparse_value", _) => return Err("sparse constants are kept as written"),
         _ => return Err("its value attribute is not one we know"),
     })
 }
 
-fn find(g: &Graph, cx: &mut PassContext) -> Vec<Found> {
-    let mut found = Vec::new();
-    for n in g.node_ids() {
-        let node = g.node(n);
-        if !node.is("Constant") {
-            continue;
-        }
-        let Some(output) = node.output(0) else {
-            continue;
-        };
+impl Rewrite for ConstantToInitializer {
+    type Match = Found;
+    const ID: &'static str = "constant-to-initializer";
+    const ABOUT: &'static str = "turn Constant nodes into initializers";
+
+    fn applies(&self, model: &Model) -> bool {
+        // Before IR 4 every initializer must also be a graph input, which would widen the
+        // model's interface.
+        model.ir_version() >= 4
+    }
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Constant")
+    }
+
+    fn find(&self, g: &Graph, n: NodeId, _: &Look) -> Result<Found, Refusal> {
+        let output = g.node(n).output(0).ok_or(Refusal::NotMine)?;
         if g.is_output(output) {
-            cx.refuse(
-                "constant-to-initializer",
-                &node.name,
-                "Constant",
-                "its output is a graph output",
-            );
-            continue;
+            return Err("its output is a graph output".into());
         }
-        match constant_value(g, n) {
-            Ok(tensor) => found.push(Found {
-                node: n,
-                output,
-                tensor,
-            }),
-            Err(why) => cx.refuse("constant-to-initializer", &node.name, "Constant", why),
-        }
-    }
-    found.sort_by_key(|f| f.node);
-    found
-}
-
-impl Pass for ConstantToInitializer {
-    fn id(&self) -> &'static str {
-        "constant-to-initializer"
+        Ok(Found {
+            node: n,
+            output,
+            tensor: constant_value(g, n)?,
+        })
     }
 
-    fn about(&self) -> &'static str {
-        "turn Constant nodes into initializers"
-    }
-
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        if model.rest.ir_version < 4 {
-            // Before IR 4 every initializer must also be a graph input, which would widen the
-            // model's interface.
-            return Ok(Changed::No);
-        }
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
-            let found = find(g, cx);
-            let mut patch = Patch::new(g);
-            for f in found {
-                patch.replace_with_initializer(f.output, f.tensor)?;
-                patch.remove_node(f.node)?;
-            }
-            patch.commit()
-        })?;
-        Ok(Changed::from_count(n))
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        patch.replace_with_initializer(f.output, f.tensor)?;
+        patch.remove_node(f.node)
     }
 }

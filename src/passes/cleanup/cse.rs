@@ -12,15 +12,15 @@
 //! hold subgraphs, nodes of non-standard domains (we cannot know they are pure), and
 //! nondeterministic ops (random generators, Dropout in training, Multinomial); refuses a merge
 //! that would need two graph outputs to become one value. Graph inputs are never merged. Runs
-//! inside subgraphs too.
+//! inside subgraphs too. Runs after `commute-constants`, so operand order does not hide an
+//! equal node.
 
 use std::collections::HashMap;
 
 use anyhow::Result;
-use prost::Message;
 
-use crate::ir::{Def, Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext, NONDETERMINISTIC};
+use crate::ir::{AttrValue, Def, Graph, Model, NodeId, Patch, ValueId};
+use crate::passes::{Changed, Pass, PassContext, NONDETERMINISTIC};
 
 pub struct Cse;
 
@@ -54,49 +54,50 @@ fn equal_initializers(g: &Graph) -> Vec<(ValueId, ValueId)> {
     pairs
 }
 
-/// The identity of a node's computation: op, domain, attributes, inputs.
-type NodeKey = (String, String, Vec<u8>, Vec<Option<ValueId>>);
+/// The identity of a node's computation: op, domain, attributes (sorted by name; subgraphs
+/// are not compared, see [`mergeable`]), inputs.
+type NodeKey<'g> = (
+    &'g str,
+    &'g str,
+    Vec<(&'g str, &'g AttrValue)>,
+    &'g [Option<ValueId>],
+);
 
-fn key(g: &Graph, n: NodeId) -> NodeKey {
+fn key(g: &Graph, n: NodeId) -> NodeKey<'_> {
     let node = g.node(n);
-    let mut attrs: Vec<_> = node.attrs.iter().map(|a| &a.proto).collect();
-    attrs.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut bytes = Vec::new();
-    for a in attrs {
-        bytes.extend(a.encode_to_vec());
-    }
-    (
-        node.op.clone(),
-        node.domain.clone(),
-        bytes,
-        node.inputs().to_vec(),
-    )
+    let mut attrs: Vec<_> = node.attrs().iter().map(|a| (a.name(), a.value())).collect();
+    attrs.sort_by_key(|(name, _)| *name);
+    (node.op(), node.domain(), attrs, node.inputs())
 }
 
+/// Why a node may not be merged with an equal one.
 fn mergeable(g: &Graph, n: NodeId) -> Result<(), &'static str> {
     let node = g.node(n);
     if node.has_bodies() {
         return Err("it holds subgraphs");
     }
-    if !matches!(node.domain.as_str(), "" | "ai.onnx" | "ai.onnx.ml") {
+    if !node.in_standard_domain() {
         return Err("custom operators may not be pure");
     }
-    if NONDETERMINISTIC.contains(&node.op.as_str()) {
+    if NONDETERMINISTIC.contains(&node.op()) {
         return Err("it is nondeterministic");
     }
     Ok(())
 }
 
-/// The first pair (duplicate, kept) of equal nodes, in topological order.
+/// The first pair (duplicate, kept) of equal nodes, in topological order. Nodes equal to one
+/// before them but not mergeable are said under `--explain`.
 fn equal_nodes(g: &Graph, cx: &mut PassContext) -> Result<Option<(NodeId, NodeId)>> {
     let mut seen: HashMap<NodeKey, NodeId> = HashMap::new();
     for n in g.topo_order()? {
-        if mergeable(g, n).is_err() {
-            continue;
-        }
         let k = key(g, n);
         match seen.get(&k) {
             Some(&kept) => {
+                if let Err(why) = mergeable(g, n) {
+                    let node = g.node(n);
+                    cx.refuse("cse", node.name(), node.op(), why);
+                    continue;
+                }
                 let (dup, keep) = (g.node(n), g.node(kept));
                 let clash = dup
                     .outputs()
@@ -110,8 +111,8 @@ fn equal_nodes(g: &Graph, cx: &mut PassContext) -> Result<Option<(NodeId, NodeId
                 if clash {
                     cx.refuse(
                         "cse",
-                        &dup.name,
-                        &dup.op,
+                        dup.name(),
+                        dup.op(),
                         "merging it would join two graph outputs or drop an output",
                     );
                     continue;
@@ -166,7 +167,7 @@ impl Pass for Cse {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
+        let n = model.graph.for_each_graph(&mut |g, _| {
             let mut done = 0;
             let pairs = equal_initializers(g);
             if !pairs.is_empty() {

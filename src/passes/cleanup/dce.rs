@@ -9,14 +9,15 @@
 //! Graph inputs and outputs are the interface and always stay. Refuses to remove operators of
 //! non-standard domains even when unread: a custom op may have effects the runtime relies on.
 //! Runs inside subgraphs (innermost first), dropping captures a body no longer reads, so the
-//! enclosing graph can then drop their producers.
+//! enclosing graph can then drop their producers. Runs last in its stage: every pass before it
+//! leaves unread nodes and initializers behind.
 
 use std::collections::HashSet;
 
 use anyhow::Result;
 
 use crate::ir::{Def, Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::passes::{Changed, Pass, PassContext};
 
 pub struct DeadCode;
 
@@ -25,10 +26,6 @@ pub struct DeadCode;
 struct Dead {
     nodes: Vec<NodeId>,
     values: Vec<ValueId>,
-}
-
-fn standard(domain: &str) -> bool {
-    matches!(domain, "" | "ai.onnx" | "ai.onnx.ml")
 }
 
 fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
@@ -48,11 +45,11 @@ fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
         if !unread {
             continue;
         }
-        if !standard(&node.domain) {
+        if !node.in_standard_domain() {
             cx.refuse(
                 "dead-code",
-                &node.name,
-                &format!("{}::{}", node.domain, node.op),
+                node.name(),
+                &format!("{}::{}", node.domain(), node.op()),
                 "custom operators are kept even when unread",
             );
             continue;
@@ -90,7 +87,7 @@ impl Pass for DeadCode {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
+        let n = model.graph.for_each_graph(&mut |g, _| {
             let dead = find(g, cx)?;
             let mut patch = Patch::new(g);
             for n in dead.nodes {

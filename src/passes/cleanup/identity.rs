@@ -8,33 +8,31 @@
 //!
 //! Refuses when `out` is a graph output and `x` is a graph input, initializer, capture or
 //! another graph output: the graph's interface names never change. Runs inside subgraphs too;
-//! a body's outputs are its interface in the same way.
+//! a body's outputs are its interface in the same way. Runs after `constant-to-initializer`,
+//! first of the rest: every pattern after it sees a value's real producer.
 
 use anyhow::Result;
 
-use super::{remove_forwarding, Verdict};
-use crate::ir::Model;
-use crate::passes::{Changed, Pass, PassContext};
-use crate::runtime::Facts;
+use super::{forward, remove_forwarding, Forward};
+use crate::ir::{Graph, NodeId, Patch};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct EliminateIdentity;
 
-impl Pass for EliminateIdentity {
-    fn id(&self) -> &'static str {
-        "eliminate-identity"
+impl Rewrite for EliminateIdentity {
+    type Match = Forward;
+    const ID: &'static str = "eliminate-identity";
+    const ABOUT: &'static str = "remove Identity nodes; their readers read the input";
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Identity")
     }
 
-    fn about(&self) -> &'static str {
-        "remove Identity nodes; their readers read the input"
+    fn find(&self, g: &Graph, n: NodeId, _: &Look) -> Result<Forward, Refusal> {
+        forward(g, n, g.node(n).input(0).ok_or(Refusal::NotMine)?)
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        remove_forwarding(model, self.id(), cx, &Facts::default(), &|g, n, _| match g
-            .node(n)
-            .input(0)
-        {
-            Some(x) if g.node(n).is("Identity") => Verdict::Forwards(x),
-            _ => Verdict::NotMine,
-        })
+    fn apply(&self, patch: &mut Patch, f: Forward) -> Result<()> {
+        remove_forwarding(patch, f)
     }
 }

@@ -17,17 +17,42 @@
 //! that grows it is real work), and an Unsqueeze putting back exactly the axes a Squeeze took
 //! out, or the reverse (negative axes need the rank, which only the main graph's facts give).
 //! Declared types of inner values are never trusted. Refuses when
-//! removing the node would rename the graph's interface (see `eliminate-identity`). Runs
-//! inside subgraphs too.
+//! removing the node would rename the graph's interface (see `eliminate-identity`), and says
+//! so under `--explain` where the node would be a no-op but for a shape or type tract does not
+//! prove. Runs after `constant-to-initializer` (constant pads, repeats and neutral operands
+//! are initializers by then). Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use super::{remove_forwarding, squeeze_axes, Verdict};
-use crate::ir::{DType, Def, Graph, Model, NodeId, Tensor, ValueId};
-use crate::passes::{Changed, Pass, PassContext};
-use crate::runtime::Facts;
+use super::{forward, remove_forwarding, squeeze_axes, Forward};
+use crate::ir::{DType, Def, Graph, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct EliminateNoop;
+
+const OPS: &[&str] = &[
+    "Transpose",
+    "Concat",
+    "Split",
+    "Pad",
+    "Tile",
+    "Cast",
+    "Reshape",
+    "Expand",
+    "Flatten",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+];
+
+/// Said when what would make the node a no-op holds but tract's facts do not prove its result
+/// keeps its input's shape (in a subgraph, where there are no facts, or a broadcast that
+/// grows it).
+const SHAPE_UNPROVEN: &str = "tract does not prove its result has its input's shape";
 
 /// Whether every element of `t` is 1 (`one`) or 0, in `t`'s own encoding.
 fn is_splat(t: &Tensor, one: bool) -> bool {
@@ -48,16 +73,35 @@ fn is_splat(t: &Tensor, one: bool) -> bool {
         .is_some_and(|raw| !raw.is_empty() && raw.chunks(unit.len()).all(|c| c == unit))
 }
 
-/// The value `n` returns unchanged, if it provably does.
-fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<ValueId> {
+/// The value `n` returns unchanged, if it provably does. A node that plainly does work is not
+/// ours; one that would be a no-op but for what cannot be proven says why.
+fn forwarded(
+    g: &Graph,
+    n: NodeId,
+    facts: Option<&crate::runtime::Facts>,
+) -> Result<ValueId, Refusal> {
     let node = g.node(n);
-    let x = node.input(0)?;
-    let y = node.output(0)?;
+    let x = node.input(0).ok_or(Refusal::NotMine)?;
+    let y = node.output(0).ok_or(Refusal::NotMine)?;
     let name = |v: ValueId| g.value(v).name();
     let keeps_shape = |x: ValueId| facts.is_some_and(|f| f.same_shape(name(x), name(y)));
-    let yes = |cond: bool| cond.then_some(x);
-    match node.op.as_str() {
-        _ if !node.domain.is_empty() && node.domain != "ai.onnx" => None,
+    // The shape is the only open question: unproven is a near miss, proven different is not
+    // a no-op at all.
+    let shape_kept = |x: ValueId| -> Result<ValueId, Refusal> {
+        match facts.map(|f| (f.shape(name(x)), f.shape(name(y)))) {
+            _ if keeps_shape(x) => Ok(x),
+            Some((Some(a), Some(b)))
+                if a.iter()
+                    .chain(b)
+                    .all(|d| matches!(d, crate::ir::Dim::Known(_))) =>
+            {
+                Err(Refusal::NotMine)
+            }
+            _ => Err(SHAPE_UNPROVEN.into()),
+        }
+    };
+    let yes = |cond: bool| if cond { Ok(x) } else { Err(Refusal::NotMine) };
+    match node.op() {
         "Transpose" => yes(node
             .attr_ints("perm")
             .is_some_and(|p| p.iter().enumerate().all(|(i, &v)| v == i as i64))),
@@ -65,15 +109,16 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<ValueId> {
         "Split" => yes(node.outputs().len() == 1),
         "Pad" => {
             let pads = match node.input(1) {
-                Some(p) => g.const_ints(p),
-                None => node.attr_ints("pads").map(<[i64]>::to_vec),
+                Some(p) => g.const_ints(p).ok_or("its pads are not constant")?,
+                None => node.attr_ints("pads").ok_or(Refusal::NotMine)?.to_vec(),
             };
-            yes(pads.is_some_and(|p| p.iter().all(|&v| v == 0)))
+            yes(pads.iter().all(|&v| v == 0))
         }
-        "Tile" => yes(node
-            .input(1)
-            .and_then(|r| g.const_ints(r))
-            .is_some_and(|r| r.iter().all(|&v| v == 1))),
+        "Tile" => {
+            let r = node.input(1).ok_or(Refusal::NotMine)?;
+            let r = g.const_ints(r).ok_or("its repeats are not constant")?;
+            yes(r.iter().all(|&v| v == 1))
+        }
         "Cast" => {
             let trusted = matches!(g.value(x).def(), Def::Initializer | Def::Input);
             let from = if trusted {
@@ -81,16 +126,22 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<ValueId> {
             } else {
                 facts.and_then(|f| f.dtype(name(x)))
             };
-            let to = node.attr_i("to")?;
-            yes(from.is_some_and(|d| d.0 as i64 == to))
+            let to = node.attr_i("to").ok_or(Refusal::NotMine)?;
+            match from {
+                Some(d) => yes(d.0 as i64 == to),
+                None => Err("its input's element type is not proven".into()),
+            }
         }
-        "Reshape" | "Expand" | "Flatten" => yes(keeps_shape(x)),
+        "Reshape" | "Expand" | "Flatten" => shape_kept(x),
         "Slice" => {
             let steps_positive = match node.input(4) {
                 Some(s) => g.const_ints(s).is_some_and(|s| s.iter().all(|&v| v > 0)),
                 None => true,
             };
-            yes(steps_positive && keeps_shape(x))
+            if !steps_positive {
+                return Err(Refusal::NotMine);
+            }
+            shape_kept(x)
         }
         "Squeeze" | "Unsqueeze" => {
             // Unsqueeze(Squeeze(x, a), a) and Squeeze(Unsqueeze(x, a), a): both name axes of
@@ -100,49 +151,51 @@ fn forwarded(g: &Graph, n: NodeId, facts: Option<&Facts>) -> Option<ValueId> {
             } else {
                 "Squeeze"
             };
-            let p = g.producer(x).filter(|&p| g.node(p).is(undone))?;
+            let p = crate::passes::producer_op(g, x, undone).ok_or(Refusal::NotMine)?;
             let larger = if node.is("Squeeze") { x } else { y };
             let rank = facts.and_then(|f| f.rank(name(larger)));
-            let same = squeeze_axes(g, p, rank)? == squeeze_axes(g, n, rank)?;
-            same.then(|| g.node(p).input(0))?
+            let axes = |n| {
+                squeeze_axes(g, n, rank).ok_or(
+                    "an op's axes are not constant, absent, or negative with the rank unknown",
+                )
+            };
+            if axes(p)? != axes(n)? {
+                return Err(Refusal::NotMine);
+            }
+            g.node(p).input(0).ok_or(Refusal::NotMine)
         }
         "Add" | "Sub" | "Mul" | "Div" => {
-            let one = matches!(node.op.as_str(), "Mul" | "Div");
-            let commutes = matches!(node.op.as_str(), "Add" | "Mul");
-            let b = node.input(1)?;
+            let one = matches!(node.op(), "Mul" | "Div");
+            let commutes = matches!(node.op(), "Add" | "Mul");
+            let b = node.input(1).ok_or(Refusal::NotMine)?;
             let neutral = |v: ValueId| g.value(v).constant().is_some_and(|t| is_splat(t, one));
-            if neutral(b) && keeps_shape(x) {
-                Some(x)
-            } else if commutes && neutral(x) && keeps_shape(b) {
-                Some(b)
+            if neutral(b) {
+                shape_kept(x)
+            } else if commutes && neutral(x) {
+                shape_kept(b)
             } else {
-                None
+                Err(Refusal::NotMine)
             }
         }
-        _ => None,
+        _ => Err(Refusal::NotMine),
     }
 }
 
-impl Pass for EliminateNoop {
-    fn id(&self) -> &'static str {
-        "eliminate-noop"
+impl Rewrite for EliminateNoop {
+    type Match = Forward;
+    const ID: &'static str = "eliminate-noop";
+    const ABOUT: &'static str = "remove nodes that return an input unchanged: identity Transposes, zero Pads, same-type Casts, x+0, x*1, ...";
+    const NEEDS_FACTS: bool = true;
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        OPS.iter().any(|op| g.node(n).is(op))
     }
 
-    fn about(&self) -> &'static str {
-        "remove nodes that return an input unchanged: identity Transposes, zero Pads, same-type Casts, x+0, x*1, ..."
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Forward, Refusal> {
+        forward(g, n, forwarded(g, n, look.facts)?)
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let facts = cx.facts(model);
-        remove_forwarding(
-            model,
-            self.id(),
-            cx,
-            &facts,
-            &|g, n, facts| match forwarded(g, n, facts) {
-                Some(x) => Verdict::Forwards(x),
-                None => Verdict::NotMine,
-            },
-        )
+    fn apply(&self, patch: &mut Patch, f: Forward) -> Result<()> {
+        remove_forwarding(patch, f)
     }
 }

@@ -15,16 +15,16 @@
 //! cannot evaluate the region as a whole, nodes are tried one by one and those it cannot run
 //! are kept. Initializers that are graph inputs are not constants (a caller may override them).
 //! Runs inside subgraphs too, on what a body computes from its own constants: a value it
-//! captures from outside is not a constant there, whatever it is outside.
+//! captures from outside is not a constant there, whatever it is outside. Runs after
+//! `fold-shape`, whose constants it propagates, and after `constant-to-initializer`.
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 
-use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId, ValueInfo};
-use crate::onnx::proto::ModelProto;
-use crate::passes::{for_each_graph, Changed, Pass, PassContext, NONDETERMINISTIC};
-use crate::runtime::{Binding, Runner};
+use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::passes::{Changed, Pass, PassContext, NONDETERMINISTIC};
+use crate::runtime::Evaluator;
 
 pub struct FoldConstants {
     /// Bytes a folded value may exceed the constants it comes from by.
@@ -44,10 +44,10 @@ const NEVER: &[&str] = &[
 
 fn why_not(g: &Graph, n: NodeId) -> Option<&'static str> {
     let node = g.node(n);
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-        return Some("operators outside the default domain are opaque");
+    if !node.in_standard_domain() {
+        return Some("operators outside the standard domains are opaque");
     }
-    if NEVER.contains(&node.op.as_str()) || NONDETERMINISTIC.contains(&node.op.as_str()) {
+    if NEVER.contains(&node.op()) || NONDETERMINISTIC.contains(&node.op()) {
         return Some("this operator is never folded");
     }
     if node.has_bodies() {
@@ -77,71 +77,6 @@ fn constant_region(g: &Graph) -> Result<Vec<NodeId>> {
         region.push(n);
     }
     Ok(region)
-}
-
-/// Runs `nodes` (constants only) in tract and returns the values of `outputs`.
-fn evaluate(
-    rest: &ModelProto,
-    g: &Graph,
-    nodes: &[NodeId],
-    outputs: &[ValueId],
-) -> Result<Vec<Tensor>> {
-    let mut sub = Graph::new("fold");
-    let mut added: HashSet<ValueId> = HashSet::new();
-    for &n in nodes {
-        for &v in g.node(n).inputs().iter().flatten() {
-            if let Some(t) = g.value(v).constant() {
-                if added.insert(v) {
-                    sub.add_initializer(g.value(v).name(), t.clone())?;
-                }
-            }
-        }
-    }
-    for &n in nodes {
-        let node = g.node(n);
-        let ins: Vec<Option<ValueId>> = node
-            .inputs()
-            .iter()
-            .map(|v| v.and_then(|v| sub.find(g.value(v).name())))
-            .collect();
-        let outs: Vec<String> = node
-            .outputs()
-            .iter()
-            .map(|v| v.map(|v| g.value(v).name().to_string()).unwrap_or_default())
-            .collect();
-        let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        sub.add_node(
-            &node.op,
-            &node.domain,
-            &node.name,
-            &ins,
-            &outs,
-            node.attrs.clone(),
-        )?;
-    }
-    for &v in outputs {
-        let id = sub
-            .find(g.value(v).name())
-            .expect("a region output is produced in the region");
-        sub.add_output(id, ValueInfo::default());
-    }
-    let sub = Model {
-        graph: sub,
-        rest: ModelProto {
-            ir_version: rest.ir_version,
-            opset_import: rest.opset_import.clone(),
-            ..Default::default()
-        },
-    };
-    let runner = Runner::new(&sub, &Binding::default(), &[])?;
-    let values = runner.run(&[])?;
-    values
-        .iter()
-        .map(|v| {
-            v.to_tensor()
-                .ok_or_else(|| anyhow::anyhow!("a folded value has a type ONNX cannot store"))
-        })
-        .collect()
 }
 
 /// Bytes of the constants each region value is computed from.
@@ -176,7 +111,7 @@ fn source_bytes(g: &Graph, region: &[NodeId]) -> HashMap<ValueId, u64> {
 
 impl FoldConstants {
     /// Folds `g`'s constant region; the number of edits.
-    fn fold(&self, rest: &ModelProto, g: &mut Graph, cx: &mut PassContext) -> Result<usize> {
+    fn fold(&self, eval: &Evaluator, g: &mut Graph, cx: &mut PassContext) -> Result<usize> {
         let graph = g;
         let g = &*graph;
         let region = constant_region(g)?;
@@ -195,7 +130,7 @@ impl FoldConstants {
             })
             .collect();
         let mut folded: Vec<(ValueId, Tensor)> = Vec::new();
-        match evaluate(rest, g, &region, &frontier) {
+        match eval.evaluate(g, &region, &frontier) {
             Ok(values) => folded.extend(frontier.iter().copied().zip(values)),
             Err(_) => {
                 // One by one: nodes whose inputs are initializers already.
@@ -210,11 +145,11 @@ impl FoldConstants {
                         continue;
                     }
                     let outs: Vec<ValueId> = node.outputs().iter().flatten().copied().collect();
-                    match evaluate(rest, g, &[n], &outs) {
+                    match eval.evaluate(g, &[n], &outs) {
                         Ok(values) => folded.extend(outs.into_iter().zip(values)),
                         Err(e) => {
                             let why = format!("tract cannot evaluate it: {}", e.root_cause());
-                            cx.refuse("fold-constants", &node.name, &node.op, &why);
+                            cx.refuse("fold-constants", node.name(), node.op(), &why);
                         }
                     }
                 }
@@ -231,7 +166,7 @@ impl FoldConstants {
                     t.stored_bytes(),
                     budget.get(v).copied().unwrap_or(0)
                 );
-                cx.refuse("fold-constants", &g.node(n).name, &g.node(n).op, &why);
+                cx.refuse("fold-constants", g.node(n).name(), g.node(n).op(), &why);
             }
             keep
         });
@@ -268,8 +203,10 @@ impl Pass for FoldConstants {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let Model { graph, rest } = model;
-        let n = for_each_graph(graph, &mut |g, _| self.fold(rest, g, cx))?;
+        let eval = Evaluator::of(model);
+        let n = model
+            .graph
+            .for_each_graph(&mut |g, _| self.fold(&eval, g, cx))?;
         Ok(Changed::from_count(n))
     }
 }

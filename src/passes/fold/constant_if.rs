@@ -15,12 +15,13 @@
 //! constant, when the branch's output count differs from the If's, when a declared type of a
 //! branch output clashes with the If output's, and when a graph output would have to take the
 //! name of a value that is not computed inside the branch (a captured value or a branch
-//! initializer, which keep their own names). Runs inside subgraphs too.
+//! initializer, which keep their own names). Runs after `fold-constants` and `fold-shape`,
+//! which make conditions constant. Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use crate::ir::{type_clash, DType, Def, Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::ir::{type_clash, AttrValue, DType, Def, Graph, NodeId, Patch, ValueId};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct InlineConstantIf;
 
@@ -43,7 +44,8 @@ fn taken_branch(g: &Graph, n: NodeId) -> Result<&'static str, &'static str> {
     };
     let body = node
         .attr(branch)
-        .and_then(|a| a.g.as_deref())
+        .filter(|a| *a.value() == AttrValue::Graph)
+        .and_then(|a| a.bodies().next())
         .ok_or("it lacks the branch it takes")?;
     if body.outputs().len() != node.outputs().len() {
         return Err("the branch's output count differs from the If's");
@@ -67,46 +69,35 @@ fn taken_branch(g: &Graph, n: NodeId) -> Result<&'static str, &'static str> {
     Ok(branch)
 }
 
-impl Pass for InlineConstantIf {
-    fn id(&self) -> &'static str {
-        "inline-constant-if"
+impl Rewrite for InlineConstantIf {
+    /// The If and the branch attribute it takes.
+    type Match = (NodeId, &'static str);
+    const ID: &'static str = "inline-constant-if";
+    const ABOUT: &'static str = "replace an If whose condition is constant by the branch it takes";
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("If")
     }
 
-    fn about(&self) -> &'static str {
-        "replace an If whose condition is constant by the branch it takes"
+    fn find(&self, g: &Graph, n: NodeId, _: &Look) -> Result<(NodeId, &'static str), Refusal> {
+        Ok((n, taken_branch(g, n)?))
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
-            let mut ifs: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("If")).collect();
-            ifs.sort();
-            let mut found = Vec::new();
-            for n in ifs {
-                match taken_branch(g, n) {
-                    Ok(branch) => found.push((n, branch)),
-                    Err(why) => cx.refuse("inline-constant-if", &g.node(n).name, "If", why),
-                }
+    fn apply(&self, patch: &mut Patch, (n, branch): (NodeId, &'static str)) -> Result<()> {
+        let outs = patch.splice_body(n, branch)?;
+        let ys: Vec<Option<ValueId>> = patch.graph().node(n).outputs().to_vec();
+        let mut named = Vec::new();
+        for (y, new) in ys.into_iter().zip(outs) {
+            let Some(y) = y else { continue };
+            // Values the branch computed take the If's output names; captured values and
+            // initializers keep their own.
+            if patch.is_internal(new) && !named.contains(&new) {
+                named.push(new);
+                patch.replace_value_keeping_name(y, new)?;
+            } else {
+                patch.replace_value(y, new)?;
             }
-            let mut patch = Patch::new(g);
-            for (n, branch) in found {
-                let outs = patch.splice_body(n, branch)?;
-                let ys: Vec<Option<ValueId>> = patch.graph().node(n).outputs().to_vec();
-                let mut named = Vec::new();
-                for (y, new) in ys.into_iter().zip(outs) {
-                    let Some(y) = y else { continue };
-                    // Values the branch computed take the If's output names; captured values
-                    // and initializers keep their own.
-                    if patch.is_internal(new) && !named.contains(&new) {
-                        named.push(new);
-                        patch.replace_value_keeping_name(y, new)?;
-                    } else {
-                        patch.replace_value(y, new)?;
-                    }
-                }
-                patch.remove_node(n)?;
-            }
-            patch.commit()
-        })?;
-        Ok(Changed::from_count(n))
+        }
+        patch.remove_node(n)
     }
 }

@@ -16,16 +16,18 @@
 //! input with `i` equal to the part's position and, for the Slice, `j` within x's rank as tract
 //! infers it; no constant part is 0 (it would be read as "copy"); `Shape` has no start/end.
 //! Refuses otherwise. The Shape/Gather/Unsqueeze/Concat chain
-//! is left to dead-code. Runs inside subgraphs too.
+//! is left to dead-code. Runs after `constant-to-initializer` and the forwarding passes, which
+//! leave the chain's constants as initializers and its ops next to each other. Runs inside
+//! subgraphs too.
 
 use anyhow::Result;
 
 use crate::ir::{Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext, Scope};
+use crate::passes::{producer_op, Look, Refusal, Rewrite};
 
 pub struct FoldReshapeTarget;
 
-struct Found {
+pub struct Found {
     reshape: NodeId,
     target: Vec<i64>,
 }
@@ -123,11 +125,7 @@ fn copies_dims(
     ok.then(|| (end - start) as usize)
 }
 
-fn match_at(
-    g: &Graph,
-    reshape: NodeId,
-    rank: &dyn Fn(ValueId) -> Option<usize>,
-) -> Result<Found, &'static str> {
+fn match_at(g: &Graph, reshape: NodeId, look: &Look) -> Result<Found, &'static str> {
     let node = g.node(reshape);
     if node.attr_i("allowzero") == Some(1) {
         return Err("allowzero=1 reads 0 as a real dim");
@@ -138,10 +136,7 @@ fn match_at(
     if g.value(shape).constant().is_some() {
         return Err("its target is already constant");
     }
-    let concat = g
-        .producer(shape)
-        .filter(|&n| g.node(n).is("Concat"))
-        .ok_or("its target is not a Concat")?;
+    let concat = producer_op(g, shape, "Concat").ok_or("its target is not a Concat")?;
     let mut target = Vec::new();
     for (pos, part) in g.node(concat).inputs().iter().enumerate() {
         let part = part.ok_or("a Concat part is missing")?;
@@ -152,7 +147,7 @@ fn match_at(
             target.extend(v);
         } else if target.len() == pos && copies_dim(g, part, x, target.len()) {
             target.push(0);
-        } else if let Some(n) = copies_dims(g, part, x, target.len(), rank(x)) {
+        } else if let Some(n) = copies_dims(g, part, x, target.len(), look.rank(g, x)) {
             target.extend(std::iter::repeat_n(0, n));
         } else {
             return Err("a part is neither a constant nor the same dim of the input's own shape");
@@ -161,58 +156,31 @@ fn match_at(
     Ok(Found { reshape, target })
 }
 
-impl Pass for FoldReshapeTarget {
-    fn id(&self) -> &'static str {
-        "fold-reshape-target"
+impl Rewrite for FoldReshapeTarget {
+    type Match = Found;
+    const ID: &'static str = "fold-reshape-target";
+    const ABOUT: &'static str =
+        "replace Shape-computed Reshape targets with constants that copy dynamic dims";
+    // Ranks are needed for the Slice form only.
+    const NEEDS_FACTS: bool = true;
+
+    fn applies(&self, model: &Model) -> bool {
+        model.opset("").unwrap_or(1) >= 5
     }
 
-    fn about(&self) -> &'static str {
-        "replace Shape-computed Reshape targets with constants that copy dynamic dims"
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Reshape")
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        if model.opset("").unwrap_or(1) < 5 {
-            return Ok(Changed::No);
-        }
-        // Ranks are needed only for the Slice form; ask tract only when a Reshape is there.
-        let any_reshape = model
-            .graph
-            .node_ids()
-            .any(|n| model.graph.node(n).is("Reshape"));
-        let facts = if any_reshape {
-            cx.facts(model)
-        } else {
-            Default::default()
-        };
-        let n = for_each_graph(&mut model.graph, &mut |g, scope| {
-            let rank = |v: ValueId| {
-                (scope == Scope::Main)
-                    .then(|| facts.rank(g.value(v).name()))
-                    .flatten()
-            };
-            let mut found = Vec::new();
-            let mut reshapes: Vec<NodeId> =
-                g.node_ids().filter(|&n| g.node(n).is("Reshape")).collect();
-            reshapes.sort();
-            for r in reshapes {
-                match match_at(g, r, &rank) {
-                    Ok(f) => found.push(f),
-                    Err(why) => {
-                        let name = g.node(r).name.clone();
-                        cx.refuse("fold-reshape-target", &name, "Reshape", why);
-                    }
-                }
-            }
-            let mut patch = Patch::new(g);
-            for f in found {
-                let base = format!("{}_target", patch.graph().node(f.reshape).name);
-                let len = f.target.len() as i64;
-                let t = patch.add_initializer(&base, Tensor::from_i64(vec![len], &f.target))?;
-                let x = patch.graph().node(f.reshape).input(0);
-                patch.set_inputs(f.reshape, &[x, Some(t)]);
-            }
-            patch.commit()
-        })?;
-        Ok(Changed::from_count(n))
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Found, Refusal> {
+        Ok(match_at(g, n, look)?)
+    }
+
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        let base = format!("{}_target", patch.graph().node(f.reshape).name());
+        let len = f.target.len() as i64;
+        let t = patch.add_initializer(&base, Tensor::from_i64(vec![len], &f.target))?;
+        patch.set_input(f.reshape, 1, Some(t));
+        Ok(())
     }
 }

@@ -14,16 +14,23 @@
 //! wrong). A selection that includes a dim depending on a symbol (the batch, a sequence length)
 //! is kept; [`kept`] lists those left at the end, with the dims that stopped them, for the
 //! default report. Gather and Slice fold only with constant indices on axis 0
-//! of a Shape's output. Top-level graph only. `fold-constants` then folds whatever computed
+//! of a Shape's output. Top-level graph only. Runs after the cleanup passes, so that the
+//! Gather or Slice reads the Shape directly. `fold-constants` then folds whatever computed
 //! from the new constants; the Shape itself is left to dead-code once nothing reads it.
 
 use anyhow::Result;
 
 use crate::ir::{Dim, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{Changed, Pass, PassContext};
+use crate::passes::{producer_op, Look, Note, PassContext, Refusal, Rewrite};
 use crate::runtime::Facts;
 
 pub struct FoldShape;
+
+pub struct Found {
+    node: NodeId,
+    out: ValueId,
+    value: Tensor,
+}
 
 /// The dims `Shape(start, end)` selects, clamped as the operator defines.
 fn select(dims: &[Option<i64>], start: Option<i64>, end: Option<i64>) -> Vec<Option<i64>> {
@@ -66,15 +73,12 @@ fn evaluate(g: &Graph, n: NodeId, facts: &Facts) -> Result<(Vec<i64>, Vec<i64>),
     let dims_of = |v: ValueId| facts.dims(g.value(v).name()).ok_or(DYNAMIC);
     let known = |sel: Vec<Option<i64>>| sel.into_iter().collect::<Option<Vec<i64>>>();
     let shape_of = |s: ValueId| -> Result<Vec<Option<i64>>, &'static str> {
-        let p = g
-            .producer(s)
-            .filter(|&p| g.node(p).is("Shape"))
-            .ok_or("its data is not a Shape")?;
+        let p = producer_op(g, s, "Shape").ok_or("its data is not a Shape")?;
         let shape = g.node(p);
         let dims = dims_of(shape.input(0).ok_or("Shape without input")?)?;
         Ok(select(&dims, shape.attr_i("start"), shape.attr_i("end")))
     };
-    match node.op.as_str() {
+    match node.op() {
         "Shape" => {
             let sel = known(select(
                 &dims_of(x)?,
@@ -155,7 +159,7 @@ fn reads_shape(g: &Graph, n: NodeId) -> bool {
 /// Every Shape and Size left in the main graph, each with why it could not become a constant:
 /// the dims of its input that are not known numbers (a symbol such as the batch, or `?` where
 /// tract proves nothing), or another reason. Lines for the default report.
-pub fn kept(g: &Graph, facts: &Facts) -> Vec<String> {
+fn kept(g: &Graph, facts: &Facts) -> Vec<String> {
     let mut nodes: Vec<NodeId> = g
         .node_ids()
         .filter(|&n| g.node(n).is("Shape") || g.node(n).is("Size"))
@@ -198,55 +202,62 @@ pub fn kept(g: &Graph, facts: &Facts) -> Vec<String> {
                 }
                 None => "whose rank tract cannot infer".to_string(),
             };
-            format!("{} '{}' of '{input}' {why}", node.op, node.name)
+            format!("{} '{}' of '{input}' {why}", node.op(), node.name())
         })
         .collect()
 }
 
-impl Pass for FoldShape {
-    fn id(&self) -> &'static str {
-        "fold-shape"
+fn shape_read(g: &Graph, n: NodeId) -> bool {
+    g.node(n).is("Shape") || g.node(n).is("Size")
+}
+
+impl Rewrite for FoldShape {
+    type Match = Found;
+    const ID: &'static str = "fold-shape";
+    const ABOUT: &'static str =
+        "replace Shape and Size of values with statically known dims by constants";
+    const IN_BODIES: bool = false;
+    const NEEDS_FACTS: bool = true;
+    // A Gather or Slice of a Shape reads the dims through the Shape, even a Shape that cannot
+    // fold as a whole.
+    const READERS_FIRST: bool = true;
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        shape_read(g, n) || reads_shape(g, n)
     }
 
-    fn about(&self) -> &'static str {
-        "replace Shape and Size of values with statically known dims by constants"
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Found, Refusal> {
+        let out = g.node(n).output(0).ok_or(Refusal::NotMine)?;
+        if g.is_output(out) {
+            return Err("its output is a graph output".into());
+        }
+        let facts = look.facts.ok_or(Refusal::NotMine)?;
+        let (dims, values) = evaluate(g, n, facts)?;
+        Ok(Found {
+            node: n,
+            out,
+            value: Tensor::from_i64(dims, &values),
+        })
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        patch.replace_with_initializer(f.out, f.value)?;
+        patch.remove_node(f.node)
+    }
+
+    fn note(&self, model: &Model, cx: &mut PassContext) -> Option<Note> {
         let g = &model.graph;
-        let mut candidates: Vec<NodeId> = g
-            .node_ids()
-            .filter(|&n| g.node(n).is("Shape") || g.node(n).is("Size") || reads_shape(g, n))
-            .collect();
-        if candidates.is_empty() {
-            return Ok(Changed::No);
+        if !g.node_ids().any(|n| shape_read(g, n)) {
+            return None;
         }
-        candidates.sort();
-        let facts = cx.facts(model);
-        let g = &model.graph;
-        let mut found: Vec<(NodeId, ValueId, Tensor)> = Vec::new();
-        for n in candidates {
-            let node = g.node(n);
-            let Some(out) = node.output(0) else { continue };
-            if g.is_output(out) {
-                cx.refuse(
-                    "fold-shape",
-                    &node.name,
-                    &node.op,
-                    "its output is a graph output",
-                );
-                continue;
-            }
-            match evaluate(g, n, &facts) {
-                Ok((dims, values)) => found.push((n, out, Tensor::from_i64(dims, &values))),
-                Err(why) => cx.refuse("fold-shape", &node.name, &node.op, why),
-            }
-        }
-        let mut patch = Patch::new(&mut model.graph);
-        for (n, out, t) in found {
-            patch.replace_with_initializer(out, t)?;
-            patch.remove_node(n)?;
-        }
-        Ok(Changed::from_count(patch.commit()?))
+        let lines = kept(g, &cx.facts(model));
+        Some(Note {
+            pass: Self::ID,
+            heading: format!(
+                "{} Shape/Size op(s) kept, with the dims they read:",
+                lines.len()
+            ),
+            lines,
+        })
     }
 }

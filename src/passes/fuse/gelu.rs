@@ -10,17 +10,17 @@
 //! and Mul may come in either order. The constants must be one-element f32 values within 1e-4
 //! of √2, 1/√2, 1 and ½; every intermediate value is read only by the next node of the pattern
 //! and is not a graph output. Refuses below opset 20, where Gelu does not exist, and otherwise
-//! when the pattern is incomplete. Runs inside subgraphs too.
+//! when the pattern is incomplete. Runs after `fold-constants`, which leaves the constants as
+//! initializers. Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use super::{only_reader, producer_op, scalar};
-use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::ir::{Graph, NodeId, Patch, ValueId};
+use crate::passes::{only_reader_op, other_operand, producer_op, scalar, Look, Refusal, Rewrite};
 
 pub struct FuseGelu;
 
-struct Found {
+pub struct Found {
     x: ValueId,
     out: ValueId,
     nodes: Vec<NodeId>,
@@ -31,19 +31,9 @@ fn near(v: Option<f32>, want: f32) -> bool {
     v.is_some_and(|v| (v - want).abs() <= 1e-4 * want.abs().max(1.0))
 }
 
-/// The operand of binary node `n` other than `v`.
-fn other(g: &Graph, n: NodeId, v: ValueId) -> Option<ValueId> {
-    let node = g.node(n);
-    match (node.input(0), node.input(1)) {
-        (Some(a), Some(b)) if a == v => Some(b),
-        (Some(a), Some(b)) if b == v => Some(a),
-        _ => None,
-    }
-}
-
 /// Whether `n` is `Mul(v, ½)` in either order.
 fn halves(g: &Graph, n: NodeId, v: ValueId) -> bool {
-    g.node(n).is("Mul") && near(scalar(g, other(g, n, v)), 0.5)
+    g.node(n).is("Mul") && near(scalar(g, other_operand(g, n, v)), 0.5)
 }
 
 fn match_at(g: &Graph, erf: NodeId) -> Result<Found, &'static str> {
@@ -57,35 +47,35 @@ fn match_at(g: &Graph, erf: NodeId) -> Result<Found, &'static str> {
     let by = scalar(g, sn.input(1));
     let scaled = (sn.is("Div") && near(by, std::f32::consts::SQRT_2))
         || (sn.is("Mul") && near(by, std::f32::consts::FRAC_1_SQRT_2));
-    if !scaled || only_reader(g, d, &node.op) != Some(erf) {
+    if !scaled || g.only_reader(d) != Some(erf) {
         return Err(INCOMPLETE);
     }
-    let add = only_reader(g, e, "Add").ok_or(INCOMPLETE)?;
-    if !near(scalar(g, other(g, add, e)), 1.0) {
+    let add = only_reader_op(g, e, "Add").ok_or(INCOMPLETE)?;
+    if !near(scalar(g, other_operand(g, add, e)), 1.0) {
         return Err(INCOMPLETE);
     }
     let a = g.node(add).output(0).ok_or(INCOMPLETE)?;
-    let m1 = only_reader(g, a, "Mul").ok_or(INCOMPLETE)?;
+    let m1 = only_reader_op(g, a, "Mul").ok_or(INCOMPLETE)?;
     let m1_out = g.node(m1).output(0).ok_or(INCOMPLETE)?;
-    let partner = other(g, m1, a).ok_or(INCOMPLETE)?;
+    let partner = other_operand(g, m1, a).ok_or(INCOMPLETE)?;
     let (nodes, out) = if partner == x {
         // Mul(Mul(x, a), ½)
-        let m2 = only_reader(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
+        let m2 = only_reader_op(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
         if !halves(g, m2, m1_out) {
             return Err(INCOMPLETE);
         }
         (vec![m1, m2], g.node(m2).output(0))
     } else if near(scalar(g, Some(partner)), 0.5) {
         // Mul(x, Mul(a, ½))
-        let m2 = only_reader(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
-        if other(g, m2, m1_out) != Some(x) {
+        let m2 = only_reader_op(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
+        if other_operand(g, m2, m1_out) != Some(x) {
             return Err(INCOMPLETE);
         }
         (vec![m1, m2], g.node(m2).output(0))
     } else {
         // Mul(Mul(x, ½), a)
         let h = producer_op(g, partner, "Mul").ok_or(INCOMPLETE)?;
-        if !halves(g, h, x) || only_reader(g, partner, "Mul") != Some(m1) {
+        if !halves(g, h, x) || only_reader_op(g, partner, "Mul") != Some(m1) {
             return Err(INCOMPLETE);
         }
         (vec![h, m1], Some(m1_out))
@@ -96,47 +86,41 @@ fn match_at(g: &Graph, erf: NodeId) -> Result<Found, &'static str> {
         x,
         out: out.ok_or(INCOMPLETE)?,
         nodes: all,
-        name: node.name.clone(),
+        name: node.name().to_string(),
     })
 }
 
-impl Pass for FuseGelu {
-    fn id(&self) -> &'static str {
-        "fuse-gelu"
+impl Rewrite for FuseGelu {
+    type Match = Found;
+    const ID: &'static str = "fuse-gelu";
+    const ABOUT: &'static str = "replace x · ½ · (1 + erf(x / √2)) by Gelu (opset 20+)";
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Erf")
     }
 
-    fn about(&self) -> &'static str {
-        "replace x · ½ · (1 + erf(x / √2)) by Gelu (opset 20+)"
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Found, Refusal> {
+        let found = match_at(g, n)?;
+        if look.opset < 20 {
+            return Err("Gelu needs opset 20 or later".into());
+        }
+        Ok(found)
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let opset = model.opset("").unwrap_or(1);
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
-            let mut erfs: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("Erf")).collect();
-            erfs.sort();
-            let mut found = Vec::new();
-            for n in erfs {
-                let name = &g.node(n).name;
-                match match_at(g, n) {
-                    Ok(_) if opset < 20 => {
-                        cx.refuse("fuse-gelu", name, "Erf", "Gelu needs opset 20 or later")
-                    }
-                    Ok(f) => found.push(f),
-                    Err(why) => cx.refuse("fuse-gelu", name, "Erf", why),
-                }
-            }
-            let mut patch = Patch::new(g);
-            for f in found {
-                let gelu =
-                    patch.add_node("Gelu", &format!("{}_gelu", f.name), &[Some(f.x)], 1, vec![])?;
-                let y = patch.graph().node(gelu).output(0).unwrap();
-                patch.replace_value_keeping_name(f.out, y)?;
-                for n in f.nodes.into_iter().rev() {
-                    patch.remove_node(n)?;
-                }
-            }
-            patch.commit()
-        })?;
-        Ok(Changed::from_count(n))
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        let ty = patch.graph().ty(f.x).cloned();
+        let gelu = patch.add_node(
+            "Gelu",
+            &format!("{}_gelu", f.name),
+            &[Some(f.x)],
+            vec![],
+            &[ty],
+        )?;
+        let y = patch.graph().node(gelu).output(0).unwrap();
+        patch.replace_value_keeping_name(f.out, y)?;
+        for n in f.nodes.into_iter().rev() {
+            patch.remove_node(n)?;
+        }
+        Ok(())
     }
 }

@@ -18,18 +18,18 @@
 //! with f32 initializer parameters, one per column. Refuses otherwise, naming the reason under
 //! `--explain`. B and C are never edited in place (they may be shared): the scaled copies are
 //! new initializers. Runs inside subgraphs too, where only the Gemm form matches (facts, which
-//! the MatMul form needs, cover the main graph).
+//! the MatMul form needs, cover the main graph). Runs after the cleanup passes, which expose
+//! the product as the BatchNormalization's producer.
 
 use anyhow::{Context, Result};
 
-use super::{scale_runs, BnAffine};
-use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{any_node, for_each_graph, Changed, Pass, PassContext, Scope};
-use crate::runtime::Facts;
+use crate::ir::{Attr, Graph, NodeId, Patch, Tensor, Type, ValueId};
+use crate::passes::channels::{scale_runs, BnAffine};
+use crate::passes::{Look, Refusal, Rewrite};
 
 pub struct FuseGemmBn;
 
-struct Found {
+pub struct Found {
     product: NodeId,
     bn: NodeId,
     a: ValueId,
@@ -42,7 +42,7 @@ struct Found {
     y: ValueId,
 }
 
-fn match_at(g: &Graph, bn: NodeId, facts: Option<&Facts>) -> Result<Found, &'static str> {
+fn match_at(g: &Graph, bn: NodeId, look: &Look) -> Result<Found, Refusal> {
     const NOT_AFTER: &str = "its input is not produced by a Gemm or MatMul";
     let node = g.node(bn);
     let m = node.input(0).ok_or("it has no input")?;
@@ -50,10 +50,10 @@ fn match_at(g: &Graph, bn: NodeId, facts: Option<&Facts>) -> Result<Found, &'sta
     let pn = g.node(product);
     let gemm = pn.is("Gemm");
     if !gemm && !pn.is("MatMul") {
-        return Err(NOT_AFTER);
+        return Err(NOT_AFTER.into());
     }
-    if g.value(m).uses().len() != 1 || g.is_output(m) {
-        return Err("the product has other readers");
+    if g.only_reader(m).is_none() {
+        return Err("the product has other readers".into());
     }
     let a = pn.input(0).ok_or("the product has no input")?;
     let b = pn.input(1).ok_or("the product has no weight")?;
@@ -64,8 +64,8 @@ fn match_at(g: &Graph, bn: NodeId, facts: Option<&Facts>) -> Result<Found, &'sta
         .ok_or("the weight is not a 2-D f32 initializer")?;
     let trans_b = gemm && pn.attr_i("transB") == Some(1);
     let columns = bt.dims()[if trans_b { 0 } else { 1 }] as usize;
-    if !gemm && facts.and_then(|f| f.rank(g.value(a).name())) != Some(2) {
-        return Err("the MatMul's input is not known to be 2-D");
+    if !gemm && look.rank(g, a) != Some(2) {
+        return Err("the MatMul's input is not known to be 2-D".into());
     }
     let bias = match pn.input(2).filter(|_| gemm) {
         None => vec![0.0; columns],
@@ -97,7 +97,7 @@ fn match_at(g: &Graph, bn: NodeId, facts: Option<&Facts>) -> Result<Found, &'sta
     })
 }
 
-fn rewrite(g: &mut Graph, f: Found) -> Result<usize> {
+fn rewrite(patch: &mut Patch, f: Found) -> Result<()> {
     let [rows, cols] = [f.b.dims()[0] as usize, f.b.dims()[1] as usize];
     let scaled = if f.trans_b {
         scale_runs(&f.b, &f.affine.scale, cols, &|r| r)
@@ -107,7 +107,6 @@ fn rewrite(g: &mut Graph, f: Found) -> Result<usize> {
     let scaled = scaled.context("the matched weight cannot be scaled")?;
     let columns = if f.trans_b { rows } else { cols };
     let bias: Vec<f32> = (0..columns).map(|n| f.affine.bias(n, f.bias[n])).collect();
-    let mut patch = Patch::new(g);
     let b = patch.add_initializer(&format!("{}_fused_bn", f.b_name), scaled)?;
     let c = patch.add_initializer(
         &format!("{}_fused_bn_bias", f.b_name),
@@ -121,53 +120,48 @@ fn rewrite(g: &mut Graph, f: Found) -> Result<usize> {
         patch.replace_value(f.y, m)?;
         patch.remove_node(f.bn)?;
     } else {
-        let name = patch.graph().node(f.product).name.clone();
-        let gemm = patch.add_node("Gemm", &format!("{name}_gemm"), &inputs, 1, vec![])?;
+        let name = patch.graph().node(f.product).name().to_string();
+        // [M, N]: the rows of `a` (2-D, as matched) by the columns of B.
+        let ty = patch.graph().dtype(f.a).map(|d| {
+            let m = patch
+                .graph()
+                .shape(f.a)
+                .map_or(crate::ir::Dim::Unknown, |s| s[0].clone());
+            Type::tensor(d, vec![m, crate::ir::Dim::Known(columns as i64)])
+        });
+        let gemm = patch.add_node("Gemm", &format!("{name}_gemm"), &inputs, vec![], &[ty])?;
         let out = patch.graph().node(gemm).output(0).unwrap();
         patch.replace_value_keeping_name(f.y, out)?;
         patch.remove_node(f.bn)?;
         patch.remove_node(f.product)?;
     }
-    patch.commit()
+    Ok(())
 }
 
-impl Pass for FuseGemmBn {
-    fn id(&self) -> &'static str {
-        "fuse-gemm-bn"
+fn after_product(g: &Graph, n: NodeId) -> bool {
+    g.node(n).is("BatchNormalization")
+        && g.node(n)
+            .input(0)
+            .and_then(|v| g.producer(v))
+            .is_some_and(|p| g.node(p).is("Gemm") || g.node(p).is("MatMul"))
+}
+
+impl Rewrite for FuseGemmBn {
+    type Match = Found;
+    const ID: &'static str = "fuse-gemm-bn";
+    const ABOUT: &'static str =
+        "fold an inference BatchNormalization of a 2-D Gemm or MatMul into a Gemm";
+    const NEEDS_FACTS: bool = true;
+
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        after_product(g, n)
     }
 
-    fn about(&self) -> &'static str {
-        "fold an inference BatchNormalization of a 2-D Gemm or MatMul into a Gemm"
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Found, Refusal> {
+        match_at(g, n, look)
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        let after_product = |g: &Graph, n: NodeId| {
-            g.node(n).is("BatchNormalization")
-                && g.node(n)
-                    .input(0)
-                    .and_then(|v| g.producer(v))
-                    .is_some_and(|p| g.node(p).is("Gemm") || g.node(p).is("MatMul"))
-        };
-        if !any_node(&model.graph, &after_product) {
-            return Ok(Changed::No);
-        }
-        let facts = cx.facts(model);
-        let n = for_each_graph(&mut model.graph, &mut |g, scope| {
-            let facts = (scope == Scope::Main).then_some(&*facts);
-            let mut bns: Vec<NodeId> = g.node_ids().filter(|&n| after_product(g, n)).collect();
-            bns.sort();
-            let mut done = 0;
-            for bn in bns {
-                match match_at(g, bn, facts) {
-                    Ok(f) => done += rewrite(g, f)?,
-                    Err(why) => {
-                        let name = g.node(bn).name.clone();
-                        cx.refuse("fuse-gemm-bn", &name, "BatchNormalization", why);
-                    }
-                }
-            }
-            Ok(done)
-        })?;
-        Ok(Changed::from_count(n))
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        rewrite(patch, f)
     }
 }

@@ -13,17 +13,18 @@
 //! leaves them alone); both ReduceMeans reduce the last axis only and keep dims; the exponent is
 //! the constant 2 and ε a constant scalar; γ (and β, when the final Add is there) are constant
 //! f32 vectors; every intermediate value is read only inside the pattern. Mul and Add operands
-//! may come in either order. Refuses otherwise. Runs inside subgraphs too.
+//! may come in either order. Refuses otherwise. Runs after `eliminate-noop`, which removes a
+//! Mul by ones or an Add of zeros, and after `fold-constants`, which leaves ε and γ as
+//! initializers. Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use super::{only_reader, producer_op, scalar};
 use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{for_each_graph, Changed, Pass, PassContext};
+use crate::passes::{only_reader_op, other_operand, producer_op, scalar, Look, Refusal, Rewrite};
 
 pub struct FuseLayerNorm;
 
-struct Found {
+pub struct Found {
     x: ValueId,
     gamma: ValueId,
     beta: Option<ValueId>,
@@ -50,16 +51,6 @@ fn last_axis_mean(g: &Graph, n: NodeId, rank: Option<usize>) -> bool {
     last && node.attr_i("keepdims").unwrap_or(1) == 1
 }
 
-/// The other operand of a binary node, given one of them.
-fn other(g: &Graph, n: NodeId, one: ValueId) -> Option<ValueId> {
-    let node = g.node(n);
-    match (node.input(0), node.input(1)) {
-        (Some(a), Some(b)) if a == one => Some(b),
-        (Some(a), Some(b)) if b == one => Some(a),
-        _ => None,
-    }
-}
-
 fn f32_vector(g: &Graph, v: ValueId) -> bool {
     g.value(v)
         .constant()
@@ -67,13 +58,14 @@ fn f32_vector(g: &Graph, v: ValueId) -> bool {
 }
 
 /// Matches the pattern whose Div is `div`.
-fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
+fn match_at(g: &Graph, div: NodeId) -> Result<Found, Refusal> {
     let dn = g.node(div);
     let (d, std) = (
         dn.input(0).ok_or("no input")?,
         dn.input(1).ok_or("no input")?,
     );
-    let sub = producer_op(g, d, "Sub").ok_or("its numerator is not a Sub")?;
+    // Most Divs are not layer norms; only near-misses are worth a note.
+    let sub = producer_op(g, d, "Sub").ok_or(Refusal::NotMine)?;
     let (x, m) = (
         g.node(sub).input(0).ok_or("no input")?,
         g.node(sub).input(1).ok_or("no input")?,
@@ -81,7 +73,7 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
     let rank = g.shape(x).map(<[_]>::len);
     let mean = producer_op(g, m, "ReduceMean").ok_or("the Sub does not subtract a ReduceMean")?;
     if g.node(mean).input(0) != Some(x) || !last_axis_mean(g, mean, rank) {
-        return Err("the mean is not over the last axis of the same input");
+        return Err("the mean is not over the last axis of the same input".into());
     }
     let sqrt = producer_op(g, std, "Sqrt").ok_or("its denominator is not a Sqrt")?;
     let add_eps = producer_op(g, g.node(sqrt).input(0).ok_or("no input")?, "Add")
@@ -90,16 +82,16 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
     let (var, epsilon) = match (aen.input(0), aen.input(1)) {
         (Some(a), b) if scalar(g, b).is_some() => (a, scalar(g, b).unwrap()),
         (a, Some(b)) if scalar(g, a).is_some() => (b, scalar(g, a).unwrap()),
-        _ => return Err("epsilon is not a constant scalar"),
+        _ => return Err("epsilon is not a constant scalar".into()),
     };
     let var_mean = producer_op(g, var, "ReduceMean").ok_or("the variance is not a ReduceMean")?;
     if !last_axis_mean(g, var_mean, rank) {
-        return Err("the variance is not over the last axis");
+        return Err("the variance is not over the last axis".into());
     }
     let pow = producer_op(g, g.node(var_mean).input(0).ok_or("no input")?, "Pow")
         .ok_or("the variance does not square")?;
     if g.node(pow).input(0) != Some(d) || scalar(g, g.node(pow).input(1)) != Some(2.0) {
-        return Err("the variance does not square the centred input");
+        return Err("the variance does not square the centred input".into());
     }
     // Every intermediate is read only inside the pattern.
     let d_readers: Vec<NodeId> = g.value(d).uses().iter().map(|u| u.node).collect();
@@ -111,25 +103,25 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
         (std, Some(div)),
     ]
     .iter()
-    .all(|&(v, reader)| only_reader(g, v, &g.node(reader.unwrap()).op) == reader);
+    .all(|&(v, reader)| only_reader_op(g, v, g.node(reader.unwrap()).op()) == reader);
     if !private
         || g.is_output(d)
         || d_readers.len() != 2
         || !d_readers.contains(&pow)
         || !d_readers.contains(&div)
     {
-        return Err("an intermediate value is read outside the pattern");
+        return Err("an intermediate value is read outside the pattern".into());
     }
     let n = dn.output(0).ok_or("no output")?;
     let mul =
-        only_reader(g, n, "Mul").ok_or("the normalized value is not scaled by a single Mul")?;
-    let gamma = other(g, mul, n)
+        only_reader_op(g, n, "Mul").ok_or("the normalized value is not scaled by a single Mul")?;
+    let gamma = other_operand(g, mul, n)
         .filter(|&v| f32_vector(g, v))
         .ok_or("the scale is not a constant f32 vector")?;
     let scaled = g.node(mul).output(0).ok_or("no output")?;
     let mut nodes = vec![mean, sub, pow, var_mean, add_eps, sqrt, div, mul];
-    let (beta, out) = match only_reader(g, scaled, "Add") {
-        Some(add) => match other(g, add, scaled).filter(|&v| f32_vector(g, v)) {
+    let (beta, out) = match only_reader_op(g, scaled, "Add") {
+        Some(add) => match other_operand(g, add, scaled).filter(|&v| f32_vector(g, v)) {
             Some(b) => {
                 nodes.push(add);
                 (Some(b), g.node(add).output(0).ok_or("no output")?)
@@ -140,7 +132,7 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
     };
     let len = |v: ValueId| g.value(v).constant().map(|t| t.len());
     if beta.is_some_and(|b| len(b) != len(gamma)) {
-        return Err("scale and bias differ in length");
+        return Err("scale and bias differ in length".into());
     }
     Ok(Found {
         x,
@@ -149,79 +141,59 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, &'static str> {
         epsilon,
         out,
         nodes,
-        name: g.node(div).name.clone(),
+        name: g.node(div).name().to_string(),
     })
 }
 
-impl Pass for FuseLayerNorm {
-    fn id(&self) -> &'static str {
-        "fuse-layer-norm"
+impl Rewrite for FuseLayerNorm {
+    type Match = Found;
+    const ID: &'static str = "fuse-layer-norm";
+    const ABOUT: &'static str =
+        "fuse a decomposed layer normalization into LayerNormalization (opset 17+)";
+
+    fn applies(&self, model: &Model) -> bool {
+        model.opset("").unwrap_or(1) >= 17
     }
 
-    fn about(&self) -> &'static str {
-        "fuse a decomposed layer normalization into LayerNormalization (opset 17+)"
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Div")
     }
 
-    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
-        if model.opset("").unwrap_or(1) < 17 {
-            return Ok(Changed::No);
-        }
-        let n = for_each_graph(&mut model.graph, &mut |g, _| {
-            let mut done = 0;
-            let mut divs: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("Div")).collect();
-            divs.sort();
-            for div in divs {
-                if !g.contains_node(div) {
-                    continue;
-                }
-                let f = match match_at(g, div) {
-                    Ok(f) => f,
-                    Err(why) => {
-                        // Most Divs are not layer norms; only near-misses are worth a note.
-                        if g.node(div)
-                            .input(0)
-                            .and_then(|d| producer_op(g, d, "Sub"))
-                            .is_some()
-                        {
-                            let name = g.node(div).name.clone();
-                            cx.refuse("fuse-layer-norm", &name, "Div", why);
-                        }
-                        continue;
-                    }
-                };
-                let mut patch = Patch::new(g);
-                // The bias is optional in ONNX, but some runtimes (tract among them) need it
-                // present: a zero bias costs a few bytes and runs everywhere.
-                let beta = match f.beta {
-                    Some(b) => b,
-                    None => {
-                        let len = patch
-                            .graph()
-                            .value(f.gamma)
-                            .constant()
-                            .map_or(0, |t| t.len()) as usize;
-                        patch.add_initializer(
-                            &format!("{}_zero_bias", f.name),
-                            Tensor::from_f32(vec![len as i64], &vec![0.0; len]),
-                        )?
-                    }
-                };
-                let ln = patch.add_node(
-                    "LayerNormalization",
-                    &format!("{}_layer_norm", f.name),
-                    &[Some(f.x), Some(f.gamma), Some(beta)],
-                    1,
-                    vec![Attr::int("axis", -1), Attr::float("epsilon", f.epsilon)],
-                )?;
-                let y = patch.graph().node(ln).output(0).unwrap();
-                patch.replace_value_keeping_name(f.out, y)?;
-                for n in f.nodes.iter().rev() {
-                    patch.remove_node(*n)?;
-                }
-                done += patch.commit()?;
+    fn find(&self, g: &Graph, n: NodeId, _: &Look) -> Result<Found, Refusal> {
+        match_at(g, n)
+    }
+
+    fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
+        // The bias is optional in ONNX, but some runtimes (tract among them) need it present:
+        // a zero bias costs a few bytes and runs everywhere.
+        let beta = match f.beta {
+            Some(b) => b,
+            None => {
+                let len = patch
+                    .graph()
+                    .value(f.gamma)
+                    .constant()
+                    .map_or(0, |t| t.len()) as usize;
+                patch.add_initializer(
+                    &format!("{}_zero_bias", f.name),
+                    Tensor::from_f32(vec![len as i64], &vec![0.0; len]),
+                )?
             }
-            Ok(done)
-        })?;
-        Ok(Changed::from_count(n))
+        };
+        // The normalized value has the type of the normalized input.
+        let ty = patch.graph().ty(f.x).cloned();
+        let ln = patch.add_node(
+            "LayerNormalization",
+            &format!("{}_layer_norm", f.name),
+            &[Some(f.x), Some(f.gamma), Some(beta)],
+            vec![Attr::int("axis", -1), Attr::float("epsilon", f.epsilon)],
+            &[ty],
+        )?;
+        let y = patch.graph().node(ln).output(0).unwrap();
+        patch.replace_value_keeping_name(f.out, y)?;
+        for n in f.nodes.iter().rev() {
+            patch.remove_node(*n)?;
+        }
+        Ok(())
     }
 }
