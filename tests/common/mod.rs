@@ -276,6 +276,38 @@ pub fn initializer_to_input(p: &mut ModelProto, name: &str, dims: &[i64]) {
     g.input.push(f32_info(name, dims));
 }
 
+/// An int64 tensor of `dims` holding `v`.
+pub fn i64_tensor(name: &str, dims: &[i64], v: &[i64]) -> onnxsmith::onnx::proto::TensorProto {
+    tensor(
+        name,
+        7,
+        dims,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+/// Runs `pass` alone on `model` and checks that it left the model as it was and said, under
+/// `--explain`, why it kept an `op` node: a reason containing `reason`.
+pub fn assert_refused(model: &Model, pass: &str, op: &str, reason: &str) -> PipelineReport {
+    let (out, report) = run_passes(model, &[pass]);
+    assert!(
+        report.steps.is_empty(),
+        "{pass} changed the model: {:?}",
+        report.steps
+    );
+    assert_eq!(print_model(&out), print_model(model));
+    let kept = format!("{pass}: kept {op} '");
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.starts_with(&kept) && e.contains(reason)),
+        "no {kept}...' with {reason:?} in {:#?}",
+        report.explain
+    );
+    report
+}
+
 /// `--explain` gave a reason containing `needle`.
 pub fn assert_explained(report: &PipelineReport, needle: &str) {
     assert!(

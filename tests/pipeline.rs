@@ -1,0 +1,170 @@
+//! The pipeline itself: stages, selection, stopping, the context stages are handed, notes.
+
+mod common;
+
+use anyhow::Result;
+use common::{assert_same_outputs, count_op, lift, model_with, node, run_passes};
+use onnxsmith::ir::{Graph, Model, NodeId, Patch};
+use onnxsmith::passes::{
+    pipeline, run_pipeline, run_stages, selected, Changed, Look, Pass, PassContext,
+    PipelineOptions, Refusal, Rewrite, Stage,
+};
+
+#[test]
+fn stop_after_counts_changing_steps() {
+    let m = lift(model_with(vec![
+        node("Identity", "id", &["x"], &["a"]),
+        node("Dropout", "drop", &["a"], &["b"]),
+        node("Relu", "relu", &["b"], &["y"]),
+    ]));
+    let mut one = m.clone();
+    let opts = PipelineOptions {
+        stop_after: Some(1),
+        ..Default::default()
+    };
+    let report = run_pipeline(&mut one, &opts).unwrap();
+    assert_eq!(report.steps, ["eliminate-identity"]);
+    assert_eq!(count_op(&one, "Dropout"), 1);
+    let (all, report) = run_passes(
+        &m,
+        &["eliminate-identity", "eliminate-dropout", "dead-code"],
+    );
+    assert_eq!(report.steps, ["eliminate-identity", "eliminate-dropout"]);
+    assert_eq!(all.graph.node_count(), 1);
+    assert_same_outputs(&m, &all);
+}
+
+#[test]
+fn unknown_pass_names_are_an_error() {
+    let mut m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
+    let opts = PipelineOptions {
+        disable: vec!["no-such-pass".into()],
+        ..Default::default()
+    };
+    let err = run_pipeline(&mut m, &opts).unwrap_err().to_string();
+    assert!(err.contains("unknown pass 'no-such-pass'"), "{err}");
+}
+
+#[test]
+fn pass_ids_are_unique_and_selection_keeps_pipeline_order() {
+    let ids: Vec<&str> = pipeline().iter().map(|p| p.id()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "{ids:?}");
+    let opts = PipelineOptions {
+        only: Some(vec!["dead-code".into(), "eliminate-identity".into()]),
+        ..Default::default()
+    };
+    let kept: Vec<&str> = selected(&opts)
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.fixed_point.iter().map(|p| p.id()))
+        .collect();
+    assert_eq!(kept, ["eliminate-identity", "dead-code"]);
+}
+
+/// What a test stage is handed: the op its one rewrite turns every Relu into.
+struct Replacement(&'static str);
+
+/// A once-stage pass that reads its instruction from the context: every Relu becomes the
+/// op the context names, behind an Identity that the stage's cleanup removes.
+struct ReplaceRelu;
+
+impl Pass for ReplaceRelu {
+    fn id(&self) -> &'static str {
+        "replace-relu"
+    }
+    fn about(&self) -> &'static str {
+        "test stage"
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let op = cx.get::<Replacement>().expect("the test provides it").0;
+        let g = &mut model.graph;
+        let relus: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is("Relu")).collect();
+        let mut patch = Patch::new(g);
+        for n in relus {
+            let x = patch.graph().node(n).input(0);
+            let y = patch.graph().node(n).output(0).unwrap();
+            let ty = patch.graph().ty(y).cloned();
+            let m = patch.add_node(op, "replaced", &[x], vec![], &[ty.clone()])?;
+            let out = patch.graph().node(m).output(0);
+            let id = patch.add_node("Identity", "wrap", &[out], vec![], &[ty])?;
+            let wrapped = patch.graph().node(id).output(0).unwrap();
+            patch.replace_value_keeping_name(y, wrapped)?;
+            patch.remove_node(n)?;
+        }
+        Ok(Changed::from_count(patch.commit()?))
+    }
+}
+
+#[test]
+fn a_once_stage_reads_its_context_and_its_cleanup_runs_to_a_fixed_point() {
+    let m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
+    let opts = PipelineOptions::default();
+    let cleanup = selected(&PipelineOptions {
+        only: Some(vec!["eliminate-identity".into(), "dead-code".into()]),
+        ..Default::default()
+    })
+    .unwrap()
+    .into_iter()
+    .flat_map(|s| s.fixed_point)
+    .collect();
+    let stages = [Stage {
+        name: "test",
+        reason: "a stage built by a test",
+        once: vec![Box::new(ReplaceRelu)],
+        fixed_point: cleanup,
+    }];
+    let mut cx = PassContext::new(false);
+    cx.provide(Replacement("Abs"));
+    let mut out = m.clone();
+    let report = run_stages(&mut out, &stages, &opts, &mut cx).unwrap();
+    assert_eq!(report.steps, ["replace-relu", "eliminate-identity"]);
+    assert_eq!(report.rounds, [("test", 2)]);
+    assert_eq!(count_op(&out, "Abs"), 1);
+    assert_eq!(out.graph.node_count(), 1, "the Identity went in cleanup");
+    let y = out.graph.outputs()[0].value;
+    assert_eq!(
+        out.graph.value(y).name(),
+        "y",
+        "the interface keeps its names"
+    );
+}
+
+/// A rewrite that refuses every Relu with a reason, to show refusals reach `--explain` under
+/// the rewrite's id without the rewrite naming itself.
+struct RefuseRelu;
+
+impl Rewrite for RefuseRelu {
+    type Match = ();
+    const ID: &'static str = "refuse-relu";
+    const ABOUT: &'static str = "test rewrite";
+    fn anchors(&self, g: &Graph, n: NodeId) -> bool {
+        g.node(n).is("Relu")
+    }
+    fn find(&self, _: &Graph, _: NodeId, _: &Look) -> Result<(), Refusal> {
+        Err("because the test says so".into())
+    }
+    fn apply(&self, _: &mut Patch, _: ()) -> Result<()> {
+        unreachable!("every match is refused")
+    }
+}
+
+#[test]
+fn refusals_carry_the_rewrite_id_to_explain() {
+    let mut m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
+    let stages = [Stage {
+        name: "test",
+        reason: "a stage built by a test",
+        once: vec![Box::new(RefuseRelu)],
+        fixed_point: Vec::new(),
+    }];
+    let mut cx = PassContext::new(true);
+    let report = run_stages(&mut m, &stages, &PipelineOptions::default(), &mut cx).unwrap();
+    assert_eq!(
+        report.explain,
+        ["refuse-relu: kept Relu 'relu': because the test says so"]
+    );
+    assert!(report.steps.is_empty());
+}
