@@ -89,11 +89,7 @@ impl Summary {
         for n in g.topo_order().unwrap_or_else(|_| g.node_ids().collect()) {
             let node = g.node(n);
             self.nodes += 1;
-            let op = if node.domain().is_empty() || node.domain() == "ai.onnx" {
-                node.op().to_string()
-            } else {
-                format!("{}::{}", node.domain(), node.op())
-            };
+            let op = node.qualified_op();
             *self.ops.entry(op.clone()).or_default() += 1;
             for a in node.attrs() {
                 for (i, body) in a.bodies().enumerate() {

@@ -662,18 +662,14 @@ fn first_misranked_op(g: &crate::ir::Graph) -> Option<String> {
 
 /// The first operator of a domain tract has no operators for.
 fn first_opaque_op(model: &Model) -> Option<(String, String)> {
-    const RUNNABLE: &[&str] = &["", "ai.onnx", "ai.onnx.ml"];
     let g = &model.graph;
     let n = g
         .topo_order()
         .ok()?
         .into_iter()
-        .find(|&n| !RUNNABLE.contains(&g.node(n).domain()))?;
+        .find(|&n| !g.node(n).in_standard_domain())?;
     let node = g.node(n);
-    Some((
-        format!("node '{}'", node.name()),
-        format!("{}::{}", node.domain(), node.op()),
-    ))
+    Some((format!("node '{}'", node.name()), node.qualified_op()))
 }
 
 /// Turns tract's error chain into "tract cannot run <op> at <node>: <reason>".

@@ -87,7 +87,7 @@ impl Pass for ReplaceRelu {
             let x = patch.graph().node(n).input(0);
             let y = patch.graph().node(n).output(0).unwrap();
             let ty = patch.graph().ty(y).cloned();
-            let m = patch.add_node(op, "replaced", &[x], vec![], &[ty.clone()])?;
+            let m = patch.add_node(op, "replaced", &[x], vec![], std::slice::from_ref(&ty))?;
             let out = patch.graph().node(m).output(0);
             let id = patch.add_node("Identity", "wrap", &[out], vec![], &[ty])?;
             let wrapped = patch.graph().node(id).output(0).unwrap();

@@ -156,7 +156,7 @@ pub enum AttrValue {
     Floats(Vec<f32>),
     String(Vec<u8>),
     Strings(Vec<Vec<u8>>),
-    Tensor(Tensor),
+    Tensor(Box<Tensor>),
     Graph,
     Graphs,
     Opaque(Vec<u8>),
@@ -250,7 +250,7 @@ impl Attr {
         Attr::new(name, AttrValue::String(v.as_bytes().to_vec()))
     }
     pub fn tensor(name: &str, t: &Tensor) -> Attr {
-        Attr::new(name, AttrValue::Tensor(t.clone()))
+        Attr::new(name, AttrValue::Tensor(Box::new(t.clone())))
     }
 
     /// Splits a decoded attribute into its typed value and the rest; `lift` turns the
@@ -271,7 +271,7 @@ impl Attr {
                     .collect(),
             ),
             AttributeType::Tensor if a.t.is_some() => {
-                AttrValue::Tensor(Tensor::from_proto(a.t.take().unwrap()))
+                AttrValue::Tensor(Box::new(Tensor::from_proto(a.t.take().unwrap())))
             }
             AttributeType::Graph if a.g.is_some() => {
                 graphs.push(a.g.take().unwrap());
@@ -448,6 +448,14 @@ impl Node {
     pub fn has_bodies(&self) -> bool {
         self.attrs.iter().any(|a| !a.bodies.is_empty())
     }
+    /// The op as reports show it: qualified by its domain outside the default one.
+    pub fn qualified_op(&self) -> String {
+        if self.domain.is_empty() || self.domain == "ai.onnx" {
+            self.op.clone()
+        } else {
+            format!("{}::{}", self.domain, self.op)
+        }
+    }
     /// `op` in the default domain.
     pub fn is(&self, op: &str) -> bool {
         self.op == op && (self.domain.is_empty() || self.domain == "ai.onnx")
@@ -614,6 +622,11 @@ impl Graph {
 
     pub fn shape(&self, v: ValueId) -> Option<&[Dim]> {
         self.ty(v).and_then(Type::shape)
+    }
+
+    /// Whether anything reads `v`: a node, a subgraph, or the graph's interface.
+    pub fn is_read(&self, v: ValueId) -> bool {
+        !self.value(v).uses().is_empty() || self.is_output(v)
     }
 
     /// The one node reading `v`, when exactly one node reads it (once) and it is not a graph

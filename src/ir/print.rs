@@ -84,11 +84,7 @@ fn print_graph(g: &Graph, outer: &HashMap<String, String>, depth: usize, out: &m
             .iter()
             .map(|v| v.map_or("_".to_string(), |v| fresh(v, &mut ids)))
             .collect();
-        let op = if node.domain().is_empty() || node.domain() == "ai.onnx" {
-            node.op().to_string()
-        } else {
-            format!("{}::{}", node.domain(), node.op())
-        };
+        let op = node.qualified_op();
         let mut attrs: Vec<&Attr> = node.attrs().iter().collect();
         attrs.sort_by(|a, b| a.name().cmp(b.name()));
         let shown: Vec<String> = attrs

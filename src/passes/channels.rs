@@ -103,11 +103,7 @@ impl BnAffine {
         if node.attr_i("training_mode") == Some(1) {
             return Err("it is in training mode");
         }
-        if node.outputs()[1..]
-            .iter()
-            .flatten()
-            .any(|&v| !g.value(v).uses().is_empty() || g.is_output(v))
-        {
+        if node.outputs()[1..].iter().flatten().any(|&v| g.is_read(v)) {
             return Err("its running-statistics outputs are read");
         }
         let mut params: [Vec<f64>; 4] = Default::default();

@@ -466,17 +466,15 @@ pub fn selected(opts: &PipelineOptions) -> Result<Vec<Stage>> {
             bail!("unknown pass '{name}' (known: {})", known.join(", "));
         }
     }
-    let keep = |p: &Box<dyn Pass>| {
-        opts.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|x| x == p.id()))
-            && !opts.disable.iter().any(|x| x == p.id())
+    let keep = |id: &str| {
+        opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == id))
+            && !opts.disable.iter().any(|x| x == id)
     };
     Ok(all
         .into_iter()
         .map(|mut s| {
-            s.once.retain(keep);
-            s.fixed_point.retain(keep);
+            s.once.retain(|p| keep(p.id()));
+            s.fixed_point.retain(|p| keep(p.id()));
             s
         })
         .collect())

@@ -37,7 +37,7 @@ fn constant_value(g: &Graph, n: NodeId) -> Result<Tensor, &'static str> {
     let le = |v: &[i64]| Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     let lef = |v: &[f32]| Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     Ok(match (attr.name(), attr.value()) {
-        ("value", AttrValue::Tensor(t)) => t.clone(),
+        ("value", AttrValue::Tensor(t)) => (**t).clone(),
         ("value", _) => return Err("its value attribute holds no tensor"),
         ("value_float", AttrValue::Float(f)) => Tensor::from_raw(DType::F32, vec![], lef(&[*f])),
         ("value_floats", AttrValue::Floats(v)) => {

@@ -28,6 +28,11 @@ struct Dead {
     values: Vec<ValueId>,
 }
 
+/// Whether nothing but the nodes in `dead` reads `v`.
+fn unread(g: &Graph, v: ValueId, dead: &HashSet<NodeId>) -> bool {
+    !g.is_output(v) && g.value(v).uses().iter().all(|u| dead.contains(&u.node))
+}
+
 fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
     let mut dead_nodes: HashSet<NodeId> = HashSet::new();
     let mut nodes = Vec::new();
@@ -35,21 +40,19 @@ fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
     // reader's fate before its producer's.
     for n in g.topo_order()?.into_iter().rev() {
         let node = g.node(n);
-        let unread = node.outputs().iter().flatten().all(|&v| {
-            !g.is_output(v)
-                && g.value(v)
-                    .uses()
-                    .iter()
-                    .all(|u| dead_nodes.contains(&u.node))
-        });
-        if !unread {
+        if !node
+            .outputs()
+            .iter()
+            .flatten()
+            .all(|&v| unread(g, v, &dead_nodes))
+        {
             continue;
         }
         if !node.in_standard_domain() {
             cx.refuse(
                 "dead-code",
                 node.name(),
-                &format!("{}::{}", node.domain(), node.op()),
+                &node.qualified_op(),
                 "custom operators are kept even when unread",
             );
             continue;
@@ -57,20 +60,13 @@ fn find(g: &Graph, cx: &mut PassContext) -> Result<Dead> {
         dead_nodes.insert(n);
         nodes.push(n);
     }
-    let unread = |v: ValueId| {
-        !g.is_output(v)
-            && g.value(v)
-                .uses()
-                .iter()
-                .all(|u| dead_nodes.contains(&u.node))
-    };
     let values = g
         .values()
         .filter(|(v, value)| {
             matches!(
                 value.def(),
                 Def::Initializer | Def::SparseInitializer | Def::Capture | Def::Declared
-            ) && unread(*v)
+            ) && unread(g, *v, &dead_nodes)
         })
         .map(|(v, _)| v)
         .collect();

@@ -30,7 +30,7 @@ impl Rewrite for EliminateDropout {
     fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Forward, Refusal> {
         let node = g.node(n);
         if let Some(mask) = node.output(1) {
-            if !g.value(mask).uses().is_empty() || g.is_output(mask) {
+            if g.is_read(mask) {
                 return Err("its mask output is read".into());
             }
         }
