@@ -414,6 +414,71 @@ fn fuses_layer_norm_without_bias() {
     assert_same_outputs(&m, &out);
 }
 
+/// The decomposed layer norm with its Mul by γ removed, and its Add of β too unless
+/// `with_bias`: the `elementwise_affine=False` export, or what no-op elimination leaves of
+/// an untrained one.
+fn layer_norm_without_scale(with_bias: bool) -> ModelProto {
+    let mut p = layer_norm_model(17, with_bias, false);
+    let g = p.graph.as_mut().unwrap();
+    g.node.retain(|n| n.name != "mul");
+    g.initializer.retain(|t| t.name != "gamma");
+    match g.node.iter_mut().find(|n| n.name == "add_bias") {
+        Some(add) => add.input[0] = "n".into(),
+        None => g.node.iter_mut().find(|n| n.name == "div").unwrap().output[0] = "y".into(),
+    }
+    p
+}
+
+#[test]
+fn fuses_layer_norm_without_scale_or_bias() {
+    for with_bias in [false, true] {
+        let m = lift(layer_norm_without_scale(with_bias));
+        let (out, _) = run_passes(&m, &["fuse-layer-norm", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 1, "bias {with_bias}");
+        assert_eq!(count_op(&out, "LayerNormalization"), 1);
+        if !with_bias {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn fuses_an_untrained_layer_norm_after_noop_elimination() {
+    let mut p = layer_norm_model(17, true, false);
+    let g = p.graph.as_mut().unwrap();
+    for t in g.initializer.iter_mut() {
+        match t.name.as_str() {
+            "gamma" => *t = f32_tensor("gamma", &[8], &[1.0; 8]),
+            "beta" => *t = f32_tensor("beta", &[8], &[0.0; 8]),
+            _ => {}
+        }
+    }
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-noop", "fuse-layer-norm", "dead-code"]);
+    assert_eq!(
+        report.steps[0], "eliminate-noop",
+        "the ones and zeros go first"
+    );
+    assert_eq!(out.graph.node_count(), 1);
+    assert_eq!(count_op(&out, "LayerNormalization"), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_layer_norm_without_scale_whose_axis_length_is_unknown() {
+    let mut p = layer_norm_without_scale(false);
+    let g = p.graph.as_mut().unwrap();
+    g.input[0] = f32_info("x", &[2, 4, -1]);
+    g.output[0] = f32_info("y", &[2, 4, -1]);
+    assert_refused(
+        &lift(p),
+        "fuse-layer-norm",
+        "Div",
+        "normalized axis's length is not known",
+    );
+}
+
 #[test]
 fn keeps_layer_norm_before_opset_17() {
     let m = lift(layer_norm_model(14, true, false));
@@ -452,15 +517,17 @@ fn keeps_layer_norm_over_another_axis() {
 }
 
 #[test]
-fn keeps_layer_norm_whose_scale_is_an_input() {
+fn fuses_layer_norm_whose_scale_is_an_input_keeping_the_mul() {
+    // A scale the caller may override is not folded: the normalization fuses with a unit
+    // scale, and the Mul by the input (then the Add) stay after it.
     let mut p = layer_norm_model(17, true, false);
     common::initializer_to_input(&mut p, "gamma", &[8]);
-    assert_refused(
-        &lift(p),
-        "fuse-layer-norm",
-        "LayerNormalization",
-        "scale is not a constant",
-    );
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["fuse-layer-norm", "dead-code"]);
+    assert_eq!(count_op(&out, "LayerNormalization"), 1);
+    assert_eq!(count_op(&out, "Mul"), 1);
+    assert_eq!(count_op(&out, "Add"), 1);
+    assert_same_outputs(&m, &out);
 }
 
 // ---- fuse-conv-add and fuse-conv-mul ----
@@ -645,7 +712,7 @@ fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
     let g = p.graph.as_mut().unwrap();
     g.node.push(node("Relu", "spy", &["m"], &["z"]));
     g.output.push(f32_info("z", &[2, 3]));
-    assert_refused(&lift(p), "fuse-matmul-add", "Gemm", "other readers");
+    assert_refused(&lift(p), "fuse-matmul-add", "Add", "other readers");
 }
 
 // ---- bisect ----

@@ -11,23 +11,28 @@
 //!
 //! Preconditions: the model imports opset 17 or newer (older opsets lack the op; the pass
 //! leaves them alone); both ReduceMeans reduce the last axis only and keep dims; the exponent is
-//! the constant 2 and ε a constant scalar; γ (and β, when the final Add is there) are constant
-//! f32 vectors; every intermediate value is read only inside the pattern. Mul and Add operands
+//! the constant 2 and ε a constant scalar; γ and β, where the Mul and the Add are there, are
+//! constant f32 vectors of one length; without either (an untrained model whose ones and
+//! zeros no-op elimination removed, or `elementwise_affine=False`), the normalized axis's
+//! length is known from tract's facts (or a graph input's declaration) and γ = 1, β = 0 are
+//! written out; every intermediate value is read only inside the pattern. Mul and Add operands
 //! may come in either order. Refuses otherwise. Runs after `eliminate-noop`, which removes a
 //! Mul by ones or an Add of zeros, and after `fold-constants`, which leaves ε and γ as
 //! initializers. Runs inside subgraphs too.
 
 use anyhow::Result;
 
-use crate::ir::{Attr, Graph, Model, NodeId, Patch, Tensor, ValueId};
+use crate::ir::{Attr, Def, Dim, Graph, Model, NodeId, Patch, Tensor, ValueId};
 use crate::passes::{only_reader_op, other_operand, producer_op, scalar, Look, Refusal, Rewrite};
 
 pub struct FuseLayerNorm;
 
 pub struct Found {
     x: ValueId,
-    gamma: ValueId,
+    gamma: Option<ValueId>,
     beta: Option<ValueId>,
+    /// The length of the normalized axis.
+    axis: usize,
     epsilon: f32,
     /// The value the fused node produces.
     out: ValueId,
@@ -58,7 +63,7 @@ fn f32_vector(g: &Graph, v: ValueId) -> bool {
 }
 
 /// Matches the pattern whose Div is `div`.
-fn match_at(g: &Graph, div: NodeId) -> Result<Found, Refusal> {
+fn match_at(g: &Graph, div: NodeId, look: &Look) -> Result<Found, Refusal> {
     let dn = g.node(div);
     let (d, std) = (
         dn.input(0).ok_or("no input")?,
@@ -113,31 +118,31 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, Refusal> {
         return Err("an intermediate value is read outside the pattern".into());
     }
     let n = dn.output(0).ok_or("no output")?;
-    let mul =
-        only_reader_op(g, n, "Mul").ok_or("the normalized value is not scaled by a single Mul")?;
-    let gamma = other_operand(g, mul, n)
-        .filter(|&v| f32_vector(g, v))
-        .ok_or("the scale is not a constant f32 vector")?;
-    let scaled = g.node(mul).output(0).ok_or("no output")?;
-    let mut nodes = vec![mean, sub, pow, var_mean, add_eps, sqrt, div, mul];
-    let (beta, out) = match only_reader_op(g, scaled, "Add") {
-        Some(add) => match other_operand(g, add, scaled).filter(|&v| f32_vector(g, v)) {
-            Some(b) => {
-                nodes.push(add);
-                (Some(b), g.node(add).output(0).ok_or("no output")?)
-            }
-            None => (None, scaled),
-        },
-        None => (None, scaled),
+    let mut nodes = vec![mean, sub, pow, var_mean, add_eps, sqrt, div];
+    // The affine part is optional: `elementwise_affine=False` exports none, and no-op
+    // elimination removes a Mul by ones and an Add of zeros before this pass sees them.
+    let mut out = n;
+    let mut affine = |op: &str, nodes: &mut Vec<NodeId>| -> Option<ValueId> {
+        let k = only_reader_op(g, out, op)?;
+        let v = other_operand(g, k, out).filter(|&v| f32_vector(g, v))?;
+        out = g.node(k).output(0)?;
+        nodes.push(k);
+        Some(v)
     };
-    let len = |v: ValueId| g.value(v).constant().map(|t| t.len());
-    if beta.is_some_and(|b| len(b) != len(gamma)) {
-        return Err("scale and bias differ in length".into());
-    }
+    let gamma = affine("Mul", &mut nodes);
+    let beta = affine("Add", &mut nodes);
+    let len = |v: ValueId| g.value(v).constant().map(|t| t.len() as usize);
+    let axis = match (gamma.and_then(len), beta.and_then(len)) {
+        (Some(a), Some(b)) if a != b => return Err("scale and bias differ in length".into()),
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => last_dim(g, x, look)
+            .ok_or("it has no scale or bias, and the normalized axis's length is not known")?,
+    };
     Ok(Found {
         x,
         gamma,
         beta,
+        axis,
         epsilon,
         out,
         nodes,
@@ -145,11 +150,26 @@ fn match_at(g: &Graph, div: NodeId) -> Result<Found, Refusal> {
     })
 }
 
+/// The length of `x`'s last axis, as tract proves it (or as declared, for a graph input).
+fn last_dim(g: &Graph, x: ValueId, look: &Look) -> Option<usize> {
+    let shape = match look.facts {
+        Some(f) => f.shape(g.value(x).name()),
+        None if g.value(x).def() == Def::Input => g.shape(x),
+        None => None,
+    };
+    match shape?.last()? {
+        Dim::Known(n) => usize::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
 impl Rewrite for FuseLayerNorm {
     type Match = Found;
     const ID: &'static str = "fuse-layer-norm";
     const ABOUT: &'static str =
         "fuse a decomposed layer normalization into LayerNormalization (opset 17+)";
+    // The axis length of a normalization without scale or bias.
+    const NEEDS_FACTS: bool = true;
 
     fn applies(&self, model: &Model) -> bool {
         model.opset("").unwrap_or(1) >= 17
@@ -159,33 +179,28 @@ impl Rewrite for FuseLayerNorm {
         g.node(n).is("Div")
     }
 
-    fn find(&self, g: &Graph, n: NodeId, _: &Look) -> Result<Found, Refusal> {
-        match_at(g, n)
+    fn find(&self, g: &Graph, n: NodeId, look: &Look) -> Result<Found, Refusal> {
+        match_at(g, n, look)
     }
 
     fn apply(&self, patch: &mut Patch, f: Found) -> Result<()> {
         // The bias is optional in ONNX, but some runtimes (tract among them) need it present:
-        // a zero bias costs a few bytes and runs everywhere.
-        let beta = match f.beta {
-            Some(b) => b,
-            None => {
-                let len = patch
-                    .graph()
-                    .value(f.gamma)
-                    .constant()
-                    .map_or(0, |t| t.len()) as usize;
-                patch.add_initializer(
-                    &format!("{}_zero_bias", f.name),
-                    Tensor::from_f32(vec![len as i64], &vec![0.0; len]),
-                )?
-            }
+        // a zero bias costs a few bytes and runs everywhere. The scale is required.
+        let mut filled = |v: Option<ValueId>, what: &str, fill: f32| match v {
+            Some(v) => Ok(v),
+            None => patch.add_initializer(
+                &format!("{}_{what}", f.name),
+                Tensor::from_f32(vec![f.axis as i64], &vec![fill; f.axis]),
+            ),
         };
+        let gamma = filled(f.gamma, "unit_scale", 1.0)?;
+        let beta = filled(f.beta, "zero_bias", 0.0)?;
         // The normalized value has the type of the normalized input.
         let ty = patch.graph().ty(f.x).cloned();
         let ln = patch.add_node(
             "LayerNormalization",
             &format!("{}_layer_norm", f.name),
-            &[Some(f.x), Some(f.gamma), Some(beta)],
+            &[Some(f.x), Some(gamma), Some(beta)],
             vec![Attr::int("axis", -1), Attr::float("epsilon", f.epsilon)],
             &[ty],
         )?;
