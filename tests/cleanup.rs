@@ -6,7 +6,9 @@ use common::{
     assert_explained, assert_refused, assert_same_outputs, before_after, count_op, f32_info,
     f32_tensor, i64_tensor, lift, model_with, node, run_passes, tensor,
 };
-use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+use onnxsmith::onnx::proto::{
+    attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
+};
 
 fn with_attr(mut n: NodeProto, name: &str, i: i64) -> NodeProto {
     n.attribute.push(AttributeProto {
@@ -530,6 +532,89 @@ fn keeps_noop_between_graph_input_and_output() {
         "Transpose",
         "interface",
     );
+}
+
+/// y = Slice(x, starts, ends, axes) over x: f32[batch, 4, 6].
+fn slice_model(starts: &[i64], ends: &[i64], axes: &[i64]) -> ModelProto {
+    let mut x = f32_info("x", &[1, 4, 6]);
+    let mut y = f32_info("y", &[1, 4, 6]);
+    common::symbolic(&mut x, 0, Some("batch"));
+    common::symbolic(&mut y, 0, Some("batch"));
+    let n = starts.len() as i64;
+    common::model_io(
+        vec![node(
+            "Slice",
+            "slice",
+            &["x", "starts", "ends", "axes"],
+            &["y"],
+        )],
+        vec![x],
+        vec![y],
+        vec![
+            i64_tensor("starts", &[n], starts),
+            i64_tensor("ends", &[n], ends),
+            i64_tensor("axes", &[n], axes),
+        ],
+    )
+}
+
+#[test]
+fn eliminates_slices_of_whole_axes_even_symbolic_ones() {
+    // Inside a Relu chain, so that the Slice's input is internal and its removal renames
+    // nothing.
+    for (ends, axes) in [
+        (vec![i64::MAX], vec![0]),
+        (vec![i32::MAX as i64, i64::MAX], vec![0, 2]),
+    ] {
+        let mut p = slice_model(&vec![0; ends.len()], &ends, &axes);
+        let g = p.graph.as_mut().unwrap();
+        g.node.insert(0, node("Relu", "relu", &["x"], &["r"]));
+        g.node[1].input[0] = "r".into();
+        let m = lift(p);
+        let (out, _) = run_passes(&m, &["eliminate-noop", "dead-code"]);
+        assert_eq!(count_op(&out, "Slice"), 0, "ends {ends:?} axes {axes:?}");
+        if axes == [0] {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn eliminates_slices_of_whole_axes_inside_bodies_where_no_facts_reach() {
+    // then-branch: r = Relu(Slice(a, [0], [INT64_MAX], [1])), a captured from the outer graph.
+    let mut p = common::if_model();
+    let g = p.graph.as_mut().unwrap();
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node = vec![
+        node("Slice", "slice", &["a", "starts", "ends", "axes"], &["s"]),
+        node("Relu", "relu_s", &["s"], &["r"]),
+    ];
+    then.initializer = vec![
+        i64_tensor("starts", &[1], &[0]),
+        i64_tensor("ends", &[1], &[i64::MAX]),
+        i64_tensor("axes", &[1], &[1]),
+    ];
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["eliminate-noop", "dead-code"]);
+    assert_eq!(count_op(&out, "Slice"), 0, "{:?}", report.explain);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_slices_that_do_not_take_whole_axes() {
+    for (starts, ends) in [([1], [i64::MAX]), ([0], [3])] {
+        let mut p = slice_model(&starts, &ends, &[2]);
+        p.graph.as_mut().unwrap().output[0] = f32_info("y", &[1, 4, 3]);
+        common::symbolic(&mut p.graph.as_mut().unwrap().output[0], 0, Some("batch"));
+        let m = lift(p);
+        let (out, _) = run_passes(&m, &["eliminate-noop"]);
+        assert_eq!(
+            count_op(&out, "Slice"),
+            1,
+            "starts {starts:?} ends {ends:?}"
+        );
+    }
 }
 
 #[test]

@@ -35,15 +35,7 @@ fn reshape_model(i0: i64, i1: i64, tail: &[i64]) -> ModelProto {
     let mut x = f32_info("x", &[1, 4, 6]);
     let mut y = f32_info("y", &[1, 4, 2, 3]);
     for v in [&mut x, &mut y] {
-        if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-            v.r#type.as_mut().and_then(|t| t.value.as_mut())
-        {
-            t.shape.as_mut().unwrap().dim[0].value = Some(
-                onnxsmith::onnx::proto::tensor_shape_proto::dimension::Value::DimParam(
-                    "batch".into(),
-                ),
-            );
-        }
+        common::symbolic(v, 0, Some("batch"));
     }
     model_io(
         nodes,
@@ -323,13 +315,7 @@ fn shape_model(start: i64) -> ModelProto {
     ];
     g.initializer = vec![i64_tensor("minus_one", &[1], &[-1])];
     let mut y = f32_info("y", &[1, 4, 6]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        y.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.shape.as_mut().unwrap().dim[0].value = Some(
-            onnxsmith::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
-        );
-    }
+    common::symbolic(&mut y, 0, Some("batch"));
     g.output = vec![y];
     p
 }
@@ -421,14 +407,8 @@ fn flatten_model(start: i64, end: i64) -> ModelProto {
         i64_tensor("minus_one", &[1], &[-1]),
     ];
     let mut y = f32_info("y", &[1, 24]);
-    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
-        y.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.shape.as_mut().unwrap().dim[0].value = Some(
-            onnxsmith::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
-        );
-        t.shape.as_mut().unwrap().dim[1].value = None;
-    }
+    common::symbolic(&mut y, 0, Some("batch"));
+    common::symbolic(&mut y, 1, None);
     g.output = vec![y];
     p
 }

@@ -73,6 +73,15 @@ pub fn info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
+/// Makes dim `axis` of a declared tensor value the symbol `sym` (`None`: unknown).
+pub fn symbolic(v: &mut ValueInfoProto, axis: usize, sym: Option<&str>) {
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape.as_mut().unwrap().dim[axis].value =
+            sym.map(|s| dimension::Value::DimParam(s.into()));
+    }
+}
+
 pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     NodeProto {
         op_type: op.into(),

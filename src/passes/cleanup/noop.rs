@@ -12,7 +12,9 @@
 //! Concat input, constant zero pads, constant unit repeats, a Split with one output), and from
 //! tract's facts otherwise: a Cast to the type its input is proven to have (in subgraphs, only
 //! an initializer's or graph input's type counts), a Reshape, Expand or Flatten whose result
-//! is proven to have its input's shape, a Slice with positive steps likewise, and arithmetic
+//! is proven to have its input's shape, a Slice with positive steps likewise (or one that
+//! takes whole axes from 0 to an end no dim reaches, such as INT64_MAX, even over symbolic
+//! dims), and arithmetic
 //! with a constant of zeros or ones whose result keeps the other operand's shape (a broadcast
 //! that grows it is real work), and an Unsqueeze putting back exactly the axes a Squeeze took
 //! out, or the reverse (negative axes need the rank, which only the main graph's facts give).
@@ -141,6 +143,9 @@ fn forwarded(
             if !steps_positive {
                 return Err(Refusal::NotMine);
             }
+            if takes_whole_axes(g, n) {
+                return Ok(x);
+            }
             shape_kept(x)
         }
         "Squeeze" | "Unsqueeze" => {
@@ -179,6 +184,27 @@ fn forwarded(
         }
         _ => Err(Refusal::NotMine),
     }
+}
+
+/// Whether Slice `n` (opset 10+) provably takes every axis it names whole, whatever the
+/// input's dims: start 0, step 1 and an end no dim can reach (exporters write INT64_MAX or
+/// INT32_MAX for "to the end"), so that it holds for symbolic dims too.
+fn takes_whole_axes(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let arg = |i: usize| node.input(i).map(|v| g.const_ints(v));
+    let (Some(Some(starts)), Some(Some(ends))) = (arg(1), arg(2)) else {
+        return false;
+    };
+    let steps_one = match arg(4) {
+        None => true,
+        Some(steps) => steps.is_some_and(|s| s.iter().all(|&v| v == 1)),
+    };
+    let axes_known = !matches!(arg(3), Some(None));
+    steps_one
+        && axes_known
+        && starts.len() == ends.len()
+        && starts.iter().all(|&s| s == 0)
+        && ends.iter().all(|&e| e >= i32::MAX as i64)
 }
 
 impl Rewrite for EliminateNoop {
