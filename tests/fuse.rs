@@ -715,6 +715,109 @@ fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
     assert_refused(&lift(p), "fuse-matmul-add", "Add", "other readers");
 }
 
+// ---- fuse-mul-conv ----
+
+/// x[1,4,5,5] ─▶ `op`(x, k) ─▶ s ─▶ Conv(W[6, 4 / group, 3, 3], b, group) ─▶ y.
+fn scaled_conv(op: &str, k_dims: &[i64], k: &[f32], group: i64) -> ModelProto {
+    let mut c = conv(&["s", "W", "B"], "y");
+    c.attribute.push(attr_int("group", group));
+    let per_group = 4 / group;
+    model_io(
+        vec![node(op, "scale", &["x", "k"], &["s"]), c],
+        vec![f32_info("x", &[1, 4, 5, 5])],
+        vec![f32_info("y", &[1, 6, 5, 5])],
+        vec![
+            f32_tensor(
+                "W",
+                &[6, per_group, 3, 3],
+                &values(54 * per_group as usize, 9),
+            ),
+            f32_tensor("B", &[6], &values(6, 10)),
+            f32_tensor("k", k_dims, k),
+        ],
+    )
+}
+
+#[test]
+fn fuses_a_scale_before_a_conv_into_its_weights() {
+    let per_channel = [0.5, -1.0, 2.0, 1.5];
+    for (op, dims, k, group) in [
+        ("Mul", &[1, 4, 1, 1][..], &per_channel[..], 1),
+        ("Mul", &[][..], &[0.25][..], 1),
+        ("Div", &[4, 1, 1][..], &per_channel[..], 1),
+        ("Mul", &[4, 1, 1][..], &per_channel[..], 2),
+    ] {
+        let m = lift(scaled_conv(op, dims, k, group));
+        let (out, _) = run_passes(&m, &["fuse-mul-conv", "dead-code"]);
+        assert_eq!(out.graph.node_count(), 1, "{op} {dims:?} group {group}");
+        if op == "Mul" && group == 2 {
+            insta::assert_snapshot!(before_after(&m, &out));
+        }
+        assert_same_outputs(&m, &out);
+    }
+}
+
+#[test]
+fn fuses_a_scale_before_a_grouped_conv_transpose() {
+    // W[4, 3, 3, 3] with 2 groups: input channels along W's first axis.
+    let mut ct = node("ConvTranspose", "ct", &["s", "W"], &["y"]);
+    ct.attribute = vec![attr_ints("kernel_shape", &[3, 3]), attr_int("group", 2)];
+    let m = lift(model_io(
+        vec![node("Mul", "scale", &["k", "x"], &["s"]), ct],
+        vec![f32_info("x", &[1, 4, 5, 5])],
+        vec![f32_info("y", &[1, 6, 7, 7])],
+        vec![
+            f32_tensor("W", &[4, 3, 3, 3], &values(108, 9)),
+            f32_tensor("k", &[1, 4, 1, 1], &[0.5, -1.0, 2.0, 1.5]),
+        ],
+    ));
+    let (out, _) = run_passes(&m, &["fuse-mul-conv", "dead-code"]);
+    assert_eq!(out.graph.node_count(), 1);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_a_scale_before_a_conv_that_is_read_elsewhere() {
+    let mut p = scaled_conv("Mul", &[], &[0.25], 1);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &["s"], &["z"]));
+    g.output.push(f32_info("z", &[1, 4, 5, 5]));
+    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "other readers");
+}
+
+#[test]
+fn keeps_a_scale_before_a_conv_that_is_not_per_channel() {
+    // One value per column of the image: it does not commute with the kernel.
+    let p = scaled_conv("Mul", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0], 1);
+    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "per input channel");
+}
+
+#[test]
+fn keeps_a_scale_before_a_conv_whose_weight_is_an_input() {
+    let mut p = scaled_conv("Mul", &[], &[0.25], 1);
+    common::initializer_to_input(&mut p, "W", &[6, 4, 3, 3]);
+    assert_refused(
+        &lift(p),
+        "fuse-mul-conv",
+        "Conv",
+        "weight is not an f32 initializer",
+    );
+}
+
+#[test]
+fn keeps_a_division_of_a_constant_by_the_input() {
+    // k / x is not a scale of x.
+    let mut p = scaled_conv("Div", &[], &[0.25], 1);
+    p.graph.as_mut().unwrap().node[0].input = vec!["k".into(), "x".into()];
+    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "not a constant");
+}
+
+#[test]
+fn keeps_a_division_by_zero() {
+    let p = scaled_conv("Div", &[4, 1, 1], &[1.0, 0.0, 2.0, 3.0], 1);
+    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "divides by zero");
+}
+
 // ---- bisect ----
 
 #[test]

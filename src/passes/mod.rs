@@ -366,6 +366,8 @@ fn simplify(fold_limit: u64) -> Vec<Box<dyn Pass>> {
         Box::new(fuse::gemm_bn::FuseGemmBn),
         // Padding joins the Conv itself, so the Conv sits right after its producer again.
         Box::new(fuse::pad_conv::FusePadConv),
+        // A scale of the input then reaches the Conv's weights.
+        Box::new(fuse::mul_conv::FuseMulConv),
         // After BN fusion, so a Conv's own bias exists to absorb the Add.
         Box::new(fuse::conv_mul::FuseConvMul),
         Box::new(fuse::conv_add::FuseConvAdd),

@@ -7,6 +7,7 @@ pub mod gelu;
 pub mod gemm_bn;
 pub mod layer_norm;
 pub mod matmul_add;
+pub mod mul_conv;
 pub mod pad_conv;
 
 use anyhow::Result;
