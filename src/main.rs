@@ -143,6 +143,12 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    // Past the file size limit, a write should fail with an error we report and clean up
+    // after, not kill the process (the default for SIGXFSZ).
+    // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

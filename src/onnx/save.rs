@@ -1,6 +1,12 @@
 //! Writing a model: streamed to a temporary file beside the target and renamed into place, so a
 //! reader never sees half a model and a failed write leaves nothing behind. Encoding is
 //! deterministic, so the same model gives the same bytes.
+//!
+//! Where the file system allows it (Linux, `O_TMPFILE`), the temporary file has no name until
+//! it is complete: a process killed while writing (out of memory, SIGKILL, a file size limit)
+//! leaves nothing at all, and only the instant between naming it and renaming it over the
+//! target could leave a temporary name behind. Elsewhere it is a dot-file beside the target,
+//! deleted on every error the process lives through.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -120,13 +126,31 @@ fn entry(key: &str, value: &str) -> StringStringEntryProto {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Files written under temporary names beside their targets, not yet in place: `commit`
-/// renames them over their targets, in the order written (a model's external data before the
-/// model); dropping them uncommitted deletes them, so a reader never sees half a model.
+/// A file written beside its target, not yet in place.
+enum Pending {
+    /// Unnamed until commit (`O_TMPFILE`): the open file it is.
+    Unnamed { file: File, dir: PathBuf },
+    /// A temporary name beside the target.
+    Named(PathBuf),
+}
+
+/// Files written beside their targets, not yet in place: `commit` moves them over their
+/// targets, in the order written (a model's external data before the model); dropping them
+/// uncommitted deletes them, so a reader never sees half a model.
 #[must_use = "a staged file is deleted unless committed"]
 pub struct Staged {
-    /// (temporary, target)
-    files: Vec<(PathBuf, PathBuf)>,
+    /// (the written file, target)
+    files: Vec<(Pending, PathBuf)>,
+}
+
+/// A fresh temporary name in `dir` for a file that will become `target`.
+fn temp_name(dir: &Path, target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Staged {
@@ -135,15 +159,27 @@ impl Staged {
     }
 
     pub fn commit(mut self) -> Result<()> {
-        while let Some((tmp, path)) = self.files.first() {
-            fs::rename(tmp, path).with_context(|| {
-                format!(
-                    "cannot move {} into place as {}",
-                    tmp.display(),
-                    path.display()
-                )
-            })?;
-            self.files.remove(0);
+        while !self.files.is_empty() {
+            let (pending, path) = self.files.remove(0);
+            let tmp = match pending {
+                Pending::Named(tmp) => tmp,
+                Pending::Unnamed { file, dir } => {
+                    let tmp = temp_name(&dir, &path);
+                    name_unnamed(&file, &tmp)
+                        .with_context(|| format!("cannot put {} in place", path.display()))?;
+                    tmp
+                }
+            };
+            if let Err(e) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot move {} into place as {}",
+                        tmp.display(),
+                        path.display()
+                    )
+                });
+            }
         }
         Ok(())
     }
@@ -151,10 +187,63 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        for (tmp, _) in &self.files {
-            let _ = fs::remove_file(tmp);
+        for (pending, _) in &self.files {
+            if let Pending::Named(tmp) = pending {
+                let _ = fs::remove_file(tmp);
+            }
         }
     }
+}
+
+/// Gives an unnamed file the name `tmp`.
+#[cfg(target_os = "linux")]
+fn name_unnamed(file: &File, tmp: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(tmp.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn name_unnamed(_: &File, _: &Path) -> io::Result<()> {
+    unreachable!("unnamed files are made on Linux only")
+}
+
+/// An unnamed file in `dir`, where the system makes one, to be named at commit.
+#[cfg(target_os = "linux")]
+fn unnamed_in(dir: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .mode(0o666)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()?;
+    // Naming must work too (it needs /proc): find out now, not after the whole write.
+    std::path::Path::new("/proc/self/fd")
+        .is_dir()
+        .then_some(file)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unnamed_in(_: &Path) -> Option<File> {
+    None
 }
 
 /// Runs `write` against a temporary file in `path`'s directory, then renames it over `path`.
@@ -171,26 +260,30 @@ fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) ->
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| {
-            format!(
-                "cannot write {}: cannot create {}",
-                path.display(),
-                tmp.display()
-            )
-        })?;
+    let (file, pending) = match unnamed_in(&dir) {
+        Some(file) => {
+            let handle = file.try_clone()?;
+            (handle, Pending::Unnamed { file, dir })
+        }
+        None => {
+            let tmp = temp_name(&dir, path);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| {
+                    format!(
+                        "cannot write {}: cannot create {}",
+                        path.display(),
+                        tmp.display()
+                    )
+                })?;
+            (file, Pending::Named(tmp))
+        }
+    };
     // From here on, dropping `staged` (on any error) deletes the temporary file.
     let staged = Staged {
-        files: vec![(tmp, path.to_path_buf())],
+        files: vec![(pending, path.to_path_buf())],
     };
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write(&mut w)
