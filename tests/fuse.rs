@@ -740,7 +740,7 @@ fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
 
 #[test]
 fn bisect_names_the_first_step_that_changes_the_numbers() {
-    use onnxsmith::check::{CheckOptions, Reference, Tolerance};
+    use onnxsmith::check::{CheckOptions, Reference, Rule, ScaledTolerance};
     use onnxsmith::passes::PipelineOptions;
     // Identity (exact) then Conv+BN (fusing rounds the weights): with a zero tolerance the
     // fusion is the first step that disagrees.
@@ -750,13 +750,13 @@ fn bisect_names_the_first_step_that_changes_the_numbers() {
     g.node[1].input[0] = "xi".into();
     let m = lift(p);
     let opts = PipelineOptions::default();
-    let (_, report) = onnxsmith::optimize::optimize(&m, &opts).unwrap();
+    let (_, report) = onnxsmith::optimize::run_passes(&m, &opts).unwrap();
     assert_eq!(report.steps[..2], ["eliminate-identity", "fuse-conv-bn"]);
     let exact = CheckOptions {
-        tolerance: Tolerance {
+        rule: Rule::Exact(ScaledTolerance {
             rtol: 0.0,
             atol: 0.0,
-        },
+        }),
         samples: 2,
         ..Default::default()
     };

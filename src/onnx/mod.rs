@@ -13,4 +13,4 @@ pub mod proto {
 
 pub use load::{decode_model, load_model};
 pub use mapping::forget_resident;
-pub use save::{save_model, stage_model, write_atomic, ExternalData, SaveOptions, Staged};
+pub use save::{stage_model, write_atomic, ExternalData, SaveOptions, Staged};
