@@ -528,7 +528,7 @@ impl Reference {
         // With nothing to compare against, running the candidate would be wasted.
         match self.expected() {
             Ok(_) => self.judge(self.feed.run(candidate)),
-            Err(verdict) => Ok(verdict),
+            Err(reason) => Ok(Outcome::Unverified(reason)),
         }
     }
 
@@ -547,18 +547,18 @@ impl Reference {
         }
     }
 
-    /// The original's outputs, or the verdict every candidate gets when it could not run.
-    fn expected(&self) -> Result<&Outputs, Outcome> {
+    /// The original's outputs, or why every candidate is unverified when it could not run.
+    fn expected(&self) -> Result<&Outputs, String> {
         self.outputs
             .as_ref()
-            .map_err(|reason| Outcome::Unverified(format!("original: {reason}")))
+            .map_err(|reason| format!("original: {reason}"))
     }
 
     /// Compares a candidate's outputs on the reference inputs, computed elsewhere.
     pub fn judge(&self, got: Result<Outputs>) -> Result<Outcome> {
         let expected = match self.expected() {
             Ok(o) => o,
-            Err(verdict) => return Ok(verdict),
+            Err(reason) => return Ok(Outcome::Unverified(reason)),
         };
         let got = match got {
             Ok(o) => o,

@@ -65,7 +65,13 @@ fn lossy_rule_fails_below_the_top1_limit() {
         ..Default::default()
     });
     let d = judge(&EXPECTED, &got, limits);
-    assert!(!d.ok && d.violation.as_deref().is_some_and(|v| v.starts_with("top-1")), "{d:?}");
+    assert!(
+        !d.ok
+            && d.violation
+                .as_deref()
+                .is_some_and(|v| v.starts_with("top-1")),
+        "{d:?}"
+    );
 }
 
 #[test]
