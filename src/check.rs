@@ -1,53 +1,145 @@
 //! Original-versus-result comparison, used by `optimize`, `verify` and the tests.
 //!
 //! The reference model runs once on seeded (or the user's) inputs; every candidate is run on
-//! the same inputs and compared output by output: max abs and rel difference, cosine similarity,
-//! top-1 agreement for [batch, classes] outputs. A model tract cannot run is "unverified",
-//! never "ok".
+//! the same inputs and judged output by output by a [`Rule`]: [`Rule::Exact`] for rewrites that
+//! must not change the numbers, [`Rule::Lossy`] (cosine similarity, top-1 agreement, max error)
+//! for results that change them on purpose (quantization, pruning). A model tract cannot run is
+//! "unverified", never "ok".
+//!
+//! Symbolic dims are bound to 1 first, the cheapest run. Some models only run at real sizes (a
+//! detector whose upsampled branch must line up with a pooled one), so when the original
+//! cannot run that way, larger spatial sizes are tried before it is called unverified; every
+//! candidate then runs at the size the original ran at.
 
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::ir::Model;
-use crate::runtime::{feedable_inputs, Binding, HostTensor, Runner, Unrunnable};
+use crate::ir::{DType, Model};
+use crate::runtime::{
+    feedable_inputs, has_free_spatial_dims, input_specs, Binding, HostTensor, InputSpec, Runner,
+    Unrunnable,
+};
 
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Tolerance {
+/// Element-wise closeness scaled to the output: |a - b| <= atol * scale + rtol * |a|, where
+/// scale is the output's largest finite magnitude, at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ScaledTolerance {
     pub rtol: f64,
     pub atol: f64,
 }
 
-impl Tolerance {
-    /// What a pure rewrite must meet.
-    pub const EXACT_REWRITE: Tolerance = Tolerance {
-        rtol: 1e-4,
-        atol: 1e-5,
-    };
+impl Default for ScaledTolerance {
+    /// What a pure rewrite must meet: fp32 rounding of a reordered sum or a fused weight.
+    fn default() -> Self {
+        ScaledTolerance {
+            rtol: 1e-4,
+            atol: 1e-5,
+        }
+    }
+}
+
+/// Limits for a result that is not meant to be exact, per output.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LossyLimits {
+    /// Least cosine similarity between the original's and the result's values.
+    pub min_cosine: f64,
+    /// Least share of rows whose argmax agrees, for [batch, classes] outputs.
+    pub min_top1: f64,
+    /// Largest |a - b| as a share of the output's scale; `None` leaves it unjudged, since
+    /// int8 and pruning move single values far while the output as a whole stays close.
+    pub max_error: Option<f64>,
+}
+
+impl Default for LossyLimits {
+    fn default() -> Self {
+        LossyLimits {
+            min_cosine: 0.99,
+            min_top1: 0.9,
+            max_error: None,
+        }
+    }
+}
+
+/// How a candidate's outputs are judged against the original's.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "rule", rename_all = "lowercase")]
+pub enum Rule {
+    Exact(ScaledTolerance),
+    Lossy(LossyLimits),
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Rule::Exact(ScaledTolerance::default())
+    }
+}
+
+impl Rule {
+    /// The lossy rule with its default limits, for stages that change the numbers on purpose.
+    pub fn lossy() -> Rule {
+        Rule::Lossy(LossyLimits::default())
+    }
+
+    /// The rule and its limits, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Rule::Exact(t) => format!(
+                "exact rule: |a - b| <= atol * scale + rtol * |a|, rtol {:e}, atol {:e}",
+                t.rtol, t.atol
+            ),
+            Rule::Lossy(l) => {
+                let max_error = l
+                    .max_error
+                    .map_or("max error not limited".to_string(), |m| {
+                        format!("max error <= {m:e} * scale")
+                    });
+                format!(
+                    "lossy rule: cosine >= {}, top-1 >= {:.1}%, {max_error}",
+                    l.min_cosine,
+                    l.min_top1 * 100.0
+                )
+            }
+        }
+    }
+}
+
+/// Where a check's inputs come from.
+#[derive(Clone, Debug, Default)]
+pub enum InputSource {
+    /// `samples` sets of seeded values shaped after the binding.
+    #[default]
+    Seeded,
+    /// One `.npy` file per model input, in input order.
+    Npy(Vec<PathBuf>),
+    /// One `.npz` archive with an array per model input, by name.
+    Npz(PathBuf),
+    /// Input sets in memory, each one value per model input in input order.
+    Sets(Vec<Vec<HostTensor>>),
 }
 
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
     pub binding: Binding,
-    pub tolerance: Tolerance,
+    pub rule: Rule,
     /// Number of seeded input sets, when the user gives none.
     pub samples: usize,
     pub seed: u64,
-    /// The user's input sets; each is one value per model input, in input order.
-    pub inputs: Vec<Vec<HostTensor>>,
+    pub inputs: InputSource,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
             binding: Binding::default(),
-            tolerance: Tolerance::EXACT_REWRITE,
+            rule: Rule::default(),
             samples: 1,
             seed: 0,
-            inputs: Vec::new(),
+            inputs: InputSource::Seeded,
         }
     }
 }
@@ -63,14 +155,67 @@ pub struct OutputDiff {
     pub ok: bool,
     /// Set when the outputs cannot be compared element by element (shape or type differ).
     pub mismatch: Option<String>,
-    /// What atol is multiplied by: the output's largest magnitude, at least 1.
+    /// The limit of the rule this output broke, when it broke one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violation: Option<String>,
+    /// What atol and max error are multiplied by: the output's largest magnitude, at least 1.
     pub scale: f64,
+}
+
+/// A model input and the shape a check ran it with.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InputShape {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// The shapes a check fed the models, and why, when they are not the first ones tried.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BoundInputs {
+    pub shapes: Vec<InputShape>,
+    /// What free spatial dims were bound to, when binding them to 1 failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spatial_dims: Vec<usize>,
+    /// Why the original could not run with free dims bound to 1, when larger ones were used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_binding_failed: Option<String>,
+}
+
+impl BoundInputs {
+    fn describe(&self) -> String {
+        let mut s = self
+            .shapes
+            .iter()
+            .map(|i| format!("{} {}", i.name, dims_text(&i.shape)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(why) = &self.first_binding_failed {
+            write!(
+                s,
+                "; free spatial dims bound to {}, since with them at 1 the original failed: {why}",
+                dims_text(&self.spatial_dims)
+            )
+            .unwrap();
+        }
+        s
+    }
+}
+
+fn dims_text(dims: &[usize]) -> String {
+    if dims.is_empty() {
+        return "scalar".into();
+    }
+    dims.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
     pub samples: usize,
-    pub tolerance: Tolerance,
+    pub rule: Rule,
+    pub inputs: BoundInputs,
     pub outputs: Vec<OutputDiff>,
 }
 
@@ -91,10 +236,11 @@ impl CheckReport {
             let top1 = o
                 .top1
                 .map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
-            let verdict = match (&o.mismatch, o.ok) {
-                (Some(m), _) => format!("MISMATCH ({m})"),
-                (None, true) => "ok".to_string(),
-                (None, false) => "MISMATCH".to_string(),
+            let verdict = match (&o.mismatch, &o.violation, o.ok) {
+                (Some(m), _, _) => format!("MISMATCH ({m})"),
+                (None, _, true) => "ok".to_string(),
+                (None, Some(v), false) => format!("MISMATCH ({v})"),
+                (None, None, false) => "MISMATCH".to_string(),
             };
             writeln!(
                 s,
@@ -103,12 +249,10 @@ impl CheckReport {
             )
             .unwrap();
         }
-        writeln!(
-            s,
-            "({} sample(s); |a - b| <= atol * scale + rtol * |a|, rtol {:e}, atol {:e})",
-            self.samples, self.tolerance.rtol, self.tolerance.atol
-        )
-        .unwrap();
+        if !self.inputs.shapes.is_empty() {
+            writeln!(s, "inputs: {}", self.inputs.describe()).unwrap();
+        }
+        writeln!(s, "({} sample(s); {})", self.samples, self.rule.describe()).unwrap();
         s
     }
 }
@@ -125,28 +269,6 @@ pub enum Outcome {
 pub struct Outputs {
     names: Vec<String>,
     values: Vec<Vec<HostTensor>>,
-}
-
-/// Runs `model` in tract on every input set.
-pub fn run_all(model: &Model, binding: &Binding, inputs: &[Vec<HostTensor>]) -> Result<Outputs> {
-    let runner = Runner::new(model, binding, &[])?;
-    let values = inputs
-        .iter()
-        .map(|set| runner.run(set))
-        .collect::<Result<_>>()?;
-    Ok(Outputs {
-        names: runner.outputs,
-        values,
-    })
-}
-
-/// [`run_all`] on the sets from [`inputs_for`]; without them, unrunnable for the same reason.
-pub fn run_on(
-    model: &Model,
-    binding: &Binding,
-    inputs: &Result<Vec<Vec<HostTensor>>, Unrunnable>,
-) -> Result<Outputs> {
-    run_all(model, binding, inputs.as_ref().map_err(|e| e.clone())?)
 }
 
 /// Peak memory of a check per byte of weights with the original and the result planned in tract
@@ -169,94 +291,278 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The input sets a check feeds every model: the user's, or `samples` seeded sets shaped after
-/// `model`'s declared inputs, which a rewrite never changes. Known before any model runs, so
-/// the original and a candidate can run at the same time.
-pub fn inputs_for(model: &Model, opts: &CheckOptions) -> Result<Vec<Vec<HostTensor>>, Unrunnable> {
-    if !opts.inputs.is_empty() {
-        return Ok(opts.inputs.clone());
+/// Spatial sizes tried, in order, when free dims bound to 1 fail: small multiples of the usual
+/// detector stride of 32 first (cheap to run), then the common classifier and detector sizes.
+const RETRY_SPATIAL_SIZES: [usize; 5] = [32, 64, 224, 320, 640];
+
+/// The inputs a check feeds every model, at one binding. Known before any model runs (they
+/// follow the declared inputs, which a rewrite never changes), so the original and a
+/// candidate can run at the same time.
+#[derive(Clone)]
+pub struct Feed {
+    binding: Binding,
+    sets: Result<Vec<Vec<HostTensor>>, Unrunnable>,
+    inputs: BoundInputs,
+    /// Integer and bool inputs given seeded values, which a model may not accept.
+    seeded_integers: Vec<String>,
+}
+
+impl Feed {
+    /// The first feed of a check on `model`: the user's inputs (read from their files, their
+    /// shapes binding the inputs' dims), or seeded sets at the options' binding. An unreadable
+    /// file, or one that does not fit the model's inputs, is an error naming it.
+    pub fn new(model: &Model, opts: &CheckOptions) -> Result<Feed> {
+        let given = match &opts.inputs {
+            InputSource::Seeded => return Ok(Feed::seeded(model, opts, opts.binding.clone())),
+            InputSource::Sets(sets) => sets.clone(),
+            InputSource::Npy(paths) => {
+                vec![crate::npy::inputs_from_npy(
+                    paths,
+                    &input_specs(model, &opts.binding)?,
+                )?]
+            }
+            InputSource::Npz(path) => {
+                vec![crate::npy::inputs_from_npz(
+                    path,
+                    &input_specs(model, &opts.binding)?,
+                )?]
+            }
+        };
+        let mut binding = opts.binding.clone();
+        let specs = input_specs(model, &binding)?;
+        if let Some(first) = given.first() {
+            for (s, t) in specs.iter().zip(first) {
+                binding
+                    .input_shapes
+                    .insert(s.name.clone(), t.shape().to_vec());
+            }
+        }
+        let inputs = BoundInputs {
+            shapes: shapes_of(&input_specs(model, &binding)?),
+            ..Default::default()
+        };
+        Ok(Feed {
+            binding,
+            sets: Ok(given),
+            inputs,
+            seeded_integers: Vec::new(),
+        })
     }
-    let specs = feedable_inputs(model, &opts.binding)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    (0..opts.samples.max(1))
-        .map(|_| {
-            specs
-                .iter()
-                .map(|spec| HostTensor::random(spec, &mut rng))
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| Unrunnable(format!("cannot make seeded inputs: {e:#}")))
+
+    fn seeded(model: &Model, opts: &CheckOptions, binding: Binding) -> Feed {
+        let specs = feedable_inputs(model, &binding);
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        let sets = specs.clone().and_then(|specs| {
+            (0..opts.samples.max(1))
+                .map(|_| {
+                    specs
+                        .iter()
+                        .map(|spec| HostTensor::random(spec, &mut rng))
+                        .collect::<Result<Vec<_>>>()
+                        .map_err(|e| Unrunnable(format!("cannot make seeded inputs: {e:#}")))
+                })
+                .collect()
+        });
+        let specs = specs.unwrap_or_default();
+        let seeded_integers = specs
+            .iter()
+            .filter(|s| ![DType::F16, DType::BF16, DType::F32, DType::F64].contains(&s.dtype))
+            .map(|s| s.name.clone())
+            .collect();
+        let inputs = BoundInputs {
+            shapes: shapes_of(&specs),
+            spatial_dims: binding.spatial_dims.clone(),
+            first_binding_failed: None,
+        };
+        Feed {
+            binding,
+            sets,
+            inputs,
+            seeded_integers,
+        }
+    }
+
+    /// Runs `model` in tract on every input set.
+    pub fn run(&self, model: &Model) -> Result<Outputs> {
+        let sets = self.sets.as_ref().map_err(|e| e.clone())?;
+        let runner = Runner::new(model, &self.binding, &[])?;
+        let values = sets
+            .iter()
+            .map(|set| runner.run(set))
+            .collect::<Result<_>>()?;
+        Ok(Outputs {
+            names: runner.outputs,
+            values,
+        })
+    }
+
+    /// The feeds to try after this one failed on `model`: its declared spatial size (an
+    /// `imgsz` in its metadata, as detector exports write) first, then the common sizes. None
+    /// when the user fixed the inputs or no free dim is spatial, where they would change nothing.
+    fn retries(&self, model: &Model, opts: &CheckOptions, failure: &str) -> Vec<Feed> {
+        if !matches!(opts.inputs, InputSource::Seeded)
+            || !has_free_spatial_dims(model, &self.binding)
+        {
+            return Vec::new();
+        }
+        let hint = model
+            .metadata("imgsz")
+            .map(|v| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|d| d.parse::<usize>().ok())
+                    .filter(|&d| d > 0)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|sizes| !sizes.is_empty());
+        hint.into_iter()
+            .chain(RETRY_SPATIAL_SIZES.map(|n| vec![n]))
+            .map(|sizes| {
+                let mut feed = Feed::seeded(model, opts, self.binding.with_spatial_dims(sizes));
+                feed.inputs.first_binding_failed = Some(failure.to_string());
+                feed
+            })
+            .collect()
+    }
+}
+
+fn shapes_of(specs: &[InputSpec]) -> Vec<InputShape> {
+    specs
+        .iter()
+        .map(|s| InputShape {
+            name: s.name.clone(),
+            shape: s.shape.clone(),
         })
         .collect()
 }
 
+/// Why a run failed, when it is tract that cannot run the model; other errors are passed on.
+fn unrunnable(e: anyhow::Error) -> Result<String> {
+    Ok(e.downcast::<Unrunnable>()?.0)
+}
+
 /// The original model's inputs and outputs, computed once and reused for every candidate.
 pub struct Reference {
-    opts: CheckOptions,
-    inputs: Vec<Vec<HostTensor>>,
+    rule: Rule,
+    feed: Feed,
     /// Why the original cannot be run, when it cannot.
     outputs: Result<Outputs, String>,
 }
 
 impl Reference {
     pub fn new(original: &Model, opts: &CheckOptions) -> Result<Reference> {
-        let inputs = inputs_for(original, opts);
-        let outputs = run_on(original, &opts.binding, &inputs);
-        Reference::from_run(opts, inputs.unwrap_or_default(), outputs)
+        Reference::run(original, opts, Feed::new(original, opts)?)
     }
 
-    /// A reference from the original's outputs on `inputs`, computed elsewhere (on another
-    /// thread, while the passes run). An unrunnable original makes every check "unverified".
-    pub fn from_run(
-        opts: &CheckOptions,
-        inputs: Vec<Vec<HostTensor>>,
-        outputs: Result<Outputs>,
-    ) -> Result<Reference> {
-        let outputs = match outputs {
-            Ok(o) => Ok(o),
-            Err(e) => Err(e.downcast::<Unrunnable>()?.0),
+    /// Runs the original on `first`, or when tract cannot run it there, on the larger
+    /// bindings [`Feed`] knows to try. An original that runs on none makes every check
+    /// "unverified", with a reason that says what was tried.
+    pub fn run(original: &Model, opts: &CheckOptions, first: Feed) -> Result<Reference> {
+        let failure = match first.run(original) {
+            Ok(outputs) => {
+                return Ok(Reference {
+                    rule: opts.rule,
+                    feed: first,
+                    outputs: Ok(outputs),
+                })
+            }
+            Err(e) => unrunnable(e)?,
         };
+        let mut tried = Vec::new();
+        for feed in first.retries(original, opts, &failure) {
+            match feed.run(original) {
+                Ok(outputs) => {
+                    return Ok(Reference {
+                        rule: opts.rule,
+                        feed,
+                        outputs: Ok(outputs),
+                    })
+                }
+                Err(e) => {
+                    unrunnable(e)?;
+                    tried.push(dims_text(&feed.binding.spatial_dims));
+                }
+            }
+        }
+        let mut reason = failure;
+        if !tried.is_empty() {
+            write!(
+                reason,
+                " (with free dims bound to 1; free spatial dims bound to {} failed too: \
+                 give --input-shape)",
+                tried.join(", ")
+            )
+            .unwrap();
+        }
+        if !first.seeded_integers.is_empty() {
+            write!(
+                reason,
+                "; integer or bool input(s) {} were fed seeded values (0 or 1), which this model \
+                 may not accept: give real ones with --inputs or --inputs-npz",
+                first
+                    .seeded_integers
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .unwrap();
+        }
         Ok(Reference {
-            opts: opts.clone(),
-            inputs,
-            outputs,
+            rule: opts.rule,
+            feed: first,
+            outputs: Err(reason),
         })
+    }
+
+    /// The inputs the original ran on.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Runs `candidate` on the reference inputs and compares.
     pub fn check(&self, candidate: &Model) -> Result<Outcome> {
         // With nothing to compare against, running the candidate would be wasted.
         match self.expected() {
-            Ok(_) => self.judge(run_all(candidate, &self.opts.binding, &self.inputs)),
-            Err(verdict) => Ok(verdict),
+            Ok(_) => self.judge(self.feed.run(candidate)),
+            Err(reason) => Ok(Outcome::Unverified(reason)),
         }
     }
 
-    /// The original's outputs, or the verdict every candidate gets when it could not run.
-    fn expected(&self) -> Result<&Outputs, Outcome> {
+    /// Judges `got`, the candidate's run on `feed` made while the reference ran, or runs the
+    /// candidate again when the original had to run on another feed.
+    pub fn check_run(
+        &self,
+        candidate: &Model,
+        feed: &Feed,
+        got: Result<Outputs>,
+    ) -> Result<Outcome> {
+        if feed.binding == self.feed.binding {
+            self.judge(got)
+        } else {
+            self.check(candidate)
+        }
+    }
+
+    /// The original's outputs, or why every candidate is unverified when it could not run.
+    fn expected(&self) -> Result<&Outputs, String> {
         self.outputs
             .as_ref()
-            .map_err(|reason| Outcome::Unverified(format!("original: {reason}")))
+            .map_err(|reason| format!("original: {reason}"))
     }
 
     /// Compares a candidate's outputs on the reference inputs, computed elsewhere.
     pub fn judge(&self, got: Result<Outputs>) -> Result<Outcome> {
         let expected = match self.expected() {
             Ok(o) => o,
-            Err(verdict) => return Ok(verdict),
+            Err(reason) => return Ok(Outcome::Unverified(reason)),
         };
         let got = match got {
             Ok(o) => o,
-            Err(e) => {
-                let u = e.downcast::<Unrunnable>()?;
-                return Ok(Outcome::Unverified(format!("result: {}", u.0)));
-            }
+            Err(e) => return Ok(Outcome::Unverified(format!("result: {}", unrunnable(e)?))),
         };
-        Ok(Outcome::Checked(compare(
-            &expected.names,
-            &expected.values,
-            &got.values,
-            self.opts.tolerance,
-        )))
+        let mut report = compare(&expected.names, &expected.values, &got.values, self.rule);
+        report.inputs = self.feed.inputs.clone();
+        Ok(Outcome::Checked(report))
     }
 }
 
@@ -270,7 +576,7 @@ pub fn compare(
     names: &[String],
     expected: &[Vec<HostTensor>],
     got: &[Vec<HostTensor>],
-    tol: Tolerance,
+    rule: Rule,
 ) -> CheckReport {
     let outputs = names
         .iter()
@@ -285,17 +591,18 @@ pub fn compare(
                     continue;
                 }
                 match (e.to_f64(), g.to_f64()) {
-                    (Some(ev), Some(gv)) => acc.add(&ev, &gv, e.shape(), tol),
+                    (Some(ev), Some(gv)) => acc.add(&ev, &gv, e.shape(), &rule),
                     _ if e.same_as(g) => {}
                     _ => mismatch = Some("non-numeric values differ".into()),
                 }
             }
-            acc.finish(name, mismatch)
+            acc.finish(name, mismatch, &rule)
         })
         .collect();
     CheckReport {
         samples: expected.len(),
-        tolerance: tol,
+        rule,
+        inputs: BoundInputs::default(),
         outputs,
     }
 }
@@ -308,6 +615,8 @@ struct Acc {
     dot: f64,
     ee: f64,
     gg: f64,
+    values: usize,
+    /// Values past the scaled tolerance, under the exact rule.
     violations: usize,
     rows: usize,
     rows_agree: usize,
@@ -315,7 +624,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, e: &[f64], g: &[f64], shape: &[usize], tol: Tolerance) {
+    fn add(&mut self, e: &[f64], g: &[f64], shape: &[usize], rule: &Rule) {
         // An element passes when |a - b| <= atol * max(1, scale) + rtol * |a|, where scale is the
         // largest finite magnitude in this output: fp32 rounding differences (a fused weight,
         // a reordered sum) are relative to the values that flow through the network, so a
@@ -325,6 +634,7 @@ impl Acc {
             .filter(|x| x.is_finite())
             .fold(1.0f64, |m, x| m.max(x.abs()));
         self.scale = self.scale.max(scale);
+        self.values += e.len();
         for (&x, &y) in e.iter().zip(g) {
             if x.is_nan() && y.is_nan() || x == y {
                 self.dot += if x.is_finite() { x * y } else { 0.0 };
@@ -336,8 +646,10 @@ impl Acc {
             let d = if d.is_nan() { f64::INFINITY } else { d };
             self.max_abs = self.max_abs.max(d);
             self.max_rel = self.max_rel.max(d / x.abs().max(f64::MIN_POSITIVE));
-            if d > tol.atol * scale + tol.rtol * x.abs() {
-                self.violations += 1;
+            if let Rule::Exact(tol) = rule {
+                if d > tol.atol * scale + tol.rtol * x.abs() {
+                    self.violations += 1;
+                }
             }
             self.dot += x * y;
             self.ee += x * x;
@@ -357,22 +669,50 @@ impl Acc {
         }
     }
 
-    fn finish(self, name: &str, mismatch: Option<String>) -> OutputDiff {
+    fn finish(self, name: &str, mismatch: Option<String>, rule: &Rule) -> OutputDiff {
         let cosine = if self.ee == 0.0 && self.gg == 0.0 {
             1.0
         } else {
             self.dot / (self.ee.sqrt() * self.gg.sqrt()).max(f64::MIN_POSITIVE)
+        };
+        let top1 = self
+            .classified
+            .then(|| self.rows_agree as f64 / self.rows.max(1) as f64);
+        let violation = match rule {
+            Rule::Exact(_) => (self.violations > 0).then(|| {
+                format!(
+                    "{} of {} values past the tolerance",
+                    self.violations, self.values
+                )
+            }),
+            // NaN fails every limit: a result that computes NaN where the original did not is
+            // not close to it.
+            Rule::Lossy(l) => {
+                let error = self.max_abs / self.scale.max(1.0);
+                if cosine.is_nan() || cosine < l.min_cosine {
+                    Some(format!("cosine {cosine:.6} < {}", l.min_cosine))
+                } else if let Some(t) = top1.filter(|t| *t < l.min_top1) {
+                    Some(format!(
+                        "top-1 {:.1}% < {:.1}%",
+                        t * 100.0,
+                        l.min_top1 * 100.0
+                    ))
+                } else {
+                    l.max_error
+                        .filter(|&m| error.is_nan() || error > m)
+                        .map(|m| format!("max error {error:.3e} * scale > {m:e}"))
+                }
+            }
         };
         OutputDiff {
             name: name.to_string(),
             max_abs: self.max_abs,
             max_rel: self.max_rel,
             cosine,
-            top1: self
-                .classified
-                .then(|| self.rows_agree as f64 / self.rows.max(1) as f64),
-            ok: self.violations == 0 && mismatch.is_none(),
+            top1,
+            ok: violation.is_none() && mismatch.is_none(),
             mismatch,
+            violation,
             scale: self.scale,
         }
     }

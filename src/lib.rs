@@ -2,14 +2,18 @@
 //! numbers still agree.
 //!
 //! The library's public face is small: [`load`] a model (memory-mapped, external data resolved,
-//! invariants checked), work on its [`ir::Model`], [`save`] it atomically.
+//! invariants checked), work on its [`ir::Model`], [`save`] it atomically; or run the whole
+//! `optimize` job, checks and report included, with [`optimize()`] (on files) or
+//! [`optimize_model`] (in memory). Every command of the CLI is one call here.
 
 pub mod check;
+pub mod demo;
 pub mod ir;
 pub mod npy;
 pub mod onnx;
 pub mod optimize;
 pub mod passes;
+pub mod progress;
 pub mod report;
 pub mod runtime;
 pub mod zoo;
@@ -18,8 +22,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use check::{CheckOptions, Outcome};
 use ir::Model;
 pub use onnx::{ExternalData, SaveOptions};
+pub use optimize::{optimize, optimize_model, Optimized, Options, Request};
+use report::Summary;
 
 /// A loaded model with what the loader noticed.
 pub struct Loaded {
@@ -106,4 +113,42 @@ pub fn ensure_not_input(output: &Path, input: &Path, input_files: &[PathBuf]) ->
         }
     }
     Ok(())
+}
+
+/// What `model` holds, with its size on disk, and the loader's warnings.
+pub fn inspect(model: &Path) -> Result<(Summary, Vec<String>)> {
+    let loaded = load(model)?;
+    Ok((
+        Summary::of(&loaded.model).with_file(model)?,
+        loaded.warnings,
+    ))
+}
+
+/// Reads `input` and writes it to `output` unchanged (external data in `<output>.data` when
+/// asked, or past 2 GiB); returns the loader's warnings.
+pub fn convert(input: &Path, output: &Path, external_data: bool) -> Result<Vec<String>> {
+    let loaded = load(input)?;
+    ensure_not_input(output, input, &loaded.external_files)?;
+    save(&loaded.model, output, save_options(external_data))?;
+    Ok(loaded.warnings)
+}
+
+/// Where tensors go: to `<output>.data` when asked for, else only past 2 GiB.
+fn save_options(external_data: bool) -> SaveOptions {
+    SaveOptions {
+        external: if external_data {
+            ExternalData::Always
+        } else {
+            ExternalData::Auto
+        },
+        ..SaveOptions::default()
+    }
+}
+
+/// Runs the models in files `a` and `b` on the same inputs and compares `b`'s outputs with
+/// `a`'s; returns the verdict and the loader's warnings.
+pub fn verify(a: &Path, b: &Path, opts: &CheckOptions) -> Result<(Outcome, Vec<String>)> {
+    let (la, lb) = (load(a)?, load(b)?);
+    let outcome = check::compare_models(&la.model, &lb.model, opts)?;
+    Ok((outcome, [la.warnings, lb.warnings].concat()))
 }

@@ -1,12 +1,12 @@
 //! Reading NumPy `.npy` and `.npz` files, for user-supplied inputs.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::ir::DType;
-use crate::runtime::HostTensor;
+use crate::runtime::{HostTensor, InputSpec};
 
 /// Parses one `.npy` payload.
 pub fn parse_npy(bytes: &[u8], what: &str) -> Result<HostTensor> {
@@ -96,4 +96,36 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, HostTensor)>> {
         ));
     }
     Ok(out)
+}
+
+/// One value per model input, in input order, from one `.npy` file per input.
+pub fn inputs_from_npy(paths: &[PathBuf], specs: &[InputSpec]) -> Result<Vec<HostTensor>> {
+    if paths.len() != specs.len() {
+        bail!(
+            "the model has {} inputs ({}) but {} --inputs files were given",
+            specs.len(),
+            specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            paths.len()
+        );
+    }
+    paths.iter().map(|p| read_npy(p)).collect()
+}
+
+/// One value per model input, in input order, from the arrays of an `.npz` named after them.
+pub fn inputs_from_npz(path: &Path, specs: &[InputSpec]) -> Result<Vec<HostTensor>> {
+    let mut arrays = read_npz(path)?;
+    specs
+        .iter()
+        .map(|s| {
+            let at = arrays
+                .iter()
+                .position(|(n, _)| n == &s.name)
+                .with_context(|| format!("{} has no array named '{}'", path.display(), s.name))?;
+            Ok(arrays.swap_remove(at).1)
+        })
+        .collect()
 }

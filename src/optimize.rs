@@ -1,14 +1,120 @@
-//! `optimize` as a library call: run the pipeline, check the result against the original, and
-//! when it disagrees, find the first pass run that broke it.
+//! The `optimize` job as one library call: load, passes, the check of the result against the
+//! original, the staged write, bisect on a mismatch, and the report. The CLI is a thin layer
+//! over [`optimize`]; [`optimize_model`] does the same on a model in memory. Nothing here
+//! prints but the progress spinner.
 
-use anyhow::Result;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use crate::check::{Outcome, Reference};
+use anyhow::{anyhow, Result};
+
+use crate::check::{both_at_once_fit, CheckOptions, Feed, Outcome, Reference};
 use crate::ir::Model;
 use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
+use crate::progress::Progress;
+use crate::report::{Bisect, CheckStatus, Report, Seconds, Summary};
+
+/// An `optimize` job on files.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Where to write the report as JSON.
+    pub report: Option<PathBuf>,
+    /// Store tensors of 1 KiB or more in `<output>.data` (always done past 2 GiB).
+    pub external_data: bool,
+    pub options: Options,
+}
+
+/// How a job runs, on files or in memory.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pipeline: PipelineOptions,
+    /// How the result is compared with the original; `None` does not compare.
+    pub check: Option<CheckOptions>,
+    /// Run the original and the result in tract one after the other (about half the memory,
+    /// a slower check); chosen by itself when both at once would not fit.
+    pub one_at_a_time: bool,
+    /// On a mismatch, find the first pass run whose output disagrees.
+    pub bisect: bool,
+    /// No progress display.
+    pub quiet: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pipeline: PipelineOptions::default(),
+            check: Some(CheckOptions::default()),
+            one_at_a_time: false,
+            bisect: false,
+            quiet: false,
+        }
+    }
+}
+
+/// What [`optimize_model`] gives back: the result, also after a mismatch (for a caller to
+/// look at; [`Report::passed`] says whether to use it), and the report.
+pub struct Optimized {
+    pub model: Model,
+    pub report: Report,
+}
+
+/// Optimizes `req.input` into `req.output`. The result is written only when it passed its
+/// check (or was not checked); a mismatch is not an error but a report that did not pass, with
+/// nothing written. Errors are bad input: a file that cannot be read or written, a model or
+/// input file that makes no sense, a pass that failed.
+pub fn optimize(req: &Request) -> Result<Report> {
+    let total = Instant::now();
+    let progress = Progress::new(req.options.quiet);
+    progress.step("loading");
+    let loaded = crate::load(&req.input)?;
+    let load_time = total.elapsed();
+    crate::ensure_not_input(&req.output, &req.input, &loaded.external_files)?;
+    let save = crate::save_options(req.external_data);
+    let job = run(&loaded.model, &req.options, &progress, |result| {
+        let t = Instant::now();
+        crate::stage(result, &req.output, save).map(|staged| (staged, t.elapsed()))
+    })?;
+    let (staged, save_time) = job.staged?;
+    let mut report = job.report;
+    report.input = Some(req.input.clone());
+    report.output = Some(req.output.clone());
+    report.before = report.before.with_file(&req.input)?;
+    report.notes = loaded
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {w}"))
+        .chain(report.notes)
+        .collect();
+    if report.passed() {
+        staged.commit()?;
+        report.after = report.after.with_file(&req.output)?;
+    }
+    report.seconds.load = load_time.as_secs_f64();
+    report.seconds.save = save_time.as_secs_f64();
+    report.seconds.total = total.elapsed().as_secs_f64();
+    if let Some(path) = &req.report {
+        write_json(path, &report)?;
+    }
+    Ok(report)
+}
+
+/// [`optimize`] on a model in memory.
+pub fn optimize_model(model: &Model, opts: &Options) -> Result<Optimized> {
+    let total = Instant::now();
+    let progress = Progress::new(opts.quiet);
+    let job = run(model, opts, &progress, |_| ())?;
+    let mut report = job.report;
+    report.seconds.total = total.elapsed().as_secs_f64();
+    Ok(Optimized {
+        model: job.result,
+        report,
+    })
+}
 
 /// Runs the pipeline on a copy of `model`.
-pub fn optimize(model: &Model, opts: &PipelineOptions) -> Result<(Model, PipelineReport)> {
+pub fn run_passes(model: &Model, opts: &PipelineOptions) -> Result<(Model, PipelineReport)> {
     let mut out = model.clone();
     let report = run_pipeline(&mut out, opts)?;
     Ok((out, report))
@@ -25,7 +131,7 @@ pub fn bisect(
     let bad = |k: usize| -> Result<bool> {
         let mut o = opts.clone();
         o.stop_after = Some(k);
-        let (m, _) = optimize(original, &o)?;
+        let (m, _) = run_passes(original, &o)?;
         Ok(matches!(reference.check(&m)?, Outcome::Checked(r) if !r.ok()))
     };
     if steps.is_empty() || !bad(steps.len())? {
@@ -42,4 +148,127 @@ pub fn bisect(
         }
     }
     Ok(Some((hi, steps[hi - 1])))
+}
+
+/// A job's result, its report without the file parts, and what `stage` made of the result.
+struct Job<S> {
+    result: Model,
+    report: Report,
+    staged: S,
+}
+
+/// The job on a model: passes, check, bisect. `stage` gets the result while it is being
+/// checked (to write it to a temporary file), so that the write costs no time of its own.
+fn run<S: Send>(
+    original: &Model,
+    opts: &Options,
+    progress: &Progress,
+    stage: impl Fn(&Model) -> S + Sync,
+) -> Result<Job<S>> {
+    let before = Summary::of(original);
+    let mut notes = Vec::new();
+    let check = opts.check.as_ref();
+    let first = check.map(|c| Feed::new(original, c)).transpose()?;
+    let one_at_a_time =
+        check.is_some() && (opts.one_at_a_time || !both_at_once_fit(before.param_bytes()));
+    if one_at_a_time && !opts.one_at_a_time {
+        notes.push("note: checking the original and the result one after the other, to fit in the memory available".to_string());
+    }
+    let reference = |c: &CheckOptions, feed: &Feed| Reference::run(original, c, feed.clone());
+    progress.step("running passes");
+    // Checking is the largest cost of `optimize`, so everything that can overlap does: the
+    // original runs in tract on one thread while the passes run on this one; then the result
+    // runs in tract here while another thread stages its write.
+    let (passes, pass_time, check_time, staged, reference, result_run) =
+        std::thread::scope(|s| -> Result<_> {
+            let checked = check.zip(first.as_ref());
+            // One at a time, the original's tract plan is gone before the result's is built.
+            let original_done = checked
+                .filter(|_| one_at_a_time)
+                .map(|(c, feed)| reference(c, feed));
+            let original_thread = checked
+                .filter(|_| !one_at_a_time)
+                .map(|(c, feed)| s.spawn(move || reference(c, feed)));
+            let t = Instant::now();
+            let passes = run_passes(original, &opts.pipeline);
+            let pass_time = t.elapsed();
+            let (staged, result_run) = match &passes {
+                Ok((result, _)) => std::thread::scope(|s| {
+                    let staged = s.spawn(|| stage(result));
+                    if check.is_some() {
+                        progress.step("checking the result against the original in tract");
+                    }
+                    let result_run = first.as_ref().map(|feed| feed.run(result));
+                    let staged = staged
+                        .join()
+                        .map_err(|_| anyhow!("the thread writing the result panicked"));
+                    (Some(staged), result_run)
+                }),
+                Err(_) => (None, None),
+            };
+            let reference = match original_done {
+                Some(r) => Some(r),
+                None => original_thread.map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow!("the thread running the original panicked"))?
+                }),
+            }
+            .transpose()?;
+            let check_time = if check.is_some() {
+                t.elapsed() - pass_time
+            } else {
+                Duration::ZERO
+            };
+            Ok((passes, pass_time, check_time, staged, reference, result_run))
+        })?;
+    let (result, pipeline) = passes?;
+    let staged = staged.ok_or_else(|| anyhow!("a result is staged once the passes succeed"))??;
+    let t = Instant::now();
+    let (status, bisected) = match (&reference, &first, result_run) {
+        (Some(reference), Some(feed), Some(run)) => {
+            let status = CheckStatus::from(reference.check_run(&result, feed, run)?);
+            let bisected = match (&status, opts.bisect) {
+                (CheckStatus::Mismatch { .. }, true) => Some(
+                    match bisect(original, &opts.pipeline, &pipeline.steps, reference)? {
+                        Some((step, pass)) => Bisect::FirstBadStep { step, pass },
+                        None => Bisect::NoSingleStep,
+                    },
+                ),
+                _ => None,
+            };
+            (status, bisected)
+        }
+        _ => (CheckStatus::Skipped, None),
+    };
+    let check_time = check_time + t.elapsed();
+    let report = Report {
+        input: None,
+        output: None,
+        before,
+        after: Summary::of(&result),
+        explain: opts.pipeline.explain,
+        pipeline,
+        check: status,
+        seconds: Seconds {
+            passes: pass_time.as_secs_f64(),
+            check: check_time.as_secs_f64(),
+            ..Seconds::default()
+        },
+        bisect: bisected,
+        notes,
+    };
+    Ok(Job {
+        result,
+        report,
+        staged,
+    })
+}
+
+fn write_json(path: &std::path::Path, report: &Report) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    crate::onnx::write_atomic(path, |w| {
+        use std::io::Write;
+        w.write_all(text.as_bytes())?;
+        Ok(())
+    })
 }

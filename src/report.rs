@@ -1,12 +1,17 @@
-//! What a model holds, for `inspect` and the before/after tables: interface, opsets, op
-//! histogram, parameters by dtype, subgraphs.
+//! What a model holds, for `inspect` and the before/after tables (interface, opsets, op
+//! histogram, parameters by dtype, subgraphs), and the report of an `optimize` job: one typed
+//! struct that `--report` writes as JSON and the CLI prints as tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::check::{CheckReport, Outcome};
 use crate::ir::{Graph, Model};
+use crate::passes::PipelineReport;
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Port {
@@ -113,6 +118,12 @@ impl Summary {
         }
     }
 
+    /// This summary with the size of the file it was read from or written to.
+    pub fn with_file(mut self, path: &Path) -> Result<Summary> {
+        self.file_bytes = Some(file_size(path)?);
+        Ok(self)
+    }
+
     pub fn param_count(&self) -> u64 {
         self.params.values().map(|p| p.count).sum()
     }
@@ -194,5 +205,269 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+pub fn file_size(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len())
+}
+
+/// What an `optimize` job did, as `--report` writes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The files, when the job read and wrote files rather than models in memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    pub before: Summary,
+    /// The result, written or (after a mismatch) refused.
+    pub after: Summary,
+    pub pipeline: PipelineReport,
+    /// Whether the passes were asked why patterns did not fire (listed in `pipeline.explain`).
+    pub explain: bool,
+    pub check: CheckStatus,
+    pub seconds: Seconds,
+    /// Present when bisecting was asked for and the check failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bisect: Option<Bisect>,
+    /// Loader warnings and notes on how the job ran, each prefixed `warning:` or `note:`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum CheckStatus {
+    Verified {
+        report: CheckReport,
+    },
+    /// tract cannot run the original or the result; the model is written all the same.
+    Unverified {
+        reason: String,
+    },
+    /// The result disagrees with the original; nothing is written.
+    Mismatch {
+        report: CheckReport,
+    },
+    Skipped,
+}
+
+impl From<Outcome> for CheckStatus {
+    fn from(outcome: Outcome) -> CheckStatus {
+        match outcome {
+            Outcome::Checked(report) if report.ok() => CheckStatus::Verified { report },
+            Outcome::Checked(report) => CheckStatus::Mismatch { report },
+            Outcome::Unverified(reason) => CheckStatus::Unverified { reason },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Seconds {
+    pub load: f64,
+    pub passes: f64,
+    pub check: f64,
+    pub save: f64,
+    pub total: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Bisect {
+    /// The first pass run (1-based, as `--stop-after` counts) whose output disagrees.
+    FirstBadStep {
+        step: usize,
+        pass: &'static str,
+    },
+    NoSingleStep,
+}
+
+impl Report {
+    /// Whether the result passed its check (or was not checked): a mismatch writes nothing.
+    pub fn passed(&self) -> bool {
+        !matches!(self.check, CheckStatus::Mismatch { .. })
+    }
+
+    /// Everything the CLI prints on stdout after a job, from the tables to the verdict.
+    pub fn to_text(&self) -> String {
+        if !self.passed() {
+            return self.verdict();
+        }
+        let mut s = self.comparison_table();
+        s += &self.pass_table();
+        s += &self.explain_lines();
+        s += &self.time_line();
+        s += &self.verdict();
+        if let Some(out) = &self.output {
+            writeln!(s, "wrote {}", out.display()).unwrap();
+        }
+        s
+    }
+
+    fn mismatch_lines(&self) -> String {
+        let mut s = String::from("MISMATCH: the optimized model disagrees with the original");
+        s += if self.output.is_some() {
+            "; nothing was written\n"
+        } else {
+            "\n"
+        };
+        match &self.bisect {
+            Some(Bisect::FirstBadStep { step, pass }) => writeln!(
+                s,
+                "bisect: step {step} (pass '{pass}') is the first whose output disagrees; rerun with --stop-after {} to keep the good part",
+                step - 1
+            )
+            .unwrap(),
+            Some(Bisect::NoSingleStep) => {
+                s += "bisect: no single step reproduces the mismatch\n";
+            }
+            None => s += "rerun with --bisect to find the pass responsible\n",
+        }
+        s
+    }
+
+    /// Nodes, op counts, parameters and file size, before and after.
+    pub fn comparison_table(&self) -> String {
+        let (before, after) = (&self.before, &self.after);
+        let mut s = String::new();
+        writeln!(
+            s,
+            "{:<28} {:>12} {:>12} {:>8}",
+            "", "before", "after", "change"
+        )
+        .unwrap();
+        let row = |s: &mut String, name: &str, a: u64, b: u64| {
+            let change = if a == 0 {
+                "-".to_string()
+            } else {
+                format!("{:+.1}%", (b as f64 - a as f64) / a as f64 * 100.0)
+            };
+            writeln!(s, "{name:<28} {a:>12} {b:>12} {change:>8}").unwrap();
+        };
+        row(&mut s, "nodes", before.nodes as u64, after.nodes as u64);
+        let mut ops: Vec<&String> = before.ops.keys().chain(after.ops.keys()).collect();
+        ops.sort();
+        ops.dedup();
+        for op in ops {
+            let a = before.ops.get(op).copied().unwrap_or(0) as u64;
+            let b = after.ops.get(op).copied().unwrap_or(0) as u64;
+            row(&mut s, &format!("  {op}"), a, b);
+        }
+        row(
+            &mut s,
+            "parameters",
+            before.param_count(),
+            after.param_count(),
+        );
+        if let (Some(a), Some(b)) = (before.file_bytes, after.file_bytes) {
+            writeln!(
+                s,
+                "{:<28} {:>12} {:>12}",
+                "file size",
+                human_bytes(a),
+                human_bytes(b)
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    /// Per pass runs, rewrites and time; the Shape/Size ops kept and the dims they read.
+    pub fn pass_table(&self) -> String {
+        let r = &self.pipeline;
+        let mut s = String::new();
+        writeln!(
+            s,
+            "{:<24} {:>5} {:>9} {:>10}",
+            "pass", "runs", "rewrites", "time (ms)"
+        )
+        .unwrap();
+        for p in &r.passes {
+            writeln!(
+                s,
+                "{:<24} {:>5} {:>9} {:>10.2}",
+                p.id,
+                p.runs,
+                p.rewrites,
+                p.time.as_secs_f64() * 1e3
+            )
+            .unwrap();
+        }
+        let rounds: Vec<String> = r
+            .rounds
+            .iter()
+            .map(|(stage, n)| format!("{stage}: fixed point after {n} round(s)"))
+            .collect();
+        writeln!(
+            s,
+            "{}, {} changing step(s)",
+            rounds.join(", "),
+            r.steps.len()
+        )
+        .unwrap();
+        for note in &r.notes {
+            const SHOWN: usize = 8;
+            writeln!(s, "{}", note.heading).unwrap();
+            for k in note.lines.iter().take(SHOWN) {
+                writeln!(s, "  {k}").unwrap();
+            }
+            if note.lines.len() > SHOWN {
+                writeln!(
+                    s,
+                    "  ... and {} more (all in --report)",
+                    note.lines.len() - SHOWN
+                )
+                .unwrap();
+            }
+        }
+        s
+    }
+
+    /// Why patterns did not fire, when that was asked for.
+    pub fn explain_lines(&self) -> String {
+        if !self.explain {
+            return String::new();
+        }
+        let mut s = String::from("why patterns did not fire:\n");
+        if self.pipeline.explain.is_empty() {
+            s += "  (every pattern that matched fired)\n";
+        }
+        for e in &self.pipeline.explain {
+            writeln!(s, "  {e}").unwrap();
+        }
+        s
+    }
+
+    pub fn time_line(&self) -> String {
+        let t = &self.seconds;
+        format!(
+            "time: load {:.3} s, passes {:.3} s, check {:.3} s, save {:.3} s, total {:.3} s\n",
+            t.load, t.passes, t.check, t.save, t.total
+        )
+    }
+
+    /// The check's table and what it means for the written model.
+    pub fn verdict(&self) -> String {
+        match &self.check {
+            CheckStatus::Verified { report } => format!(
+                "{}verified: outputs match the original in tract\n",
+                report.to_table()
+            ),
+            CheckStatus::Unverified { reason } => format!(
+                "UNVERIFIED: {reason}\n{}\n",
+                if self.output.is_some() {
+                    "the model was written, but nothing proves it computes what the original did"
+                } else {
+                    "nothing proves the result computes what the original did"
+                }
+            ),
+            CheckStatus::Mismatch { report } => {
+                format!("{}{}", report.to_table(), self.mismatch_lines())
+            }
+            CheckStatus::Skipped => "not checked (--no-check)\n".to_string(),
+        }
     }
 }

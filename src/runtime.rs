@@ -22,11 +22,15 @@ use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 use crate::ir::{DType, Def, Dim, Model, Tensor};
 
 /// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
-/// shape; any other symbol or unknown dim becomes `default_dim`.
-#[derive(Clone, Debug)]
+/// shape; any other symbol or unknown dim becomes `default_dim`, except spatial ones (dims after
+/// the first two of a rank >= 3 input) when `spatial_dims` is set.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     pub input_shapes: HashMap<String, Vec<usize>>,
     pub default_dim: usize,
+    /// Sizes for free spatial dims, in order, the last one repeated: image models whose
+    /// branches only line up at real image sizes need them larger than `default_dim`.
+    pub spatial_dims: Vec<usize>,
 }
 
 impl Default for Binding {
@@ -34,6 +38,7 @@ impl Default for Binding {
         Binding {
             input_shapes: HashMap::new(),
             default_dim: 1,
+            spatial_dims: Vec::new(),
         }
     }
 }
@@ -55,6 +60,41 @@ impl Binding {
         self.input_shapes.insert(name.to_string(), dims);
         Ok(())
     }
+
+    /// This binding with free spatial dims of `sizes` instead.
+    pub fn with_spatial_dims(&self, sizes: Vec<usize>) -> Binding {
+        Binding {
+            spatial_dims: sizes,
+            ..self.clone()
+        }
+    }
+
+    /// The size a free dim at `axis` of a rank-`rank` input is bound to.
+    fn free_dim(&self, axis: usize, rank: usize) -> usize {
+        match self.spatial_dims.as_slice() {
+            [] => self.default_dim,
+            sizes if rank >= 3 && axis >= 2 => sizes[(axis - 2).min(sizes.len() - 1)],
+            _ => self.default_dim,
+        }
+    }
+}
+
+/// Whether some input that `binding` does not fix has a symbolic or unknown spatial dim: only
+/// then can a larger [`Binding::spatial_dims`] change what the model is run with.
+pub fn has_free_spatial_dims(model: &Model, binding: &Binding) -> bool {
+    let g = &model.graph;
+    g.inputs().iter().any(|&v| {
+        let value = g.value(v);
+        value.def() == Def::Input
+            && value.initializer().is_none()
+            && !binding.input_shapes.contains_key(value.name())
+            && g.shape(v).is_some_and(|dims| {
+                dims.len() >= 3
+                    && dims[2..]
+                        .iter()
+                        .any(|d| !matches!(d, Dim::Known(n) if *n >= 0))
+            })
+    })
 }
 
 /// What a model input needs: name, element type and the concrete shape it will be run with.
@@ -80,19 +120,20 @@ pub fn input_specs(model: &Model, binding: &Binding) -> Result<Vec<InputSpec>> {
             .with_context(|| format!("graph input '{name}' is not a tensor of known type"))?;
         let shape = match binding.input_shapes.get(&name) {
             Some(s) => s.clone(),
-            None => g
-                .shape(v)
-                .with_context(|| {
+            None => {
+                let dims = g.shape(v).with_context(|| {
                     format!(
                         "graph input '{name}' has no declared rank: give --input-shape {name}:..."
                     )
-                })?
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(n) if *n >= 0 => *n as usize,
-                    _ => binding.default_dim,
-                })
-                .collect(),
+                })?;
+                dims.iter()
+                    .enumerate()
+                    .map(|(axis, d)| match d {
+                        Dim::Known(n) if *n >= 0 => *n as usize,
+                        _ => binding.free_dim(axis, dims.len()),
+                    })
+                    .collect()
+            }
         };
         specs.push(InputSpec { name, dtype, shape });
     }
@@ -202,14 +243,6 @@ impl HostTensor {
         self.0.shape()
     }
 
-    pub fn dtype_name(&self) -> String {
-        format!("{:?}", self.0.datum_type()).to_lowercase()
-    }
-
-    pub fn is_float(&self) -> bool {
-        self.0.datum_type().is_float()
-    }
-
     /// Values as f64, for comparisons. `None` for strings.
     pub fn to_f64(&self) -> Option<Vec<f64>> {
         let t = self.0.cast_to::<f64>().ok()?;
@@ -251,8 +284,6 @@ pub struct Runner {
     plan: Plan,
     pub inputs: Vec<InputSpec>,
     pub outputs: Vec<String>,
-    /// "typed" or "untyped (slower)": which of tract's paths runs the model.
-    pub path: &'static str,
 }
 
 /// Why tract cannot run a model, worded for the user.
@@ -337,10 +368,10 @@ impl Runner {
             m.optimize()?;
             m.into_runnable()
         });
-        let (plan, path) = match typed {
-            Ok(plan) => (Plan::Typed(plan), "typed"),
+        let plan = match typed {
+            Ok(plan) => Plan::Typed(plan),
             Err(typed_err) => match inference.into_runnable() {
-                Ok(plan) => (Plan::Inference(plan), "untyped (slower)"),
+                Ok(plan) => Plan::Inference(plan),
                 Err(_) => return Err(unrunnable(typed_err)),
             },
         };
@@ -348,7 +379,6 @@ impl Runner {
             plan,
             inputs,
             outputs,
-            path,
         })
     }
 

@@ -818,41 +818,6 @@ fn keeps_a_division_by_zero() {
     assert_refused(&lift(p), "fuse-mul-conv", "Conv", "divides by zero");
 }
 
-// ---- bisect ----
-
-#[test]
-fn bisect_names_the_first_step_that_changes_the_numbers() {
-    use onnxsmith::check::{CheckOptions, Reference, Tolerance};
-    use onnxsmith::passes::PipelineOptions;
-    // Identity (exact) then Conv+BN (fusing rounds the weights): with a zero tolerance the
-    // fusion is the first step that disagrees.
-    let mut p = conv_bn(false, vec![], vec![]);
-    let g = p.graph.as_mut().unwrap();
-    g.node.insert(0, node("Identity", "id", &["x"], &["xi"]));
-    g.node[1].input[0] = "xi".into();
-    let m = lift(p);
-    let opts = PipelineOptions::default();
-    let (_, report) = onnxsmith::optimize::optimize(&m, &opts).unwrap();
-    assert_eq!(report.steps[..2], ["eliminate-identity", "fuse-conv-bn"]);
-    let exact = CheckOptions {
-        tolerance: Tolerance {
-            rtol: 0.0,
-            atol: 0.0,
-        },
-        samples: 2,
-        ..Default::default()
-    };
-    let reference = Reference::new(&m, &exact).unwrap();
-    let found = onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap();
-    assert_eq!(found, Some((2, "fuse-conv-bn")));
-    // Within the rewrite tolerance nothing is wrong.
-    let reference = Reference::new(&m, &CheckOptions::default()).unwrap();
-    assert_eq!(
-        onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap(),
-        None
-    );
-}
-
 // ---- fuse-pad-conv ----
 
 /// x[1,2,5,5] ─▶ Pad(pads, value) ─▶ p ─▶ `op` ─▶ y, with `op` reading p first.

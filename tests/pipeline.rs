@@ -168,3 +168,52 @@ fn refusals_carry_the_rewrite_id_to_explain() {
     );
     assert!(report.steps.is_empty());
 }
+
+#[test]
+fn bisect_names_the_first_step_that_changes_the_numbers() {
+    use onnxsmith::check::{CheckOptions, Reference, Rule, ScaledTolerance};
+    use onnxsmith::passes::PipelineOptions;
+    // Identity (exact) then Conv+BN (fusing rounds the weights): with a zero tolerance the
+    // fusion is the first step that disagrees.
+    let mut conv = node("Conv", "conv", &["xi", "W"], &["c"]);
+    conv.attribute = vec![common::attr_ints("kernel_shape", &[3, 3])];
+    let bn = node(
+        "BatchNormalization",
+        "bn",
+        &["c", "gamma", "beta", "mean", "var"],
+        &["y"],
+    );
+    let positive = |seed| -> Vec<f32> { common::values(3, seed).iter().map(|v| 1.5 + v).collect() };
+    let m = lift(common::model_io(
+        vec![node("Identity", "id", &["x"], &["xi"]), conv, bn],
+        vec![common::f32_info("x", &[1, 2, 5, 5])],
+        vec![common::f32_info("y", &[1, 3, 3, 3])],
+        vec![
+            common::f32_tensor("W", &[3, 2, 3, 3], &common::values(54, 9)),
+            common::f32_tensor("gamma", &[3], &positive(1)),
+            common::f32_tensor("beta", &[3], &common::values(3, 2)),
+            common::f32_tensor("mean", &[3], &common::values(3, 3)),
+            common::f32_tensor("var", &[3], &positive(4)),
+        ],
+    ));
+    let opts = PipelineOptions::default();
+    let (_, report) = onnxsmith::optimize::run_passes(&m, &opts).unwrap();
+    assert_eq!(report.steps[..2], ["eliminate-identity", "fuse-conv-bn"]);
+    let exact = CheckOptions {
+        rule: Rule::Exact(ScaledTolerance {
+            rtol: 0.0,
+            atol: 0.0,
+        }),
+        samples: 2,
+        ..Default::default()
+    };
+    let reference = Reference::new(&m, &exact).unwrap();
+    let found = onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap();
+    assert_eq!(found, Some((2, "fuse-conv-bn")));
+    // Within the rewrite tolerance nothing is wrong.
+    let reference = Reference::new(&m, &CheckOptions::default()).unwrap();
+    assert_eq!(
+        onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap(),
+        None
+    );
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use onnxsmith::check::{CheckOptions, Outcome, Reference};
+use onnxsmith::check::{CheckOptions, InputSource, Outcome, Reference};
 use onnxsmith::passes::PipelineOptions;
 use onnxsmith::runtime::{input_specs, Binding, HostTensor};
 use rand::SeedableRng;
@@ -27,7 +27,7 @@ fn real_models_optimize_and_stay_equal() {
     for path in files {
         let original = onnxsmith::load(&path).unwrap().model;
         let (optimized, _) =
-            onnxsmith::optimize::optimize(&original, &PipelineOptions::default()).unwrap();
+            onnxsmith::optimize::run_passes(&original, &PipelineOptions::default()).unwrap();
         // Image models get a 64x64 input (their H and W are symbolic, multiples of 32); the
         // voice model takes 512-sample chunks at its real sample rate.
         let mut binding = Binding::default();
@@ -55,7 +55,7 @@ fn real_models_optimize_and_stay_equal() {
             .collect();
         let opts = CheckOptions {
             binding,
-            inputs: vec![inputs],
+            inputs: InputSource::Sets(vec![inputs]),
             ..Default::default()
         };
         match Reference::new(&original, &opts)

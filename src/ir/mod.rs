@@ -166,6 +166,15 @@ impl Model {
             .to_string()
     }
 
+    /// The value of metadata entry `key`, if the model has one.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.rest
+            .metadata_props
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.value.as_str())
+    }
+
     /// The model-local functions, as (domain, name).
     pub fn functions(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.rest

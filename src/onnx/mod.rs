@@ -13,7 +13,7 @@ pub mod proto {
 
 pub use load::{decode_model, load_model};
 pub use mapping::forget_resident;
-pub use save::{save_model, stage_model, write_atomic, ExternalData, SaveOptions, Staged};
+pub use save::{stage_model, write_atomic, ExternalData, SaveOptions, Staged};
 
 /// Bits per element of `TensorProto.DataType` `data_type`, for types with a fixed size.
 pub fn element_bits(data_type: i32) -> Option<u64> {

@@ -49,13 +49,9 @@ impl Default for SaveOptions {
     }
 }
 
-/// Writes `model` to `path` atomically. Tensors are expected inline (loading resolves external
-/// data); which of them go out to `<file name>.data` is decided here.
-pub fn save_model(model: ModelProto, path: &Path, opts: SaveOptions) -> Result<()> {
-    stage_model(model, path, opts)?.commit()
-}
-
-/// Like [`save_model`], but leaves the files staged beside their targets until `commit`.
+/// Writes `model` beside `path`, to be put in place atomically by `commit`. Tensors are expected
+/// inline (loading resolves external data); which of them go out to `<file name>.data` is
+/// decided here.
 pub fn stage_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Result<Staged> {
     let file_name = path
         .file_name()

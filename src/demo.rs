@@ -1,0 +1,53 @@
+//! The end-to-end demo's files: the built-in ResNet-50, written, read back and written again
+//! to prove the round trip lossless, then optimized by the ordinary job.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::optimize::{Options, Request};
+use crate::report::{file_size, Summary};
+use crate::SaveOptions;
+
+pub struct Demo {
+    pub model: PathBuf,
+    pub model_bytes: u64,
+    pub build_time: Duration,
+    /// The model as read back and written again: byte-identical to `model`.
+    pub roundtrip: PathBuf,
+    /// What the model read back holds.
+    pub summary: Summary,
+    /// The job that optimizes it, reporting to `report.json` beside it.
+    pub request: Request,
+}
+
+/// Builds ResNet-50 into `dir` and proves its round trip byte-identical.
+pub fn prepare(dir: &Path) -> Result<Demo> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let model = dir.join("resnet50.onnx");
+    let roundtrip = dir.join("resnet50.roundtrip.onnx");
+    let t = Instant::now();
+    crate::save(&crate::zoo::resnet50()?, &model, SaveOptions::default())?;
+    let build_time = t.elapsed();
+    let loaded = crate::load(&model)?;
+    crate::save(&loaded.model, &roundtrip, SaveOptions::default())?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    if read(&model)? != read(&roundtrip)? {
+        bail!("the round trip changed the file: lift and lower are not lossless");
+    }
+    Ok(Demo {
+        model_bytes: file_size(&model)?,
+        build_time,
+        roundtrip,
+        summary: Summary::of(&loaded.model),
+        request: Request {
+            input: model.clone(),
+            output: dir.join("resnet50.opt.onnx"),
+            report: Some(dir.join("report.json")),
+            external_data: false,
+            options: Options::default(),
+        },
+        model,
+    })
+}
