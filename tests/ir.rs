@@ -279,7 +279,12 @@ fn a_staged_model_is_in_place_only_once_committed() {
     };
     let staged = onnxsmith::stage(&m, &p, SaveOptions::default()).unwrap();
     assert!(!p.exists(), "staged, not yet in place");
-    assert_eq!(listing().len(), 1, "one temporary file: {:?}", listing());
+    // Unnamed until committed where the file system allows it, else one temporary name.
+    let during = listing();
+    assert!(
+        during.is_empty() || (during.len() == 1 && during[0].ends_with(".tmp")),
+        "{during:?}"
+    );
     drop(staged);
     assert!(listing().is_empty(), "dropped uncommitted: {:?}", listing());
 
