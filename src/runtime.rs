@@ -621,13 +621,29 @@ fn infer(model: &Model) -> Result<HashMap<String, Fact>> {
     Ok(out)
 }
 
+thread_local! {
+    /// Whether this thread is inside [`contain_panic`].
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f`, turning a panic inside tract into an `Unrunnable` error. tract's panic message
-/// goes into that error instead of onto stderr, where it would read as our crash.
+/// goes into that error instead of onto stderr, where it would read as our crash. The panic
+/// hook is installed once and silences only the threads inside this call: swapping the
+/// process-wide hook per call would race between threads (the check runs two models at once)
+/// and could leave every later panic silent.
 fn contain_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINED.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = CONTAINED.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    CONTAINED.with(|c| c.set(outer));
     result.unwrap_or_else(|payload| {
         let msg = payload
             .downcast_ref::<String>()
