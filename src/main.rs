@@ -85,9 +85,9 @@ struct OptimizeArgs {
     /// Say why each pattern did not fire.
     #[arg(long)]
     explain: bool,
-    /// Bytes a folded constant may exceed its inputs by (default 1048576).
-    #[arg(long)]
-    fold_limit: Option<u64>,
+    /// Bytes a folded constant may exceed its inputs by.
+    #[arg(long, default_value_t = PipelineOptions::default().fold_limit)]
+    fold_limit: u64,
     /// Check the IR's invariants after every pass.
     #[arg(long)]
     verify_each: bool,

@@ -174,7 +174,7 @@ fn keeps_folds_that_would_bloat_the_file() {
     let mut folded = m.clone();
     let opts = onnxsmith::passes::PipelineOptions {
         only: Some(vec!["fold-constants".into()]),
-        fold_limit: Some(16 << 20),
+        fold_limit: 16 << 20,
         ..Default::default()
     };
     onnxsmith::passes::run_pipeline(&mut folded, &opts).unwrap();

@@ -403,7 +403,7 @@ pub fn pipeline() -> Vec<Box<dyn Pass>> {
         .collect()
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PipelineOptions {
     /// Run only these passes (in pipeline order).
     pub only: Option<Vec<String>>,
@@ -413,8 +413,21 @@ pub struct PipelineOptions {
     /// Check the IR's invariants after every pass (always on in debug builds).
     pub verify_each: bool,
     pub explain: bool,
-    /// Bytes a folded constant may exceed its inputs by (default 1 MiB).
-    pub fold_limit: Option<u64>,
+    /// Bytes a folded constant may exceed its inputs by.
+    pub fold_limit: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> PipelineOptions {
+        PipelineOptions {
+            only: None,
+            disable: Vec::new(),
+            stop_after: None,
+            verify_each: false,
+            explain: false,
+            fold_limit: fold::constant::DEFAULT_FOLD_LIMIT,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -455,10 +468,7 @@ const MAX_ROUNDS: usize = 32;
 
 /// The stages with only the passes `opts` selects, checking that every name it gives exists.
 pub fn selected(opts: &PipelineOptions) -> Result<Vec<Stage>> {
-    let all = stages(
-        opts.fold_limit
-            .unwrap_or(fold::constant::DEFAULT_FOLD_LIMIT),
-    );
+    let all = stages(opts.fold_limit);
     let known: Vec<&str> = all
         .iter()
         .flat_map(|s| s.passes().map(|p| p.id()))
