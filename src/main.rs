@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use onnxsmith::check::{CheckOptions, InputSource, LossyLimits, Outcome, Rule, ScaledTolerance};
+use onnxsmith::passes::quant::qdq::Activations;
+use onnxsmith::passes::quant::ranges::Method;
+use onnxsmith::passes::quant::QuantOptions;
 use onnxsmith::passes::{pipeline, PipelineOptions};
 use onnxsmith::report::{human_bytes, Report};
 use onnxsmith::runtime::Binding;
@@ -113,6 +116,77 @@ struct OptimizeArgs {
     quiet: bool,
     #[command(flatten)]
     check: CheckArgs,
+    #[command(flatten)]
+    quant: QuantArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Quantize {
+    Int8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CalibMethod {
+    Minmax,
+    Percentile,
+    Entropy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ActivationType {
+    /// Symmetric, zero point 0 (what TensorRT requires).
+    Int8,
+    /// Asymmetric: ONNX Runtime's fast path on CPUs without VNNI.
+    Uint8,
+}
+
+#[derive(Args)]
+struct QuantArgs {
+    /// Quantize after simplifying, checked against the float model by the lossy rule.
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
+    /// A directory of calibration samples: `.npy` (one-input models) or `.npz` (an array per
+    /// input, by name).
+    #[arg(long, requires = "quantize")]
+    calib: Option<PathBuf>,
+    /// Calibrate on N random samples instead: the ranges are not those of real inputs.
+    #[arg(long, requires = "quantize", conflicts_with = "calib")]
+    calib_random: Option<usize>,
+    /// How an activation's range is chosen.
+    #[arg(long, value_enum, default_value = "percentile")]
+    calib_method: CalibMethod,
+    /// The percentile of magnitudes kept, for `--calib-method percentile`.
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
+    /// At most this many samples calibrate.
+    #[arg(long, default_value_t = QuantOptions::default().samples)]
+    calib_samples: usize,
+    /// The element type of quantized activations.
+    #[arg(long, value_enum, default_value = "int8")]
+    activations: ActivationType,
+    /// Leave this node name or op type in float (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+}
+
+impl QuantArgs {
+    fn options(&self) -> Option<QuantOptions> {
+        self.quantize?;
+        Some(QuantOptions {
+            activations: match self.activations {
+                ActivationType::Int8 => Activations::Int8,
+                ActivationType::Uint8 => Activations::Uint8,
+            },
+            method: match self.calib_method {
+                CalibMethod::Minmax => Method::MinMax,
+                CalibMethod::Percentile => Method::Percentile(self.percentile),
+                CalibMethod::Entropy => Method::Entropy,
+            },
+            calib: self.calib.clone(),
+            random: self.calib_random,
+            samples: self.calib_samples,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -315,6 +389,8 @@ fn optimize(args: OptimizeArgs) -> Result<u8> {
             one_at_a_time: args.check_one_at_a_time,
             bisect: args.bisect,
             quiet: args.quiet,
+            quantize: args.quant.options(),
+            exclude: args.quant.exclude.clone(),
         },
     };
     finish(&onnxsmith::optimize(&request)?)

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
-use crate::check::{both_at_once_fit, CheckOptions, Feed, Outcome, Reference};
+use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outcome, Reference, Rule};
 use crate::ir::Model;
-use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
+use crate::passes::quant::{self, QuantOptions, QuantReport, Samples};
+use crate::passes::{run_pipeline, run_stages, PassContext, PipelineOptions, PipelineReport};
 use crate::progress::Progress;
 use crate::report::{Bisect, CheckStatus, Report, Seconds, Summary};
 
@@ -39,6 +40,10 @@ pub struct Options {
     pub bisect: bool,
     /// No progress display.
     pub quiet: bool,
+    /// Quantize to int8 after simplifying.
+    pub quantize: Option<QuantOptions>,
+    /// Node names or op types no lossy stage may touch.
+    pub exclude: Vec<String>,
 }
 
 impl Default for Options {
@@ -49,6 +54,8 @@ impl Default for Options {
             one_at_a_time: false,
             bisect: false,
             quiet: false,
+            quantize: None,
+            exclude: Vec::new(),
         }
     }
 }
@@ -113,6 +120,32 @@ pub fn optimize_model(model: &Model, opts: &Options) -> Result<Optimized> {
     })
 }
 
+/// The simplify pipeline, then, when asked, quantization of the simplified model calibrated on
+/// `samples`.
+fn transform(
+    original: &Model,
+    opts: &Options,
+    samples: Option<&Samples>,
+    progress: &Progress,
+) -> Result<(Model, PipelineReport, Option<QuantReport>)> {
+    let (mut model, mut report) = run_passes(original, &opts.pipeline)?;
+    let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
+        return Ok((model, report, None));
+    };
+    let mut cx = PassContext::new(opts.pipeline.explain);
+    cx.exclude = opts.exclude.clone();
+    quant::prepare(&model, q, samples, &mut cx, progress)?;
+    let float = model.clone();
+    let more = run_stages(&mut model, &[quant::stage()], &opts.pipeline, &mut cx)?;
+    report.passes.extend(more.passes);
+    report.steps.extend(more.steps);
+    report.rounds.extend(more.rounds);
+    report.explain.extend(more.explain);
+    report.notes.extend(more.notes);
+    let summary = quant::report(&float, &model, q, samples, &cx);
+    Ok((model, report, Some(summary)))
+}
+
 /// Runs the pipeline on a copy of `model`.
 pub fn run_passes(model: &Model, opts: &PipelineOptions) -> Result<(Model, PipelineReport)> {
     let mut out = model.clone();
@@ -167,7 +200,21 @@ fn run<S: Send>(
 ) -> Result<Job<S>> {
     let before = Summary::of(original);
     let mut notes = Vec::new();
-    let check = opts.check.as_ref();
+    // A quantized result is judged on samples calibration did not see, by the lossy rule
+    // unless the user set its limits.
+    let samples = opts
+        .quantize
+        .as_ref()
+        .map(|q| quant::samples(original, q))
+        .transpose()?;
+    let lossy_check = opts.check.clone().zip(samples.as_ref()).map(|(mut c, s)| {
+        c.inputs = InputSource::Sets(s.held_back.clone());
+        if matches!(c.rule, Rule::Exact(_)) {
+            c.rule = Rule::lossy();
+        }
+        c
+    });
+    let check = lossy_check.as_ref().or(opts.check.as_ref());
     let first = check.map(|c| Feed::new(original, c)).transpose()?;
     let one_at_a_time =
         check.is_some() && (opts.one_at_a_time || !both_at_once_fit(before.param_bytes()));
@@ -190,10 +237,10 @@ fn run<S: Send>(
                 .filter(|_| !one_at_a_time)
                 .map(|(c, feed)| s.spawn(move || reference(c, feed)));
             let t = Instant::now();
-            let passes = run_passes(original, &opts.pipeline);
+            let passes = transform(original, opts, samples.as_ref(), progress);
             let pass_time = t.elapsed();
             let (staged, result_run) = match &passes {
-                Ok((result, _)) => std::thread::scope(|s| {
+                Ok((result, _, _)) => std::thread::scope(|s| {
                     let staged = s.spawn(|| stage(result));
                     if check.is_some() {
                         progress.step("checking the result against the original in tract");
@@ -221,7 +268,7 @@ fn run<S: Send>(
             };
             Ok((passes, pass_time, check_time, staged, reference, result_run))
         })?;
-    let (result, pipeline) = passes?;
+    let (result, pipeline, quantization) = passes?;
     let staged = staged.ok_or_else(|| anyhow!("a result is staged once the passes succeed"))??;
     let t = Instant::now();
     let (status, bisected) = match (&reference, &first, result_run) {
@@ -256,6 +303,7 @@ fn run<S: Send>(
         },
         bisect: bisected,
         notes,
+        quantization,
     };
     Ok(Job {
         result,

@@ -236,6 +236,9 @@ pub struct Report {
     /// Loader warnings and notes on how the job ran, each prefixed `warning:` or `note:`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the quantization stage did, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::passes::quant::QuantReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -298,11 +301,41 @@ impl Report {
         }
         let mut s = self.comparison_table();
         s += &self.pass_table();
+        s += &self.quantization_lines();
         s += &self.explain_lines();
         s += &self.time_line();
         s += &self.verdict();
         if let Some(out) = &self.output {
             writeln!(s, "wrote {}", out.display()).unwrap();
+        }
+        s
+    }
+
+    /// What quantization did: how much is int8, what stayed float and why.
+    pub fn quantization_lines(&self) -> String {
+        let Some(q) = &self.quantization else {
+            return String::new();
+        };
+        let mut s = String::new();
+        if q.random_calibration {
+            s += "WARNING: calibrated on random data: the ranges are not those of real inputs\n";
+        }
+        writeln!(
+            s,
+            "quantized {} op(s) ({:?} activations, {:?} ranges over {} sample(s), checked on {} held back); int8 weights: {:.0}%",
+            q.quantized,
+            q.activations,
+            q.method,
+            q.calibration_samples,
+            q.held_back_samples,
+            q.int8_weight_share * 100.0
+        )
+        .unwrap();
+        for (name, why) in &q.left_float {
+            writeln!(s, "  left float: '{name}': {why}").unwrap();
+        }
+        if q.bodies_left_float {
+            s += "  subgraph bodies are left in float\n";
         }
         s
     }

@@ -243,6 +243,26 @@ impl HostTensor {
         self.0.shape()
     }
 
+    /// The element type, when ONNX has one for it.
+    pub fn dtype(&self) -> Option<DType> {
+        dtype_of(self.0.datum_type())
+    }
+
+    /// Values of a float tensor as f32, for calibration statistics. `None` for other types.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        if !self.0.datum_type().is_float() {
+            return None;
+        }
+        let t = self.0.cast_to::<f32>().ok()?;
+        Some(
+            t.to_plain_array_view::<f32>()
+                .ok()?
+                .iter()
+                .copied()
+                .collect(),
+        )
+    }
+
     /// Values as f64, for comparisons. `None` for strings.
     pub fn to_f64(&self) -> Option<Vec<f64>> {
         let t = self.0.cast_to::<f64>().ok()?;

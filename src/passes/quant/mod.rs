@@ -1,0 +1,353 @@
+//! INT8 quantization, as a stage after simplification: calibrate (run the float model in
+//! tract over the samples, streaming statistics), choose each activation's range (MinMax,
+//! Percentile, Entropy), insert QuantizeLinear/DequantizeLinear (`quantize-qdq`), then
+//! cleanup. The samples come from a directory of `.npy`/`.npz` files, or, only when asked,
+//! from random data, which gives ranges that are not real; a share of them is held back for
+//! the check, which judges the result against the float model by the lossy rule.
+
+pub mod calibrate;
+pub mod qdq;
+pub mod ranges;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use self::qdq::{plan, Activations, Calibration, InsertQdq};
+use self::ranges::Method;
+use super::{PassContext, Stage};
+use crate::ir::{DType, Graph, Model};
+use crate::progress::Progress;
+use crate::runtime::{input_specs, Binding, HostTensor, InputSpec};
+
+/// How to quantize.
+#[derive(Clone, Debug)]
+pub struct QuantOptions {
+    pub activations: Activations,
+    pub method: Method,
+    /// A directory of calibration samples.
+    pub calib: Option<PathBuf>,
+    /// Random calibration samples, when there is no directory.
+    pub random: Option<usize>,
+    /// At most this many samples calibrate.
+    pub samples: usize,
+}
+
+impl Default for QuantOptions {
+    fn default() -> Self {
+        QuantOptions {
+            activations: Activations::Int8,
+            method: Method::Percentile(99.99),
+            calib: None,
+            random: None,
+            samples: 100,
+        }
+    }
+}
+
+/// The quantization stage: Q/DQ inserted once, then the float weights they replaced removed.
+pub fn stage() -> Stage {
+    Stage {
+        name: "quantize",
+        reason: "after simplify, so that quantization sees fused weights and constant shapes",
+        once: vec![Box::new(InsertQdq)],
+        fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+    }
+}
+
+/// Samples for calibration and, held back from it, for the check.
+pub struct Samples {
+    pub calibration: Vec<Vec<HostTensor>>,
+    pub held_back: Vec<Vec<HostTensor>>,
+    /// Whether they are random data, whose ranges are not real.
+    pub random: bool,
+}
+
+/// The samples `opts` names for `model`: from a directory, every fifth one (at least one,
+/// when there are two or more) held back for the check and the rest (at most `opts.samples`)
+/// for calibration; random ones, `opts.random` for calibration and a quarter as many others
+/// for the check.
+pub fn samples(model: &Model, opts: &QuantOptions) -> Result<Samples> {
+    let specs = input_specs(model, &Binding::default())?;
+    if let Some(dir) = &opts.calib {
+        let all = read_dir(dir, &specs, &declared(model, &specs))?;
+        let held = if all.len() >= 2 {
+            all.len().div_ceil(5)
+        } else {
+            0
+        };
+        let (mut calibration, mut held_back) = (Vec::new(), Vec::new());
+        for (i, s) in all.into_iter().enumerate() {
+            if i % 5 == 4 && held_back.len() < held {
+                held_back.push(s);
+            } else if calibration.len() < opts.samples.max(1) {
+                calibration.push(s);
+            }
+        }
+        if held_back.is_empty() {
+            held_back = calibration.clone();
+        }
+        return Ok(Samples {
+            calibration,
+            held_back,
+            random: false,
+        });
+    }
+    let Some(n) = opts.random else {
+        bail!("quantization needs calibration data: --calib DIR (or --calib-random N, whose ranges are not real)");
+    };
+    let random = |count: usize, seed: u64| -> Result<Vec<Vec<HostTensor>>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .map(|_| {
+                specs
+                    .iter()
+                    .map(|s| HostTensor::random(s, &mut rng))
+                    .collect()
+            })
+            .collect()
+    };
+    Ok(Samples {
+        calibration: random(n.max(1), 1)?,
+        held_back: random(n.div_ceil(4).max(1), 2)?,
+        random: true,
+    })
+}
+
+/// The samples of a directory: `.npy` files (one array, for a model of one input) or `.npz`
+/// archives (one array per input, by name), in name order.
+fn read_dir(
+    dir: &Path,
+    specs: &[InputSpec],
+    declared: &[Vec<Option<usize>>],
+) -> Result<Vec<Vec<HostTensor>>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the calibration directory {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read the calibration directory {}", dir.display()))?;
+    files.retain(|p| p.is_file());
+    files.sort();
+    let mut sets = Vec::new();
+    for f in &files {
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let set = match ext {
+            "npy" => {
+                if specs.len() != 1 {
+                    bail!(
+                        "{}: a .npy sample fits a model of one input; this one has {} ({}): use .npz files with an array per input",
+                        f.display(),
+                        specs.len(),
+                        names(specs)
+                    );
+                }
+                vec![crate::npy::read_npy(f)?]
+            }
+            "npz" => crate::npy::inputs_from_npz(f, specs)?,
+            "jpg" | "jpeg" | "png" => bail!(
+                "{}: image samples are not supported yet; convert them to .npy with your preprocessing",
+                f.display()
+            ),
+            _ => continue,
+        };
+        for ((t, s), d) in set.iter().zip(specs).zip(declared) {
+            check_sample(f, t, s, d)?;
+        }
+        sets.push(set);
+    }
+    if sets.is_empty() {
+        bail!("{}: no .npy or .npz calibration samples", dir.display());
+    }
+    Ok(sets)
+}
+
+/// Each input's declared dims, `None` where a dim is symbolic or unknown.
+fn declared(model: &Model, specs: &[InputSpec]) -> Vec<Vec<Option<usize>>> {
+    let g = &model.graph;
+    specs
+        .iter()
+        .map(|s| {
+            let dims = g.find(&s.name).and_then(|v| g.shape(v)).unwrap_or_default();
+            dims.iter()
+                .map(|d| match d {
+                    crate::ir::Dim::Known(n) if *n >= 0 => Some(*n as usize),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn names(specs: &[InputSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether sample `t` from `file` can feed input `s`: its element type, and its rank and the
+/// dims the model fixes (dynamic dims may differ from sample to sample).
+fn check_sample(
+    file: &Path,
+    t: &HostTensor,
+    s: &InputSpec,
+    declared: &[Option<usize>],
+) -> Result<()> {
+    if t.dtype() != Some(s.dtype) {
+        bail!(
+            "{}: input '{}' needs {} values, the file holds {}",
+            file.display(),
+            s.name,
+            s.dtype,
+            t.dtype().unwrap_or(DType::UNDEFINED)
+        );
+    }
+    if t.shape().len() != declared.len()
+        || t.shape()
+            .iter()
+            .zip(declared)
+            .any(|(&got, want)| want.is_some_and(|w| w != got))
+    {
+        let want: Vec<String> = declared
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |n| n.to_string()))
+            .collect();
+        bail!(
+            "{}: input '{}' is [{}], the file holds {:?}",
+            file.display(),
+            s.name,
+            want.join(", "),
+            t.shape()
+        );
+    }
+    Ok(())
+}
+
+/// What the quantization stage did, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantReport {
+    pub method: Method,
+    pub activations: Activations,
+    pub calibration_samples: usize,
+    pub held_back_samples: usize,
+    /// Random data: the ranges are not real.
+    pub random_calibration: bool,
+    pub quantized: usize,
+    /// Each quantizable op left in float, with why.
+    pub left_float: Vec<(String, String)>,
+    /// Share of the Conv/ConvTranspose/Gemm/MatMul weight elements stored as int8.
+    pub int8_weight_share: f64,
+    /// Subgraph bodies hold quantizable ops, which stay float.
+    pub bodies_left_float: bool,
+}
+
+/// Calibrates the simplified float `model` on `samples` and hands the stage its ranges.
+pub fn prepare(
+    model: &Model,
+    opts: &QuantOptions,
+    samples: &Samples,
+    cx: &mut PassContext,
+    progress: &Progress,
+) -> Result<()> {
+    let g = &model.graph;
+    let mut values: Vec<String> = g
+        .node_ids()
+        .filter(|&n| qdq::quantizable(g, n))
+        .filter_map(|n| g.node(n).input(0))
+        .filter(|&v| g.value(v).constant().is_none())
+        .map(|v| g.value(v).name().to_string())
+        .collect();
+    values.sort();
+    values.dedup();
+    let stats = calibrate::calibrate(model, &values, &samples.calibration, opts.method, progress)?;
+    let ranges: HashMap<String, (f32, f32)> = stats
+        .into_iter()
+        .filter(|(_, s)| s.seen > 0)
+        .map(|(name, s)| {
+            let t = s.threshold(opts.method);
+            (name, (s.min.max(-t), s.max.min(t)))
+        })
+        .collect();
+    cx.provide(Calibration {
+        ranges,
+        activations: opts.activations,
+    });
+    Ok(())
+}
+
+/// The report of the stage on `before` (the float model it was handed) and `after`.
+pub fn report(
+    before: &Model,
+    after: &Model,
+    opts: &QuantOptions,
+    samples: &Samples,
+    cx: &PassContext,
+) -> QuantReport {
+    let planned = plan(before, cx);
+    let g = &before.graph;
+    let left_float = planned
+        .iter()
+        .filter_map(|(n, why)| {
+            why.err()
+                .map(|w| (g.node(*n).name().to_string(), w.to_string()))
+        })
+        .collect();
+    QuantReport {
+        method: opts.method,
+        activations: opts.activations,
+        calibration_samples: samples.calibration.len(),
+        held_back_samples: samples.held_back.len(),
+        random_calibration: samples.random,
+        quantized: planned.iter().filter(|(_, w)| w.is_ok()).count(),
+        left_float,
+        int8_weight_share: int8_share(&after.graph),
+        bodies_left_float: bodies_hold_quantizable(g),
+    }
+}
+
+/// Share of the weight elements of quantizable ops stored as int8 (read through a
+/// DequantizeLinear of an int8 constant).
+fn int8_share(g: &Graph) -> f64 {
+    let (mut int8, mut all) = (0u64, 0u64);
+    for n in g.node_ids().filter(|&n| qdq::quantizable(g, n)) {
+        let Some(w) = g.node(n).input(1) else {
+            continue;
+        };
+        if let Some(t) = g.value(w).constant() {
+            all += t.len();
+            continue;
+        }
+        let stored = g
+            .producer(w)
+            .filter(|&p| g.node(p).is("DequantizeLinear"))
+            .and_then(|p| g.node(p).input(0))
+            .and_then(|q| g.value(q).constant());
+        if let Some(t) = stored {
+            all += t.len();
+            if t.dtype() == DType::I8 {
+                int8 += t.len();
+            }
+        }
+    }
+    if all == 0 {
+        0.0
+    } else {
+        int8 as f64 / all as f64
+    }
+}
+
+fn bodies_hold_quantizable(g: &Graph) -> bool {
+    g.node_ids().any(|n| {
+        g.node(n)
+            .attrs()
+            .iter()
+            .flat_map(|a| a.bodies())
+            .any(|b| b.node_ids().any(|m| qdq::quantizable(b, m)) || bodies_hold_quantizable(b))
+    })
+}

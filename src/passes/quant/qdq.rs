@@ -1,0 +1,385 @@
+//! `quantize-qdq`: Conv, ConvTranspose, Gemm and MatMul by a constant read their activation
+//! and their weights through QuantizeLinear/DequantizeLinear, in the standard QDQ format.
+//!
+//! ```text
+//!   x ─▶ Conv(W, b) ─▶ y
+//!                     ⇒
+//!   x ─▶ QuantizeLinear(s_x, 0) ─▶ DequantizeLinear(s_x, 0) ─▶ Conv(DQ(W_q, s_w, 0; axis),
+//!                                                                   DQ(b_q, s_x·s_w, 0)) ─▶ y
+//! ```
+//!
+//! Weights are int8, symmetric, one scale per output channel on the axis where a weight keeps
+//! them (Conv 0, ConvTranspose 1, Gemm 0 under transB and 1 otherwise, MatMul the last axis of
+//! a constant 2-D B); per tensor below opset 13, where DequantizeLinear has no axis. A bias of
+//! one value per output channel becomes int32 with scale s_x · s_w (zero point 0). An
+//! activation is quantized once, however many ops read it: int8 symmetric with zero point 0
+//! (what TensorRT requires) or uint8 with a zero point, from its calibrated range. The Q/DQ
+//! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
+//! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
+//! range of its own output.
+//!
+//! Refuses (the op stays float, with the reason in the quantization report): ops the user
+//! excluded by name or op type; an activation without a calibrated range or that is not f32;
+//! a weight that is not an f32 initializer of a shape the op's axis needs; models below opset
+//! 10, which lack the operators. Main graph only: bodies stay float, and the report says so.
+//! Runs once, after the simplify stage (so it quantizes fused Conv+BN weights), and is
+//! followed by dead-code, which removes the float weights.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::ir::{Attr, DType, Graph, Model, NodeId, Patch, Tensor, Type, ValueId};
+use crate::passes::channels::ConvKind;
+use crate::passes::{Changed, Pass, PassContext};
+
+/// The element type of quantized activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Activations {
+    /// Symmetric, zero point 0.
+    Int8,
+    /// Asymmetric, with a zero point: ONNX Runtime's fast path on CPUs without VNNI.
+    Uint8,
+}
+
+/// What the quantization stage is handed: each activation's clipping range, by value name.
+#[derive(Clone)]
+pub struct Calibration {
+    pub ranges: HashMap<String, (f32, f32)>,
+    pub activations: Activations,
+}
+
+/// An op to quantize, as matched.
+struct Layer {
+    node: NodeId,
+    x: ValueId,
+    weight: ValueId,
+    /// The axis of the weight holding output channels, when scales are per channel.
+    axis: Option<usize>,
+    bias: Option<ValueId>,
+}
+
+/// The ops quantization considers, in the main graph.
+pub fn quantizable(g: &Graph, n: NodeId) -> bool {
+    ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+        .iter()
+        .any(|op| g.node(n).is(op))
+}
+
+/// Why `n` (a quantizable op) stays float, or its match.
+fn layer(
+    g: &Graph,
+    n: NodeId,
+    cal: &Calibration,
+    cx: &PassContext,
+    opset: i64,
+) -> Result<Layer, &'static str> {
+    let node = g.node(n);
+    if cx.excluded(node.name(), node.op()) {
+        return Err("excluded by the user");
+    }
+    let x = node.input(0).ok_or("it has no input")?;
+    if g.value(x).constant().is_some() {
+        return Err("its input is a constant");
+    }
+    if !cal.ranges.contains_key(g.value(x).name()) {
+        return Err("its input has no calibrated f32 range");
+    }
+    let weight = node.input(1).ok_or("it has no weight")?;
+    let w = g
+        .value(weight)
+        .constant()
+        .filter(|t| t.f32_bytes().is_some())
+        .ok_or("its weight is not an f32 initializer")?;
+    let rank = w.dims().len();
+    let axis = match node.op() {
+        "Conv" | "ConvTranspose" => {
+            ConvKind::of(g, n)
+                .and_then(|k| k.out_channels(w.dims()))
+                .ok_or("its weight does not split into its groups")?;
+            if node.is("Conv") {
+                0
+            } else {
+                1
+            }
+        }
+        "Gemm" if rank == 2 => {
+            if node.attr_i("transB") == Some(1) {
+                0
+            } else {
+                1
+            }
+        }
+        "MatMul" if rank == 2 => 1,
+        _ => return Err("its weight is not 2-D"),
+    };
+    if rank <= axis {
+        return Err("its weight has too few dims");
+    }
+    // A bias of one value per output channel can be int32; any other stays float.
+    let channels = w.dims()[axis] as u64;
+    let bias = match node.op() {
+        "Conv" | "Gemm" => node.input(2).filter(|&b| {
+            g.value(b).constant().is_some_and(|t| {
+                t.dims().len() == 1 && t.len() == channels && t.f32_bytes().is_some()
+            })
+        }),
+        _ => None,
+    };
+    // A ConvTranspose's channels repeat per group along its axis 1, so one scale per index
+    // there covers every group's channel of that index: still one scale per column of W.
+    Ok(Layer {
+        node: n,
+        x,
+        weight,
+        axis: (opset >= 13).then_some(axis),
+        bias,
+    })
+}
+
+/// Each quantizable op of the main graph and whether it will be quantized (`Ok`) or why not.
+pub fn plan(model: &Model, cx: &PassContext) -> Vec<(NodeId, Result<(), &'static str>)> {
+    let g = &model.graph;
+    let Some(cal) = cx.get::<Calibration>() else {
+        return Vec::new();
+    };
+    let opset = model.opset("").unwrap_or(1);
+    let mut nodes: Vec<NodeId> = g.node_ids().filter(|&n| quantizable(g, n)).collect();
+    nodes.sort();
+    nodes
+        .into_iter()
+        .map(|n| {
+            let why = if opset < 10 {
+                Err("the model's opset (below 10) has no QuantizeLinear")
+            } else {
+                layer(g, n, cal, cx, opset).map(|_| ())
+            };
+            (n, why)
+        })
+        .collect()
+}
+
+/// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w` and its values
+/// quantized with them.
+fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>)> {
+    let values = w.to_f32_vec()?;
+    let dims: Vec<usize> = w.dims().iter().map(|&d| d as usize).collect();
+    let (channels, inner) = match axis {
+        Some(a) => (dims[a], dims[a + 1..].iter().product::<usize>()),
+        None => (1, values.len().max(1)),
+    };
+    let channel_of = |i: usize| (i / inner) % channels;
+    let mut amax = vec![0f32; channels];
+    for (i, &v) in values.iter().enumerate() {
+        let c = channel_of(i);
+        amax[c] = amax[c].max(v.abs());
+    }
+    // A channel of zeros keeps a unit scale: its values quantize to 0 either way.
+    let scales: Vec<f32> = amax
+        .iter()
+        .map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 })
+        .collect();
+    let q = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    Some((scales, q))
+}
+
+fn i8_tensor(dims: Vec<i64>, v: &[i8]) -> Tensor {
+    Tensor::from_raw(
+        DType::I8,
+        dims,
+        v.iter().map(|&x| x as u8).collect::<Vec<u8>>().into(),
+    )
+}
+
+/// Adds `DequantizeLinear(q, scale, zero_point)` of constants; returns its output.
+fn dequantize(
+    patch: &mut Patch,
+    base: &str,
+    q: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    axis: Option<usize>,
+) -> Result<ValueId> {
+    let dims: Vec<crate::ir::Dim> = q.dims().iter().map(|&d| crate::ir::Dim::Known(d)).collect();
+    let q = patch.add_initializer(&format!("{base}_quantized"), q)?;
+    let s = patch.add_initializer(&format!("{base}_scale"), scale)?;
+    let z = patch.add_initializer(&format!("{base}_zero_point"), zero_point)?;
+    let attrs = axis
+        .map(|a| vec![Attr::int("axis", a as i64)])
+        .unwrap_or_default();
+    let n = patch.add_node(
+        "DequantizeLinear",
+        &format!("{base}_dequantize"),
+        &[Some(q), Some(s), Some(z)],
+        attrs,
+        &[Some(Type::tensor(DType::F32, dims))],
+    )?;
+    Ok(patch.graph().node(n).output(0).unwrap())
+}
+
+/// Scale and zero point of an activation over `range`.
+fn activation_params(range: (f32, f32), kind: Activations) -> (f32, Tensor) {
+    let (lo, hi) = (range.0.min(0.0), range.1.max(0.0));
+    match kind {
+        Activations::Int8 => {
+            let amax = lo.abs().max(hi);
+            let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            (scale, i8_tensor(vec![], &[0]))
+        }
+        Activations::Uint8 => {
+            let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+            let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+            (scale, Tensor::from_raw(DType::U8, vec![], vec![zp].into()))
+        }
+    }
+}
+
+/// Adds Q → DQ of activation `x`; returns the DQ's output and the scale.
+fn quantize_activation(patch: &mut Patch, x: ValueId, cal: &Calibration) -> Result<(ValueId, f32)> {
+    let name = patch.graph().value(x).name().to_string();
+    let (scale, zp) = activation_params(cal.ranges[&name], cal.activations);
+    let ty = patch.graph().ty(x).cloned();
+    let q_ty = ty
+        .as_ref()
+        .and_then(|t| Some(Type::tensor(zp.dtype(), t.shape()?.to_vec())));
+    let s = patch.add_initializer(&format!("{name}_scale"), Tensor::from_f32(vec![], &[scale]))?;
+    let z = patch.add_initializer(&format!("{name}_zero_point"), zp)?;
+    let q = patch.add_node(
+        "QuantizeLinear",
+        &format!("{name}_quantize"),
+        &[Some(x), Some(s), Some(z)],
+        vec![],
+        &[q_ty],
+    )?;
+    let q = patch.graph().node(q).output(0);
+    let dq = patch.add_node(
+        "DequantizeLinear",
+        &format!("{name}_dequantize"),
+        &[q, Some(s), Some(z)],
+        vec![],
+        &[ty],
+    )?;
+    Ok((patch.graph().node(dq).output(0).unwrap(), scale))
+}
+
+pub struct InsertQdq;
+
+impl Pass for InsertQdq {
+    fn id(&self) -> &'static str {
+        "quantize-qdq"
+    }
+
+    fn about(&self) -> &'static str {
+        "read Conv, ConvTranspose, Gemm and MatMul inputs and weights through int8 Q/DQ (when quantizing)"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let Some(cal) = cx.get::<Calibration>().cloned() else {
+            return Ok(Changed::No);
+        };
+        let cal = &cal;
+        let opset = model.opset("").unwrap_or(1);
+        if opset < 10 {
+            return Ok(Changed::No);
+        }
+        let g = &model.graph;
+        let mut layers = Vec::new();
+        let mut refused = Vec::new();
+        for n in g.topo_order()? {
+            if !quantizable(g, n) {
+                continue;
+            }
+            match layer(g, n, cal, cx, opset) {
+                Ok(l) => layers.push(l),
+                Err(why) => {
+                    let node = g.node(n);
+                    refused.push((node.name().to_string(), node.op().to_string(), why));
+                }
+            }
+        }
+        for (name, op, why) in refused {
+            cx.refuse(self.id(), &name, &op, why);
+        }
+        let mut patch = Patch::new(&mut model.graph);
+        let mut quantized: HashMap<ValueId, (ValueId, f32)> = HashMap::new();
+        for l in &layers {
+            let (dq_x, s_x) = match quantized.get(&l.x) {
+                Some(&done) => done,
+                None => {
+                    let done = quantize_activation(&mut patch, l.x, cal)?;
+                    quantized.insert(l.x, done);
+                    done
+                }
+            };
+            let g = patch.graph();
+            let base = g.value(l.weight).name().to_string();
+            let w = g.value(l.weight).constant().unwrap().clone();
+            let Some((scales, q)) = quantize_weight(&w, l.axis) else {
+                continue;
+            };
+            let channels = scales.len() as i64;
+            let (scale_t, zp_t) = match l.axis {
+                Some(_) => (
+                    Tensor::from_f32(vec![channels], &scales),
+                    i8_tensor(vec![channels], &vec![0; scales.len()]),
+                ),
+                None => (Tensor::from_f32(vec![], &scales), i8_tensor(vec![], &[0])),
+            };
+            let dq_w = dequantize(
+                &mut patch,
+                &base,
+                i8_tensor(w.dims().to_vec(), &q),
+                scale_t,
+                zp_t,
+                l.axis,
+            )?;
+            patch.set_input(l.node, 0, Some(dq_x));
+            patch.set_input(l.node, 1, Some(dq_w));
+            if let Some(b) = l.bias {
+                let g = patch.graph();
+                let bname = g.value(b).name().to_string();
+                let bv = g
+                    .value(b)
+                    .constant()
+                    .and_then(Tensor::to_f32_vec)
+                    .unwrap_or_default();
+                // Per channel with the weight's scales, or one scale for a per-tensor weight.
+                let bscales: Vec<f32> = match l.axis {
+                    Some(_) => scales.iter().map(|&s| s_x * s).collect(),
+                    None => vec![s_x * scales[0]],
+                };
+                let q: Option<Vec<i32>> = bv
+                    .iter()
+                    .zip(bscales.iter().cycle())
+                    .map(|(&v, &s)| {
+                        let q = (v / s).round();
+                        (s > 0.0 && q.abs() < i32::MAX as f32).then_some(q as i32)
+                    })
+                    .collect();
+                // A bias too large for int32 at that scale stays float.
+                if let Some(q) = q {
+                    let n = q.len() as i64;
+                    let raw: Vec<u8> = q.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let qt = Tensor::from_raw(DType::I32, vec![n], raw.into());
+                    let k = bscales.len();
+                    let dims = if l.axis.is_some() {
+                        vec![k as i64]
+                    } else {
+                        vec![]
+                    };
+                    let zp = Tensor::from_raw(DType::I32, dims.clone(), vec![0u8; 4 * k].into());
+                    let scale = Tensor::from_f32(dims, &bscales);
+                    let axis = l.axis.map(|_| 0);
+                    let dq_b = dequantize(&mut patch, &bname, qt, scale, zp, axis)?;
+                    patch.set_input(l.node, 2, Some(dq_b));
+                }
+            }
+        }
+        Ok(Changed::from_count(patch.commit()?))
+    }
+}

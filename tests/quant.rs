@@ -1,0 +1,394 @@
+//! INT8 quantization: the structure of what it writes, its numbers against a reference
+//! computed here, the range methods on known distributions, and bad calibration data.
+
+mod common;
+
+use std::path::Path;
+
+use common::{attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values};
+use onnxsmith::ir::{DType, Graph, Model, NodeId};
+use onnxsmith::onnx::proto::ModelProto;
+use onnxsmith::passes::quant::qdq::Activations;
+use onnxsmith::passes::quant::ranges::{Method, Stats};
+use onnxsmith::passes::quant::QuantOptions;
+use onnxsmith::report::CheckStatus;
+use onnxsmith::{optimize_model, Options};
+
+/// x[1,3,8,8] ─▶ Conv(W1[4,3,3,3], b1) ─▶ Relu ─▶ Conv(W2[2,4,1,1], b2) ─▶ GlobalAveragePool
+/// ─▶ Flatten ─▶ Gemm(W3[5,2], b3, transB) ─▶ y[1,5].
+fn small_net(opset: i64) -> ModelProto {
+    let mut c1 = node("Conv", "conv1", &["x", "W1", "b1"], &["c1"]);
+    c1.attribute = vec![
+        attr_ints("kernel_shape", &[3, 3]),
+        attr_ints("pads", &[1; 4]),
+    ];
+    let mut c2 = node("Conv", "conv2", &["r1", "W2", "b2"], &["c2"]);
+    c2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut flat = node("Flatten", "flatten", &["p"], &["f"]);
+    flat.attribute = vec![attr_int("axis", 1)];
+    let mut gemm = node("Gemm", "fc", &["f", "W3", "b3"], &["y"]);
+    gemm.attribute = vec![attr_int("transB", 1)];
+    let mut m = model_io(
+        vec![
+            c1,
+            node("Relu", "relu1", &["c1"], &["r1"]),
+            c2,
+            node("GlobalAveragePool", "pool", &["c2"], &["p"]),
+            flat,
+            gemm,
+        ],
+        vec![f32_info("x", &[1, 3, 8, 8])],
+        vec![f32_info("y", &[1, 5])],
+        vec![
+            f32_tensor("W1", &[4, 3, 3, 3], &values(108, 1)),
+            f32_tensor("b1", &[4], &values(4, 2)),
+            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 3)),
+            f32_tensor("b2", &[2], &values(2, 4)),
+            f32_tensor("W3", &[5, 2], &values(10, 5)),
+            f32_tensor("b3", &[5], &values(5, 6)),
+        ],
+    );
+    m.opset_import[0].version = opset;
+    m
+}
+
+fn quantize(m: &Model, activations: Activations, exclude: &[&str]) -> onnxsmith::Optimized {
+    let done = optimize_model(
+        m,
+        &Options {
+            quiet: true,
+            quantize: Some(QuantOptions {
+                activations,
+                random: Some(16),
+                ..Default::default()
+            }),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(done.report.check, CheckStatus::Verified { .. }),
+        "{}",
+        done.report.to_text()
+    );
+    done
+}
+
+fn ops(g: &Graph, op: &str) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).is(op)).collect();
+    v.sort();
+    v
+}
+
+/// The DequantizeLinear producing input `slot` of `n`.
+fn dq_of(g: &Graph, n: NodeId, slot: usize) -> Option<NodeId> {
+    let v = g.node(n).input(slot)?;
+    g.producer(v).filter(|&p| g.node(p).is("DequantizeLinear"))
+}
+
+fn constant_of(g: &Graph, n: NodeId, slot: usize) -> &onnxsmith::ir::Tensor {
+    g.value(g.node(n).input(slot).unwrap()).constant().unwrap()
+}
+
+/// Q/DQ form pairs: every Q is read, by DequantizeLinear only; every DQ reads a Q or a
+/// constant; no Q or DQ output is a graph output; no Q reads a DQ that reads a Q.
+fn assert_well_formed(g: &Graph) {
+    for q in ops(g, "QuantizeLinear") {
+        let out = g.node(q).output(0).unwrap();
+        assert!(!g.is_output(out), "a Q on a graph output");
+        let readers = g.value(out).uses();
+        assert!(!readers.is_empty(), "an orphan Q");
+        assert!(readers
+            .iter()
+            .all(|u| g.node(u.node).is("DequantizeLinear")));
+        let x = g.node(q).input(0).unwrap();
+        let fed_by_dq = g
+            .producer(x)
+            .is_some_and(|p| g.node(p).is("DequantizeLinear"));
+        assert!(!fed_by_dq, "a Q -> DQ -> Q chain");
+    }
+    for dq in ops(g, "DequantizeLinear") {
+        let out = g.node(dq).output(0).unwrap();
+        assert!(!g.is_output(out), "a DQ on a graph output");
+        assert!(!g.value(out).uses().is_empty(), "an orphan DQ");
+        let x = g.node(dq).input(0).unwrap();
+        let from_q = g
+            .producer(x)
+            .is_some_and(|p| g.node(p).is("QuantizeLinear"));
+        assert!(from_q || g.value(x).constant().is_some());
+    }
+}
+
+#[test]
+fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
+    let m = lift(small_net(13));
+    let done = quantize(&m, Activations::Int8, &[]);
+    let g = &done.model.graph;
+    for (op, axis) in [("Conv", 0), ("Gemm", 0)] {
+        for n in ops(g, op) {
+            let w = dq_of(g, n, 1).expect("the weight is dequantized");
+            assert_eq!(g.node(w).attr_i("axis"), Some(axis), "{op}");
+            assert_eq!(constant_of(g, w, 0).dtype(), DType::I8);
+            let zp = constant_of(g, w, 2);
+            assert_eq!(zp.dtype(), DType::I8);
+            assert!(
+                zp.raw_bytes().unwrap().iter().all(|&b| b == 0),
+                "zero point 0"
+            );
+            let channels = constant_of(g, w, 0).dims()[axis as usize];
+            assert_eq!(
+                constant_of(g, w, 1).dims(),
+                [channels],
+                "one scale per channel"
+            );
+            let b = dq_of(g, n, 2).expect("the bias is dequantized");
+            assert_eq!(constant_of(g, b, 0).dtype(), DType::I32);
+            let x = dq_of(g, n, 0).expect("the activation is dequantized");
+            let azp = constant_of(g, x, 2);
+            assert_eq!(azp.dtype(), DType::I8);
+            assert_eq!(azp.raw_bytes().unwrap()[..], [0], "symmetric activations");
+        }
+    }
+    assert_well_formed(g);
+    // TensorRT's rules: opset 13 or later, int8 with zero point 0 everywhere.
+    assert!(done.model.opset("").unwrap() >= 13);
+    for q in ops(g, "QuantizeLinear")
+        .into_iter()
+        .chain(ops(g, "DequantizeLinear"))
+    {
+        let zp = constant_of(g, q, 2);
+        assert!(matches!(zp.dtype(), DType::I8 | DType::I32));
+        assert!(zp.raw_bytes().unwrap().iter().all(|&b| b == 0));
+    }
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.quantized, 3);
+    assert!(q.left_float.is_empty());
+    assert_eq!(q.int8_weight_share, 1.0);
+    assert!(q.random_calibration);
+}
+
+#[test]
+fn below_opset_13_weights_are_quantized_per_tensor() {
+    let m = lift(small_net(11));
+    let done = quantize(&m, Activations::Int8, &[]);
+    let g = &done.model.graph;
+    for dq in ops(g, "DequantizeLinear") {
+        assert!(g.node(dq).attr("axis").is_none(), "no axis before opset 13");
+        assert!(constant_of(g, dq, 1).dims().is_empty(), "one scale");
+    }
+    assert_eq!(done.model.opset(""), Some(11));
+    assert_well_formed(g);
+}
+
+#[test]
+fn uint8_activations_carry_a_zero_point() {
+    let m = lift(small_net(13));
+    let done = quantize(&m, Activations::Uint8, &[]);
+    let g = &done.model.graph;
+    let qs = ops(g, "QuantizeLinear");
+    assert_eq!(qs.len(), 3, "one per distinct activation");
+    for q in qs {
+        assert_eq!(constant_of(g, q, 2).dtype(), DType::U8);
+    }
+    assert_well_formed(g);
+}
+
+#[test]
+fn excluded_ops_stay_float_and_are_reported() {
+    let m = lift(small_net(13));
+    let done = quantize(&m, Activations::Int8, &["Gemm", "conv2"]);
+    let g = &done.model.graph;
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.quantized, 1);
+    let names: Vec<&str> = q.left_float.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["conv2", "fc"]);
+    assert!(q.left_float.iter().all(|(_, why)| why.contains("excluded")));
+    for n in ops(g, "Gemm") {
+        assert_eq!(constant_of(g, n, 1).dtype(), DType::F32);
+    }
+    assert!(q.int8_weight_share > 0.0 && q.int8_weight_share < 1.0);
+}
+
+/// One 1x1 Conv: the QDQ model's output, run in tract, against the same computation done
+/// here with the scales the model holds.
+#[test]
+fn a_quantized_conv_computes_what_its_scales_say() {
+    let mut conv = node("Conv", "conv", &["x", "W", "b"], &["y"]);
+    conv.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let (w, b) = (values(8, 7), values(2, 8));
+    let p = model_io(
+        vec![conv],
+        vec![f32_info("x", &[1, 4, 3, 3])],
+        vec![f32_info("y", &[1, 2, 3, 3])],
+        vec![
+            f32_tensor("W", &[2, 4, 1, 1], &w),
+            f32_tensor("b", &[2], &b),
+        ],
+    );
+    let m = lift(p);
+    let done = quantize(&m, Activations::Int8, &[]);
+    let g = &done.model.graph;
+    let conv = ops(g, "Conv")[0];
+    let scale = |dq: NodeId| constant_of(g, dq, 1).to_f32_vec().unwrap();
+    let s_x = scale(dq_of(g, conv, 0).unwrap())[0];
+    let s_w = scale(dq_of(g, conv, 1).unwrap());
+    // Independently: symmetric int8 with those scales, round half away from zero as ONNX
+    // QuantizeLinear rounds half to even; the inputs here avoid exact halves.
+    let q = |v: f32, s: f32| (v / s).round().clamp(-127.0, 127.0) * s;
+    let x: Vec<f32> = values(36, 9).iter().map(|v| v * 0.8).collect();
+    let mut want = vec![0f32; 18];
+    for o in 0..2 {
+        let bias = (b[o] / (s_x * s_w[o])).round() * s_x * s_w[o];
+        for p in 0..9 {
+            let acc: f32 = (0..4)
+                .map(|c| q(x[c * 9 + p], s_x) * q(w[o * 4 + c], s_w[o]))
+                .sum();
+            want[o * 9 + p] = acc + bias;
+        }
+    }
+    let input = onnxsmith::runtime::HostTensor::from_le_bytes(
+        DType::F32,
+        &[1, 4, 3, 3],
+        &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let mut binding = onnxsmith::runtime::Binding::default();
+    binding.input_shapes.insert("x".into(), vec![1, 4, 3, 3]);
+    let runner = onnxsmith::runtime::Runner::new(&done.model, &binding, &[]).unwrap();
+    let got = runner.run(&[input]).unwrap()[0].to_f64().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f32 - w).abs() < 1e-4, "got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn range_methods_on_known_distributions() {
+    // Uniform in [-1, 1]: the extremes are 1, half the magnitudes lie below 0.5.
+    let uniform: Vec<f32> = (0..100_000).map(|i| i as f32 / 50_000.0 - 1.0).collect();
+    let mut st = Stats::default();
+    st.observe_extremes(&uniform);
+    st.observe_histogram(&uniform);
+    assert!((st.threshold(Method::MinMax) - 1.0).abs() < 1e-6);
+    assert!((st.threshold(Method::Percentile(50.0)) - 0.5).abs() < 2e-3);
+    assert!((st.threshold(Method::Percentile(100.0)) - 1.0).abs() < 1e-3);
+    // A narrow bulk with rare far outliers: entropy and a percentile clip the outliers,
+    // MinMax does not.
+    let mut spiky: Vec<f32> = values(100_000, 3).iter().map(|v| v * 0.1).collect();
+    spiky.extend([50.0, -50.0]);
+    let mut st = Stats::default();
+    st.observe_extremes(&spiky);
+    st.observe_histogram(&spiky);
+    assert_eq!(st.threshold(Method::MinMax), 50.0);
+    let entropy = st.threshold(Method::Entropy);
+    assert!(entropy < 5.0, "entropy threshold {entropy}");
+    assert!(entropy > 0.05, "entropy threshold {entropy}");
+    assert!(st.threshold(Method::Percentile(99.9)) < 1.0);
+}
+
+/// A `.npy` file of f32 (or f64 when `wide`) values in `shape`.
+fn write_npy(path: &Path, shape: &[usize], wide: bool) {
+    let n: usize = shape.iter().product();
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let descr = if wide { "<f8" } else { "<f4" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for v in values(n, 1) {
+        if wide {
+            bytes.extend((v as f64).to_le_bytes());
+        } else {
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `optimize --quantize int8 --calib DIR` on the small net; (exit code, stderr).
+fn quantize_cli(dir: &Path) -> (Option<i32>, String) {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("m.onnx");
+    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    let out = bin()
+        .args(["optimize", "-q", "--quantize", "int8", "--calib"])
+        .arg(dir)
+        .arg("-o")
+        .arg(work.path().join("o.onnx"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn calibrates_on_a_directory_of_npy_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        write_npy(&dir.path().join(format!("{i}.npy")), &[1, 3, 8, 8], false);
+    }
+    let (code, err) = quantize_cli(dir.path());
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn bad_calibration_data_is_refused_naming_the_file_and_input() {
+    let empty = tempfile::tempdir().unwrap();
+    let (code, err) = quantize_cli(empty.path());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no .npy or .npz calibration samples"), "{err}");
+
+    let wrong_type = tempfile::tempdir().unwrap();
+    write_npy(&wrong_type.path().join("a.npy"), &[1, 3, 8, 8], true);
+    let (code, err) = quantize_cli(wrong_type.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("a.npy") && err.contains("'x'") && err.contains("f32"),
+        "{err}"
+    );
+
+    let wrong_shape = tempfile::tempdir().unwrap();
+    write_npy(&wrong_shape.path().join("b.npy"), &[3, 8, 8], false);
+    let (code, err) = quantize_cli(wrong_shape.path());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("b.npy") && err.contains("'x'"), "{err}");
+
+    let unreadable = tempfile::tempdir().unwrap();
+    std::fs::write(unreadable.path().join("c.npy"), b"not numpy").unwrap();
+    let (code, err) = quantize_cli(unreadable.path());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("c.npy"), "{err}");
+
+    let missing = Path::new("/nonexistent/calibration");
+    let (code, err) = quantize_cli(missing);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent/calibration"), "{err}");
+}
+
+#[test]
+fn quantization_needs_calibration_data() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("m.onnx");
+    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    let out = bin()
+        .args(["optimize", "-q", "--quantize", "int8", "-o"])
+        .arg(work.path().join("o.onnx"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--calib"));
+}
