@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use onnxsmith::check::{CheckOptions, InputSource, LossyLimits, Outcome, Rule, ScaledTolerance};
-use onnxsmith::passes::quant::qdq::Activations;
+use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::Method;
 use onnxsmith::passes::quant::QuantOptions;
 use onnxsmith::passes::{pipeline, PipelineOptions};
@@ -133,6 +133,16 @@ enum CalibMethod {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    /// Q/DQ around every quantized op, the pattern ONNX Runtime fuses into QLinear kernels.
+    Ort,
+    /// As for ONNX Runtime: OpenVINO runs that form fast too.
+    Openvino,
+    /// Q/DQ on op inputs only, int8 with zero point 0 everywhere.
+    Tensorrt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ActivationType {
     /// Symmetric, zero point 0 (what TensorRT requires).
     Int8,
@@ -164,18 +174,31 @@ struct QuantArgs {
     /// The element type of quantized activations.
     #[arg(long, value_enum, default_value = "int8")]
     activations: ActivationType,
+    /// The runtime the quantized model is for, which decides where Q/DQ go.
+    #[arg(long, value_enum, default_value = "ort")]
+    target: Target,
     /// Leave this node name or op type in float (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
 }
 
 impl QuantArgs {
-    fn options(&self) -> Option<QuantOptions> {
-        self.quantize?;
-        Some(QuantOptions {
-            activations: match self.activations {
-                ActivationType::Int8 => Activations::Int8,
-                ActivationType::Uint8 => Activations::Uint8,
+    fn options(&self) -> Result<Option<QuantOptions>> {
+        if self.quantize.is_none() {
+            return Ok(None);
+        }
+        let activations = match self.activations {
+            ActivationType::Int8 => Activations::Int8,
+            ActivationType::Uint8 => Activations::Uint8,
+        };
+        if matches!(self.target, Target::Tensorrt) && activations == Activations::Uint8 {
+            bail!("--target tensorrt needs int8 activations with zero point 0: drop --activations uint8");
+        }
+        Ok(Some(QuantOptions {
+            activations,
+            placement: match self.target {
+                Target::Ort | Target::Openvino => Placement::AroundOps,
+                Target::Tensorrt => Placement::Inputs,
             },
             method: match self.calib_method {
                 CalibMethod::Minmax => Method::MinMax,
@@ -185,7 +208,7 @@ impl QuantArgs {
             calib: self.calib.clone(),
             random: self.calib_random,
             samples: self.calib_samples,
-        })
+        }))
     }
 }
 
@@ -389,7 +412,7 @@ fn optimize(args: OptimizeArgs) -> Result<u8> {
             one_at_a_time: args.check_one_at_a_time,
             bisect: args.bisect,
             quiet: args.quiet,
-            quantize: args.quant.options(),
+            quantize: args.quant.options()?,
             exclude: args.quant.exclude.clone(),
         },
     };

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::{attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values};
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
 use onnxsmith::onnx::proto::ModelProto;
-use onnxsmith::passes::quant::qdq::Activations;
+use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::{Method, Stats};
 use onnxsmith::passes::quant::QuantOptions;
 use onnxsmith::report::CheckStatus;
@@ -53,12 +53,22 @@ fn small_net(opset: i64) -> ModelProto {
 }
 
 fn quantize(m: &Model, activations: Activations, exclude: &[&str]) -> onnxsmith::Optimized {
+    quantize_for(m, activations, Placement::AroundOps, exclude)
+}
+
+fn quantize_for(
+    m: &Model,
+    activations: Activations,
+    placement: Placement,
+    exclude: &[&str],
+) -> onnxsmith::Optimized {
     let done = optimize_model(
         m,
         &Options {
             quiet: true,
             quantize: Some(QuantOptions {
                 activations,
+                placement,
                 random: Some(16),
                 ..Default::default()
             }),
@@ -182,14 +192,56 @@ fn below_opset_13_weights_are_quantized_per_tensor() {
 }
 
 #[test]
-fn uint8_activations_carry_a_zero_point() {
+fn uint8_activations_carry_a_zero_point_and_absorb_a_relu() {
     let m = lift(small_net(13));
     let done = quantize(&m, Activations::Uint8, &[]);
     let g = &done.model.graph;
     let qs = ops(g, "QuantizeLinear");
-    assert_eq!(qs.len(), 3, "one per distinct activation");
+    // x, the Relu's output (its Q clamps at the zero point in its place), conv2's output
+    // and the Gemm's input; the Gemm's output is a graph output and stays float.
+    assert_eq!(qs.len(), 4, "one per distinct activation");
     for q in qs {
         assert_eq!(constant_of(g, q, 2).dtype(), DType::U8);
+    }
+    assert!(ops(g, "Relu").is_empty(), "the Relu is absorbed");
+    assert_well_formed(g);
+}
+
+#[test]
+fn around_ops_each_quantized_op_reads_dq_and_is_read_by_q() {
+    let m = lift(small_net(13));
+    let done = quantize(&m, Activations::Int8, &[]);
+    let g = &done.model.graph;
+    for n in ops(g, "Conv") {
+        let y = g.node(n).output(0).unwrap();
+        let readers = g.value(y).uses();
+        assert!(
+            readers.iter().all(|u| g.node(u.node).is("QuantizeLinear")),
+            "every reader of a Conv's output is its Q"
+        );
+    }
+    assert_eq!(
+        ops(g, "Relu").len(),
+        1,
+        "int8 symmetric cannot stand in for a Relu"
+    );
+    assert_well_formed(g);
+}
+
+#[test]
+fn for_tensorrt_q_dq_sit_on_op_inputs_only() {
+    let m = lift(small_net(13));
+    let done = quantize_for(&m, Activations::Int8, Placement::Inputs, &[]);
+    let g = &done.model.graph;
+    // x, the Relu's output and the Gemm's input.
+    assert_eq!(ops(g, "QuantizeLinear").len(), 3);
+    for n in ops(g, "Conv") {
+        let y = g.node(n).output(0).unwrap();
+        assert!(g
+            .value(y)
+            .uses()
+            .iter()
+            .all(|u| !g.node(u.node).is("QuantizeLinear")));
     }
     assert_well_formed(g);
 }

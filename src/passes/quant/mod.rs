@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use self::qdq::{plan, Activations, Calibration, InsertQdq};
+use self::qdq::{plan, Activations, Calibration, InsertQdq, Placement};
 use self::ranges::Method;
 use super::{PassContext, Stage};
 use crate::ir::{DType, Graph, Model};
@@ -28,6 +28,7 @@ use crate::runtime::{input_specs, Binding, HostTensor, InputSpec};
 #[derive(Clone, Debug)]
 pub struct QuantOptions {
     pub activations: Activations,
+    pub placement: Placement,
     pub method: Method,
     /// A directory of calibration samples.
     pub calib: Option<PathBuf>,
@@ -41,6 +42,7 @@ impl Default for QuantOptions {
     fn default() -> Self {
         QuantOptions {
             activations: Activations::Int8,
+            placement: Placement::AroundOps,
             method: Method::Percentile(99.99),
             calib: None,
             random: None,
@@ -234,6 +236,7 @@ fn check_sample(
 pub struct QuantReport {
     pub method: Method,
     pub activations: Activations,
+    pub placement: Placement,
     pub calibration_samples: usize,
     pub held_back_samples: usize,
     /// Random data: the ranges are not real.
@@ -256,11 +259,23 @@ pub fn prepare(
     progress: &Progress,
 ) -> Result<()> {
     let g = &model.graph;
-    let mut values: Vec<String> = g
-        .node_ids()
-        .filter(|&n| qdq::quantizable(g, n))
-        .filter_map(|n| g.node(n).input(0))
-        .filter(|&v| g.value(v).constant().is_none())
+    let ops: Vec<_> = g.node_ids().filter(|&n| qdq::quantizable(g, n)).collect();
+    let inputs = ops.iter().filter_map(|&n| g.node(n).input(0));
+    // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too.
+    let outputs = ops
+        .iter()
+        .filter(|_| opts.placement == Placement::AroundOps)
+        .filter_map(|&n| g.node(n).output(0))
+        .flat_map(|y| {
+            let relu = g
+                .only_reader(y)
+                .filter(|&r| g.node(r).is("Relu"))
+                .and_then(|r| g.node(r).output(0));
+            std::iter::once(y).chain(relu)
+        });
+    let mut values: Vec<String> = inputs
+        .chain(outputs)
+        .filter(|&v| g.value(v).constant().is_none() && !g.is_output(v))
         .map(|v| g.value(v).name().to_string())
         .collect();
     values.sort();
@@ -277,6 +292,7 @@ pub fn prepare(
     cx.provide(Calibration {
         ranges,
         activations: opts.activations,
+        placement: opts.placement,
     });
     Ok(())
 }
@@ -301,6 +317,7 @@ pub fn report(
     QuantReport {
         method: opts.method,
         activations: opts.activations,
+        placement: opts.placement,
         calibration_samples: samples.calibration.len(),
         held_back_samples: samples.held_back.len(),
         random_calibration: samples.random,

@@ -43,11 +43,47 @@ pub enum Activations {
     Uint8,
 }
 
+/// Where Q/DQ pairs go, by the runtime that will run the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Placement {
+    /// On the inputs of the quantized ops only: TensorRT's explicit form.
+    Inputs,
+    /// On their outputs too, so that each reads DQ and is read by Q: the pattern ONNX
+    /// Runtime fuses into its QLinear kernels (and OpenVINO runs fast). With uint8
+    /// activations a Relu after the op is absorbed into the output's range.
+    AroundOps,
+}
+
 /// What the quantization stage is handed: each activation's clipping range, by value name.
 #[derive(Clone)]
 pub struct Calibration {
     pub ranges: HashMap<String, (f32, f32)>,
     pub activations: Activations,
+    pub placement: Placement,
+}
+
+/// The value whose range quantizes the output of op `n` under `placement`, and the Relu that
+/// range absorbs, if any; `None` when the output stays float (a graph output, a capture, no
+/// range).
+pub fn output_site(g: &Graph, n: NodeId, cal: &Calibration) -> Option<(ValueId, Option<NodeId>)> {
+    if cal.placement != Placement::AroundOps {
+        return None;
+    }
+    let y = g.node(n).output(0)?;
+    let absorbed = g
+        .only_reader(y)
+        .filter(|&r| g.node(r).is("Relu") && cal.activations == Activations::Uint8);
+    let site = match absorbed {
+        Some(r) => g.node(r).output(0)?,
+        None => y,
+    };
+    let plain_reads = g
+        .value(site)
+        .uses()
+        .iter()
+        .all(|u| matches!(u.slot, crate::ir::Slot::Input(_)));
+    (!g.is_output(site) && plain_reads && cal.ranges.contains_key(g.value(site).name()))
+        .then_some((site, absorbed))
 }
 
 /// An op to quantize, as matched.
@@ -239,7 +275,8 @@ fn activation_params(range: (f32, f32), kind: Activations) -> (f32, Tensor) {
     }
 }
 
-/// Adds Q → DQ of activation `x`; returns the DQ's output and the scale.
+/// Adds Q → DQ of activation `x`; returns the DQ's output and the scale. The readers of `x`
+/// are left to the caller.
 fn quantize_activation(patch: &mut Patch, x: ValueId, cal: &Calibration) -> Result<(ValueId, f32)> {
     let name = patch.graph().value(x).name().to_string();
     let (scale, zp) = activation_params(cal.ranges[&name], cal.activations);
@@ -340,6 +377,28 @@ impl Pass for InsertQdq {
             )?;
             patch.set_input(l.node, 0, Some(dq_x));
             patch.set_input(l.node, 1, Some(dq_w));
+            if let Some((site, absorbed)) = output_site(patch.graph(), l.node, cal) {
+                let done = quantize_activation(&mut patch, site, cal)?;
+                let g = patch.graph();
+                let y = g.node(l.node).output(0).unwrap();
+                let readers: Vec<crate::ir::Use> = g.value(site).uses().to_vec();
+                let q = g.producer(g.node(g.producer(done.0).unwrap()).input(0).unwrap());
+                for u in readers {
+                    if Some(u.node) == q {
+                        continue;
+                    }
+                    if let crate::ir::Slot::Input(slot) = u.slot {
+                        patch.set_input(u.node, slot, Some(done.0));
+                    }
+                }
+                // The Q clamps at its zero point, which is the Relu.
+                if let Some(relu) = absorbed {
+                    let q = q.expect("the output's Q");
+                    patch.set_input(q, 0, Some(y));
+                    patch.remove_node(relu)?;
+                }
+                quantized.insert(site, done);
+            }
             if let Some(b) = l.bias {
                 let g = patch.graph();
                 let bname = g.value(b).name().to_string();
