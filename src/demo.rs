@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::optimize::{Options, Request};
+use crate::passes::quant::QuantOptions;
 use crate::report::{file_size, Summary};
 use crate::SaveOptions;
+
+/// Random samples the demo's int8 model is calibrated on.
+const RANDOM_SAMPLES: usize = 32;
 
 pub struct Demo {
     pub model: PathBuf,
@@ -20,6 +24,9 @@ pub struct Demo {
     pub summary: Summary,
     /// The job that optimizes it, reporting to `report.json` beside it.
     pub request: Request,
+    /// The job that quantizes it to int8, calibrated on random data (there are no images to
+    /// calibrate on here): its ranges are not real, and the report says so.
+    pub quantized: Request,
 }
 
 /// Builds ResNet-50 into `dir` and proves its round trip byte-identical.
@@ -47,6 +54,19 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
             report: Some(dir.join("report.json")),
             external_data: false,
             options: Options::default(),
+        },
+        quantized: Request {
+            input: model.clone(),
+            output: dir.join("resnet50.int8.onnx"),
+            report: Some(dir.join("report.int8.json")),
+            external_data: false,
+            options: Options {
+                quantize: Some(QuantOptions {
+                    random: Some(RANDOM_SAMPLES),
+                    ..QuantOptions::default()
+                }),
+                ..Options::default()
+            },
         },
         model,
     })

@@ -379,7 +379,13 @@ fn run(cli: Cli) -> Result<u8> {
             );
             print!("{}", demo.summary.to_table());
             println!("\noptimizing into {}:", demo.request.output.display());
-            finish(&onnxsmith::optimize(&demo.request)?)
+            let optimized = finish(&onnxsmith::optimize(&demo.request)?)?;
+            println!(
+                "\nquantizing to int8 into {} (calibrated on random data: a demonstration, not real ranges):",
+                demo.quantized.output.display()
+            );
+            let quantized = finish(&onnxsmith::optimize(&demo.quantized)?)?;
+            Ok(optimized.max(quantized))
         }
     }
 }
