@@ -280,7 +280,14 @@ pub fn prepare(
         .collect();
     values.sort();
     values.dedup();
-    let stats = calibrate::calibrate(model, &values, &samples.calibration, opts.method, progress)?;
+    let stats = calibrate::calibrate(model, &values, &samples.calibration, opts.method, progress)
+        .with_context(|| {
+            if samples.random {
+                "calibration on random samples failed (a model may need real values, such as a sample rate or token ids): give real samples with --calib DIR"
+            } else {
+                "calibration failed"
+            }
+        })?;
     let ranges: HashMap<String, (f32, f32)> = stats
         .into_iter()
         .filter(|(_, s)| s.seen > 0)
