@@ -180,6 +180,10 @@ struct QuantArgs {
     /// Leave this node name or op type in float (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
+    /// When the quantized result fails its check, refuse it instead of returning the most
+    /// sensitive ops to float until it passes.
+    #[arg(long)]
+    no_fallback: bool,
 }
 
 impl QuantArgs {
@@ -208,6 +212,7 @@ impl QuantArgs {
             calib: self.calib.clone(),
             random: self.calib_random,
             samples: self.calib_samples,
+            fallback: !self.no_fallback,
         }))
     }
 }

@@ -10,8 +10,9 @@ use anyhow::{anyhow, Result};
 
 use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outcome, Reference, Rule};
 use crate::ir::Model;
+use crate::passes::quant::qdq::Calibration;
 use crate::passes::quant::{self, QuantOptions, QuantReport, Samples};
-use crate::passes::{run_pipeline, run_stages, PassContext, PipelineOptions, PipelineReport};
+use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
 use crate::progress::Progress;
 use crate::report::{Bisect, CheckStatus, Report, Seconds, Summary};
 
@@ -120,6 +121,13 @@ pub fn optimize_model(model: &Model, opts: &Options) -> Result<Optimized> {
     })
 }
 
+/// What a quantization kept for a second try: the simplified float model and its ranges.
+struct Quantized {
+    report: QuantReport,
+    float: Model,
+    calibration: Calibration,
+}
+
 /// The simplify pipeline, then, when asked, quantization of the simplified model calibrated on
 /// `samples`.
 fn transform(
@@ -127,23 +135,79 @@ fn transform(
     opts: &Options,
     samples: Option<&Samples>,
     progress: &Progress,
-) -> Result<(Model, PipelineReport, Option<QuantReport>)> {
-    let (mut model, mut report) = run_passes(original, &opts.pipeline)?;
+) -> Result<(Model, PipelineReport, Option<Quantized>)> {
+    let (float, mut report) = run_passes(original, &opts.pipeline)?;
     let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
-        return Ok((model, report, None));
+        return Ok((float, report, None));
     };
-    let mut cx = PassContext::new(opts.pipeline.explain);
-    cx.exclude = opts.exclude.clone();
-    quant::prepare(&model, q, samples, &mut cx, progress)?;
-    let float = model.clone();
-    let more = run_stages(&mut model, &[quant::stage()], &opts.pipeline, &mut cx)?;
+    let calibration = quant::prepare(&float, q, samples, progress)?;
+    progress.step("inserting Q/DQ");
+    let (model, more, cx) = quant::quantize(&float, &calibration, &opts.exclude, &opts.pipeline)?;
     report.passes.extend(more.passes);
     report.steps.extend(more.steps);
     report.rounds.extend(more.rounds);
     report.explain.extend(more.explain);
     report.notes.extend(more.notes);
     let summary = quant::report(&float, &model, q, samples, &cx);
-    Ok((model, report, Some(summary)))
+    Ok((
+        model,
+        report,
+        Some(Quantized {
+            report: summary,
+            float,
+            calibration,
+        }),
+    ))
+}
+
+/// Tries at most this many fallbacks before a quantized result is refused.
+const FALLBACK_TRIES: usize = 6;
+
+/// After a quantized result failed its check: the most sensitive ops (by their measured
+/// error) go back to float, 1, 2, 4, ... of them, until the result passes or the tries run
+/// out. The result that passed, with its check, if one did.
+fn fall_back(
+    q: &mut Quantized,
+    result: &Model,
+    opts: &Options,
+    samples: &Samples,
+    reference: &Reference,
+    progress: &Progress,
+) -> Result<Option<(Model, CheckStatus)>> {
+    let quant_opts = opts.quantize.as_ref().expect("quantizing");
+    progress.step("measuring each quantized op's error");
+    let errors = quant::layer_errors(&q.float, result, &samples.held_back)?;
+    let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
+    q.report.layer_errors = errors;
+    for attempt in 0..FALLBACK_TRIES {
+        let count = (1usize << attempt).min(ranked.len());
+        q.report.fallback_tries += 1;
+        let mut exclude = opts.exclude.clone();
+        exclude.extend(ranked[..count].iter().cloned());
+        progress.step(&format!(
+            "returning the {count} most sensitive op(s) to float"
+        ));
+        let (candidate, _, cx) =
+            quant::quantize(&q.float, &q.calibration, &exclude, &opts.pipeline)?;
+        let outcome = reference.check(&candidate)?;
+        if matches!(&outcome, Outcome::Checked(r) if r.ok()) {
+            let mut report = quant::report(&q.float, &candidate, quant_opts, samples, &cx);
+            report.layer_errors = std::mem::take(&mut q.report.layer_errors);
+            report.fallback = ranked[..count].to_vec();
+            for (name, why) in &mut report.left_float {
+                if report.fallback.contains(name) {
+                    *why = "returned to float: the check failed with it quantized".into();
+                }
+            }
+            report.fallback_tries = q.report.fallback_tries;
+            q.report = report;
+            return Ok(Some((candidate, CheckStatus::from(outcome))));
+        }
+        if count == ranked.len() {
+            break;
+        }
+    }
+    Ok(None)
 }
 
 /// Runs the pipeline on a copy of `model`.
@@ -268,12 +332,24 @@ fn run<S: Send>(
             };
             Ok((passes, pass_time, check_time, staged, reference, result_run))
         })?;
-    let (result, pipeline, quantization) = passes?;
-    let staged = staged.ok_or_else(|| anyhow!("a result is staged once the passes succeed"))??;
+    let (mut result, pipeline, mut quantized) = passes?;
+    let mut staged =
+        staged.ok_or_else(|| anyhow!("a result is staged once the passes succeed"))??;
     let t = Instant::now();
     let (status, bisected) = match (&reference, &first, result_run) {
         (Some(reference), Some(feed), Some(run)) => {
-            let status = CheckStatus::from(reference.check_run(&result, feed, run)?);
+            let mut status = CheckStatus::from(reference.check_run(&result, feed, run)?);
+            let search = opts.quantize.as_ref().is_some_and(|q| q.fallback);
+            if let (CheckStatus::Mismatch { .. }, Some(q), Some(samples), true) =
+                (&status, quantized.as_mut(), samples.as_ref(), search)
+            {
+                if let Some((better, passed)) =
+                    fall_back(q, &result, opts, samples, reference, progress)?
+                {
+                    staged = stage(&better);
+                    (result, status) = (better, passed);
+                }
+            }
             let bisected = match (&status, opts.bisect) {
                 (CheckStatus::Mismatch { .. }, true) => Some(
                     match bisect(original, &opts.pipeline, &pipeline.steps, reference)? {
@@ -303,7 +379,7 @@ fn run<S: Send>(
         },
         bisect: bisected,
         notes,
-        quantization,
+        quantization: quantized.map(|q| q.report),
     };
     Ok(Job {
         result,

@@ -317,6 +317,9 @@ impl Report {
             return String::new();
         };
         let mut s = String::new();
+        if !q.quantized_enough {
+            s += "NOT QUANTIZED: fewer than half of the weight elements are int8\n";
+        }
         if q.random_calibration {
             s += "WARNING: calibrated on random data: the ranges are not those of real inputs\n";
         }
@@ -333,6 +336,23 @@ impl Report {
         .unwrap();
         for (name, why) in &q.left_float {
             writeln!(s, "  left float: '{name}': {why}").unwrap();
+        }
+        if q.fallback_tries > 0 {
+            writeln!(
+                s,
+                "  the check failed fully quantized; {} op(s) returned to float after {} tr(ies), most sensitive first:",
+                q.fallback.len(),
+                q.fallback_tries
+            )
+            .unwrap();
+            for (name, err) in &q.layer_errors {
+                let back = if q.fallback.contains(name) {
+                    "float"
+                } else {
+                    "int8"
+                };
+                writeln!(s, "    {name:<40} error {err:.4}  {back}").unwrap();
+            }
         }
         if q.bodies_left_float {
             s += "  subgraph bodies are left in float\n";
@@ -356,6 +376,10 @@ impl Report {
             .unwrap(),
             Some(Bisect::NoSingleStep) => {
                 s += "bisect: no single step reproduces the mismatch\n";
+            }
+            None if self.quantization.is_some() => {
+                s += &self.quantization_lines();
+                s += "int8 loses too much here: keep sensitive ops float with --exclude NAME|OPTYPE, calibrate on more representative samples, or lower --min-cosine\n";
             }
             None => s += "rerun with --bisect to find the pass responsible\n",
         }

@@ -444,3 +444,66 @@ fn quantization_needs_calibration_data() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--calib"));
 }
+
+/// x ─▶ ConvA (channel 0 offset by 1000) ─▶ ConvB (reads channel 1 only) ─▶ y: one scale for
+/// A's output cannot hold both channels, so int8 ruins what B reads.
+fn ruined_by_one_scale() -> Model {
+    let mut a = node("Conv", "convA", &["x", "WA", "bA"], &["a"]);
+    a.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut b = node("Conv", "convB", &["a", "WB"], &["y"]);
+    b.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    lift(model_io(
+        vec![a, b],
+        vec![f32_info("x", &[1, 2, 4, 4])],
+        vec![f32_info("y", &[1, 1, 4, 4])],
+        vec![
+            f32_tensor("WA", &[2, 2, 1, 1], &[1.0, 0.0, 0.0, 1.0]),
+            f32_tensor("bA", &[2], &[1000.0, 0.0]),
+            f32_tensor("WB", &[1, 2, 1, 1], &[0.0, 1.0]),
+        ],
+    ))
+}
+
+#[test]
+fn the_fallback_returns_the_layer_int8_ruins_to_float() {
+    let m = ruined_by_one_scale();
+    let done = quantize(&m, Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.fallback, ["convB"], "{}", done.report.to_text());
+    assert_eq!(q.layer_errors[0].0, "convB", "the worst layer first");
+    assert!(q.layer_errors[0].1 > 0.5, "{:?}", q.layer_errors);
+    assert_eq!(q.quantized, 1);
+    assert!(q.quantized_enough);
+    let g = &done.model.graph;
+    let b = ops(g, "Conv")
+        .into_iter()
+        .find(|&n| g.node(n).name() == "convB")
+        .unwrap();
+    assert_eq!(
+        constant_of(g, b, 1).dtype(),
+        DType::F32,
+        "convB stays float"
+    );
+    assert!(dq_of(g, b, 0).is_none(), "and reads a float input");
+    assert_well_formed(g);
+}
+
+#[test]
+fn without_the_fallback_a_ruined_result_is_refused() {
+    let m = ruined_by_one_scale();
+    let done = optimize_model(
+        &m,
+        &Options {
+            quiet: true,
+            quantize: Some(QuantOptions {
+                random: Some(16),
+                fallback: false,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!done.report.passed());
+    assert!(matches!(done.report.check, CheckStatus::Mismatch { .. }));
+}

@@ -36,6 +36,8 @@ pub struct QuantOptions {
     pub random: Option<usize>,
     /// At most this many samples calibrate.
     pub samples: usize,
+    /// When the check fails, return the most sensitive ops to float until it passes.
+    pub fallback: bool,
 }
 
 impl Default for QuantOptions {
@@ -47,6 +49,7 @@ impl Default for QuantOptions {
             calib: None,
             random: None,
             samples: 100,
+            fallback: true,
         }
     }
 }
@@ -244,20 +247,30 @@ pub struct QuantReport {
     pub quantized: usize,
     /// Each quantizable op left in float, with why.
     pub left_float: Vec<(String, String)>,
+    /// Whether at least half of the quantizable weight elements are int8: a model that passes
+    /// only by staying float has not been quantized.
+    pub quantized_enough: bool,
     /// Share of the Conv/ConvTranspose/Gemm/MatMul weight elements stored as int8.
     pub int8_weight_share: f64,
     /// Subgraph bodies hold quantizable ops, which stay float.
     pub bodies_left_float: bool,
+    /// Each quantized op's measured error (relative L2 of its output against the float
+    /// model's, on the held-back samples), worst first; measured when the check failed and
+    /// the fallback searched.
+    pub layer_errors: Vec<(String, f64)>,
+    /// The ops the fallback returned to float, most sensitive first, and how many tries it
+    /// took.
+    pub fallback: Vec<String>,
+    pub fallback_tries: usize,
 }
 
-/// Calibrates the simplified float `model` on `samples` and hands the stage its ranges.
+/// Calibrates the simplified float `model` on `samples`: the ranges the stage is handed.
 pub fn prepare(
     model: &Model,
     opts: &QuantOptions,
     samples: &Samples,
-    cx: &mut PassContext,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<Calibration> {
     let g = &model.graph;
     let ops: Vec<_> = g.node_ids().filter(|&n| qdq::quantizable(g, n)).collect();
     let inputs = ops.iter().filter_map(|&n| g.node(n).input(0));
@@ -296,12 +309,86 @@ pub fn prepare(
             (name, (s.min.max(-t), s.max.min(t)))
         })
         .collect();
-    cx.provide(Calibration {
+    Ok(Calibration {
         ranges,
         activations: opts.activations,
         placement: opts.placement,
-    });
-    Ok(())
+    })
+}
+
+/// The quantization stage on a copy of the float model, with `cal` and the ops `exclude`
+/// names kept float; the result and the context the stage ran with.
+pub fn quantize(
+    float: &Model,
+    cal: &Calibration,
+    exclude: &[String],
+    opts: &super::PipelineOptions,
+) -> Result<(Model, super::PipelineReport, PassContext)> {
+    let mut cx = PassContext::new(opts.explain);
+    cx.exclude = exclude.to_vec();
+    cx.provide(cal.clone());
+    let mut model = float.clone();
+    let report = super::run_stages(&mut model, &[stage()], opts, &mut cx)?;
+    Ok((model, report, cx))
+}
+
+/// How far each quantized op's output strays from the float model's on `samples`: the
+/// relative L2 error ‖q − f‖ / ‖f‖ over all samples, worst first. Both models run once per
+/// sample with those outputs exposed (the quantized model keeps their names).
+pub fn layer_errors(
+    float: &Model,
+    quantized: &Model,
+    samples: &[Vec<HostTensor>],
+) -> Result<Vec<(String, f64)>> {
+    let g = &quantized.graph;
+    let mut layers: Vec<(String, String)> = g
+        .node_ids()
+        .filter(|&n| qdq::quantizable(g, n))
+        .filter(|&n| {
+            let w = g.node(n).input(1);
+            w.and_then(|w| g.producer(w))
+                .is_some_and(|p| g.node(p).is("DequantizeLinear"))
+        })
+        .filter_map(|n| {
+            let y = g.node(n).output(0)?;
+            Some((g.node(n).name().to_string(), g.value(y).name().to_string()))
+        })
+        .filter(|(_, y)| float.graph.find(y).is_some())
+        .collect();
+    layers.sort();
+    let names: Vec<String> = layers.iter().map(|(_, y)| y.clone()).collect();
+    let mut sums = vec![(0f64, 0f64); layers.len()];
+    for sample in samples {
+        let mut binding = Binding::default();
+        for (spec, t) in input_specs(float, &binding)?.iter().zip(sample) {
+            binding
+                .input_shapes
+                .insert(spec.name.clone(), t.shape().to_vec());
+        }
+        let run = |m: &Model| -> Result<Vec<Vec<f32>>> {
+            let runner = crate::runtime::Runner::new(m, &binding, &names)?;
+            let out = runner.run(sample)?;
+            let extra = out.len() - names.len();
+            Ok(out[extra..]
+                .iter()
+                .map(|t| t.to_f32().unwrap_or_default())
+                .collect())
+        };
+        let (f, q) = (run(float)?, run(quantized)?);
+        for (k, (a, b)) in f.iter().zip(&q).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                sums[k].0 += ((x - y) as f64).powi(2);
+                sums[k].1 += (*x as f64).powi(2);
+            }
+        }
+    }
+    let mut errors: Vec<(String, f64)> = layers
+        .into_iter()
+        .zip(sums)
+        .map(|((name, _), (d, n))| (name, (d / n.max(f64::MIN_POSITIVE)).sqrt()))
+        .collect();
+    errors.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(errors)
 }
 
 /// The report of the stage on `before` (the float model it was handed) and `after`.
@@ -330,8 +417,12 @@ pub fn report(
         random_calibration: samples.random,
         quantized: planned.iter().filter(|(_, w)| w.is_ok()).count(),
         left_float,
+        quantized_enough: int8_share(&after.graph) >= 0.5,
         int8_weight_share: int8_share(&after.graph),
         bodies_left_float: bodies_hold_quantizable(g),
+        layer_errors: Vec::new(),
+        fallback: Vec::new(),
+        fallback_tries: 0,
     }
 }
 

@@ -64,8 +64,13 @@ pub struct Calibration {
 
 /// The value whose range quantizes the output of op `n` under `placement`, and the Relu that
 /// range absorbs, if any; `None` when the output stays float (a graph output, a capture, no
-/// range).
-pub fn output_site(g: &Graph, n: NodeId, cal: &Calibration) -> Option<(ValueId, Option<NodeId>)> {
+/// range, or read by an op kept float, which must read float values).
+fn output_site(
+    g: &Graph,
+    n: NodeId,
+    cal: &Calibration,
+    kept_float: &[NodeId],
+) -> Option<(ValueId, Option<NodeId>)> {
     if cal.placement != Placement::AroundOps {
         return None;
     }
@@ -81,7 +86,7 @@ pub fn output_site(g: &Graph, n: NodeId, cal: &Calibration) -> Option<(ValueId, 
         .value(site)
         .uses()
         .iter()
-        .all(|u| matches!(u.slot, crate::ir::Slot::Input(_)));
+        .all(|u| matches!(u.slot, crate::ir::Slot::Input(_)) && !kept_float.contains(&u.node));
     (!g.is_output(site) && plain_reads && cal.ranges.contains_key(g.value(site).name()))
         .then_some((site, absorbed))
 }
@@ -339,6 +344,10 @@ impl Pass for InsertQdq {
                 }
             }
         }
+        let kept_float: Vec<NodeId> = g
+            .node_ids()
+            .filter(|&n| quantizable(g, n) && !layers.iter().any(|l| l.node == n))
+            .collect();
         for (name, op, why) in refused {
             cx.refuse(self.id(), &name, &op, why);
         }
@@ -377,7 +386,7 @@ impl Pass for InsertQdq {
             )?;
             patch.set_input(l.node, 0, Some(dq_x));
             patch.set_input(l.node, 1, Some(dq_w));
-            if let Some((site, absorbed)) = output_site(patch.graph(), l.node, cal) {
+            if let Some((site, absorbed)) = output_site(patch.graph(), l.node, cal, &kept_float) {
                 let done = quantize_activation(&mut patch, site, cal)?;
                 let g = patch.graph();
                 let y = g.node(l.node).output(0).unwrap();
