@@ -134,6 +134,18 @@ impl BnAffine {
     }
 }
 
+/// The weight (input 1) of `n`, when it is an f32 initializer whose payload agrees with its
+/// dims: what a rewrite may scale, split or quantize.
+pub fn f32_weight(g: &Graph, n: NodeId) -> Result<(ValueId, &Tensor), &'static str> {
+    let weight = g.node(n).input(1).ok_or("it has no weight")?;
+    let w = g
+        .value(weight)
+        .constant()
+        .filter(|t| t.f32_bytes().is_some())
+        .ok_or("its weight is not an f32 initializer")?;
+    Ok((weight, w))
+}
+
 /// A Conv or ConvTranspose producing a value only one node reads, with f32 initializer
 /// weights: what a rewrite needs to fold something into it.
 pub struct ConvAt {

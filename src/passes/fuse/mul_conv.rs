@@ -23,7 +23,7 @@
 use anyhow::{Context, Result};
 
 use crate::ir::{Graph, NodeId, Patch, Tensor, ValueId};
-use crate::passes::channels::{per_channel, scale_runs, ConvKind};
+use crate::passes::channels::{f32_weight, per_channel, scale_runs, ConvKind};
 use crate::passes::{operand_where, Look, Refusal, Rewrite};
 
 pub struct FuseMulConv;
@@ -66,12 +66,7 @@ fn match_at(g: &Graph, conv: NodeId) -> Result<Found, Refusal> {
     if g.only_reader(s).is_none() {
         return Err("the scaled value has other readers".into());
     }
-    let weight = node.input(1).ok_or("it has no weight")?;
-    let w = g
-        .value(weight)
-        .constant()
-        .filter(|t| t.f32_bytes().is_some())
-        .ok_or("its weight is not an f32 initializer")?;
+    let (weight, w) = f32_weight(g, conv)?;
     let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
     let splits = kind.out_channels(w.dims()).is_some_and(|c| c % group == 0);
     let channels = in_channels(kind, w.dims(), group)

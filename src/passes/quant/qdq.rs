@@ -31,7 +31,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ir::{Attr, DType, Graph, Model, NodeId, Patch, Tensor, Type, ValueId};
-use crate::passes::channels::ConvKind;
+use crate::passes::channels::{f32_weight, ConvKind};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// The element type of quantized activations.
@@ -127,12 +127,7 @@ fn layer(
     if !cal.ranges.contains_key(g.value(x).name()) {
         return Err("its input has no calibrated f32 range");
     }
-    let weight = node.input(1).ok_or("it has no weight")?;
-    let w = g
-        .value(weight)
-        .constant()
-        .filter(|t| t.f32_bytes().is_some())
-        .ok_or("its weight is not an f32 initializer")?;
+    let (weight, w) = f32_weight(g, n)?;
     let rank = w.dims().len();
     let axis = match node.op() {
         "Conv" | "ConvTranspose" => {
