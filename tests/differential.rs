@@ -137,6 +137,12 @@ fn minimize() {
             let (Some(from), Some(to)) = (n.output.first(), n.input.first()) else {
                 continue;
             };
+            // Reading a constant instead would make a graph of constants: another case.
+            let constant = g.initializer.iter().any(|t| t.name == *to)
+                || g.node.iter().any(|m| m.op_type == "Constant" && m.output.contains(to));
+            if constant {
+                continue;
+            }
             for m in &mut g.node {
                 for input in &mut m.input {
                     if input == from {

@@ -838,6 +838,9 @@ impl Gen {
                 axes.push(a);
             }
         }
+        // tract 0.23.9 panics on a Squeeze whose axes are not in ascending order (valid
+        // ONNX), and squeeze_pair reuses these axes for its Squeeze.
+        axes.sort();
         let (mut shape, mut sym) = (Vec::new(), Vec::new());
         let mut src = 0;
         for i in 0..out_rank {
