@@ -69,9 +69,9 @@ fn one(proto: ModelProto) -> Verdict {
     }
 }
 
-/// [`one`], with a panic anywhere in it a failure.
-fn guarded(proto: ModelProto) -> Verdict {
-    catch_unwind(AssertUnwindSafe(|| one(proto))).unwrap_or_else(|p| {
+/// [`one`] of the graph `make` returns, with a panic anywhere (the generator's too) a failure.
+fn guarded(make: impl FnOnce() -> ModelProto) -> Verdict {
+    catch_unwind(AssertUnwindSafe(|| one(make()))).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -108,8 +108,8 @@ fn class(v: &Verdict) -> Option<String> {
 fn minimize() {
     let seed = env("ONNXSMITH_DIFF_MINIMIZE", 0);
     let mut best = gen::graph(seed);
-    let target = class(&guarded(best.clone())).expect("this seed passes");
-    let same = |p: &ModelProto| class(&guarded(p.clone())).as_ref() == Some(&target);
+    let target = class(&guarded(|| best.clone())).expect("this seed passes");
+    let same = |p: &ModelProto| class(&guarded(|| p.clone())).as_ref() == Some(&target);
     // Bypassing a node changes the shapes behind it: keep only the outputs' element types.
     let mut shapeless = best.clone();
     for o in &mut shapeless.graph.as_mut().unwrap().output {
@@ -176,7 +176,7 @@ fn random_graphs_survive_the_pipeline() {
     let t = Instant::now();
     let (mut verified, mut skipped, mut failed) = (0, Vec::new(), Vec::new());
     for seed in start..start + n {
-        match guarded(gen::graph(seed)) {
+        match guarded(|| gen::graph(seed)) {
             Verdict::Verified => verified += 1,
             Verdict::Skipped(why) => skipped.push((seed, why)),
             Verdict::Failed(why) => failed.push((seed, why)),

@@ -351,7 +351,18 @@ impl Gen {
     }
 
     /// A random f32 constant of `dims` around zero, with `scale`.
+    /// Sometimes an existing f32 constant of the same dims instead: weights shared by
+    /// several nodes, which a fusion must copy rather than edit in place.
     fn weights(&mut self, dims: &[i64], scale: f32) -> String {
+        let shared: Vec<String> = self
+            .consts
+            .iter()
+            .filter(|(_, t, d, _)| *t == F32 && d == dims)
+            .map(|(n, ..)| n.clone())
+            .collect();
+        if !shared.is_empty() && self.rng.random_bool(0.25) {
+            return shared[self.rng.random_range(0..shared.len())].clone();
+        }
         let v = self.normal(numel(dims) as usize, scale);
         self.f32_const(dims, v)
     }
@@ -647,7 +658,7 @@ impl Gen {
     }
 
     fn identity_op(&mut self) -> bool {
-        let Some(x) = self.pick(|v| v.f32()) else {
+        let Some(x) = self.pick(|v| v.f32() && v.rank() >= 1) else {
             return false;
         };
         let v = self.v(x);
