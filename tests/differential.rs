@@ -139,7 +139,9 @@ fn minimize() {
             };
             // Reading a constant instead would make a graph of constants: another case.
             let constant = g.initializer.iter().any(|t| t.name == *to)
-                || g.node.iter().any(|m| m.op_type == "Constant" && m.output.contains(to));
+                || g.node
+                    .iter()
+                    .any(|m| m.op_type == "Constant" && m.output.contains(to));
             if constant {
                 continue;
             }
