@@ -982,3 +982,23 @@ fn keeps_erf_gelu_before_opset_20_and_near_misses() {
         "do not form",
     );
 }
+
+#[test]
+fn fuses_a_pad_as_wide_as_the_kernel() {
+    // From a differential-test case: Pad(1 each side) ─▶ Conv(k=1, stride 2); fused, the
+    // Conv pads as much as its kernel is wide, and reads the same positions.
+    let mut c = node("Conv", "conv", &["p", "W"], &["y"]);
+    c.attribute = vec![attr_ints("kernel_shape", &[1]), attr_ints("strides", &[2])];
+    let m = lift(model_io(
+        vec![node("Pad", "pad", &["x", "pads"], &["p"]), c],
+        vec![f32_info("x", &[1, 2, 7])],
+        vec![f32_info("y", &[1, 3, 5])],
+        vec![
+            i64_tensor("pads", &[6], &[0, 0, 1, 0, 0, 1]),
+            f32_tensor("W", &[3, 2, 1], &values(6, 3)),
+        ],
+    ));
+    let (out, _) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
+    assert_eq!(count_op(&out, "Pad"), 0);
+    assert_same_outputs(&m, &out);
+}
