@@ -158,6 +158,9 @@ def main():
         results = [compare.compare_model(m, exe, log=lambda s: print(s, file=sys.stderr))
                    for m in benchmark_models(exe, args.realmodels)]
         sections.append(optimizer_section(results))
+        import quant
+
+        sections.append(quant.section(100))
     text = "# Benchmark results\n\nRegenerate with `bench/.venv/bin/python bench/run.py` " \
         "(after `bash bench/setup.sh` and `cargo build --release`; set ONNXSMITH_REALMODELS to " \
         "include the real models).\n\n" + machine() + "\n\n" + "\n".join(sections)
