@@ -41,31 +41,29 @@ quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=Tr
 """
 
 
-def latency(path, x, runs=20, warm=5):
-    s = ort_session(path)
-    name = s.get_inputs()[0].name
-    for _ in range(warm):
-        s.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        s.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def ov_latency(path, x, runs=20, warm=5):
+def latencies(paths, x, rounds=10, per_round=3, warm=5):
+    """Median latency of each model in ONNX Runtime and OpenVINO, measured round-robin (every
+    model a few runs per round) so that a slow spell of the machine hits them all alike."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 2})
-    for _ in range(warm):
-        compiled([x])
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        compiled([x])
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    runners = []
+    for p in paths:
+        s = ort_session(p)
+        name = s.get_inputs()[0].name
+        compiled = ov.Core().compile_model(str(p), "CPU", {"INFERENCE_NUM_THREADS": 2})
+        runners.append((lambda s=s, name=name: s.run(None, {name: x}), lambda c=compiled: c([x])))
+    times = [([], []) for _ in paths]
+    for run in [r for pair in runners for r in pair]:
+        for _ in range(warm):
+            run()
+    for _ in range(rounds):
+        for (ort_run, ov_run), (t_ort, t_ov) in zip(runners, times):
+            for run, acc in [(ort_run, t_ort), (ov_run, t_ov)]:
+                for _ in range(per_round):
+                    t = time.perf_counter()
+                    run()
+                    acc.append(time.perf_counter() - t)
+    return [(float(np.median(a)), float(np.median(b))) for a, b in times]
 
 
 def agreement(ref, path, xs):
@@ -106,8 +104,8 @@ def section(samples):
         rows.append((label, out, t, rss))
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     checks = [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(8)]
-    base_ort = latency(fp32, x)
-    base_ov = ov_latency(fp32, x)
+    measured = latencies([fp32] + [out for _, out, _, _ in rows], x)
+    base_ort, base_ov = measured[0]
     lines = [
         TITLE,
         "",
@@ -116,16 +114,17 @@ def section(samples):
         "the ranges are not those of real images, so agreement here says nothing of task accuracy). "
         "Wall time and peak RSS of the whole quantizing process (ours includes loading, simplifying, "
         "calibrating on all but the fifth sample held back, and its tract check; ORT's starts from the "
-        "fp32 model we simplified). Latency: median of 20 runs after 5, batch 1, 2 threads; "
+        "fp32 model we simplified). Latency: batch 1, 2 threads, median of 30 runs per model taken "
+        "round-robin (3 per model per round, 10 rounds) after 5 warm-ups; "
         f"fp32 {base_ort * 1e3:.1f} ms in ONNX Runtime, {base_ov * 1e3:.1f} ms in OpenVINO. Agreement: "
         "cosine (worst) and top-1 against the fp32 model in ONNX Runtime on 8 other random inputs.",
         "",
         "| tool | size (MB) | wall (s) | peak RSS (MB) | ORT speed-up | OpenVINO speed-up | cosine | top-1 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, out, t, rss in rows:
-        ort_x = base_ort / latency(out, x)
-        ov_x = base_ov / ov_latency(out, x)
+    for (label, out, t, rss), (ort_t, ov_t) in zip(rows, measured[1:]):
+        ort_x = base_ort / ort_t
+        ov_x = base_ov / ov_t
         cos, top1 = agreement(fp32, out, checks)
         lines.append(f"| {label} | {out.stat().st_size / 1e6:.1f} | {t:.1f} | {rss / 1e6:.0f} | "
                      f"{ort_x:.2f}x | {ov_x:.2f}x | {cos:.4f} | {top1 * 100:.0f}% |")
