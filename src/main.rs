@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use onnxsmith::check::{CheckOptions, InputSource, LossyLimits, Outcome, Rule, ScaledTolerance};
+use onnxsmith::passes::quant::images::Preprocess;
 use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::Method;
 use onnxsmith::passes::quant::QuantOptions;
@@ -184,6 +185,12 @@ struct QuantArgs {
     /// sensitive ops to float until it passes.
     #[arg(long)]
     no_fallback: bool,
+    /// How calibration images (.png, .jpg) become inputs: `imagenet` (shorter side 256, center
+    /// crop to the model's size or 224, /255, ImageNet mean and std, RGB, NCHW) or `none`,
+    /// then `,key=value` changes: resize=N, crop=N|HxW, scale=S, mean=a:b:c, std=a:b:c,
+    /// order=rgb|bgr, layout=nchw|nhwc.
+    #[arg(long, requires = "calib")]
+    preprocess: Option<String>,
 }
 
 impl QuantArgs {
@@ -213,6 +220,11 @@ impl QuantArgs {
             random: self.calib_random,
             samples: self.calib_samples,
             fallback: !self.no_fallback,
+            preprocess: self
+                .preprocess
+                .as_deref()
+                .map(Preprocess::parse)
+                .transpose()?,
         }))
     }
 }

@@ -401,7 +401,10 @@ fn bad_calibration_data_is_refused_naming_the_file_and_input() {
     let empty = tempfile::tempdir().unwrap();
     let (code, err) = quantize_cli(empty.path());
     assert_eq!(code, Some(1));
-    assert!(err.contains("no .npy or .npz calibration samples"), "{err}");
+    assert!(
+        err.contains("no .npy, .npz, .png or .jpg calibration samples"),
+        "{err}"
+    );
 
     let wrong_type = tempfile::tempdir().unwrap();
     write_npy(&wrong_type.path().join("a.npy"), &[1, 3, 8, 8], true);
@@ -506,4 +509,96 @@ fn without_the_fallback_a_ruined_result_is_refused() {
     .unwrap();
     assert!(!done.report.passed());
     assert!(matches!(done.report.check, CheckStatus::Mismatch { .. }));
+}
+
+/// `optimize --quantize int8 --calib DIR --preprocess SPEC` on the small net (input 8x8).
+fn quantize_images(dir: &Path, spec: Option<&str>) -> (Option<i32>, String) {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("m.onnx");
+    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    let mut cmd = bin();
+    cmd.args(["optimize", "-q", "--quantize", "int8", "--calib"])
+        .arg(dir);
+    if let Some(spec) = spec {
+        cmd.args(["--preprocess", spec]);
+    }
+    let out = cmd
+        .arg("-o")
+        .arg(work.path().join("o.onnx"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 7 + seed) as u8,
+            (y * 5 + seed * 3) as u8,
+            ((x + y) * 3) as u8,
+        ])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn calibrates_on_images_with_a_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write_png(&dir.path().join(format!("{i}.png")), 20 + i, 12, i);
+    }
+    let (code, err) = quantize_images(dir.path(), Some("imagenet,resize=10"));
+    assert_eq!(code, Some(0), "{err}");
+    // Without a preprocessing, an image is not an input.
+    let (code, err) = quantize_images(dir.path(), None);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("0.png") && err.contains("--preprocess"),
+        "{err}"
+    );
+    // A crop larger than the resized image is refused, naming the file.
+    let (code, err) = quantize_images(dir.path(), Some("imagenet,resize=4"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(".png") && err.contains("smaller than"),
+        "{err}"
+    );
+}
+
+#[test]
+fn imagenet_preprocessing_normalizes_and_lays_out_channels() {
+    use onnxsmith::passes::quant::images::Preprocess;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flat.png");
+    image::RgbImage::from_pixel(6, 4, image::Rgb([255, 0, 128]))
+        .save(&path)
+        .unwrap();
+    let p = Preprocess::parse("imagenet,resize=4,crop=2x3").unwrap();
+    let t = p.load(&path, None).unwrap();
+    assert_eq!(t.shape(), [1, 3, 2, 3]);
+    let v = t.to_f32().unwrap();
+    let want = [
+        (1.0 - 0.485) / 0.229,
+        (0.0 - 0.456) / 0.224,
+        (128.0 / 255.0 - 0.406) / 0.225,
+    ];
+    for c in 0..3 {
+        for &x in &v[c * 6..(c + 1) * 6] {
+            assert!(
+                (x - want[c]).abs() < 1e-5,
+                "channel {c}: {x} vs {}",
+                want[c]
+            );
+        }
+    }
+    let bgr = Preprocess::parse("none,order=bgr,layout=nhwc").unwrap();
+    let t = bgr.load(&path, None).unwrap();
+    assert_eq!(t.shape(), [1, 4, 6, 3]);
+    assert_eq!(t.to_f32().unwrap()[..3], [128.0, 0.0, 255.0]);
+    assert!(Preprocess::parse("imagenet,mean=1:2").is_err());
+    assert!(Preprocess::parse("vgg").is_err());
 }

@@ -6,6 +6,7 @@
 //! the check, which judges the result against the float model by the lossy rule.
 
 pub mod calibrate;
+pub mod images;
 pub mod qdq;
 pub mod ranges;
 
@@ -38,6 +39,8 @@ pub struct QuantOptions {
     pub samples: usize,
     /// When the check fails, return the most sensitive ops to float until it passes.
     pub fallback: bool,
+    /// How image samples become inputs; images are refused without it.
+    pub preprocess: Option<images::Preprocess>,
 }
 
 impl Default for QuantOptions {
@@ -50,6 +53,7 @@ impl Default for QuantOptions {
             random: None,
             samples: 100,
             fallback: true,
+            preprocess: None,
         }
     }
 }
@@ -79,7 +83,12 @@ pub struct Samples {
 pub fn samples(model: &Model, opts: &QuantOptions) -> Result<Samples> {
     let specs = input_specs(model, &Binding::default())?;
     if let Some(dir) = &opts.calib {
-        let all = read_dir(dir, &specs, &declared(model, &specs))?;
+        let all = read_dir(
+            dir,
+            &specs,
+            &declared(model, &specs),
+            opts.preprocess.as_ref(),
+        )?;
         let held = if all.len() >= 2 {
             all.len().div_ceil(5)
         } else {
@@ -129,6 +138,7 @@ fn read_dir(
     dir: &Path,
     specs: &[InputSpec],
     declared: &[Vec<Option<usize>>],
+    preprocess: Option<&images::Preprocess>,
 ) -> Result<Vec<Vec<HostTensor>>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the calibration directory {}", dir.display()))?;
@@ -154,10 +164,31 @@ fn read_dir(
                 vec![crate::npy::read_npy(f)?]
             }
             "npz" => crate::npy::inputs_from_npz(f, specs)?,
-            "jpg" | "jpeg" | "png" => bail!(
-                "{}: image samples are not supported yet; convert them to .npy with your preprocessing",
-                f.display()
-            ),
+            "jpg" | "jpeg" | "png" => {
+                let Some(p) = preprocess else {
+                    bail!(
+                        "{}: image samples need --preprocess (for example 'imagenet') to become inputs",
+                        f.display()
+                    );
+                };
+                if specs.len() != 1 {
+                    bail!(
+                        "{}: an image sample fits a model of one input; this one has {} ({})",
+                        f.display(),
+                        specs.len(),
+                        names(specs)
+                    );
+                }
+                // The crop the model declares: its last two dims, or its middle two for NHWC.
+                let d = &declared[0];
+                let hw = match (d.len(), p.nhwc) {
+                    (4, false) => d[2].zip(d[3]),
+                    (4, true) => d[1].zip(d[2]),
+                    _ => None,
+                };
+                let hw = hw.map(|(h, w)| (h as u32, w as u32));
+                vec![p.load(f, hw)?]
+            }
             _ => continue,
         };
         for ((t, s), d) in set.iter().zip(specs).zip(declared) {
@@ -166,7 +197,10 @@ fn read_dir(
         sets.push(set);
     }
     if sets.is_empty() {
-        bail!("{}: no .npy or .npz calibration samples", dir.display());
+        bail!(
+            "{}: no .npy, .npz, .png or .jpg calibration samples",
+            dir.display()
+        );
     }
     Ok(sets)
 }
