@@ -43,7 +43,7 @@ enum Command {
         external_data: bool,
     },
     /// Rewrite a model with the pass pipeline, check it against the original, write it.
-    Optimize(OptimizeArgs),
+    Optimize(Box<OptimizeArgs>),
     /// Run two models on the same inputs and compare their outputs.
     Verify {
         a: PathBuf,
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<u8> {
             warn(&onnxsmith::convert(&input, &output, external_data)?);
             Ok(0)
         }
-        Command::Optimize(args) => optimize(args),
+        Command::Optimize(args) => optimize(*args),
         Command::Verify {
             a,
             b,
