@@ -89,28 +89,11 @@ fn observe(
     let (fed, computed): (Vec<&String>, Vec<&String>) =
         values.iter().partition(|v| inputs.contains(v));
     let computed: Vec<String> = computed.into_iter().cloned().collect();
-    // Samples may differ in their dynamic dims: one plan per set of input shapes.
-    let mut runners: Vec<(Vec<Vec<usize>>, Runner)> = Vec::new();
+    let mut plans = Plans::new(model, &computed)?;
     for sample in samples {
-        let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
-        let runner = match runners.iter().position(|(s, _)| *s == shapes) {
-            Some(i) => &runners[i].1,
-            None => {
-                let mut binding = Binding::default();
-                let specs = crate::runtime::input_specs(model, &binding)?;
-                for (spec, shape) in specs.iter().zip(&shapes) {
-                    binding
-                        .input_shapes
-                        .insert(spec.name.clone(), shape.clone());
-                }
-                let runner = Runner::new(model, &binding, &computed)
-                    .context("the float model cannot run in tract for calibration")?;
-                runners.push((shapes, runner));
-                &runners.last().unwrap().1
-            }
-        };
-        let results = runner.run(sample)?;
-        let first_extra = results.len() - computed.len();
+        let results = plans
+            .extras(sample)
+            .context("the float model cannot run in tract for calibration")?;
         let seen = fed
             .iter()
             .map(|&name| {
@@ -119,7 +102,7 @@ fn observe(
                     &sample[inputs.iter().position(|i| i == name).unwrap()],
                 )
             })
-            .chain(computed.iter().zip(&results[first_extra..]));
+            .chain(computed.iter().zip(&results));
         for (name, t) in seen {
             let Some(v) = t.to_f32() else { continue };
             let st = out.entry(name.clone()).or_default();
@@ -135,4 +118,47 @@ fn observe(
         }
     }
     Ok(out)
+}
+
+/// tract plans of one model that also return `extra` values, one plan per set of input
+/// shapes: samples may differ in their dynamic dims.
+pub struct Plans<'a> {
+    model: &'a Model,
+    extra: &'a [String],
+    inputs: Vec<String>,
+    built: Vec<(Vec<Vec<usize>>, Runner)>,
+}
+
+impl<'a> Plans<'a> {
+    pub fn new(model: &'a Model, extra: &'a [String]) -> Result<Plans<'a>> {
+        let inputs = crate::runtime::input_specs(model, &Binding::default())?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        Ok(Plans {
+            model,
+            extra,
+            inputs,
+            built: Vec::new(),
+        })
+    }
+
+    /// The `extra` values of the model run on `sample` (one value per input, in order).
+    pub fn extras(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
+        let at = match self.built.iter().position(|(s, _)| *s == shapes) {
+            Some(i) => i,
+            None => {
+                let mut binding = Binding::default();
+                for (name, shape) in self.inputs.iter().zip(&shapes) {
+                    binding.input_shapes.insert(name.clone(), shape.clone());
+                }
+                let runner = Runner::new(self.model, &binding, self.extra)?;
+                self.built.push((shapes, runner));
+                self.built.len() - 1
+            }
+        };
+        let mut out = self.built[at].1.run(sample)?;
+        Ok(out.split_off(out.len() - self.extra.len()))
+    }
 }

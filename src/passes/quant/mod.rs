@@ -392,23 +392,16 @@ pub fn layer_errors(
     layers.sort();
     let names: Vec<String> = layers.iter().map(|(_, y)| y.clone()).collect();
     let mut sums = vec![(0f64, 0f64); layers.len()];
+    let (mut float_plans, mut quantized_plans) = (
+        calibrate::Plans::new(float, &names)?,
+        calibrate::Plans::new(quantized, &names)?,
+    );
+    let values = |t: Vec<HostTensor>| -> Vec<Vec<f32>> {
+        t.iter().map(|t| t.to_f32().unwrap_or_default()).collect()
+    };
     for sample in samples {
-        let mut binding = Binding::default();
-        for (spec, t) in input_specs(float, &binding)?.iter().zip(sample) {
-            binding
-                .input_shapes
-                .insert(spec.name.clone(), t.shape().to_vec());
-        }
-        let run = |m: &Model| -> Result<Vec<Vec<f32>>> {
-            let runner = crate::runtime::Runner::new(m, &binding, &names)?;
-            let out = runner.run(sample)?;
-            let extra = out.len() - names.len();
-            Ok(out[extra..]
-                .iter()
-                .map(|t| t.to_f32().unwrap_or_default())
-                .collect())
-        };
-        let (f, q) = (run(float)?, run(quantized)?);
+        let f = values(float_plans.extras(sample)?);
+        let q = values(quantized_plans.extras(sample)?);
         for (k, (a, b)) in f.iter().zip(&q).enumerate() {
             for (x, y) in a.iter().zip(b) {
                 sums[k].0 += ((x - y) as f64).powi(2);
@@ -434,6 +427,7 @@ pub fn report(
     cx: &PassContext,
 ) -> QuantReport {
     let planned = plan(before, cx);
+    let share = int8_share(&after.graph);
     let g = &before.graph;
     let left_float = planned
         .iter()
@@ -451,8 +445,8 @@ pub fn report(
         random_calibration: samples.random,
         quantized: planned.iter().filter(|(_, w)| w.is_ok()).count(),
         left_float,
-        quantized_enough: int8_share(&after.graph) >= 0.5,
-        int8_weight_share: int8_share(&after.graph),
+        quantized_enough: share >= 0.5,
+        int8_weight_share: share,
         bodies_left_float: bodies_hold_quantizable(g),
         layer_errors: Vec::new(),
         fallback: Vec::new(),
