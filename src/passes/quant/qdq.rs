@@ -176,22 +176,36 @@ fn layer(
 
 /// Each quantizable op of the main graph and whether it will be quantized (`Ok`) or why not.
 pub fn plan(model: &Model, cx: &PassContext) -> Vec<(NodeId, Result<(), &'static str>)> {
-    let g = &model.graph;
     let Some(cal) = cx.get::<Calibration>() else {
         return Vec::new();
     };
-    let opset = model.opset("").unwrap_or(1);
-    let mut nodes: Vec<NodeId> = g.node_ids().filter(|&n| quantizable(g, n)).collect();
-    nodes.sort();
-    nodes
+    matched(model, cal, cx)
         .into_iter()
+        .map(|(n, l)| (n, l.map(|_| ())))
+        .collect()
+}
+
+/// Each quantizable op of the main graph, in topological order, with its match or why it
+/// stays float.
+fn matched(
+    model: &Model,
+    cal: &Calibration,
+    cx: &PassContext,
+) -> Vec<(NodeId, Result<Layer, &'static str>)> {
+    let g = &model.graph;
+    let opset = model.opset("").unwrap_or(1);
+    // A graph is acyclic once verified; an order that cannot be had matches nothing.
+    let order = g.topo_order().unwrap_or_default();
+    order
+        .into_iter()
+        .filter(|&n| quantizable(g, n))
         .map(|n| {
-            let why = if opset < 10 {
+            let l = if opset < 10 {
                 Err("the model's opset (below 10) has no QuantizeLinear")
             } else {
-                layer(g, n, cal, cx, opset).map(|_| ())
+                layer(g, n, cal, cx, opset)
             };
-            (n, why)
+            (n, l)
         })
         .collect()
 }
@@ -320,18 +334,11 @@ impl Pass for InsertQdq {
             return Ok(Changed::No);
         };
         let cal = &cal;
-        let opset = model.opset("").unwrap_or(1);
-        if opset < 10 {
-            return Ok(Changed::No);
-        }
         let g = &model.graph;
         let mut layers = Vec::new();
         let mut refused = Vec::new();
-        for n in g.topo_order()? {
-            if !quantizable(g, n) {
-                continue;
-            }
-            match layer(g, n, cal, cx, opset) {
+        for (n, l) in matched(model, cal, cx) {
+            match l {
                 Ok(l) => layers.push(l),
                 Err(why) => {
                     let node = g.node(n);
