@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use onnxsmith::check::{CheckOptions, InputSource, LossyLimits, Outcome, Rule, ScaledTolerance};
+use onnxsmith::passes::prune::{Importance, PruneOptions, Scope};
 use onnxsmith::passes::quant::images::Preprocess;
 use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::Method;
@@ -119,6 +120,90 @@ struct OptimizeArgs {
     check: CheckArgs,
     #[command(flatten)]
     quant: QuantArgs,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PruneImportance {
+    /// Mean |w| of the weights making a channel.
+    L1,
+    /// |gamma| of the BatchNormalization after the Conv making it.
+    BnScale,
+    /// Mean |x| on the --calib samples.
+    Activation,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PruneScope {
+    /// Every group gives up the same share.
+    Uniform,
+    /// The least important channels of the whole model go.
+    Global,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Remove this share (0 < RATIO < 1) of the channels of each dependency group, checked
+    /// against the original by the lossy rule; with --calib, the removed channels' contribution
+    /// is compensated.
+    #[arg(long)]
+    prune: Option<f64>,
+    /// How channels are ranked.
+    #[arg(long, value_enum, default_value = "l1", requires = "prune")]
+    prune_importance: PruneImportance,
+    /// How the ratio is shared among groups.
+    #[arg(long, value_enum, default_value = "uniform", requires = "prune")]
+    prune_scope: PruneScope,
+    /// Kept channel counts are multiples of N, so kernels stay fast.
+    #[arg(long, default_value_t = PruneOptions::default().round_to, requires = "prune")]
+    prune_round_to: usize,
+    /// Keep every channel made by this node name or op type (repeatable).
+    #[arg(long, requires = "prune")]
+    prune_exclude: Vec<String>,
+    /// Do not fold the removed channels' contribution into the next layers.
+    #[arg(long, requires = "prune")]
+    no_compensate: bool,
+}
+
+impl PruneArgs {
+    fn options(&self, quant: &QuantArgs) -> Result<Option<PruneOptions>> {
+        let Some(ratio) = self.prune else {
+            return Ok(None);
+        };
+        if !(ratio > 0.0 && ratio < 1.0) {
+            bail!("--prune {ratio}: the ratio must lie strictly between 0 and 1");
+        }
+        if self.prune_round_to == 0 {
+            bail!("--prune-round-to must be at least 1");
+        }
+        let importance = match self.prune_importance {
+            PruneImportance::L1 => Importance::L1,
+            PruneImportance::BnScale => Importance::BnScale,
+            PruneImportance::Activation => Importance::Activation,
+        };
+        if importance == Importance::Activation && quant.calib.is_none() {
+            bail!("--prune-importance activation needs calibration samples: give --calib DIR");
+        }
+        Ok(Some(PruneOptions {
+            ratio,
+            importance,
+            scope: match self.prune_scope {
+                PruneScope::Uniform => Scope::Uniform,
+                PruneScope::Global => Scope::Global,
+            },
+            round_to: self.prune_round_to,
+            exclude: self.prune_exclude.clone(),
+            compensate: !self.no_compensate,
+            calib: quant.calib.clone(),
+            preprocess: quant
+                .preprocess
+                .as_deref()
+                .map(Preprocess::parse)
+                .transpose()?,
+            samples: quant.calib_samples,
+        }))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -156,9 +241,9 @@ struct QuantArgs {
     /// Quantize after simplifying, checked against the float model by the lossy rule.
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,
-    /// A directory of calibration samples: `.npy` (one-input models) or `.npz` (an array per
-    /// input, by name).
-    #[arg(long, requires = "quantize")]
+    /// A directory of calibration samples for --quantize and --prune: `.npy` (one-input
+    /// models) or `.npz` (an array per input, by name).
+    #[arg(long)]
     calib: Option<PathBuf>,
     /// Calibrate on N random samples instead: the ranges are not those of real inputs.
     #[arg(long, requires = "quantize", conflicts_with = "calib")]
@@ -417,6 +502,9 @@ fn optimize(args: OptimizeArgs) -> Result<u8> {
     let (Some(input), Some(output)) = (args.input, args.output) else {
         bail!("optimize needs an input model and -o OUTPUT (or --list-passes)");
     };
+    if args.quant.calib.is_some() && args.quant.quantize.is_none() && args.prune.prune.is_none() {
+        bail!("--calib is for --quantize and --prune: give one of them");
+    }
     let request = Request {
         input,
         output,
@@ -435,6 +523,7 @@ fn optimize(args: OptimizeArgs) -> Result<u8> {
             one_at_a_time: args.check_one_at_a_time,
             bisect: args.bisect,
             quiet: args.quiet,
+            prune: args.prune.options(&args.quant)?,
             quantize: args.quant.options()?,
             exclude: args.quant.exclude.clone(),
         },

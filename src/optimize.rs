@@ -10,6 +10,7 @@ use anyhow::{anyhow, Result};
 
 use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outcome, Reference, Rule};
 use crate::ir::Model;
+use crate::passes::prune::{self, BnScales, PruneOptions, PruneReport};
 use crate::passes::quant::qdq::Calibration;
 use crate::passes::quant::{self, QuantOptions, QuantReport, Samples};
 use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
@@ -41,7 +42,9 @@ pub struct Options {
     pub bisect: bool,
     /// No progress display.
     pub quiet: bool,
-    /// Quantize to int8 after simplifying.
+    /// Prune channels after simplifying.
+    pub prune: Option<PruneOptions>,
+    /// Quantize to int8 after simplifying (and pruning).
     pub quantize: Option<QuantOptions>,
     /// Node names or op types no lossy stage may touch.
     pub exclude: Vec<String>,
@@ -55,6 +58,7 @@ impl Default for Options {
             one_at_a_time: false,
             bisect: false,
             quiet: false,
+            prune: None,
             quantize: None,
             exclude: Vec::new(),
         }
@@ -128,26 +132,79 @@ struct Quantized {
     calibration: Calibration,
 }
 
-/// The simplify pipeline, then, when asked, quantization of the simplified model calibrated on
-/// `samples`.
-fn transform(
-    original: &Model,
-    opts: &Options,
-    samples: Option<&Samples>,
-    progress: &Progress,
-) -> Result<(Model, PipelineReport, Option<Quantized>)> {
-    let (float, mut report) = run_passes(original, &opts.pipeline)?;
-    let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
-        return Ok((float, report, None));
-    };
-    let calibration = quant::prepare(&float, q, samples, progress)?;
-    progress.step("inserting Q/DQ");
-    let (model, more, cx) = quant::quantize(&float, &calibration, &opts.exclude, &opts.pipeline)?;
+/// What pruning kept for the report: its summary, and the pruned model before compensation.
+struct Pruned {
+    report: PruneReport,
+    uncompensated: Option<Model>,
+}
+
+/// What [`transform`] made: the result, the passes' report, and what the lossy stages kept.
+type Transformed = (Model, PipelineReport, Option<Quantized>, Option<Pruned>);
+
+fn extend(report: &mut PipelineReport, more: PipelineReport) {
     report.passes.extend(more.passes);
     report.steps.extend(more.steps);
     report.rounds.extend(more.rounds);
     report.explain.extend(more.explain);
     report.notes.extend(more.notes);
+}
+
+/// The simplify pipeline, then, when asked, pruning and quantization of the simplified model
+/// (calibrated on `samples`).
+fn transform(
+    original: &Model,
+    opts: &Options,
+    samples: Option<&Samples>,
+    progress: &Progress,
+) -> Result<Transformed> {
+    let (mut float, mut report) = run_passes(original, &opts.pipeline)?;
+    let mut pruned = None;
+    if let Some(p) = &opts.prune {
+        progress.step("finding channel groups");
+        let calibration = samples.map(|s| s.calibration.as_slice());
+        let (plan, groups, fallbacks) =
+            prune::select(&float, p, calibration, &BnScales::of(original))?;
+        progress.step("removing channels");
+        let (mut result, more) = prune::prune(&float, plan.clone(), &opts.pipeline)?;
+        extend(&mut report, more);
+        let (mut compensation, mut uncompensated) = (None, None);
+        if let (true, Some(s)) = (p.compensate, samples) {
+            progress.step("compensating for the removed channels");
+            uncompensated = Some(result.clone());
+            compensation = Some(prune::compensate::compensate(
+                &float,
+                &mut result,
+                &plan,
+                &s.calibration,
+            )?);
+        }
+        let report = PruneReport {
+            ratio: p.ratio,
+            importance: p.importance,
+            scope: p.scope,
+            round_to: p.round_to,
+            groups,
+            params_before: Summary::of(&float).param_count(),
+            params_after: Summary::of(&result).param_count(),
+            macs_before: prune::macs(&float),
+            macs_after: prune::macs(&result),
+            importance_fallbacks: fallbacks,
+            compensation,
+            uncompensated: None,
+        };
+        float = result;
+        pruned = Some(Pruned {
+            report,
+            uncompensated,
+        });
+    }
+    let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
+        return Ok((float, report, None, pruned));
+    };
+    let calibration = quant::prepare(&float, q, samples, progress)?;
+    progress.step("inserting Q/DQ");
+    let (model, more, cx) = quant::quantize(&float, &calibration, &opts.exclude, &opts.pipeline)?;
+    extend(&mut report, more);
     let summary = quant::report(&float, &model, q, samples, &cx);
     Ok((
         model,
@@ -157,7 +214,26 @@ fn transform(
             float,
             calibration,
         }),
+        pruned,
     ))
+}
+
+/// The samples the lossy stages calibrate on and are checked with: quantization's, or the
+/// directory pruning was given.
+fn lossy_samples(original: &Model, opts: &Options) -> Result<Option<Samples>> {
+    if let Some(q) = &opts.quantize {
+        return quant::samples(original, q).map(Some);
+    }
+    let Some(p) = opts.prune.as_ref().filter(|p| p.calib.is_some()) else {
+        return Ok(None);
+    };
+    let q = QuantOptions {
+        calib: p.calib.clone(),
+        preprocess: p.preprocess.clone(),
+        samples: p.samples,
+        ..QuantOptions::default()
+    };
+    quant::samples(original, &q).map(Some)
 }
 
 /// Tries at most this many fallbacks before a quantized result is refused.
@@ -264,15 +340,14 @@ fn run<S: Send>(
 ) -> Result<Job<S>> {
     let before = Summary::of(original);
     let mut notes = Vec::new();
-    // A quantized result is judged on samples calibration did not see, by the lossy rule
-    // unless the user set its limits.
-    let samples = opts
-        .quantize
-        .as_ref()
-        .map(|q| quant::samples(original, q))
-        .transpose()?;
-    let lossy_check = opts.check.clone().zip(samples.as_ref()).map(|(mut c, s)| {
-        c.inputs = InputSource::Sets(s.held_back.clone());
+    // A quantized or pruned result is judged on samples calibration did not see (when there
+    // are samples), by the lossy rule unless the user set its limits.
+    let samples = lossy_samples(original, opts)?;
+    let lossy = opts.quantize.is_some() || opts.prune.is_some();
+    let lossy_check = opts.check.clone().filter(|_| lossy).map(|mut c| {
+        if let Some(s) = &samples {
+            c.inputs = InputSource::Sets(s.held_back.clone());
+        }
         if matches!(c.rule, Rule::Exact(_)) {
             c.rule = Rule::lossy();
         }
@@ -304,7 +379,7 @@ fn run<S: Send>(
             let passes = transform(original, opts, samples.as_ref(), progress);
             let pass_time = t.elapsed();
             let (staged, result_run) = match &passes {
-                Ok((result, _, _)) => std::thread::scope(|s| {
+                Ok((result, _, _, _)) => std::thread::scope(|s| {
                     let staged = s.spawn(|| stage(result));
                     if check.is_some() {
                         progress.step("checking the result against the original in tract");
@@ -332,14 +407,32 @@ fn run<S: Send>(
             };
             Ok((passes, pass_time, check_time, staged, reference, result_run))
         })?;
-    let (mut result, pipeline, mut quantized) = passes?;
+    let (mut result, pipeline, mut quantized, mut pruned) = passes?;
     let mut staged =
         staged.ok_or_else(|| anyhow!("a result is staged once the passes succeed"))??;
     let t = Instant::now();
     let (status, bisected) = match (&reference, &first, result_run) {
         (Some(reference), Some(feed), Some(run)) => {
             let mut status = CheckStatus::from(reference.check_run(&result, feed, run)?);
-            let search = opts.quantize.as_ref().is_some_and(|q| q.fallback);
+            if let Some(p) = pruned.as_mut() {
+                if let Some(m) = p.uncompensated.take() {
+                    progress.step("checking the pruned model without compensation");
+                    if let Outcome::Checked(r) = reference.check(&m)? {
+                        p.report.uncompensated = Some(agreement(&r));
+                    }
+                }
+            }
+            let mut search = opts.quantize.as_ref().is_some_and(|q| q.fallback);
+            // Returning ops to float cannot undo what pruning lost.
+            if let (true, Some(q), true) = (search, quantized.as_ref(), pruned.is_some()) {
+                if matches!(&status, CheckStatus::Mismatch { .. }) {
+                    progress.step("checking the pruned float model");
+                    if matches!(reference.check(&q.float)?, Outcome::Checked(r) if !r.ok()) {
+                        notes.push("note: the pruned float model already fails the check: no op is returned to float; prune less or lower the limits".to_string());
+                        search = false;
+                    }
+                }
+            }
             if let (CheckStatus::Mismatch { .. }, Some(q), Some(samples), true) =
                 (&status, quantized.as_mut(), samples.as_ref(), search)
             {
@@ -380,12 +473,24 @@ fn run<S: Send>(
         bisect: bisected,
         notes,
         quantization: quantized.map(|q| q.report),
+        pruning: pruned.map(|p| p.report),
     };
     Ok(Job {
         result,
         report,
         staged,
     })
+}
+
+/// The least cosine over the outputs and the least top-1 agreement of those that have one.
+fn agreement(r: &crate::check::CheckReport) -> (f64, Option<f64>) {
+    let cosine = r
+        .outputs
+        .iter()
+        .map(|o| o.cosine)
+        .fold(f64::INFINITY, f64::min);
+    let top1 = r.outputs.iter().filter_map(|o| o.top1).reduce(f64::min);
+    (cosine, top1)
 }
 
 fn write_json(path: &std::path::Path, report: &Report) -> Result<()> {

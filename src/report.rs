@@ -239,6 +239,9 @@ pub struct Report {
     /// What the quantization stage did, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization: Option<crate::passes::quant::QuantReport>,
+    /// What the pruning stage did, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<crate::passes::prune::PruneReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -301,6 +304,7 @@ impl Report {
         }
         let mut s = self.comparison_table();
         s += &self.pass_table();
+        s += &self.pruning_lines();
         s += &self.quantization_lines();
         s += &self.explain_lines();
         s += &self.time_line();
@@ -360,6 +364,76 @@ impl Report {
         s
     }
 
+    /// What pruning did: channels per group, what was left and why, parameters and MACs.
+    pub fn pruning_lines(&self) -> String {
+        let Some(p) = &self.pruning else {
+            return String::new();
+        };
+        let mut s = String::new();
+        let pruned = p.groups.iter().filter(|g| g.kept < g.channels).count();
+        writeln!(
+            s,
+            "pruned {pruned} of {} channel group(s) ({:?} importance, {:?} scope, ratio {}, kept counts multiples of {}):",
+            p.groups.len(),
+            p.importance,
+            p.scope,
+            p.ratio,
+            p.round_to
+        )
+        .unwrap();
+        for g in &p.groups {
+            match &g.left {
+                Some(why) => writeln!(
+                    s,
+                    "  left   {:<40} {:>5} channels: {why}",
+                    g.name, g.channels
+                ),
+                None => writeln!(
+                    s,
+                    "  pruned {:<40} {:>5} -> {:<5} ({} producer(s))",
+                    g.name, g.channels, g.kept, g.producers
+                ),
+            }
+            .unwrap();
+        }
+        let ratio = |a: u64, b: u64| if a == 0 { 0.0 } else { b as f64 / a as f64 };
+        writeln!(
+            s,
+            "  parameters {} -> {} ({:.1}%), MACs {} -> {} ({:.1}%, free dims at 1)",
+            p.params_before,
+            p.params_after,
+            100.0 * ratio(p.params_before, p.params_after),
+            p.macs_before,
+            p.macs_after,
+            100.0 * ratio(p.macs_before, p.macs_after)
+        )
+        .unwrap();
+        if p.importance_fallbacks > 0 {
+            writeln!(
+                s,
+                "  {} group(s) ranked by L1: no importance of the asked kind is known for them",
+                p.importance_fallbacks
+            )
+            .unwrap();
+        }
+        if let Some(c) = &p.compensation {
+            writeln!(
+                s,
+                "  compensated on {} sample(s): {} reader(s) bias-corrected, {} refitted by least squares",
+                c.samples, c.bias_corrected, c.refitted
+            )
+            .unwrap();
+            for (name, why) in &c.skipped {
+                writeln!(s, "    not compensated: '{name}': {why}").unwrap();
+            }
+        }
+        if let Some((cos, top1)) = p.uncompensated {
+            let top1 = top1.map_or(String::new(), |t| format!(", top-1 {:.1}%", t * 100.0));
+            writeln!(s, "  without compensation: cosine {cos:.5}{top1}").unwrap();
+        }
+        s
+    }
+
     fn mismatch_lines(&self) -> String {
         let mut s = String::from("MISMATCH: the optimized model disagrees with the original");
         s += if self.output.is_some() {
@@ -376,6 +450,10 @@ impl Report {
             .unwrap(),
             Some(Bisect::NoSingleStep) => {
                 s += "bisect: no single step reproduces the mismatch\n";
+            }
+            None if self.pruning.is_some() && self.quantization.is_none() => {
+                s += &self.pruning_lines();
+                s += "pruning without fine-tuning loses too much here: prune less (--prune), give --calib samples for compensation, exclude groups with --prune-exclude, or lower --min-cosine\n";
             }
             None if self.quantization.is_some() => {
                 s += &self.quantization_lines();

@@ -5,7 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values};
+use common::{
+    attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values, write_npy,
+};
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
 use onnxsmith::onnx::proto::ModelProto;
 use onnxsmith::passes::quant::qdq::{Activations, Placement};
@@ -336,35 +338,6 @@ fn range_methods_on_known_distributions() {
     assert!(entropy < 5.0, "entropy threshold {entropy}");
     assert!(entropy > 0.05, "entropy threshold {entropy}");
     assert!(st.threshold(Method::Percentile(99.9)) < 1.0);
-}
-
-/// A `.npy` file of f32 (or f64 when `wide`) values in `shape`.
-fn write_npy(path: &Path, shape: &[usize], wide: bool) {
-    let n: usize = shape.iter().product();
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let descr = if wide { "<f8" } else { "<f4" };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    for v in values(n, 1) {
-        if wide {
-            bytes.extend((v as f64).to_le_bytes());
-        } else {
-            bytes.extend(v.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).unwrap();
 }
 
 /// `optimize --quantize int8 --calib DIR` on the small net; (exit code, stderr).

@@ -134,6 +134,28 @@ impl<'g> Patch<'g> {
         Ok(v)
     }
 
+    /// Replaces initializer `old` by `t`, whose dims may differ, for every reader, keeping its
+    /// name: for a rewrite that changes the extent of a tensor together with everything that
+    /// reads it (pruning channels), where no reader may see the old shape.
+    pub fn resize_initializer(&mut self, old: ValueId, t: Tensor) -> Result<ValueId> {
+        let name = self.g.value(old).name().to_string();
+        if !matches!(self.g.value(old).def(), Def::Initializer) {
+            bail!("cannot resize '{name}': it is not an initializer");
+        }
+        let v = self.add_initializer(&name, t)?;
+        self.g.replace_all_uses(old, v);
+        self.g.remove_value(old)?;
+        self.g.rename_value(v, &name)?;
+        self.edits += 1;
+        Ok(v)
+    }
+
+    /// Declares the type `v` has after a rewrite changed its shape (pruning channels).
+    pub fn set_type(&mut self, v: ValueId, ty: Type) {
+        self.g.set_type(v, ty);
+        self.edits += 1;
+    }
+
     /// Adds a node of the default domain with one output per entry of `outputs`, each of the
     /// type the rewrite knows it to have (`None` where it does not), so that replacing another
     /// value by it is checked. Node and output names are fresh, derived from `name`.

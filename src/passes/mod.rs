@@ -20,6 +20,7 @@ pub mod channels;
 mod cleanup;
 mod fold;
 mod fuse;
+pub mod prune;
 pub mod quant;
 
 use std::any::{Any, TypeId};

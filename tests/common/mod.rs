@@ -325,3 +325,37 @@ pub fn assert_explained(report: &PipelineReport, needle: &str) {
         report.explain
     );
 }
+
+/// A `.npy` file of f32 (or f64 when `wide`) values in `shape`.
+pub fn write_npy(path: &Path, shape: &[usize], wide: bool) {
+    let n: usize = shape.iter().product();
+    write_npy_values(path, shape, &values(n, 1), wide);
+}
+
+/// A `.npy` file of `data` in `shape`, as f32 (or f64 when `wide`).
+pub fn write_npy_values(path: &Path, shape: &[usize], data: &[f32], wide: bool) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let descr = if wide { "<f8" } else { "<f4" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for &v in data {
+        if wide {
+            bytes.extend((v as f64).to_le_bytes());
+        } else {
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}

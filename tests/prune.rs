@@ -1,0 +1,802 @@
+//! Channel pruning: the groups found per op kind, every reason a group is left alone, the
+//! exactness property (removing channels computes what the original computes with the
+//! readers' weights for those channels zeroed) on ResNet-50, a MobileNet-style net and a net
+//! with Concat, squeeze-excite and Flatten→Gemm, compensation, the report and determinism.
+
+mod common;
+
+use common::{assert_same_outputs, before_after, bin, write_npy_values};
+use onnxsmith::check::{compare_models, CheckOptions, Outcome};
+use onnxsmith::ir::{Attr, DType, Dim, Model, Patch, Tensor, ValueId};
+use onnxsmith::optimize::run_passes;
+use onnxsmith::passes::prune::groups::Edit;
+use onnxsmith::passes::prune::remove::{slice_axis, Plan};
+use onnxsmith::passes::prune::{self, BnScales, GroupReport, PruneOptions, Scope};
+use onnxsmith::passes::PipelineOptions;
+use onnxsmith::report::CheckStatus;
+use onnxsmith::zoo::Builder;
+use onnxsmith::{optimize_model, Options};
+
+fn n() -> Dim {
+    Dim::Sym("N".into())
+}
+
+fn conv(
+    b: &mut Builder,
+    x: ValueId,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: i64,
+    group: usize,
+) -> ValueId {
+    let per = cin / group;
+    let w = b.normal(
+        cout * per * (k * k) as usize,
+        (2.0 / (per as f32 * (k * k) as f32)).sqrt(),
+    );
+    let w = b
+        .init(
+            &format!("{name}.weight"),
+            vec![cout as i64, per as i64, k, k],
+            &w,
+        )
+        .unwrap();
+    let bias = b.normal(cout, 0.1);
+    let bias = b
+        .init(&format!("{name}.bias"), vec![cout as i64], &bias)
+        .unwrap();
+    let mut attrs = vec![
+        Attr::ints("kernel_shape", &[k, k]),
+        Attr::ints("pads", &[k / 2; 4]),
+    ];
+    if group > 1 {
+        attrs.push(Attr::int("group", group as i64));
+    }
+    b.op("Conv", name, &[x, w, bias], attrs).unwrap()
+}
+
+fn bn(b: &mut Builder, x: ValueId, name: &str, c: usize) -> ValueId {
+    let gamma = b.uniform(c, 0.5, 1.5);
+    let beta = b.normal(c, 0.1);
+    let mean = b.normal(c, 0.1);
+    let var = b.uniform(c, 0.5, 1.5);
+    let ids: Vec<ValueId> = [
+        ("weight", gamma),
+        ("bias", beta),
+        ("running_mean", mean),
+        ("running_var", var),
+    ]
+    .into_iter()
+    .map(|(p, v)| b.init(&format!("{name}.{p}"), vec![c as i64], &v).unwrap())
+    .collect();
+    b.op(
+        "BatchNormalization",
+        name,
+        &[x, ids[0], ids[1], ids[2], ids[3]],
+        vec![],
+    )
+    .unwrap()
+}
+
+fn relu6(b: &mut Builder, x: ValueId, name: &str) -> ValueId {
+    let lo = b.init(&format!("{name}.min"), vec![], &[0.0]).unwrap();
+    let hi = b.init(&format!("{name}.max"), vec![], &[6.0]).unwrap();
+    b.op("Clip", name, &[x, lo, hi], vec![]).unwrap()
+}
+
+fn head(b: &mut Builder, x: ValueId, c: usize, classes: usize) {
+    let p = b.op("GlobalAveragePool", "pool", &[x], vec![]).unwrap();
+    let f = b
+        .op("Flatten", "flatten", &[p], vec![Attr::int("axis", 1)])
+        .unwrap();
+    gemm(b, f, "fc", c, classes, "logits");
+}
+
+fn gemm(b: &mut Builder, x: ValueId, name: &str, k: usize, m: usize, out: &str) {
+    let w = b.normal(m * k, (1.0 / k as f32).sqrt());
+    let w = b
+        .init(&format!("{name}.weight"), vec![m as i64, k as i64], &w)
+        .unwrap();
+    let bias = b.normal(m, 0.1);
+    let bias = b
+        .init(&format!("{name}.bias"), vec![m as i64], &bias)
+        .unwrap();
+    let node = b
+        .graph
+        .node(
+            "Gemm",
+            "",
+            name,
+            &[Some(x), Some(w), Some(bias)],
+            &[out],
+            vec![Attr::int("transB", 1)],
+        )
+        .unwrap();
+    let y = b.graph.graph().node(node).output(0).unwrap();
+    b.output(y, DType::F32, vec![n(), Dim::Known(m as i64)]);
+}
+
+/// A MobileNetV2-style net: stem, inverted residual blocks (1×1 expand, 3×3 depthwise, 1×1
+/// project, BatchNormalization and Relu6 between, a residual Add where shapes allow), head.
+fn mobilenet() -> Model {
+    let mut b = Builder::new("mobilenet", 17, 7);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(3), Dim::Known(32), Dim::Known(32)],
+        )
+        .unwrap();
+    let mut h = conv(&mut b, x, "stem", 3, 16, 3, 1);
+    h = bn(&mut b, h, "stem.bn", 16);
+    h = relu6(&mut b, h, "stem.act");
+    let mut cin = 16;
+    for (i, &(cout, expand)) in [(16, 4), (16, 4), (24, 4)].iter().enumerate() {
+        let name = format!("block{i}");
+        let wide = cin * expand;
+        let mut y = conv(&mut b, h, &format!("{name}.expand"), cin, wide, 1, 1);
+        y = bn(&mut b, y, &format!("{name}.expand.bn"), wide);
+        y = relu6(&mut b, y, &format!("{name}.expand.act"));
+        y = conv(&mut b, y, &format!("{name}.dw"), wide, wide, 3, wide);
+        y = bn(&mut b, y, &format!("{name}.dw.bn"), wide);
+        y = relu6(&mut b, y, &format!("{name}.dw.act"));
+        y = conv(&mut b, y, &format!("{name}.project"), wide, cout, 1, 1);
+        y = bn(&mut b, y, &format!("{name}.project.bn"), cout);
+        h = if cin == cout {
+            b.op("Add", &format!("{name}.add"), &[h, y], vec![])
+                .unwrap()
+        } else {
+            y
+        };
+        cin = cout;
+    }
+    let y = conv(&mut b, h, "last", cin, 64, 1, 1);
+    let y = relu6(&mut b, y, "last.act");
+    head(&mut b, y, 64, 10);
+    b.finish("test")
+}
+
+/// Two branches concatenated, a Conv reading the Concat, squeeze-excite scaling its output,
+/// then Flatten of a 4×4 map into a Gemm.
+fn concat_se() -> Model {
+    let mut b = Builder::new("concat_se", 17, 11);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(3), Dim::Known(8), Dim::Known(8)],
+        )
+        .unwrap();
+    let l = conv(&mut b, x, "left", 3, 16, 3, 1);
+    let l = b.op("Relu", "left.act", &[l], vec![]).unwrap();
+    let r = conv(&mut b, x, "right", 3, 16, 1, 1);
+    let r = b.op("Sigmoid", "right.act", &[r], vec![]).unwrap();
+    let c = b
+        .op("Concat", "cat", &[l, r], vec![Attr::int("axis", 1)])
+        .unwrap();
+    let h = conv(&mut b, c, "mix", 32, 32, 3, 1);
+    let h = b.op("Relu", "mix.act", &[h], vec![]).unwrap();
+    let s = b.op("GlobalAveragePool", "se.pool", &[h], vec![]).unwrap();
+    let s = conv(&mut b, s, "se.reduce", 32, 8, 1, 1);
+    let s = b.op("Relu", "se.act", &[s], vec![]).unwrap();
+    let s = conv(&mut b, s, "se.expand", 8, 32, 1, 1);
+    let s = b.op("Sigmoid", "se.gate", &[s], vec![]).unwrap();
+    let h = b.op("Mul", "se.scale", &[h, s], vec![]).unwrap();
+    let h = b
+        .op(
+            "MaxPool",
+            "down",
+            &[h],
+            vec![
+                Attr::ints("kernel_shape", &[2, 2]),
+                Attr::ints("strides", &[2, 2]),
+            ],
+        )
+        .unwrap();
+    let f = b
+        .op("Flatten", "flatten", &[h], vec![Attr::int("axis", 1)])
+        .unwrap();
+    gemm(&mut b, f, "fc", 32 * 16, 10, "logits");
+    b.finish("test")
+}
+
+fn opts(ratio: f64, round_to: usize) -> PruneOptions {
+    PruneOptions {
+        ratio,
+        round_to,
+        ..Default::default()
+    }
+}
+
+/// The simplified model and the plan `opts` makes for it.
+fn plan(m: &Model, opts: &PruneOptions) -> (Model, Plan, Vec<GroupReport>) {
+    let (simplified, _) = run_passes(m, &PipelineOptions::default()).unwrap();
+    let (plan, reports, _) = prune::select(&simplified, opts, None, &BnScales::of(m)).unwrap();
+    (simplified, plan, reports)
+}
+
+/// `m` with every reader's weights for the channels `plan` removes set to zero.
+fn zero_readers(m: &Model, plan: &Plan) -> Model {
+    let mut out = m.clone();
+    let mut p = Patch::new(&mut out.graph);
+    for e in &plan.groups.edits {
+        let Edit::In { node, layout } = e else {
+            continue;
+        };
+        let keep = layout.kept(&plan.kept);
+        let g = p.graph();
+        let nd = g.node(*node);
+        let axis = match nd.op() {
+            "ConvTranspose" => 0,
+            "Gemm" if nd.attr_i("transB") == Some(1) => 1,
+            "Gemm" | "MatMul" => 0,
+            _ => 1,
+        };
+        let w = nd.input(1).unwrap();
+        let t = g.value(w).constant().unwrap();
+        let dims: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
+        let inner: usize = dims[axis + 1..].iter().product();
+        let mut v = t.to_f32_vec().unwrap();
+        for (i, x) in v.iter_mut().enumerate() {
+            if !keep.contains(&((i / inner) % dims[axis])) {
+                *x = 0.0;
+            }
+        }
+        let zeroed = Tensor::from_f32(t.dims().to_vec(), &v);
+        p.resize_initializer(w, zeroed).unwrap();
+    }
+    p.commit().unwrap();
+    out
+}
+
+fn pruned_groups(reports: &[GroupReport]) -> usize {
+    reports.iter().filter(|g| g.kept < g.channels).count()
+}
+
+/// Pruning physically equals zeroing the readers' weights, and does change the outputs.
+fn assert_exact(m: &Model, opts: &PruneOptions) -> (Model, Vec<GroupReport>) {
+    let (simplified, plan, reports) = plan(m, opts);
+    assert!(pruned_groups(&reports) > 0, "nothing pruned: {reports:#?}");
+    let (pruned, _) = prune::prune(&simplified, plan.clone(), &PipelineOptions::default()).unwrap();
+    onnxsmith::ir::verify::verify(&pruned).unwrap();
+    assert_same_outputs(&zero_readers(&simplified, &plan), &pruned);
+    match compare_models(&simplified, &pruned, &CheckOptions::default()).unwrap() {
+        Outcome::Checked(r) => assert!(!r.ok(), "pruning changed nothing:\n{}", r.to_table()),
+        Outcome::Unverified(why) => panic!("{why}"),
+    }
+    (pruned, reports)
+}
+
+#[test]
+fn pruning_resnet50_equals_zeroing_the_readers_weights() {
+    let m = onnxsmith::zoo::resnet50().unwrap();
+    let (pruned, reports) = assert_exact(&m, &opts(0.3, 8));
+    // Every Conv group and the residual stream of each stage are pruned; the classifier,
+    // which reaches the graph output, is not.
+    assert_eq!(pruned_groups(&reports), reports.len() - 1, "{reports:#?}");
+    let fc = reports.iter().find(|g| g.name == "/fc/Gemm").unwrap();
+    assert!(fc
+        .left
+        .as_deref()
+        .unwrap()
+        .contains("graph output 'logits'"));
+    let stream = reports.iter().find(|g| g.channels == 2048).unwrap();
+    assert_eq!((stream.producers, stream.kept), (4, 1432));
+    assert!(reports.iter().all(|g| g.kept % 8 == 0));
+    assert!(prune::macs(&pruned) < prune::macs(&m) * 6 / 10);
+}
+
+#[test]
+fn pruning_a_mobilenet_keeps_depthwise_channels_tied() {
+    let m = mobilenet();
+    let (pruned, reports) = assert_exact(&m, &opts(0.5, 4));
+    // The residual stream of blocks 0 and 1 (stem, two projects) is one group.
+    let stream = reports
+        .iter()
+        .find(|g| g.name == "/stem")
+        .or_else(|| reports.iter().find(|g| g.producers == 3));
+    assert_eq!(stream.map(|g| g.producers), Some(3), "{reports:#?}");
+    // A depthwise Conv's group attribute follows its channels.
+    let g = &pruned.graph;
+    let dw = g
+        .node_ids()
+        .find(|&n| g.node(n).name() == "block0.dw")
+        .unwrap();
+    let w = g
+        .value(g.node(dw).input(1).unwrap())
+        .constant()
+        .unwrap()
+        .dims()
+        .to_vec();
+    assert_eq!(g.node(dw).attr_i("group"), Some(w[0]));
+    assert_eq!(w[0], 32);
+}
+
+#[test]
+fn pruning_through_concat_squeeze_excite_and_flatten_is_exact() {
+    let m = concat_se();
+    let (pruned, reports) = assert_exact(&m, &opts(0.5, 4));
+    // left and right are pruned on their own; the SE expand joins mix's group.
+    let by = |name: &str| reports.iter().find(|g| g.name == name).unwrap();
+    assert_eq!((by("left").kept, by("right").kept), (8, 8));
+    assert_eq!(by("mix").producers, 2);
+    assert_eq!(by("mix").kept, 16);
+    // The Gemm reads 16 kept channels × 16 positions.
+    let g = &pruned.graph;
+    let fc = g.node_ids().find(|&n| g.node(n).name() == "fc").unwrap();
+    let w = g.value(g.node(fc).input(1).unwrap()).constant().unwrap();
+    assert_eq!(w.dims(), &[10, 16 * 16]);
+}
+
+#[test]
+fn prune_before_after_snapshot() {
+    let mut b = Builder::new("small", 17, 3);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(2), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let h = conv(&mut b, x, "c1", 2, 4, 3, 1);
+    let h = bn(&mut b, h, "bn1", 4);
+    let h = b.op("Relu", "act", &[h], vec![]).unwrap();
+    head(&mut b, h, 4, 3);
+    let m = b.finish("test");
+    let (simplified, plan, _) = plan(&m, &opts(0.5, 1));
+    let (pruned, _) = prune::prune(&simplified, plan, &PipelineOptions::default()).unwrap();
+    insta::assert_snapshot!(before_after(&simplified, &pruned));
+}
+
+/// The report of the group whose first producer is `name` in `m` (not simplified).
+fn group_of(m: &Model, name: &str, opts: &PruneOptions) -> GroupReport {
+    let (plan, reports, _) = prune::select(m, opts, None, &BnScales::default()).unwrap();
+    let _ = plan;
+    reports
+        .into_iter()
+        .find(|g| g.name == name)
+        .unwrap_or_else(|| panic!("no group made by '{name}'"))
+}
+
+/// x ─ Conv c1 (8) ─ Relu ─ [`tail`] ─ …, with the rest of the graph written by `tail`,
+/// which returns the value to end in Conv c2 and the graph output.
+fn with_tail(tail: impl FnOnce(&mut Builder, ValueId) -> ValueId) -> Model {
+    let mut b = Builder::new("t", 17, 5);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
+    let h = b.op("Relu", "act", &[h], vec![]).unwrap();
+    let y = tail(&mut b, h);
+    b.output(y, DType::F32, vec![]);
+    b.finish("test")
+}
+
+fn end_conv(b: &mut Builder, h: ValueId, cin: usize) -> ValueId {
+    conv(b, h, "c2", cin, 4, 1, 1)
+}
+
+fn assert_left(m: &Model, why: &str) {
+    let g = group_of(m, "c1", &opts(0.5, 2));
+    let left = g
+        .left
+        .unwrap_or_else(|| panic!("group c1 was pruned, expected it left: {why}"));
+    assert!(left.contains(why), "left for '{left}', expected '{why}'");
+    assert_eq!(g.kept, g.channels);
+}
+
+#[test]
+fn a_plain_chain_is_pruned() {
+    let m = with_tail(|b, h| end_conv(b, h, 8));
+    let g = group_of(&m, "c1", &opts(0.5, 2));
+    assert_eq!((g.left, g.kept), (None, 4));
+}
+
+#[test]
+fn a_group_reaching_a_graph_output_is_left() {
+    assert_left(&with_tail(|_, h| h), "reaches graph output");
+}
+
+#[test]
+fn a_group_read_by_an_op_the_analysis_cannot_rewrite_is_left() {
+    let m = with_tail(|b, h| {
+        let t = b
+            .op(
+                "Transpose",
+                "t",
+                &[h],
+                vec![Attr::ints("perm", &[0, 2, 3, 1])],
+            )
+            .unwrap();
+        let t = b
+            .op(
+                "Transpose",
+                "t2",
+                &[t],
+                vec![Attr::ints("perm", &[0, 3, 1, 2])],
+            )
+            .unwrap();
+        end_conv(b, t, 8)
+    });
+    assert_left(
+        &m,
+        "read by Transpose 't', which the analysis cannot rewrite",
+    );
+}
+
+#[test]
+fn a_group_read_by_an_opaque_op_is_left() {
+    let m = with_tail(|b, h| {
+        let n = b
+            .graph
+            .node(
+                "Custom",
+                "com.example",
+                "custom",
+                &[Some(h)],
+                &["cu"],
+                vec![],
+            )
+            .unwrap();
+        let c = b.graph.graph().node(n).output(0).unwrap();
+        end_conv(b, c, 8)
+    });
+    assert_left(&m, "which the analysis does not open");
+}
+
+#[test]
+fn a_group_read_by_a_grouped_conv_is_left() {
+    let m = with_tail(|b, h| conv(b, h, "c2", 8, 8, 3, 2));
+    assert_left(&m, "grouped Conv");
+}
+
+#[test]
+fn a_group_whose_count_a_reshape_fixes_is_left() {
+    let m = with_tail(|b, h| {
+        let shape = b
+            .graph
+            .initializer("shape", Tensor::from_i64(vec![5], &[1, 2, 4, 4, 4]))
+            .unwrap();
+        let r = b.op("Reshape", "r", &[h, shape], vec![]).unwrap();
+        b.op("ReduceSum", "sum", &[r], vec![]).unwrap()
+    });
+    assert_left(&m, "fixes a channel count");
+}
+
+#[test]
+fn a_group_joined_with_a_value_it_does_not_follow_is_left() {
+    let mut b = Builder::new("t", 17, 5);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let skip = b
+        .input(
+            "skip",
+            DType::F32,
+            vec![Dim::Known(1), Dim::Known(8), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
+    let h = b.op("Add", "add", &[h, skip], vec![]).unwrap();
+    let y = end_conv(&mut b, h, 8);
+    b.output(y, DType::F32, vec![]);
+    assert_left(&b.finish("test"), "joins it with 'skip'");
+}
+
+#[test]
+fn a_group_whose_channel_count_is_read_by_shape_is_left() {
+    let m = with_tail(|b, h| {
+        let s = b.op("Shape", "shape", &[h], vec![]).unwrap();
+        let c = b
+            .op("Cast", "cast", &[s], vec![Attr::int("to", 1)])
+            .unwrap();
+        let _ = end_conv(b, h, 8);
+        c
+    });
+    assert_left(&m, "channel count is read by Shape 'shape'");
+}
+
+#[test]
+fn a_group_read_inside_a_subgraph_is_left() {
+    assert_left(&if_reading_group(), "read inside a subgraph of If 'if'");
+}
+
+/// x ─ Conv c1 ─ h, read by both branches of an If.
+fn if_reading_group() -> Model {
+    use common::{attr_ints, f32_info, f32_tensor, model_io, node, values};
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto};
+    let mut c1 = node("Conv", "c1", &["x", "w1", "b1"], &["h"]);
+    c1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let branch = |name: &str| GraphProto {
+        name: name.into(),
+        node: vec![node(
+            "Identity",
+            &format!("{name}.id"),
+            &["h"],
+            &[&format!("{name}.out")],
+        )],
+        output: vec![f32_info(&format!("{name}.out"), &[1, 8, 4, 4])],
+        ..Default::default()
+    };
+    let mut iff = node("If", "if", &["cond"], &["y"]);
+    iff.attribute = ["then_branch", "else_branch"]
+        .iter()
+        .map(|a| AttributeProto {
+            name: a.to_string(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(branch(a)),
+            ..Default::default()
+        })
+        .collect();
+    let cond = common::tensor("cond", 9, &[], vec![1]);
+    common::lift(model_io(
+        vec![c1, iff],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 8, 4, 4])],
+        vec![
+            f32_tensor("w1", &[8, 3, 1, 1], &values(24, 1)),
+            f32_tensor("b1", &[8], &values(8, 2)),
+            cond,
+        ],
+    ))
+}
+
+#[test]
+fn an_excluded_group_is_left() {
+    let m = with_tail(|b, h| end_conv(b, h, 8));
+    let mut o = opts(0.5, 2);
+    o.exclude = vec!["c1".into()];
+    let g = group_of(&m, "c1", &o);
+    assert!(g.left.unwrap().contains("excluded"));
+    o.exclude = vec!["Conv".into()];
+    assert!(group_of(&m, "c1", &o).left.is_some());
+}
+
+#[test]
+fn channels_laid_out_differently_are_not_joined() {
+    // Concat(a, b) scaled by one Conv's 16 channels: the split differs, so all are left.
+    let mut b = Builder::new("t", 17, 5);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let l = conv(&mut b, x, "c1", 3, 8, 1, 1);
+    let r = conv(&mut b, x, "c3", 3, 8, 1, 1);
+    let cat = b
+        .op("Concat", "cat", &[l, r], vec![Attr::int("axis", 1)])
+        .unwrap();
+    let s = conv(&mut b, x, "c4", 3, 16, 1, 1);
+    let h = b.op("Mul", "mul", &[cat, s], vec![]).unwrap();
+    let y = end_conv(&mut b, h, 16);
+    b.output(y, DType::F32, vec![]);
+    assert_left(&b.finish("test"), "laid out differently");
+}
+
+#[test]
+fn resize_passes_channels_when_its_channel_scale_is_one() {
+    let resized = |channel_scale: f32| {
+        with_tail(|b, h| {
+            let roi = b.init("roi", vec![0], &[]).unwrap();
+            let scales = b
+                .init("scales", vec![4], &[1.0, channel_scale, 2.0, 2.0])
+                .unwrap();
+            let r = b.op("Resize", "up", &[h, roi, scales], vec![]).unwrap();
+            let c = if channel_scale == 1.0 { 8 } else { 16 };
+            end_conv(b, r, c)
+        })
+    };
+    let g = group_of(&resized(1.0), "c1", &opts(0.5, 2));
+    assert_eq!((g.left, g.kept), (None, 4));
+    assert_left(&resized(2.0), "may change the channel axis");
+}
+
+#[test]
+fn global_scope_prunes_the_least_important_channels_across_groups() {
+    let m = mobilenet();
+    let mut o = opts(0.3, 4);
+    o.scope = Scope::Global;
+    let (simplified, plan, reports) = plan(&m, &o);
+    let total: usize = reports
+        .iter()
+        .filter(|g| g.left.is_none())
+        .map(|g| g.channels)
+        .sum();
+    let kept: usize = reports
+        .iter()
+        .filter(|g| g.left.is_none())
+        .map(|g| g.kept)
+        .sum();
+    let removed = (total - kept) as f64 / total as f64;
+    assert!((0.15..0.45).contains(&removed), "removed {removed}");
+    // Not the same share everywhere.
+    let shares: Vec<f64> = reports
+        .iter()
+        .filter(|g| g.left.is_none())
+        .map(|g| g.kept as f64 / g.channels as f64)
+        .collect();
+    assert!(
+        shares.iter().any(|&s| (s - shares[0]).abs() > 1e-9),
+        "{shares:?}"
+    );
+    let (pruned, _) = prune::prune(&simplified, plan.clone(), &PipelineOptions::default()).unwrap();
+    assert_same_outputs(&zero_readers(&simplified, &plan), &pruned);
+}
+
+#[test]
+fn keep_counts_round_to_multiples() {
+    assert_eq!(prune::keep_count(64, 0.3, 8), 48);
+    assert_eq!(prune::keep_count(256, 0.3, 8), 176);
+    assert_eq!(prune::keep_count(8, 0.9, 8), 8);
+    assert_eq!(prune::keep_count(10, 0.5, 1), 5);
+}
+
+#[test]
+fn slicing_keeps_the_chosen_indices_of_an_axis() {
+    let t = Tensor::from_f32(vec![2, 3], &[0., 1., 2., 3., 4., 5.]);
+    let s = slice_axis(&t, 1, &[0, 2]).unwrap();
+    assert_eq!(
+        (s.dims(), s.to_f32_vec().unwrap()),
+        (&[2i64, 2][..], vec![0., 2., 3., 5.])
+    );
+    assert!(slice_axis(&t, 1, &[3]).is_none());
+    assert!(slice_axis(&t, 2, &[0]).is_none());
+}
+
+/// x ─ Conv(3→16, 3×3) ─ Relu ─ Conv(16→16, 1×1) ─ Relu ─ pool ─ Flatten ─ Gemm, with a
+/// calibration directory of `count` seeded samples.
+fn compensation_fixture(dir: &std::path::Path, count: usize) -> Model {
+    let mut b = Builder::new("comp", 17, 21);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(3), Dim::Known(8), Dim::Known(8)],
+        )
+        .unwrap();
+    let h = conv(&mut b, x, "c1", 3, 16, 3, 1);
+    let h = b.op("Relu", "a1", &[h], vec![]).unwrap();
+    let h = conv(&mut b, h, "c2", 16, 16, 1, 1);
+    let h = b.op("Relu", "a2", &[h], vec![]).unwrap();
+    head(&mut b, h, 16, 10);
+    for i in 0..count {
+        let mut g = Builder::new("data", 17, 1000 + i as u64);
+        let v: Vec<f32> = g.normal(3 * 64, 1.0).iter().map(|x| x + 0.5).collect();
+        write_npy_values(&dir.join(format!("{i:03}.npy")), &[1, 3, 8, 8], &v, false);
+    }
+    b.finish("test")
+}
+
+#[test]
+fn compensation_is_measurably_better_than_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compensation_fixture(dir.path(), 40);
+    let run = |compensate: bool| {
+        optimize_model(
+            &m,
+            &Options {
+                quiet: true,
+                prune: Some(PruneOptions {
+                    ratio: 0.5,
+                    round_to: 2,
+                    compensate,
+                    calib: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                }),
+                check: Some(CheckOptions {
+                    rule: onnxsmith::check::Rule::Lossy(onnxsmith::check::LossyLimits {
+                        min_cosine: 0.0,
+                        min_top1: 0.0,
+                        max_error: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let cosine = |o: &onnxsmith::Optimized| match &o.report.check {
+        CheckStatus::Verified { report } => report.outputs[0].cosine,
+        other => panic!("{other:?}"),
+    };
+    let with = run(true);
+    let without = run(false);
+    let p = with.report.pruning.as_ref().unwrap();
+    let c = p.compensation.as_ref().unwrap();
+    assert!(c.bias_corrected >= 2 && c.refitted >= 1, "{c:?}");
+    let (uncompensated, _) = p.uncompensated.unwrap();
+    assert!((uncompensated - cosine(&without)).abs() < 1e-9);
+    assert!(
+        cosine(&with) > cosine(&without) + 0.01,
+        "compensated {} vs not {}",
+        cosine(&with),
+        cosine(&without)
+    );
+    assert!(without.report.pruning.unwrap().compensation.is_none());
+}
+
+#[test]
+fn pruning_is_deterministic_and_reported_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("m.onnx");
+    onnxsmith::save(&mobilenet(), &input, Default::default()).unwrap();
+    let run = |out: &str, report: &str| {
+        let o = bin()
+            .args(["optimize", input.to_str().unwrap(), "-o"])
+            .arg(dir.path().join(out))
+            .args([
+                "--prune",
+                "0.5",
+                "--prune-round-to",
+                "4",
+                "--min-cosine",
+                "0",
+                "--min-top1",
+                "0",
+                "-q",
+                "--report",
+            ])
+            .arg(dir.path().join(report))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let text = run("a.onnx", "a.json");
+    run("b.onnx", "b.json");
+    assert_eq!(
+        std::fs::read(dir.path().join("a.onnx")).unwrap(),
+        std::fs::read(dir.path().join("b.onnx")).unwrap()
+    );
+    assert!(text.contains("pruned") && text.contains("MACs"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a.json")).unwrap()).unwrap();
+    let p = &json["pruning"];
+    assert!(p["macs_after"].as_u64().unwrap() < p["macs_before"].as_u64().unwrap());
+    assert!(p["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["left"].is_string()));
+}
+
+#[test]
+fn bad_pruning_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("m.onnx");
+    onnxsmith::save(&mobilenet(), &input, Default::default()).unwrap();
+    for (args, needle) in [
+        (vec!["--prune", "1.5"], "strictly between 0 and 1"),
+        (
+            vec!["--prune", "0.3", "--prune-importance", "activation"],
+            "needs calibration samples",
+        ),
+        (
+            vec!["--prune", "0.3", "--prune-round-to", "0"],
+            "at least 1",
+        ),
+    ] {
+        let o = bin()
+            .args(["optimize", input.to_str().unwrap(), "-o"])
+            .arg(dir.path().join("out.onnx"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!dir.path().join("out.onnx").exists());
+    }
+}
