@@ -1,5 +1,6 @@
 //! The end-to-end demo's files: the built-in ResNet-50, written, read back and written again
-//! to prove the round trip lossless, then optimized by the ordinary job.
+//! to prove the round trip lossless, then optimized, quantized, and pruned and quantized by
+//! the ordinary job.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,8 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::optimize::{Options, Request};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::passes::prune::PruneOptions;
 use crate::passes::quant::QuantOptions;
 use crate::report::{file_size, Summary};
+use crate::runtime::{input_specs, Binding, HostTensor, Runner};
 use crate::SaveOptions;
 
 /// Random samples the demo's int8 model is calibrated on.
@@ -27,6 +33,9 @@ pub struct Demo {
     /// The job that quantizes it to int8, calibrated on random data (there are no images to
     /// calibrate on here): its ranges are not real, and the report says so.
     pub quantized: Request,
+    /// The job that prunes 30% of its channels, compensates on the same random samples and
+    /// quantizes the pruned model to int8.
+    pub pruned: Request,
 }
 
 /// Builds ResNet-50 into `dir` and proves its round trip byte-identical.
@@ -68,6 +77,46 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
                 ..Options::default()
             },
         },
+        pruned: Request {
+            input: model.clone(),
+            output: dir.join("resnet50.pruned-int8.onnx"),
+            report: Some(dir.join("report.pruned-int8.json")),
+            external_data: false,
+            options: Options {
+                prune: Some(PruneOptions {
+                    ratio: 0.3,
+                    ..PruneOptions::default()
+                }),
+                quantize: Some(QuantOptions {
+                    random: Some(RANDOM_SAMPLES),
+                    ..QuantOptions::default()
+                }),
+                ..Options::default()
+            },
+        },
         model,
     })
+}
+
+/// The median wall time of `runs` runs of the model at `path` in tract, batch 1, on seeded
+/// inputs, after one warm-up run.
+pub fn tract_latency(path: &Path, runs: usize) -> Result<Duration> {
+    let model = crate::load(path)?.model;
+    let binding = Binding::default();
+    let specs = input_specs(&model, &binding)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let inputs = specs
+        .iter()
+        .map(|s| HostTensor::random(s, &mut rng))
+        .collect::<Result<Vec<_>>>()?;
+    let runner = Runner::new(&model, &binding, &[])?;
+    runner.run(&inputs)?;
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            runner.run(&inputs).map(|_| t.elapsed())
+        })
+        .collect::<Result<_>>()?;
+    times.sort();
+    Ok(times[times.len() / 2])
 }

@@ -160,6 +160,7 @@ fn transform(
     let (mut float, mut report) = run_passes(original, &opts.pipeline)?;
     let mut pruned = None;
     if let Some(p) = &opts.prune {
+        let t = Instant::now();
         progress.step("finding channel groups");
         let calibration = samples.map(|s| s.calibration.as_slice());
         let (plan, groups, fallbacks) =
@@ -191,6 +192,7 @@ fn transform(
             importance_fallbacks: fallbacks,
             compensation,
             uncompensated: None,
+            seconds: t.elapsed().as_secs_f64(),
         };
         float = result;
         pruned = Some(Pruned {

@@ -399,13 +399,14 @@ impl Report {
         let ratio = |a: u64, b: u64| if a == 0 { 0.0 } else { b as f64 / a as f64 };
         writeln!(
             s,
-            "  parameters {} -> {} ({:.1}%), MACs {} -> {} ({:.1}%, free dims at 1)",
+            "  parameters {} -> {} ({:.1}%), MACs {} -> {} ({:.1}%, free dims at 1); {:.2} s",
             p.params_before,
             p.params_after,
             100.0 * ratio(p.params_before, p.params_after),
             p.macs_before,
             p.macs_after,
-            100.0 * ratio(p.macs_before, p.macs_after)
+            100.0 * ratio(p.macs_before, p.macs_after),
+            p.seconds
         )
         .unwrap();
         if p.importance_fallbacks > 0 {

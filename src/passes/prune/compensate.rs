@@ -191,27 +191,50 @@ pub fn compensate(
     names.sort();
     names.dedup();
     let mut plans = Plans::new(before, &names)?;
+    // Readers take turns between the two workers, so the large ones spread.
+    let half = readers.len().div_ceil(WORKERS).max(1);
     for sample in samples {
         let values = plans.extras(sample)?;
-        for r in &mut readers {
-            let t = &values[names.binary_search(&r.input).expect("listed")];
-            observe(r, t);
-        }
+        let at = |r: &Reader| &values[names.binary_search(&r.input).expect("listed")];
+        std::thread::scope(|s| {
+            for part in readers.chunks_mut(half) {
+                s.spawn(|| part.iter_mut().for_each(|r| observe(r, at(r))));
+            }
+        });
     }
-    let out = &mut pruned.graph;
-    let mut p = Patch::new(out);
-    for r in &readers {
-        let Some(node) = find_node(p.graph(), &r.name) else {
+    let fits: Vec<Option<Fit>> = std::thread::scope(|s| {
+        let workers: Vec<_> = readers
+            .chunks(half)
+            .map(|part| s.spawn(|| part.iter().map(|r| fit(before, r)).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut p = Patch::new(&mut pruned.graph);
+    for (r, f) in readers.iter().zip(fits) {
+        let (Some(f), Some(node)) = (f, find_node(p.graph(), &r.name)) else {
             continue;
         };
-        let done = apply(&mut p, node, before, r)?;
-        if done {
+        if write(&mut p, node, r, &f)? {
             report.bias_corrected += 1;
-            report.refitted += usize::from(r.refit && r.moment_count > r.kept.len() as f64);
+            report.refitted += usize::from(f.refitted);
         }
     }
     p.commit()?;
     Ok(report)
+}
+
+/// Two workers, one per core of the machines we run on.
+const WORKERS: usize = 2;
+
+/// A reader's new weight (in its op's layout) and bias.
+struct Fit {
+    wdims: Vec<i64>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    refitted: bool,
 }
 
 fn find_node(g: &crate::ir::Graph, name: &str) -> Option<NodeId> {
@@ -265,13 +288,14 @@ fn observe(r: &mut Reader, t: &HostTensor) {
             u[ch] = v[(b * c + ch) * inner + i] as f64;
         }
         u[c] = 1.0;
+        // The upper triangle only: the moment is symmetric.
         for a in 0..d {
             let ua = u[a];
             if ua == 0.0 {
                 continue;
             }
-            let row = &mut r.moment[a * d..(a + 1) * d];
-            for (m, &ub) in row.iter_mut().zip(&u) {
+            let row = &mut r.moment[a * d + a..(a + 1) * d];
+            for (m, &ub) in row.iter_mut().zip(&u[a..]) {
                 *m += ua * ub;
             }
         }
@@ -279,16 +303,15 @@ fn observe(r: &mut Reader, t: &HostTensor) {
     }
 }
 
-/// Rewrites the pruned reader `n`'s weight and bias from `r`'s statistics; the original
-/// weight comes from `before`. False when its tensors are not what the statistics describe.
-fn apply(p: &mut Patch, n: NodeId, before: &Model, r: &Reader) -> Result<bool> {
+/// The pruned reader's weight and bias from `r`'s statistics and its original weight in
+/// `before`; `None` when its tensors are not what the statistics describe.
+fn fit(before: &Model, r: &Reader) -> Option<Fit> {
     let g0 = &before.graph;
     let orig = g0.node(r.node);
     let w0 = orig
         .input(1)
         .and_then(|w| g0.value(w).constant())
-        .and_then(|t| Some((t.dims().to_vec(), t.to_f32_vec()?)))
-        .ok_or_else(|| anyhow!("'{}' lost its weight", r.name))?;
+        .and_then(|t| Some((t.dims().to_vec(), t.to_f32_vec()?)))?;
     let b0 = orig
         .input(2)
         .and_then(|b| g0.value(b).constant())
@@ -307,7 +330,7 @@ fn apply(p: &mut Patch, n: NodeId, before: &Model, r: &Reader) -> Result<bool> {
         (dims[0] as usize, dims[1] as usize)
     };
     if ins != r.width || r.count == 0.0 {
-        return Ok(false);
+        return None;
     }
     let taps: usize = if gemm {
         1
@@ -328,7 +351,7 @@ fn apply(p: &mut Patch, n: NodeId, before: &Model, r: &Reader) -> Result<bool> {
     };
     let bias: Vec<f64> = b0.map_or(vec![0.0; outs], |b| b.iter().map(|&x| x as f64).collect());
     if bias.len() != outs && bias.len() != 1 {
-        return Ok(false);
+        return None;
     }
     let bias_of = |o: usize| if bias.len() == 1 { bias[0] } else { bias[o] };
     let kept_outputs: Vec<usize> = r.outputs.clone().unwrap_or_else(|| (0..outs).collect());
@@ -357,10 +380,10 @@ fn apply(p: &mut Patch, n: NodeId, before: &Model, r: &Reader) -> Result<bool> {
             bias_of(o) + lost
         })
         .collect();
+    let mut refitted = false;
     if r.refit && r.moment_count > kept.len() as f64 {
         if let Some((w2, b2)) = refit(r, &kept_outputs, &at, &bias_of) {
-            new_w = w2;
-            new_b = b2;
+            (new_w, new_b, refitted) = (w2, b2, true);
         }
     }
     // Write back in the op's layout.
@@ -387,32 +410,41 @@ fn apply(p: &mut Patch, n: NodeId, before: &Model, r: &Reader) -> Result<bool> {
         d[1] = k as i64;
         (d, new_w.iter().map(|&x| x as f32).collect())
     };
+    Some(Fit {
+        wdims,
+        w: wvals,
+        b: new_b.iter().map(|&x| x as f32).collect(),
+        refitted,
+    })
+}
+
+/// Puts `f` into the pruned reader `n`; false when its weight is not of the shape fitted.
+fn write(p: &mut Patch, n: NodeId, r: &Reader, f: &Fit) -> Result<bool> {
     let g = p.graph();
     let node = g.node(n);
     let wv = node
         .input(1)
         .ok_or_else(|| anyhow!("'{}' lost its weight", r.name))?;
-    if g.value(wv).constant().map(|t| t.dims().to_vec()) != Some(wdims.clone()) {
+    if g.value(wv).constant().map(|t| t.dims()) != Some(&f.wdims[..]) {
         return Ok(false);
     }
+    let outs = f.b.len();
     let bv = node.input(2);
-    replace_input(p, n, 1, Tensor::from_f32(wdims, &wvals))?;
-    let b32: Vec<f32> = new_b.iter().map(|&x| x as f32).collect();
-    let bt = Tensor::from_f32(vec![outs as i64], &b32);
+    replace_input(p, n, 1, Tensor::from_f32(f.wdims.clone(), &f.w))?;
     match bv {
-        Some(bv)
-            if p.graph()
-                .value(bv)
-                .constant()
-                .is_some_and(|t| t.len() as usize == outs) =>
-        {
-            let dims = p.graph().value(bv).constant().unwrap().dims().to_vec();
-            replace_input(p, n, 2, Tensor::from_f32(dims, &b32))?;
+        Some(bv) => {
+            let dims = p.graph().value(bv).constant().map(|t| t.dims().to_vec());
+            // A scalar bias (a Gemm's C) cannot take one correction per output.
+            let Some(dims) = dims.filter(|d| d.iter().product::<i64>() as usize == outs) else {
+                return Ok(false);
+            };
+            replace_input(p, n, 2, Tensor::from_f32(dims, &f.b))?;
         }
-        Some(_) => return Ok(true),
         None => {
-            let name = format!("{}.bias", r.name);
-            let v = p.add_initializer(&name, bt)?;
+            let v = p.add_initializer(
+                &format!("{}.bias", r.name),
+                Tensor::from_f32(vec![outs as i64], &f.b),
+            )?;
             p.set_input(n, 2, Some(v));
         }
     }
@@ -430,7 +462,7 @@ fn refit(
 ) -> Option<(Vec<f64>, Vec<f64>)> {
     let width = r.width;
     let d_all = width + 1;
-    let m = |a: usize, b: usize| r.moment[a * d_all + b] / r.moment_count;
+    let m = |a: usize, b: usize| r.moment[a.min(b) * d_all + a.max(b)] / r.moment_count;
     // z indexes: kept inputs, then the constant 1 (index `width` of u).
     let zi: Vec<usize> = r
         .kept
@@ -451,16 +483,27 @@ fn refit(
         a[i * d + i] += lambda;
     }
     let l = cholesky(&a, d)?;
+    // Lᵀ row-major, so back substitution reads rows too.
+    let mut lt = vec![0f64; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            lt[j * d + i] = l[i * d + j];
+        }
+    }
     let mut w = Vec::with_capacity(outputs.len() * r.kept.len());
     let mut b = Vec::with_capacity(outputs.len());
+    // E[z xᵀ] as dense rows, so each right-hand side is a run of dot products.
+    let zx: Vec<Vec<f64>> = zi
+        .iter()
+        .map(|&ui| (0..width).map(|c| m(ui, c)).collect())
+        .collect();
     let mut rhs = vec![0f64; d];
     for &o in outputs {
+        let wo: Vec<f64> = (0..width).map(|c| at(o, c, 0)).collect();
         // C = E[z yᵀ] + λΘ₀ with y = W x + b: E[z uᵀ] [Wₒ; bₒ].
         for (i, &ui) in zi.iter().enumerate() {
-            let mut s = m(ui, width) * bias_of(o);
-            for c in 0..width {
-                s += m(ui, c) * at(o, c, 0);
-            }
+            let s =
+                m(ui, width) * bias_of(o) + zx[i].iter().zip(&wo).map(|(a, b)| a * b).sum::<f64>();
             let prior = if ui == width {
                 bias_of(o)
             } else {
@@ -468,7 +511,7 @@ fn refit(
             };
             rhs[i] = s + lambda * prior;
         }
-        let theta = solve(&l, d, &rhs);
+        let theta = solve(&l, &lt, d, &rhs);
         w.extend_from_slice(&theta[..d - 1]);
         b.push(theta[d - 1]);
     }
@@ -480,7 +523,11 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
     let mut l = vec![0f64; d * d];
     for i in 0..d {
         for j in 0..=i {
-            let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            let s: f64 = l[i * d..i * d + j]
+                .iter()
+                .zip(&l[j * d..j * d + j])
+                .map(|(a, b)| a * b)
+                .sum();
             if i == j {
                 let v = a[i * d + i] - s;
                 if v <= 0.0 || !v.is_finite() {
@@ -495,17 +542,19 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
-/// Solves L Lᵀ x = b.
-fn solve(l: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
+/// Solves L Lᵀ x = b, given L and Lᵀ.
+fn solve(l: &[f64], lt: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
     let mut y = vec![0f64; d];
     for i in 0..d {
-        let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        let row = &l[i * d..i * d + i];
+        let s: f64 = row.iter().zip(&y[..i]).map(|(a, b)| a * b).sum();
         y[i] = (b[i] - s) / l[i * d + i];
     }
     let mut x = vec![0f64; d];
     for i in (0..d).rev() {
-        let s: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
-        x[i] = (y[i] - s) / l[i * d + i];
+        let row = &lt[i * d + i + 1..(i + 1) * d];
+        let s: f64 = row.iter().zip(&x[i + 1..]).map(|(a, b)| a * b).sum();
+        x[i] = (y[i] - s) / lt[i * d + i];
     }
     x
 }

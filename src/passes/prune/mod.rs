@@ -148,6 +148,8 @@ pub struct PruneReport {
     pub compensation: Option<compensate::CompensationReport>,
     /// Agreement with the original before compensation (cosine, top-1), when compensated.
     pub uncompensated: Option<(f64, Option<f64>)>,
+    /// Wall time of the analysis, the ranking, the removal and the compensation.
+    pub seconds: f64,
 }
 
 /// Chooses what each group keeps on the simplified `model`.
@@ -275,11 +277,13 @@ fn l1(g: &Graph, producers: &[NodeId], channels: usize) -> Vec<f64> {
     out
 }
 
-/// How many channels of `channels` stay when `ratio` go, at a multiple of `round_to`.
+/// How many channels of `channels` stay when at least `ratio` of them go: the largest multiple
+/// of `round_to` that leaves that many out, but never fewer than `round_to`.
 pub fn keep_count(channels: usize, ratio: f64, round_to: usize) -> usize {
     let r = round_to.max(1);
-    let want = channels as f64 * (1.0 - ratio);
-    let k = ((want / r as f64).round() as usize * r).max(r);
+    // The small allowance keeps a product like 64 × 0.75 = 48 from flooring to 40.
+    let want = channels as f64 * (1.0 - ratio) + 1e-9;
+    let k = ((want / r as f64).floor() as usize * r).max(r);
     k.min(channels)
 }
 
