@@ -119,3 +119,14 @@ def binary():
     if not exe.exists():
         sys.exit(f"{exe} is missing: run `cargo build --release` first")
     return str(exe)
+
+
+def write_section(title, text):
+    """Replaces the section headed `title` in bench/RESULTS.md with `text` (or appends it)."""
+    results = ROOT / "bench" / "RESULTS.md"
+    old = results.read_text()
+    start = old.find(title + "\n")
+    if start >= 0:
+        end = old.find("\n## ", start + len(title))
+        old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
+    results.write_text(old.rstrip() + "\n\n" + text)

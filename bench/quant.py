@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, binary, measure, ort_session  # noqa: E402
+from common import ROOT, binary, measure, ort_session, write_section  # noqa: E402
 
 WORK = ROOT / "bench" / "work-quant"
 TITLE = "## INT8 quantization (ResNet-50)"
@@ -140,13 +140,7 @@ def main():
     text = section(args.samples)
     print(text)
     if args.write:
-        results = ROOT / "bench" / "RESULTS.md"
-        old = results.read_text()
-        start = old.find(TITLE)
-        if start >= 0:
-            end = old.find("\n## ", start + len(TITLE))
-            old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
-        results.write_text(old.rstrip() + "\n\n" + text)
+        write_section(TITLE, text)
 
 
 if __name__ == "__main__":
