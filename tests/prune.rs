@@ -803,3 +803,99 @@ fn bad_pruning_flags_are_refused() {
         assert!(!dir.path().join("out.onnx").exists());
     }
 }
+
+/// x ─ Conv c1 (4 channels, equal weights) ─ BN(γ, σ² per channel) ─ Relu ─ Conv c2 ─ y, with
+/// channel 1's bias `bias1`, BN scale γ₁ and variance σ²₁.
+fn ranked(gamma1: f32, var1: f32, bias1: f32) -> Model {
+    let mut b = Builder::new("rank", 17, 9);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![Dim::Known(1), Dim::Known(2), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let w = b.init("c1.weight", vec![4, 2, 1, 1], &[0.5; 8]).unwrap();
+    let bias = b.init("c1.bias", vec![4], &[0.0, bias1, 0.0, 0.0]).unwrap();
+    let h = b
+        .op(
+            "Conv",
+            "c1",
+            &[x, w, bias],
+            vec![Attr::ints("kernel_shape", &[1, 1])],
+        )
+        .unwrap();
+    let params = [
+        ("g", vec![1.0, gamma1, 0.9, 0.8]),
+        ("b", vec![0.0; 4]),
+        ("m", vec![0.0; 4]),
+        ("v", vec![1.0, var1, 1.0, 1.0]),
+    ];
+    let ids: Vec<ValueId> = params
+        .iter()
+        .map(|(n, v)| b.init(n, vec![4], v).unwrap())
+        .collect();
+    let h = b
+        .op(
+            "BatchNormalization",
+            "bn",
+            &[h, ids[0], ids[1], ids[2], ids[3]],
+            vec![],
+        )
+        .unwrap();
+    let h = b.op("Relu", "act", &[h], vec![]).unwrap();
+    let y = end_conv(&mut b, h, 4);
+    b.output(y, DType::F32, vec![]);
+    b.finish("test")
+}
+
+fn kept_with(
+    m: &Model,
+    importance: prune::Importance,
+    samples: Option<&[Vec<onnxsmith::runtime::HostTensor>]>,
+) -> Vec<usize> {
+    let (simplified, _) = run_passes(m, &PipelineOptions::default()).unwrap();
+    let o = PruneOptions {
+        ratio: 0.25,
+        round_to: 1,
+        importance,
+        ..Default::default()
+    };
+    let (plan, reports, _) = prune::select(&simplified, &o, samples, &BnScales::of(m)).unwrap();
+    let at = reports.iter().position(|g| g.name == "c1").unwrap();
+    plan.kept[at].clone()
+}
+
+#[test]
+fn bn_scale_importance_reads_gamma_from_before_fusion() {
+    // γ₁ tiny but σ²₁ tinier: once fused, channel 1 has the largest weights.
+    let m = ranked(0.01, 1e-6, 0.0);
+    assert_eq!(kept_with(&m, prune::Importance::L1, None), vec![0, 1, 2]);
+    assert_eq!(
+        kept_with(&m, prune::Importance::BnScale, None),
+        vec![0, 2, 3]
+    );
+}
+
+#[test]
+fn activation_importance_drops_a_channel_that_never_fires() {
+    use onnxsmith::runtime::{input_specs, Binding, HostTensor};
+    use rand::SeedableRng;
+    // Channel 1's bias keeps it below zero, so Relu silences it on every input.
+    let m = ranked(1.0, 1.0, -100.0);
+    let specs = input_specs(&m, &Binding::default()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let samples: Vec<Vec<HostTensor>> = (0..4)
+        .map(|_| {
+            specs
+                .iter()
+                .map(|s| HostTensor::random(s, &mut rng).unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(kept_with(&m, prune::Importance::L1, None), vec![0, 1, 2]);
+    assert_eq!(
+        kept_with(&m, prune::Importance::Activation, Some(&samples)),
+        vec![0, 2, 3]
+    );
+}
