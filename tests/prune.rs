@@ -899,3 +899,180 @@ fn activation_importance_drops_a_channel_that_never_fires() {
         vec![0, 2, 3]
     );
 }
+
+/// Two Convs concatenated, then the Concat cut again: by a Slice taking the second part and a
+/// Split into both parts (`sizes` as given, `None` for equal parts).
+fn concat_cut(opset: i64, split_sizes: Option<&[i64]>, slice: (i64, i64)) -> Model {
+    let mut b = Builder::new("cut", opset, 13);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let l = conv(&mut b, x, "c1", 3, 8, 3, 1);
+    let l = b.op("Relu", "l.act", &[l], vec![]).unwrap();
+    let r = conv(&mut b, x, "c3", 3, 8, 3, 1);
+    let r = b.op("Relu", "r.act", &[r], vec![]).unwrap();
+    let cat = b
+        .op("Concat", "cat", &[l, r], vec![Attr::int("axis", 1)])
+        .unwrap();
+    let starts = b
+        .graph
+        .initializer("starts", Tensor::from_i64(vec![1], &[slice.0]))
+        .unwrap();
+    let ends = b
+        .graph
+        .initializer("ends", Tensor::from_i64(vec![1], &[slice.1]))
+        .unwrap();
+    let axes = b
+        .graph
+        .initializer("axes", Tensor::from_i64(vec![1], &[1]))
+        .unwrap();
+    let s = b
+        .op("Slice", "slice", &[cat, starts, ends, axes], vec![])
+        .unwrap();
+    let clamp = |v: i64| (if v < 0 { v + 16 } else { v }).clamp(0, 16);
+    let a = conv(
+        &mut b,
+        s,
+        "a",
+        (clamp(slice.1) - clamp(slice.0)) as usize,
+        4,
+        1,
+        1,
+    );
+    let mut ins = vec![Some(cat)];
+    let mut attrs = vec![Attr::int("axis", 1)];
+    match (split_sizes, opset >= 13) {
+        (Some(sz), true) => ins.push(Some(
+            b.graph
+                .initializer("split", Tensor::from_i64(vec![2], sz))
+                .unwrap(),
+        )),
+        (Some(sz), false) => attrs.push(Attr::ints("split", sz)),
+        (None, _) => {}
+    }
+    let node = b
+        .graph
+        .node("Split", "", "split", &ins, &["p0", "p1"], attrs)
+        .unwrap();
+    let (p0, p1) = {
+        let g = b.graph.graph();
+        (
+            g.node(node).output(0).unwrap(),
+            g.node(node).output(1).unwrap(),
+        )
+    };
+    let c = conv(&mut b, p0, "b0", 8, 4, 1, 1);
+    let d = conv(&mut b, p1, "b1", 8, 4, 1, 1);
+    let y = b.op("Add", "join", &[c, d], vec![]).unwrap();
+    let y = b.op("Add", "join2", &[y, a], vec![]).unwrap();
+    b.output(y, DType::F32, vec![]);
+    b.finish("test")
+}
+
+#[test]
+fn slices_and_splits_at_concat_boundaries_are_rewritten() {
+    for (opset, sizes, slice) in [
+        (17, Some(&[8i64, 8][..]), (8, i64::MAX)),
+        (17, None, (0, 8)),
+        (11, Some(&[8i64, 8][..]), (-8, 16)),
+    ] {
+        let m = concat_cut(opset, sizes, slice);
+        let (pruned, reports) = assert_exact(&m, &opts(0.5, 2));
+        let by = |name: &str| reports.iter().find(|g| g.name == name).unwrap();
+        assert_eq!((by("c1").kept, by("c3").kept), (4, 4), "{reports:#?}");
+        let g = &pruned.graph;
+        let split = g.node_ids().find(|&n| g.node(n).is("Split")).unwrap();
+        let sizes = g
+            .node(split)
+            .attr_ints("split")
+            .map(<[i64]>::to_vec)
+            .or_else(|| g.const_ints(g.node(split).input(1)?));
+        assert_eq!(sizes, Some(vec![4, 4]), "opset {opset}");
+    }
+}
+
+#[test]
+fn a_slice_or_split_through_a_groups_channels_leaves_it() {
+    assert_left(
+        &concat_cut(17, Some(&[4, 12]), (8, 16)),
+        "Split 'split' cuts through a group's channels",
+    );
+    let m = concat_cut(17, Some(&[8, 8]), (2, 16));
+    assert_left(&m, "Slice 'slice' cuts through a group's channels");
+}
+
+#[test]
+fn compensation_finds_its_readers_when_nodes_have_no_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = compensation_fixture(dir.path(), 12);
+    let mut proto = named.to_proto().unwrap();
+    for n in &mut proto.graph.as_mut().unwrap().node {
+        n.name.clear();
+    }
+    let unnamed = Model::from_proto(proto).unwrap();
+    let run = |m: &Model| {
+        let o = optimize_model(
+            m,
+            &Options {
+                quiet: true,
+                prune: Some(PruneOptions {
+                    ratio: 0.5,
+                    round_to: 2,
+                    calib: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                }),
+                check: None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = o.report.pruning.unwrap().compensation.unwrap();
+        (c.bias_corrected, c.refitted, o.model)
+    };
+    let (a, b, named_out) = run(&named);
+    let (c, d, unnamed_out) = run(&unnamed);
+    assert_eq!((a, b), (c, d));
+    // The same weights, whatever the names.
+    let weights = |m: &Model| {
+        let g = &m.graph;
+        let mut w: Vec<Vec<f32>> = g
+            .node_ids()
+            .filter_map(|n| g.value(g.node(n).input(1)?).constant()?.to_f32_vec())
+            .collect();
+        w.sort_by(|x, y| x.len().cmp(&y.len()).then(x.partial_cmp(y).unwrap()));
+        w
+    };
+    assert_eq!(weights(&named_out), weights(&unnamed_out));
+}
+
+#[test]
+fn flattened_parts_concatenated_are_left() {
+    let mut b = Builder::new("flatcat", 17, 5);
+    let x = b
+        .input(
+            "x",
+            DType::F32,
+            vec![n(), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
+        )
+        .unwrap();
+    let l = conv(&mut b, x, "c1", 3, 8, 3, 1);
+    let r = conv(&mut b, x, "c3", 3, 8, 3, 1);
+    let fl = b
+        .op("Flatten", "fl", &[l], vec![Attr::int("axis", 1)])
+        .unwrap();
+    let fr = b
+        .op("Flatten", "fr", &[r], vec![Attr::int("axis", 1)])
+        .unwrap();
+    let cat = b
+        .op("Concat", "cat", &[fl, fr], vec![Attr::int("axis", 1)])
+        .unwrap();
+    gemm(&mut b, cat, "fc", 256, 4, "logits");
+    assert_left(
+        &b.finish("test"),
+        "Concat 'cat' concatenates channels laid out differently",
+    );
+}

@@ -150,6 +150,14 @@ pub fn compensate(
         let n = g.node(*node);
         let name = n.name().to_string();
         let pointwise = n.is("Gemm") || (n.is("Conv") && conv_pointwise(before, *node));
+        let scaled = n.attr_f("alpha").is_some_and(|a| a != 1.0)
+            || n.attr_f("beta").is_some_and(|b| b != 1.0);
+        if n.is("Gemm") && scaled {
+            report
+                .skipped
+                .push((name, "a Gemm with alpha or beta other than 1".to_string()));
+            continue;
+        }
         if !(n.is("Gemm") || n.is("Conv")) {
             report.skipped.push((
                 name,
@@ -205,19 +213,31 @@ pub fn compensate(
     let fits: Vec<Option<Fit>> = std::thread::scope(|s| {
         let workers: Vec<_> = readers
             .chunks(half)
-            .map(|part| s.spawn(|| part.iter().map(|r| fit(before, r)).collect::<Vec<_>>()))
+            .map(|part| {
+                (
+                    part.len(),
+                    s.spawn(|| part.iter().map(|r| fit(before, r)).collect::<Vec<_>>()),
+                )
+            })
             .collect();
+        // A worker that panicked fits none of its readers; the others stay in step.
         workers
             .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
+            .flat_map(|(len, w)| {
+                w.join()
+                    .unwrap_or_else(|_| (0..len).map(|_| None).collect())
+            })
             .collect()
     });
     let mut p = Patch::new(&mut pruned.graph);
     for (r, f) in readers.iter().zip(fits) {
-        let (Some(f), Some(node)) = (f, find_node(p.graph(), &r.name)) else {
+        // The pruned model is the model before pruning, edited: its nodes keep their ids.
+        let g = p.graph();
+        let same = g.contains_node(r.node) && g.node(r.node).op() == before.graph.node(r.node).op();
+        let Some(f) = f.filter(|_| same) else {
             continue;
         };
-        if write(&mut p, node, r, &f)? {
+        if write(&mut p, r.node, r, &f)? {
             report.bias_corrected += 1;
             report.refitted += usize::from(f.refitted);
         }
@@ -235,10 +255,6 @@ struct Fit {
     w: Vec<f32>,
     b: Vec<f32>,
     refitted: bool,
-}
-
-fn find_node(g: &crate::ir::Graph, name: &str) -> Option<NodeId> {
-    g.node_ids().find(|&n| g.node(n).name() == name)
 }
 
 /// A Conv whose kernel is 1×…×1 with no padding: each output reads one input vector.
@@ -429,17 +445,18 @@ fn write(p: &mut Patch, n: NodeId, r: &Reader, f: &Fit) -> Result<bool> {
         return Ok(false);
     }
     let outs = f.b.len();
-    let bv = node.input(2);
+    let bias_dims = node
+        .input(2)
+        .map(|b| g.value(b).constant().map(|t| t.dims().to_vec()));
+    // A scalar bias (a Gemm's C) cannot take one correction per output: nothing changes.
+    let bias_dims = match bias_dims {
+        Some(Some(d)) if d.iter().product::<i64>() as usize == outs => Some(d),
+        Some(_) => return Ok(false),
+        None => None,
+    };
     replace_input(p, n, 1, Tensor::from_f32(f.wdims.clone(), &f.w))?;
-    match bv {
-        Some(bv) => {
-            let dims = p.graph().value(bv).constant().map(|t| t.dims().to_vec());
-            // A scalar bias (a Gemm's C) cannot take one correction per output.
-            let Some(dims) = dims.filter(|d| d.iter().product::<i64>() as usize == outs) else {
-                return Ok(false);
-            };
-            replace_input(p, n, 2, Tensor::from_f32(dims, &f.b))?;
-        }
+    match bias_dims {
+        Some(dims) => replace_input(p, n, 2, Tensor::from_f32(dims, &f.b))?,
         None => {
             let v = p.add_initializer(
                 &format!("{}.bias", r.name),

@@ -97,6 +97,59 @@ pub enum Edit {
     },
     /// A value's declared dim along the layout's axis.
     Dim { value: ValueId, layout: Layout },
+    /// A Slice taking segments `from..to` of `layout` along its axis, entry `index` of its
+    /// starts and ends.
+    Slice {
+        node: NodeId,
+        index: usize,
+        from: usize,
+        to: usize,
+        layout: Layout,
+    },
+    /// A Split cutting `layout` at segment boundaries: `parts` are ranges of segments; its
+    /// sizes are where `sizes` says.
+    Split {
+        node: NodeId,
+        parts: Vec<(usize, usize)>,
+        sizes: Sizes,
+        layout: Layout,
+    },
+}
+
+/// Where a Split's sizes are written once pruning changes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// The `split` attribute (below opset 13), present or to be added.
+    Attr,
+    /// The constant input 1 (opset 13 and later), present or to be added.
+    Input,
+}
+
+impl Layout {
+    /// Channels kept in segments before segment `j`.
+    pub fn kept_before(&self, j: usize, kept: &[Vec<usize>]) -> usize {
+        self.segs[..j].iter().map(|s| kept[s.group].len()).sum()
+    }
+
+    /// The segments `from..to`, as a layout of their own.
+    fn part(&self, from: usize, to: usize) -> Layout {
+        Layout {
+            segs: self.segs[from..to].to_vec(),
+            ..self.clone()
+        }
+    }
+
+    /// The segment index at channel offset `c`, when `c` is a boundary between segments.
+    fn boundary(&self, c: i64) -> Option<usize> {
+        let mut at = 0i64;
+        for (j, s) in self.segs.iter().enumerate() {
+            if at == c {
+                return Some(j);
+            }
+            at += s.len as i64;
+        }
+        (at == c).then_some(self.segs.len())
+    }
 }
 
 /// A dependency group, once the walk is over.
@@ -132,16 +185,20 @@ struct Raw {
 struct Walk<'a> {
     g: &'a Graph,
     facts: &'a Facts,
+    /// The default-domain opset, which says where a Split keeps its sizes.
+    opset: i64,
     raw: Vec<Raw>,
     layouts: HashMap<ValueId, Layout>,
     edits: Vec<Edit>,
 }
 
-/// Finds the dependency groups of `g`'s main graph, with `facts` for shapes.
-pub fn find(g: &Graph, facts: &Facts) -> Groups {
+/// Finds the dependency groups of `g`'s main graph, with `facts` for shapes, at default-domain
+/// opset `opset`.
+pub fn find(g: &Graph, facts: &Facts, opset: i64) -> Groups {
     let mut w = Walk {
         g,
         facts,
+        opset,
         raw: Vec::new(),
         layouts: HashMap::new(),
         edits: Vec::new(),
@@ -316,9 +373,17 @@ impl Walk<'_> {
         self.dims(v).map(|d| d.len())
     }
 
-    /// Gives `v` the layout `l`, declaring its dim edit.
+    /// Gives `v` the layout `l`, declaring its dim edit; leaves the layout's groups when `v`
+    /// has no such axis.
     fn set(&mut self, v: Option<ValueId>, l: Layout) {
         let Some(v) = v else { return };
+        if self.rank(v).is_some_and(|r| r <= l.axis) {
+            let why = format!(
+                "'{}' has fewer dims than the analysis expects",
+                self.g.value(v).name()
+            );
+            return self.leave_layout(&l, &why);
+        }
         if self.g.value(v).info().and_then(|i| i.ty.as_ref()).is_some() {
             self.edits.push(Edit::Dim {
                 value: v,
@@ -373,7 +438,13 @@ impl Walk<'_> {
                 self.consume(n, first);
             }
             _ if UNARY.contains(&op) || op == "Dropout" || op == "Cast" => {
-                if node.outputs()[1..].iter().flatten().any(|&v| g.is_read(v)) {
+                if node
+                    .outputs()
+                    .iter()
+                    .skip(1)
+                    .flatten()
+                    .any(|&v| g.is_read(v))
+                {
                     return refuse(
                         self,
                         format!("{} has a second output that is read", self.describe(n)),
@@ -385,12 +456,21 @@ impl Walk<'_> {
                 self.set(out, first);
             }
             "PRelu" | "BatchNormalization" | "InstanceNormalization" => {
-                if tracked.iter().any(|(slot, _)| *slot != 0) || first.block != 1 {
+                let normalization = op != "PRelu";
+                if tracked.iter().any(|(slot, _)| *slot != 0)
+                    || first.block != 1
+                    || (normalization && first.axis != 1)
+                {
                     return refuse(self, format!("it is a parameter of {}", self.describe(n)));
                 }
                 if op == "BatchNormalization"
                     && (node.attr_i("training_mode") == Some(1)
-                        || node.outputs()[1..].iter().flatten().any(|&v| g.is_read(v)))
+                        || node
+                            .outputs()
+                            .iter()
+                            .skip(1)
+                            .flatten()
+                            .any(|&v| g.is_read(v)))
                 {
                     return refuse(
                         self,
@@ -415,7 +495,15 @@ impl Walk<'_> {
             }
             _ if BINARY.contains(&op) => self.elementwise(n, &tracked),
             _ if POOL.contains(&op) => {
-                if first.block != 1 || node.outputs()[1..].iter().flatten().any(|&v| g.is_read(v)) {
+                if first.block != 1
+                    || first.axis != 1
+                    || node
+                        .outputs()
+                        .iter()
+                        .skip(1)
+                        .flatten()
+                        .any(|&v| g.is_read(v))
+                {
                     return refuse(
                         self,
                         format!(
@@ -428,6 +516,11 @@ impl Walk<'_> {
             }
             "Resize" | "Upsample" | "Pad" => self.spatial(n, &tracked),
             "Concat" => self.concat(n),
+            "Slice" | "Split" if tracked.iter().any(|(slot, _)| *slot != 0) => {
+                refuse(self, format!("it is a parameter of {}", self.describe(n)))
+            }
+            "Slice" => self.slice(n, first),
+            "Split" => self.split(n, first),
             "Flatten" | "Reshape" => self.flatten(n, first),
             "Squeeze" | "Unsqueeze" => self.squeeze(n, first),
             "Shape" => {
@@ -439,15 +532,18 @@ impl Walk<'_> {
                 if axis < s || axis >= e {
                     return;
                 }
+                // Gathered dims other than the channel axis are fine.
+                let dim = |i: i64| if i < 0 { e + i } else { s + i };
                 let reads_only_other_dims = out.is_some_and(|o| {
-                    g.value(o).uses().iter().all(|u| {
-                        let r = g.node(u.node);
-                        r.is("Gather")
-                            && u.slot == crate::ir::Slot::Input(0)
-                            && r.input(1).and_then(|i| g.const_ints(i)).is_some_and(|ix| {
-                                ix.iter().all(|&i| i + s != axis && i + e != axis)
-                            })
-                    })
+                    !g.is_output(o)
+                        && g.value(o).uses().iter().all(|u| {
+                            let r = g.node(u.node);
+                            r.is("Gather")
+                                && u.slot == crate::ir::Slot::Input(0)
+                                && r.input(1)
+                                    .and_then(|i| g.const_ints(i))
+                                    .is_some_and(|ix| ix.iter().all(|&i| dim(i) != axis))
+                        })
                 });
                 if !reads_only_other_dims {
                     refuse(
@@ -507,7 +603,7 @@ impl Walk<'_> {
                 (m, 1)
             }
             "MatMul" if node.in_standard_domain() && dims.len() == 2 => {
-                let Some(rank) = out.and_then(|o| self.rank(o)) else {
+                let Some(rank) = out.and_then(|o| self.rank(o)).filter(|&r| r >= 2) else {
                     return;
                 };
                 (dims[1], rank - 1)
@@ -623,7 +719,8 @@ impl Walk<'_> {
             out_rank.and_then(|r| (l.axis + dims.len()).checked_sub(r))
         };
         match const_axis {
-            None => true,
+            // A constant of too low a rank to reach the channel axis broadcasts along it.
+            None => out_rank.is_some(),
             Some(a) if dims.len() <= a || dims[a] == 1 => {
                 !matches!(node.op(), "BatchNormalization" | "InstanceNormalization")
             }
@@ -641,23 +738,34 @@ impl Walk<'_> {
     }
 
     fn elementwise(&mut self, n: NodeId, tracked: &[(usize, Layout)]) {
+        match self.join_operands(n, tracked) {
+            Ok(l) => self.set(self.g.node(n).output(0), l),
+            // Every operand's channels are left, so none is pruned while another is not.
+            Err(why) => {
+                for (_, l) in tracked {
+                    self.leave_layout(l, &why);
+                }
+            }
+        }
+    }
+
+    /// The layout of an elementwise op's output: its tracked operands' layouts joined, its
+    /// constants one value per channel (or none), its other operands flat along the channels.
+    fn join_operands(&mut self, n: NodeId, tracked: &[(usize, Layout)]) -> Result<Layout, String> {
         let g = self.g;
         let node = g.node(n);
         let what = self.describe(n);
-        let out = node.output(0);
-        let Some(out_rank) = out.and_then(|o| self.rank(o)) else {
-            for (_, l) in tracked {
-                self.leave_layout(l, &format!("{what} has an output of unknown rank"));
-            }
-            return;
-        };
+        let out_rank = node
+            .output(0)
+            .and_then(|o| self.rank(o))
+            .ok_or_else(|| format!("{what} has an output of unknown rank"))?;
         // Operands of lower rank line up from the right: their layouts' axes shift.
         let mut shifted = Vec::new();
         for (slot, l) in tracked {
             let rank = node.input(*slot).and_then(|v| self.rank(v));
-            let Some(rank) = rank.filter(|&r| r <= out_rank) else {
-                return self.leave_layout(l, &format!("{what} has operands of unknown rank"));
-            };
+            let rank = rank
+                .filter(|&r| r <= out_rank)
+                .ok_or_else(|| format!("{what} has operands of unknown rank"))?;
             shifted.push(Layout {
                 axis: l.axis + out_rank - rank,
                 ..l.clone()
@@ -666,12 +774,12 @@ impl Walk<'_> {
         let l = shifted[0].clone();
         for other in &shifted[1..] {
             if other.axis != l.axis {
-                let why = format!("{what} joins it with channels on another axis");
-                self.leave_layout(&l, &why);
-                return self.leave_layout(other, &why);
+                return Err(format!("{what} joins it with channels on another axis"));
             }
             if !self.join(&l, other, &what) {
-                return;
+                return Err(format!(
+                    "{what} joins it with channels laid out differently"
+                ));
             }
         }
         for (slot, v) in node.inputs().iter().enumerate() {
@@ -681,8 +789,9 @@ impl Walk<'_> {
             }
             if g.value(v).constant().is_some() {
                 if !self.param(n, slot, &l) {
-                    let why = format!("{what} has a constant that is not one value per channel");
-                    return self.leave_layout(&l, &why);
+                    return Err(format!(
+                        "{what} has a constant that is not one value per channel"
+                    ));
                 }
                 continue;
             }
@@ -694,14 +803,13 @@ impl Walk<'_> {
                         Some(a) => d.get(a) == Some(&Some(1)),
                     });
             if !flat {
-                let why = format!(
+                return Err(format!(
                     "{what} joins it with '{}', whose channels the analysis does not follow",
                     g.value(v).name()
-                );
-                return self.leave_layout(&l, &why);
+                ));
             }
         }
-        self.set(out, l);
+        Ok(l)
     }
 
     /// Resize, Upsample, Pad: the channel axis must stay as it is.
@@ -729,10 +837,24 @@ impl Walk<'_> {
                     .attr_ints("pads")
                     .map(<[i64]>::to_vec)
                     .or_else(|| ints(1));
-                let axes = ints(3);
+                // An axes input that is not a constant could name any axis.
+                let axes = match node.input(3) {
+                    Some(a) => match g.const_ints(a) {
+                        Some(a) => Some(a),
+                        None => {
+                            return self.leave_layout(
+                                &l,
+                                &format!("{what} pads axes that are not constants"),
+                            )
+                        }
+                    },
+                    None => None,
+                };
                 match (pads, axes) {
                     (Some(p), None) => {
-                        p.len() == 2 * rank && p[l.axis] == 0 && p[l.axis + rank] == 0
+                        p.len() == 2 * rank
+                            && p.get(l.axis) == Some(&0)
+                            && p.get(l.axis + rank) == Some(&0)
                     }
                     (Some(p), Some(axes)) => {
                         let k = axes.len();
@@ -752,12 +874,16 @@ impl Walk<'_> {
                 } else {
                     2
                 };
+                // Cropping by a region of interest may move along the channel axis too.
+                let crop_free =
+                    node.attr_s("coordinate_transformation_mode") != Some(b"tf_crop_and_resize");
                 if let Some(sizes) = node.input(3).filter(|_| node.op() == "Resize") {
                     match g.const_ints(sizes) {
                         Some(s)
                             if s.len() == rank
-                                && s[l.axis] as usize == l.extent()
-                                && node.attr_ints("axes").is_none() =>
+                                && s.get(l.axis) == Some(&(l.extent() as i64))
+                                && node.attr_ints("axes").is_none()
+                                && crop_free =>
                         {
                             self.edits.push(Edit::Target {
                                 node: n,
@@ -774,8 +900,11 @@ impl Walk<'_> {
                         crate::ir::AttrValue::Floats(f) => Some(f.clone()),
                         _ => None,
                     });
-                    attr.or_else(|| floats(scales_slot))
-                        .is_some_and(|s| s.len() == rank && s[l.axis] == 1.0)
+                    crop_free
+                        && node.attr_ints("axes").is_none()
+                        && attr
+                            .or_else(|| floats(scales_slot))
+                            .is_some_and(|s| s.len() == rank && s.get(l.axis) == Some(&1.0))
                 }
             }
         };
@@ -787,75 +916,92 @@ impl Walk<'_> {
     }
 
     fn concat(&mut self, n: NodeId) {
+        let inputs: Vec<ValueId> = self.g.node(n).inputs().iter().flatten().copied().collect();
+        match self.concat_layout(n, &inputs) {
+            Ok(l) => self.set(self.g.node(n).output(0), l),
+            Err(why) => {
+                for v in inputs {
+                    self.leave_value(v, &why);
+                }
+            }
+        }
+    }
+
+    /// Along the channel axis, a Concat lays its inputs' channels side by side (channels the
+    /// walk does not follow become a part of their own, left alone); along another axis, every
+    /// input carries the same channels.
+    fn concat_layout(&mut self, n: NodeId, inputs: &[ValueId]) -> Result<Layout, String> {
         let g = self.g;
         let node = g.node(n);
         let what = self.describe(n);
-        let out = node.output(0);
-        let Some(rank) = out.and_then(|o| self.rank(o)) else {
-            for v in node.inputs().iter().flatten() {
-                self.leave_value(*v, &format!("{what} has an output of unknown rank"));
-            }
-            return;
+        let rank =
+            node.output(0)
+                .and_then(|o| self.rank(o))
+                .ok_or_else(|| format!("{what} has an output of unknown rank"))? as i64;
+        // Concat had a default axis of 1 until opset 4, and none since.
+        let axis = match node.attr_i("axis") {
+            Some(a) => a,
+            None if self.opset < 4 => 1,
+            None => return Err(format!("{what} has no axis")),
         };
-        let axis = node.attr_i("axis").unwrap_or(0);
-        let axis = if axis < 0 { axis + rank as i64 } else { axis } as usize;
-        let mut parts = Vec::new();
-        for v in node.inputs().iter().flatten() {
-            let l = match self.layouts.get(v) {
-                Some(l) => l.clone(),
+        let axis = if axis < 0 { axis + rank } else { axis } as usize;
+        let tracked: Vec<Option<Layout>> = inputs
+            .iter()
+            .map(|v| self.layouts.get(v).cloned())
+            .collect();
+        let along = tracked.iter().flatten().any(|l| l.axis == axis);
+        if !along {
+            let first = tracked
+                .iter()
+                .flatten()
+                .next()
+                .cloned()
+                .ok_or("no input is followed")?;
+            if tracked
+                .iter()
+                .any(|t| t.as_ref().is_none_or(|l| l.axis != first.axis))
+            {
+                return Err(format!(
+                    "{what} joins it with channels the analysis does not follow"
+                ));
+            }
+            for l in tracked.iter().flatten().skip(1) {
+                if !self.join(&first, l, &what) {
+                    return Err(format!(
+                        "{what} joins it with channels laid out differently"
+                    ));
+                }
+            }
+            return Ok(first);
+        }
+        let mut segs = Vec::new();
+        for (v, t) in inputs.iter().zip(tracked) {
+            match t {
+                Some(l) if l.axis == axis && l.block == 1 => segs.extend(l.segs),
+                Some(_) => {
+                    return Err(format!("{what} concatenates channels laid out differently"))
+                }
                 None => {
-                    // Channels the walk does not follow take a part of their own, left alone.
                     let extent = self.dims(*v).and_then(|d| d.get(axis).copied().flatten());
-                    let Some(c) = extent else {
-                        for p in &parts {
-                            self.leave_layout(
-                                p,
-                                &format!("{what} joins it with an input of unknown size"),
-                            );
-                        }
-                        for w in node.inputs().iter().flatten() {
-                            self.leave_value(
-                                *w,
-                                &format!("{what} joins it with an input of unknown size"),
-                            );
-                        }
-                        return;
-                    };
+                    let c = extent
+                        .ok_or_else(|| format!("{what} joins it with an input of unknown size"))?;
                     let why = format!(
                         "its channels come from '{}', which the analysis does not follow",
                         g.value(*v).name()
                     );
                     let group = self.new_group(c as usize, None, Some(why));
-                    Layout::single(group, c as usize, axis)
-                }
-            };
-            parts.push(l);
-        }
-        if parts.iter().any(|p| p.axis != axis || p.block != 1) {
-            // Concatenated along another axis: every part carries the same channels.
-            let first = parts[0].clone();
-            if parts.iter().any(|p| p.axis != first.axis) {
-                for p in &parts {
-                    self.leave_layout(p, &format!("{what} concatenates along another axis"));
-                }
-                return;
-            }
-            for p in &parts[1..] {
-                if !self.join(&first, p, &what) {
-                    return;
+                    segs.push(Seg {
+                        group,
+                        len: c as usize,
+                    });
                 }
             }
-            return self.set(out, first);
         }
-        let segs = parts.iter().flat_map(|p| p.segs.clone()).collect();
-        self.set(
-            out,
-            Layout {
-                axis,
-                segs,
-                block: 1,
-            },
-        );
+        Ok(Layout {
+            axis,
+            segs,
+            block: 1,
+        })
     }
 
     /// Flatten, or a Reshape to [batch, channels × positions]: each channel becomes a block.
@@ -868,10 +1014,12 @@ impl Walk<'_> {
         else {
             return self.leave_layout(&l, &format!("{what} has shapes the analysis does not know"));
         };
-        let tail: Option<i64> = din[l.axis + 1..].iter().copied().product();
+        let tail: Option<i64> = din
+            .get(l.axis + 1..)
+            .and_then(|d| d.iter().copied().product());
         let flattened = l.block == 1
             && dout.len() == l.axis + 1
-            && din[..l.axis] == dout[..l.axis]
+            && din.get(..l.axis) == dout.get(..l.axis)
             && tail.is_some();
         let Some(tail) = tail.filter(|_| flattened) else {
             return self.leave_layout(
@@ -960,6 +1108,123 @@ impl Walk<'_> {
             return self.leave_layout(&l, &format!("{what} moves the channel axis"));
         }
         self.set(node.output(0), l);
+    }
+
+    /// A Slice passes the channels when it does not cut the channel axis, and takes whole
+    /// segments (the parts of a Concat) when it cuts it at their boundaries, step 1.
+    fn slice(&mut self, n: NodeId, l: Layout) {
+        let g = self.g;
+        let node = g.node(n);
+        let what = self.describe(n);
+        let rank = self.rank(node.input(0).unwrap()).unwrap_or(0) as i64;
+        let ints = |attr: &str, slot: usize| {
+            node.attr_ints(attr)
+                .map(<[i64]>::to_vec)
+                .or_else(|| node.input(slot).and_then(|v| g.const_ints(v)))
+        };
+        let (Some(starts), Some(ends)) = (ints("starts", 1), ints("ends", 2)) else {
+            return self.leave_layout(&l, &format!("{what} has bounds that are not constants"));
+        };
+        if node.input(3).is_some() && ints("axes", 3).is_none() {
+            return self.leave_layout(&l, &format!("{what} has axes that are not constants"));
+        }
+        let axes = ints("axes", 3).unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let steps = node.input(4).map(|v| g.const_ints(v));
+        let norm = |a: i64| if a < 0 { a + rank } else { a };
+        let Some(i) = axes.iter().position(|&a| norm(a) == l.axis as i64) else {
+            return self.set(node.output(0), l);
+        };
+        let step = match &steps {
+            None => Some(1),
+            Some(s) => s.as_ref().and_then(|s| s.get(i).copied()),
+        };
+        let extent = l.extent() as i64;
+        let clamp = |v: i64| (if v < 0 { v + extent } else { v }).clamp(0, extent);
+        let cut = (starts.get(i), ends.get(i), step, l.block);
+        let (Some(&s0), Some(&e0), Some(1), 1) = cut else {
+            return self.leave_layout(
+                &l,
+                &format!("{what} takes channels in a way the analysis cannot follow"),
+            );
+        };
+        match (l.boundary(clamp(s0)), l.boundary(clamp(e0))) {
+            (Some(from), Some(to)) if from < to => {
+                self.edits.push(Edit::Slice {
+                    node: n,
+                    index: i,
+                    from,
+                    to,
+                    layout: l.clone(),
+                });
+                self.set(node.output(0), l.part(from, to));
+            }
+            _ => self.leave_layout(&l, &format!("{what} cuts through a group's channels")),
+        }
+    }
+
+    /// A Split along another axis passes the channels to every part; along the channel axis,
+    /// each part must be whole segments.
+    fn split(&mut self, n: NodeId, l: Layout) {
+        let g = self.g;
+        let node = g.node(n);
+        let what = self.describe(n);
+        let rank = self.rank(node.input(0).unwrap()).unwrap_or(0) as i64;
+        let axis = node.attr_i("axis").unwrap_or(0);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        let outputs: Vec<Option<ValueId>> = node.outputs().to_vec();
+        if axis != l.axis as i64 {
+            for o in outputs {
+                self.set(o, l.clone());
+            }
+            return;
+        }
+        let given = node
+            .attr_ints("split")
+            .map(<[i64]>::to_vec)
+            .or_else(|| node.input(1).and_then(|v| g.const_ints(v)));
+        if given.is_none() && (node.input(1).is_some() || node.attr("num_outputs").is_some()) {
+            return self.leave_layout(&l, &format!("{what} has sizes the analysis cannot rewrite"));
+        }
+        let extent = l.extent() as i64;
+        let count = outputs.len() as i64;
+        let sizes = given.unwrap_or_else(|| {
+            if count > 0 && extent % count == 0 {
+                vec![extent / count; count as usize]
+            } else {
+                Vec::new()
+            }
+        });
+        if sizes.len() != outputs.len() || l.block != 1 || sizes.iter().sum::<i64>() != extent {
+            return self.leave_layout(
+                &l,
+                &format!("{what} takes channels in a way the analysis cannot follow"),
+            );
+        }
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for &size in &sizes {
+            match (l.boundary(at), l.boundary(at + size)) {
+                (Some(from), Some(to)) if from < to => parts.push((from, to)),
+                _ => {
+                    return self
+                        .leave_layout(&l, &format!("{what} cuts through a group's channels"))
+                }
+            }
+            at += size;
+        }
+        for (o, &(from, to)) in outputs.iter().zip(&parts) {
+            self.set(*o, l.part(from, to));
+        }
+        self.edits.push(Edit::Split {
+            node: n,
+            parts,
+            sizes: if self.opset >= 13 {
+                Sizes::Input
+            } else {
+                Sizes::Attr
+            },
+            layout: l,
+        });
     }
 
     fn finish(mut self) -> Groups {
@@ -1052,6 +1317,30 @@ impl Walk<'_> {
                 },
                 Edit::Dim { value, layout } => Edit::Dim {
                     value: *value,
+                    layout: remap(layout),
+                },
+                Edit::Slice {
+                    node,
+                    index,
+                    from,
+                    to,
+                    layout,
+                } => Edit::Slice {
+                    node: *node,
+                    index: *index,
+                    from: *from,
+                    to: *to,
+                    layout: remap(layout),
+                },
+                Edit::Split {
+                    node,
+                    parts,
+                    sizes,
+                    layout,
+                } => Edit::Split {
+                    node: *node,
+                    parts: parts.clone(),
+                    sizes: *sizes,
                     layout: remap(layout),
                 },
             })

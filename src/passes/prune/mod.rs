@@ -161,7 +161,7 @@ pub fn select(
 ) -> Result<(Plan, Vec<GroupReport>, usize)> {
     let g = &model.graph;
     let facts = infer_facts(model);
-    let mut found = groups::find(g, &facts);
+    let mut found = groups::find(g, &facts, model.opset("").unwrap_or(1));
     for grp in &mut found.groups {
         if grp.left.is_some() {
             continue;

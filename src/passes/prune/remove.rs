@@ -14,7 +14,7 @@
 
 use anyhow::{anyhow, Result};
 
-use super::groups::{Edit, Groups, Layout};
+use super::groups::{Edit, Groups, Layout, Sizes};
 use crate::ir::{Attr, Dim, Model, NodeId, Patch, Slot, Tensor, Type};
 use crate::passes::{Changed, Pass, PassContext};
 
@@ -128,21 +128,54 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
             let Some(keep) = plan.kept(layout) else {
                 return Ok(false);
             };
-            let g = p.graph();
-            let v = g
-                .node(*node)
-                .input(*slot)
-                .ok_or_else(|| anyhow!("a shape input is gone"))?;
-            let t = g
-                .value(v)
-                .constant()
-                .ok_or_else(|| anyhow!("a shape input is no longer constant"))?;
-            let mut ints = t
-                .to_i64_vec()
-                .ok_or_else(|| anyhow!("a shape input is not integers"))?;
-            ints[*index] = keep.len() as i64;
-            let new = Tensor::from_i64(t.dims().to_vec(), &ints);
-            replace_input(p, *node, *slot, new)?;
+            set_int(p, *node, None, *slot, *index, keep.len() as i64)?;
+        }
+        Edit::Slice {
+            node,
+            index,
+            from,
+            to,
+            layout,
+        } => {
+            if plan.kept(layout).is_none() {
+                return Ok(false);
+            }
+            let bounds = [
+                ("starts", 1, layout.kept_before(*from, &plan.kept)),
+                ("ends", 2, layout.kept_before(*to, &plan.kept)),
+            ];
+            for (attr, slot, at) in bounds {
+                set_int(p, *node, Some(attr), slot, *index, at as i64)?;
+            }
+        }
+        Edit::Split {
+            node,
+            parts,
+            sizes,
+            layout,
+        } => {
+            if plan.kept(layout).is_none() {
+                return Ok(false);
+            }
+            let new: Vec<i64> = parts
+                .iter()
+                .map(|&(a, b)| {
+                    (layout.kept_before(b, &plan.kept) - layout.kept_before(a, &plan.kept)) as i64
+                })
+                .collect();
+            match sizes {
+                Sizes::Attr => p.set_attr(*node, Attr::ints("split", &new)),
+                Sizes::Input => {
+                    let t = Tensor::from_i64(vec![new.len() as i64], &new);
+                    if p.graph().node(*node).input(1).is_some() {
+                        replace_input(p, *node, 1, t)?;
+                    } else {
+                        let name = format!("{}.split", p.graph().node(*node).name());
+                        let v = p.add_initializer(&name, t)?;
+                        p.set_input(*node, 1, Some(v));
+                    }
+                }
+            }
         }
         Edit::Dim { value, layout } => {
             let Some(keep) = plan.kept(layout) else {
@@ -163,6 +196,48 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Sets entry `index` of `n`'s integer list attribute `attr`, or of its constant input `slot`
+/// when it has no such attribute, to `value`.
+fn set_int(
+    p: &mut Patch,
+    n: NodeId,
+    attr: Option<&str>,
+    slot: usize,
+    index: usize,
+    value: i64,
+) -> Result<()> {
+    let node = p.graph().node(n);
+    if let Some((name, list)) = attr.and_then(|a| Some((a, node.attr_ints(a)?))) {
+        let mut list = list.to_vec();
+        list[index] = value;
+        p.set_attr(n, Attr::ints(name, &list));
+        return Ok(());
+    }
+    let attr = attr.unwrap_or("shape");
+    let v = node
+        .input(slot)
+        .ok_or_else(|| anyhow!("'{}' lost its {attr}", node.name()))?;
+    let t = p
+        .graph()
+        .value(v)
+        .constant()
+        .ok_or_else(|| anyhow!("'{}': {attr} is no longer constant", node.name()))?;
+    let mut ints = t
+        .to_i64_vec()
+        .ok_or_else(|| anyhow!("'{}': {attr} is not integers", node.name()))?;
+    ints[index] = value;
+    let new = if t.dtype() == crate::ir::DType::I32 {
+        let raw: Vec<u8> = ints
+            .iter()
+            .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect();
+        Tensor::from_raw(crate::ir::DType::I32, t.dims().to_vec(), raw.into())
+    } else {
+        Tensor::from_i64(t.dims().to_vec(), &ints)
+    };
+    replace_input(p, n, slot, new)
 }
 
 /// Input `slot` of `n`, a constant, sliced along `axis` to the indices `keep`.
