@@ -178,16 +178,56 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
     assert!(q.random_calibration);
 }
 
+/// `small_net(opset)` with a Softmax over `axis` of its [1, 5] output.
+fn small_net_softmax(opset: i64, axis: i64) -> ModelProto {
+    let mut m = small_net(opset);
+    let g = m.graph.as_mut().unwrap();
+    let fc = g.node.iter_mut().find(|n| n.name == "fc").unwrap();
+    fc.output[0] = "logits".into();
+    let mut softmax = node("Softmax", "softmax", &["logits"], &["y"]);
+    softmax.attribute = vec![attr_int("axis", axis)];
+    g.node.push(softmax);
+    m
+}
+
+fn opset_step(done: &onnxsmith::Optimized) -> onnxsmith::passes::quant::opset::OpsetStep {
+    let q = done.report.quantization.as_ref().unwrap();
+    q.opset.clone().expect("the opset step is reported")
+}
+
 #[test]
-fn below_opset_13_weights_are_quantized_per_tensor() {
-    let m = lift(small_net(11));
-    let done = quantize(&m, Activations::Int8, &[]);
+fn below_opset_13_the_import_is_raised_when_every_op_reads_the_same() {
+    // Before 13, Softmax flattens at `axis`; over the last axis that is the same as at 13.
+    for m in [small_net(11), small_net_softmax(11, 1)] {
+        let done = quantize(&lift(m), Activations::Int8, &[]);
+        let g = &done.model.graph;
+        assert_eq!(done.model.opset(""), Some(13));
+        for n in ops(g, "Conv") {
+            let w = dq_of(g, n, 1).expect("the weight is dequantized");
+            assert_eq!(g.node(w).attr_i("axis"), Some(0), "per channel once raised");
+        }
+        let step = opset_step(&done);
+        assert!(step.raised && step.declared == 11 && step.kept_because.is_none());
+        assert_well_formed(g);
+    }
+}
+
+#[test]
+fn below_opset_13_weights_are_per_tensor_when_an_op_reads_differently_at_13() {
+    // Softmax over axis 0 of [1, 5] normalizes all five values before 13, one at a time at 13.
+    let done = quantize(&lift(small_net_softmax(11, 0)), Activations::Int8, &[]);
     let g = &done.model.graph;
+    assert!(!ops(g, "DequantizeLinear").is_empty());
     for dq in ops(g, "DequantizeLinear") {
         assert!(g.node(dq).attr("axis").is_none(), "no axis before opset 13");
         assert!(constant_of(g, dq, 1).dims().is_empty(), "one scale");
     }
     assert_eq!(done.model.opset(""), Some(11));
+    let step = opset_step(&done);
+    assert!(!step.raised);
+    let why = step.kept_because.unwrap();
+    assert!(why.contains("Softmax 'softmax'"), "{why}");
+    assert!(done.report.to_text().contains("weights per tensor"));
     assert_well_formed(g);
 }
 
@@ -601,4 +641,57 @@ fn imagenet_preprocessing_normalizes_and_lays_out_channels() {
     assert_eq!(t.to_f32().unwrap()[..3], [128.0, 0.0, 255.0]);
     assert!(Preprocess::parse("imagenet,mean=1:2").is_err());
     assert!(Preprocess::parse("vgg").is_err());
+}
+
+/// x ─▶ Conv(Wa) ─┐
+///                ├─▶ Concat ─▶ Conv(Wc) ─▶ y, with Wb `spread` times Wa's magnitude.
+/// x ─▶ Conv(Wb) ─┘
+fn concat_net(spread: f32) -> Model {
+    let conv = |name: &str, x: &str, w: &str, y: &str| {
+        let mut c = node("Conv", name, &[x, w], &[y]);
+        c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        c
+    };
+    let mut cat = node("Concat", "cat", &["a", "b"], &["ab"]);
+    cat.attribute = vec![attr_int("axis", 1)];
+    let wb: Vec<f32> = values(6, 8).iter().map(|v| v * spread).collect();
+    lift(model_io(
+        vec![
+            conv("conv_a", "x", "Wa", "a"),
+            conv("conv_b", "x", "Wb", "b"),
+            cat,
+            conv("conv_c", "ab", "Wc", "y"),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 4, 4])],
+        vec![
+            f32_tensor("Wa", &[2, 3, 1, 1], &values(6, 7)),
+            f32_tensor("Wb", &[2, 3, 1, 1], &wb),
+            f32_tensor("Wc", &[2, 4, 1, 1], &values(8, 9)),
+        ],
+    ))
+}
+
+#[test]
+fn a_concat_of_ranges_far_apart_is_read_in_float() {
+    let done = quantize(&concat_net(1000.0), Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    let (name, why) = &q.left_float[0];
+    assert_eq!((q.left_float.len(), name.as_str()), (1, "conv_c"));
+    assert!(why.contains("Concat"), "{why}");
+    let g = &done.model.graph;
+    let c = ops(g, "Conv")
+        .into_iter()
+        .find(|&n| g.node(n).name() == "conv_c")
+        .unwrap();
+    assert!(dq_of(g, c, 0).is_none(), "conv_c reads the Concat in float");
+    assert_well_formed(g);
+}
+
+#[test]
+fn a_concat_of_close_ranges_shares_one_scale() {
+    let done = quantize(&concat_net(2.0), Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert!(q.left_float.is_empty(), "{:?}", q.left_float);
+    assert_eq!(q.quantized, 3);
 }

@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod images;
+pub mod opset;
 pub mod qdq;
 pub mod ranges;
 
@@ -63,7 +64,7 @@ pub fn stage() -> Stage {
     Stage {
         name: "quantize",
         reason: "after simplify, so that quantization sees fused weights and constant shapes",
-        once: vec![Box::new(InsertQdq)],
+        once: vec![Box::new(opset::RaiseOpset), Box::new(InsertQdq)],
         fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
     }
 }
@@ -296,6 +297,9 @@ pub struct QuantReport {
     /// took.
     pub fallback: Vec<String>,
     pub fallback_tries: usize,
+    /// Below opset 13: whether the import was raised to 13 (weights per channel) or kept,
+    /// and why (weights per tensor).
+    pub opset: Option<opset::OpsetStep>,
 }
 
 /// Calibrates the simplified float `model` on `samples`: the ranges the stage is handed.
@@ -307,7 +311,13 @@ pub fn prepare(
 ) -> Result<Calibration> {
     let g = &model.graph;
     let ops: Vec<_> = g.node_ids().filter(|&n| qdq::quantizable(g, n)).collect();
-    let inputs = ops.iter().filter_map(|&n| g.node(n).input(0));
+    let inputs: Vec<_> = ops.iter().filter_map(|&n| g.node(n).input(0)).collect();
+    // A Concat's inputs too, to tell whether one scale can serve them all.
+    let concatenated: Vec<_> = inputs
+        .iter()
+        .flat_map(|&x| qdq::concat_inputs(g, x))
+        .collect();
+    let inputs = inputs.into_iter().chain(concatenated);
     // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too.
     let outputs = ops
         .iter()
@@ -451,6 +461,7 @@ pub fn report(
         layer_errors: Vec::new(),
         fallback: Vec::new(),
         fallback_tries: 0,
+        opset: cx.get::<opset::OpsetStep>().cloned(),
     }
 }
 

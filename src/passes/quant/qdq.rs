@@ -10,8 +10,9 @@
 //!
 //! Weights are int8, symmetric, one scale per output channel on the axis where a weight keeps
 //! them (Conv 0, ConvTranspose 1, Gemm 0 under transB and 1 otherwise, MatMul the last axis of
-//! a constant 2-D B); per tensor below opset 13, where DequantizeLinear has no axis. A bias of
-//! one value per output channel becomes int32 with scale s_x · s_w (zero point 0). An
+//! a constant 2-D B); per tensor below opset 13, where DequantizeLinear has no axis
+//! (`quantize-opset-13`, run before, raises the import when it can). A bias of one value per
+//! output channel becomes int32 with scale s_x · s_w (zero point 0). An
 //! activation is quantized once, however many ops read it: int8 symmetric with zero point 0
 //! (what TensorRT requires) or uint8 with a zero point, from its calibrated range. The Q/DQ
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
@@ -20,6 +21,7 @@
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
+//! an activation that Concats values whose ranges are more than 16x apart;
 //! a weight that is not an f32 initializer of a shape the op's axis needs; models below opset
 //! 10, which lack the operators. Main graph only: bodies stay float, and the report says so.
 //! Runs once, after the simplify stage (so it quantizes fused Conv+BN weights), and is
@@ -91,6 +93,43 @@ fn output_site(
         .then_some((site, absorbed))
 }
 
+/// How far apart the magnitudes of a Concat's inputs may be for one scale to serve them all:
+/// past it, the smallest keeps fewer than 8 of int8's levels (a detector's 0..1 scores
+/// concatenated with its pixel boxes lose everything).
+const CONCAT_SPREAD: f32 = 16.0;
+
+/// The inputs of the Concat producing `x`, if one does.
+pub fn concat_inputs(g: &Graph, x: ValueId) -> Vec<ValueId> {
+    g.producer(x)
+        .filter(|&p| g.node(p).is("Concat"))
+        .map(|p| g.node(p).inputs().iter().flatten().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Whether `x` is a Concat whose inputs' calibrated magnitudes are more than
+/// [`CONCAT_SPREAD`] apart (inputs that are all zeros, or not calibrated, aside).
+fn concat_too_wide(g: &Graph, x: ValueId, cal: &Calibration) -> bool {
+    let amax: Vec<f32> = concat_inputs(g, x)
+        .into_iter()
+        .filter_map(|v| {
+            let (lo, hi) = match g.value(v).constant() {
+                Some(t) => {
+                    let v = t.to_f32_vec()?;
+                    v.iter()
+                        .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)))
+                }
+                None => *cal.ranges.get(g.value(v).name())?,
+            };
+            Some(lo.abs().max(hi.abs()))
+        })
+        .filter(|&a| a > 0.0)
+        .collect();
+    let (lo, hi) = amax
+        .iter()
+        .fold((f32::MAX, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+    amax.len() >= 2 && hi > CONCAT_SPREAD * lo
+}
+
 /// An op to quantize, as matched.
 struct Layer {
     node: NodeId,
@@ -126,6 +165,11 @@ fn layer(
     }
     if !cal.ranges.contains_key(g.value(x).name()) {
         return Err("its input has no calibrated f32 range");
+    }
+    if concat_too_wide(g, x, cal) {
+        return Err(
+            "its input is a Concat of ranges more than 16x apart, which one scale would ruin",
+        );
     }
     let (weight, w) = f32_weight(g, n)?;
     let rank = w.dims().len();
