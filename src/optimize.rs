@@ -136,18 +136,17 @@ fn transform(
     samples: Option<&Samples>,
     progress: &Progress,
 ) -> Result<(Model, PipelineReport, Option<Quantized>)> {
-    let (float, mut report) = run_passes(original, &opts.pipeline)?;
+    let (mut float, mut report) = run_passes(original, &opts.pipeline)?;
     let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
         return Ok((float, report, None));
     };
+    if q.equalize {
+        report.extend(quant::equalize(&mut float, &opts.pipeline)?);
+    }
     let calibration = quant::prepare(&float, q, samples, progress)?;
     progress.step("inserting Q/DQ");
     let (model, more, cx) = quant::quantize(&float, &calibration, &opts.exclude, &opts.pipeline)?;
-    report.passes.extend(more.passes);
-    report.steps.extend(more.steps);
-    report.rounds.extend(more.rounds);
-    report.explain.extend(more.explain);
-    report.notes.extend(more.notes);
+    report.extend(more);
     let summary = quant::report(&float, &model, q, samples, &cx);
     Ok((
         model,

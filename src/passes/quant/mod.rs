@@ -6,6 +6,7 @@
 //! the check, which judges the result against the float model by the lossy rule.
 
 pub mod calibrate;
+pub mod equalize;
 pub mod images;
 pub mod opset;
 pub mod qdq;
@@ -42,6 +43,10 @@ pub struct QuantOptions {
     pub fallback: bool,
     /// How image samples become inputs; images are refused without it.
     pub preprocess: Option<images::Preprocess>,
+    /// Cross-layer equalization of Conv pairs before calibration.
+    pub equalize: bool,
+    /// Shift each bias by the mean error its int8 weights add.
+    pub bias_correction: bool,
 }
 
 impl Default for QuantOptions {
@@ -55,6 +60,8 @@ impl Default for QuantOptions {
             samples: 100,
             fallback: true,
             preprocess: None,
+            equalize: true,
+            bias_correction: true,
         }
     }
 }
@@ -345,6 +352,17 @@ pub fn prepare(
                 "calibration failed"
             }
         })?;
+    let means = stats
+        .iter()
+        .filter(|_| opts.bias_correction)
+        .map(|(name, s)| {
+            let m = qdq::Means {
+                axis1: s.axis1.means(),
+                last: s.last.means(),
+            };
+            (name.clone(), m)
+        })
+        .collect();
     let ranges: HashMap<String, (f32, f32)> = stats
         .into_iter()
         .filter(|(_, s)| s.seen > 0)
@@ -357,7 +375,35 @@ pub fn prepare(
         ranges,
         activations: opts.activations,
         placement: opts.placement,
+        means,
     })
+}
+
+/// Cross-layer equalization of `model` (the simplified float model, before calibration):
+/// an exact float rewrite, so that calibration sees the ranges the int8 model will have.
+/// Pairs of a chain are swept at most this many times.
+const SWEEPS: usize = 8;
+
+pub fn equalize(model: &mut Model, opts: &super::PipelineOptions) -> Result<super::PipelineReport> {
+    let stage = || Stage {
+        name: "equalize",
+        reason: "before calibration, which must see the equalized weights' activations",
+        once: vec![Box::new(equalize::EqualizeConvPairs)],
+        fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+    };
+    let mut report = super::PipelineReport::default();
+    for _ in 0..SWEEPS {
+        let mut cx = PassContext::new(opts.explain);
+        let sweep = super::run_stages(model, &[stage()], opts, &mut cx)?;
+        let changed = !sweep.steps.is_empty();
+        report.extend(sweep);
+        if !changed {
+            break;
+        }
+    }
+    report.explain.sort();
+    report.explain.dedup();
+    Ok(report)
 }
 
 /// The quantization stage on a copy of the float model, with `cal` and the ops `exclude`

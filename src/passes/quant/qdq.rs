@@ -33,7 +33,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ir::{Attr, DType, Graph, Model, NodeId, Patch, Tensor, Type, ValueId};
-use crate::passes::channels::{f32_weight, ConvKind};
+use crate::passes::channels::{conv_input_of_run, f32_weight, ConvKind};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// The element type of quantized activations.
@@ -62,6 +62,17 @@ pub struct Calibration {
     pub ranges: HashMap<String, (f32, f32)>,
     pub activations: Activations,
     pub placement: Placement,
+    /// Each activation's mean per channel, by value name, for bias correction; empty when
+    /// it is off.
+    pub means: HashMap<String, Means>,
+}
+
+/// An activation's mean per index of axis 1 (a Conv input's channels) and of its last axis
+/// (a matrix product's inner dim), when calibration saw the same channels in every sample.
+#[derive(Clone, Debug, Default)]
+pub struct Means {
+    pub axis1: Option<Vec<f32>>,
+    pub last: Option<Vec<f32>>,
 }
 
 /// The value whose range quantizes the output of op `n` under `placement`, and the Relu that
@@ -134,6 +145,8 @@ fn concat_too_wide(g: &Graph, x: ValueId, cal: &Calibration) -> bool {
 struct Layer {
     node: NodeId,
     x: ValueId,
+    /// Its name, which outlives `x` when an absorbed Relu's output is removed.
+    x_name: String,
     weight: ValueId,
     /// The axis of the weight holding output channels, when scales are per channel.
     axis: Option<usize>,
@@ -212,6 +225,7 @@ fn layer(
     Ok(Layer {
         node: n,
         x,
+        x_name: g.value(x).name().to_string(),
         weight,
         axis: (opset >= 13).then_some(axis),
         bias,
@@ -254,9 +268,9 @@ fn matched(
         .collect()
 }
 
-/// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w` and its values
-/// quantized with them.
-fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>)> {
+/// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w`, its values
+/// quantized with them, and what each dequantized value is off by (W_q · s − W).
+fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>, Vec<f32>)> {
     let values = w.to_f32_vec()?;
     let dims: Vec<usize> = w.dims().iter().map(|&d| d as usize).collect();
     let (channels, inner) = match axis {
@@ -274,12 +288,74 @@ fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>
         .iter()
         .map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 })
         .collect();
-    let q = values
+    let q: Vec<i8> = values
         .iter()
         .enumerate()
         .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
         .collect();
-    Some((scales, q))
+    let error = values
+        .iter()
+        .zip(&q)
+        .enumerate()
+        .map(|(i, (&v, &q))| q as f32 * scales[channel_of(i)] - v)
+        .collect();
+    Some((scales, q, error))
+}
+
+/// Bias correction: the mean shift of each output channel of op `n` that its weight's
+/// quantization error `error` causes, Σ (W_q − W) · E[x], with E[x] per input channel from
+/// calibration. `None` when the op's mean input is not known or the op has no bias to take
+/// the shift (a MatMul, a Gemm with transA or scaled terms).
+fn weight_error_shift(
+    g: &Graph,
+    n: NodeId,
+    w: &Tensor,
+    error: &[f32],
+    means: &Means,
+) -> Option<Vec<f32>> {
+    let node = g.node(n);
+    let dims: Vec<usize> = w.dims().iter().map(|&d| d as usize).collect();
+    let mut shift = vec![0f64; *dims.first()?];
+    match node.op() {
+        "Conv" => {
+            let mean = means.axis1.as_ref()?;
+            let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+            let (in_per_group, kernel) = (dims[1], dims[2..].iter().product::<usize>());
+            let out_per_group = dims[0] / group;
+            if mean.len() != in_per_group * group || kernel == 0 {
+                return None;
+            }
+            for (r, run) in error.chunks_exact(kernel).enumerate() {
+                let o = r / in_per_group;
+                let c = conv_input_of_run(r, in_per_group, out_per_group);
+                shift[o] += run.iter().map(|&e| e as f64).sum::<f64>() * mean[c] as f64;
+            }
+        }
+        "Gemm" => {
+            let unscaled = |a| node.attr_f(a).is_none_or(|v| v == 1.0);
+            if node.attr_i("transA").unwrap_or(0) != 0 || !unscaled("alpha") || !unscaled("beta") {
+                return None;
+            }
+            let mean = means.last.as_ref()?;
+            let trans_b = node.attr_i("transB").unwrap_or(0) != 0;
+            let (k, outs) = if trans_b {
+                (dims[1], dims[0])
+            } else {
+                (dims[0], dims[1])
+            };
+            if mean.len() != k {
+                return None;
+            }
+            shift = vec![0f64; outs];
+            for (i, &e) in error.iter().enumerate() {
+                let (row, col) = (i / dims[1], i % dims[1]);
+                let (o, j) = if trans_b { (row, col) } else { (col, row) };
+                shift[o] += e as f64 * mean[j] as f64;
+            }
+        }
+        _ => return None,
+    }
+    Some(shift.into_iter().map(|v| v as f32).collect())
 }
 
 fn i8_tensor(dims: Vec<i64>, v: &[i8]) -> Tensor {
@@ -411,9 +487,14 @@ impl Pass for InsertQdq {
             let g = patch.graph();
             let base = g.value(l.weight).name().to_string();
             let w = g.value(l.weight).constant().unwrap().clone();
-            let Some((scales, q)) = quantize_weight(&w, l.axis) else {
+            let Some((scales, q, error)) = quantize_weight(&w, l.axis) else {
                 continue;
             };
+            let shift = cal
+                .means
+                .get(&l.x_name)
+                .and_then(|m| weight_error_shift(g, l.node, &w, &error, m));
+            drop(error);
             let channels = scales.len() as i64;
             let (scale_t, zp_t) = match l.axis {
                 Some(_) => (
@@ -454,14 +535,30 @@ impl Pass for InsertQdq {
                 }
                 quantized.insert(site, done);
             }
-            if let Some(b) = l.bias {
-                let g = patch.graph();
-                let bname = g.value(b).name().to_string();
-                let bv = g
-                    .value(b)
-                    .constant()
-                    .and_then(Tensor::to_f32_vec)
-                    .unwrap_or_default();
+            // The bias, shifted back by the mean error the int8 weights add; a Conv without
+            // one gets one to take the shift.
+            let g = patch.graph();
+            let bias = match (l.bias, &shift) {
+                (Some(b), _) => Some((
+                    g.value(b).name().to_string(),
+                    g.value(b)
+                        .constant()
+                        .and_then(Tensor::to_f32_vec)
+                        .unwrap_or_default(),
+                )),
+                (None, Some(shift))
+                    if g.node(l.node).is("Conv") && g.node(l.node).input(2).is_none() =>
+                {
+                    Some((format!("{base}_bias"), vec![0.0; shift.len()]))
+                }
+                _ => None,
+            };
+            if let Some((bname, mut bv)) = bias {
+                if let Some(shift) = shift.as_ref().filter(|s| s.len() == bv.len()) {
+                    for (b, d) in bv.iter_mut().zip(shift) {
+                        *b -= d;
+                    }
+                }
                 // Per channel with the weight's scales, or one scale for a per-tensor weight.
                 let bscales: Vec<f32> = match l.axis {
                     Some(_) => scales.iter().map(|&s| s_x * s).collect(),
@@ -491,6 +588,13 @@ impl Pass for InsertQdq {
                     let axis = l.axis.map(|_| 0);
                     let dq_b = dequantize(&mut patch, &bname, qt, scale, zp, axis)?;
                     patch.set_input(l.node, 2, Some(dq_b));
+                } else if shift.is_some() {
+                    let n = bv.len() as i64;
+                    let b = patch.add_initializer(
+                        &format!("{bname}_corrected"),
+                        Tensor::from_f32(vec![n], &bv),
+                    )?;
+                    patch.set_input(l.node, 2, Some(b));
                 }
             }
         }
