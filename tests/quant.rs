@@ -928,3 +928,33 @@ fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
         assert!((a[o] - b[o]).abs() <= scale[o] / 2.0 + 1e-7);
     }
 }
+
+#[test]
+fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
+    // x uniform in [-1, 1) over samples split between both workers: half its magnitudes lie
+    // below 0.5, while its extremes are near 1.
+    let m = lift(small_net(13));
+    let samples: Vec<Vec<onnxsmith::runtime::HostTensor>> = (0..6)
+        .map(|i| {
+            let x = values(192, 20 + i);
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            vec![
+                onnxsmith::runtime::HostTensor::from_le_bytes(DType::F32, &[1, 3, 8, 8], &bytes)
+                    .unwrap(),
+            ]
+        })
+        .collect();
+    let values_seen = ["x".to_string()];
+    let stats = onnxsmith::passes::quant::calibrate::calibrate(
+        &m,
+        &values_seen,
+        &samples,
+        Method::Percentile(50.0),
+        &onnxsmith::progress::Progress::new(true),
+    )
+    .unwrap();
+    let x = &stats["x"];
+    assert!(x.threshold(Method::MinMax) > 0.95);
+    let p50 = x.threshold(Method::Percentile(50.0));
+    assert!((p50 - 0.5).abs() < 0.1, "the median magnitude is {p50}");
+}

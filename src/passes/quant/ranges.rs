@@ -126,17 +126,20 @@ impl Stats {
     }
 
     pub fn merge(&mut self, other: &Stats) {
-        if other.seen == 0 {
+        if other.seen > 0 {
+            if self.seen == 0 {
+                (self.min, self.max) = (other.min, other.max);
+            }
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+            self.seen += other.seen;
+            self.axis1.merge(&other.axis1);
+            self.last.merge(&other.last);
+        }
+        // A histogram pass's statistics count no extremes of their own, only the bins.
+        if other.hist.is_empty() {
             return;
         }
-        if self.seen == 0 {
-            (self.min, self.max) = (other.min, other.max);
-        }
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        self.seen += other.seen;
-        self.axis1.merge(&other.axis1);
-        self.last.merge(&other.last);
         if self.hist.is_empty() {
             self.hist = other.hist.clone();
             self.hist_max = other.hist_max;
