@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
-use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outcome, Reference, Rule};
+use crate::check::{
+    both_at_once_fit, CheckOptions, CheckReport, Feed, InputSource, Outcome, Reference, Rule,
+};
 use crate::ir::Model;
 use crate::passes::quant::qdq::Calibration;
 use crate::passes::quant::{self, QuantOptions, QuantReport, Samples};
@@ -126,6 +128,8 @@ struct Quantized {
     report: QuantReport,
     float: Model,
     calibration: Calibration,
+    /// The simplified model before cross-layer equalization, when it changed something.
+    unequalized: Option<Model>,
 }
 
 /// The simplify pipeline, then, when asked, quantization of the simplified model calibrated on
@@ -140,8 +144,12 @@ fn transform(
     let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
         return Ok((float, report, None));
     };
+    let mut unequalized = None;
     if q.equalize {
-        report.extend(quant::equalize(&mut float, &opts.pipeline)?);
+        let plain = float.clone();
+        let more = quant::equalize(&mut float, &opts.pipeline)?;
+        unequalized = more.steps.contains(&"equalize-conv-pairs").then_some(plain);
+        report.extend(more);
     }
     let calibration = quant::prepare(&float, q, samples, progress)?;
     progress.step("inserting Q/DQ");
@@ -155,6 +163,7 @@ fn transform(
             report: summary,
             float,
             calibration,
+            unequalized,
         }),
     ))
 }
@@ -168,12 +177,36 @@ const FALLBACK_TRIES: usize = 6;
 fn fall_back(
     q: &mut Quantized,
     result: &Model,
+    failed: &CheckReport,
     opts: &Options,
     samples: &Samples,
     reference: &Reference,
     progress: &Progress,
 ) -> Result<Option<(Model, CheckStatus)>> {
     let quant_opts = opts.quantize.as_ref().expect("quantizing");
+    // Equalization evens out weight ranges but can uneven a per-tensor activation's channels:
+    // once the result failed, the model without it is quantized too, and the search goes on
+    // from whichever checked better.
+    let mut without = None;
+    if let Some(plain) = q.unequalized.take() {
+        progress.step("quantizing without cross-layer equalization, to compare");
+        let calibration = quant::prepare(&plain, quant_opts, samples, progress)?;
+        let (candidate, _, cx) =
+            quant::quantize(&plain, &calibration, &opts.exclude, &opts.pipeline)?;
+        let outcome = reference.check(&candidate)?;
+        if let Outcome::Checked(r) = &outcome {
+            if worst_cosine(r) > worst_cosine(failed) {
+                q.report = quant::report(&plain, &candidate, quant_opts, samples, &cx);
+                q.report.equalization_dropped = true;
+                (q.float, q.calibration) = (plain, calibration);
+                if r.ok() {
+                    return Ok(Some((candidate, CheckStatus::from(outcome))));
+                }
+                without = Some(candidate);
+            }
+        }
+    }
+    let result = without.as_ref().unwrap_or(result);
     progress.step("measuring each quantized op's error");
     let errors = quant::layer_errors(&q.float, result, &samples.held_back)?;
     let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
@@ -199,6 +232,7 @@ fn fall_back(
                 }
             }
             report.fallback_tries = q.report.fallback_tries;
+            report.equalization_dropped = q.report.equalization_dropped;
             q.report = report;
             return Ok(Some((candidate, CheckStatus::from(outcome))));
         }
@@ -207,6 +241,14 @@ fn fall_back(
         }
     }
     Ok(None)
+}
+
+/// The lowest cosine over a check's outputs (0 for one that could not be compared).
+fn worst_cosine(r: &CheckReport) -> f64 {
+    r.outputs
+        .iter()
+        .map(|o| if o.mismatch.is_some() { 0.0 } else { o.cosine })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Runs the pipeline on a copy of `model`.
@@ -339,11 +381,11 @@ fn run<S: Send>(
         (Some(reference), Some(feed), Some(run)) => {
             let mut status = CheckStatus::from(reference.check_run(&result, feed, run)?);
             let search = opts.quantize.as_ref().is_some_and(|q| q.fallback);
-            if let (CheckStatus::Mismatch { .. }, Some(q), Some(samples), true) =
+            if let (CheckStatus::Mismatch { report }, Some(q), Some(samples), true) =
                 (&status, quantized.as_mut(), samples.as_ref(), search)
             {
                 if let Some((better, passed)) =
-                    fall_back(q, &result, opts, samples, reference, progress)?
+                    fall_back(q, &result, report, opts, samples, reference, progress)?
                 {
                     staged = stage(&better);
                     (result, status) = (better, passed);

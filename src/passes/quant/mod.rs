@@ -307,6 +307,8 @@ pub struct QuantReport {
     /// Below opset 13: whether the import was raised to 13 (weights per channel) or kept,
     /// and why (weights per tensor).
     pub opset: Option<opset::OpsetStep>,
+    /// Cross-layer equalization was left out: the result checked better without it.
+    pub equalization_dropped: bool,
 }
 
 /// Calibrates the simplified float `model` on `samples`: the ranges the stage is handed.
@@ -550,6 +552,7 @@ pub fn report(
         fallback: Vec::new(),
         fallback_tries: 0,
         opset: cx.get::<opset::OpsetStep>().cloned(),
+        equalization_dropped: false,
     }
 }
 
