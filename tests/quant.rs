@@ -958,3 +958,42 @@ fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
     let p50 = x.threshold(Method::Percentile(50.0));
     assert!((p50 - 0.5).abs() < 0.1, "the median magnitude is {p50}");
 }
+
+/// x ─▶ Conv ─▶ Relu ─▶ r ─▶ Conv ─▶ c ─▶ Add(c, r) ─▶ Relu ─▶ Conv ─▶ y: a residual block.
+fn residual_net() -> Model {
+    let conv = |name: &str, x: &str, w: &str, y: &str| {
+        let mut c = node("Conv", name, &[x, w], &[y]);
+        c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        c
+    };
+    lift(model_io(
+        vec![
+            conv("conv1", "x", "W1", "c1"),
+            node("Relu", "relu1", &["c1"], &["r"]),
+            conv("conv2", "r", "W2", "c"),
+            node("Add", "add", &["c", "r"], &["s"]),
+            node("Relu", "relu2", &["s"], &["a"]),
+            conv("conv3", "a", "W3", "y"),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 4, 4])],
+        vec![
+            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 15)),
+            f32_tensor("W2", &[4, 4, 1, 1], &values(16, 16)),
+            f32_tensor("W3", &[2, 4, 1, 1], &values(8, 17)),
+        ],
+    ))
+}
+
+#[test]
+fn a_residual_add_reads_both_branches_through_dq_around_ops() {
+    let m = residual_net();
+    for (placement, both) in [(Placement::AroundOps, true), (Placement::Inputs, false)] {
+        let done = quantize_for(&m, Activations::Int8, placement, &[]);
+        let g = &done.model.graph;
+        let add = ops(g, "Add")[0];
+        let dq = [0, 1].map(|slot| dq_of(g, add, slot).is_some());
+        assert_eq!(dq, [both; 2], "{placement:?}");
+        assert_well_formed(g);
+    }
+}

@@ -17,7 +17,8 @@
 //! (what TensorRT requires) or uint8 with a zero point, from its calibrated range. The Q/DQ
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
-//! range of its own output.
+//! range of its own output. Around ops (`--target ort|openvino`), a residual Add of two
+//! quantized values reads both through their DQ.
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
@@ -598,6 +599,40 @@ impl Pass for InsertQdq {
                 }
             }
         }
+        if cal.placement == Placement::AroundOps {
+            residual_adds(&mut patch, &quantized, cx);
+        }
         Ok(Changed::from_count(patch.commit()?))
+    }
+}
+
+/// An Add joining two values that are both quantized (a residual connection: a block's
+/// quantized output and its quantized input) reads both through their DequantizeLinear, the
+/// pattern OpenVINO and ONNX Runtime run as an int8 add.
+fn residual_adds(
+    patch: &mut Patch,
+    quantized: &HashMap<ValueId, (ValueId, f32)>,
+    cx: &PassContext,
+) {
+    let g = patch.graph();
+    let mut joins: Vec<(NodeId, ValueId, ValueId)> = g
+        .node_ids()
+        .filter(|&n| g.node(n).is("Add") && !cx.excluded(g.node(n).name(), "Add"))
+        .filter_map(|n| {
+            let node = g.node(n);
+            // An op's quantized output already reaches its readers through its DQ.
+            let through_dq = |v: ValueId| {
+                let dq = g
+                    .producer(v)
+                    .is_some_and(|p| g.node(p).is("DequantizeLinear"));
+                dq.then_some(v).or_else(|| Some(quantized.get(&v)?.0))
+            };
+            Some((n, through_dq(node.input(0)?)?, through_dq(node.input(1)?)?))
+        })
+        .collect();
+    joins.sort();
+    for (n, a, b) in joins {
+        patch.set_input(n, 0, Some(a));
+        patch.set_input(n, 1, Some(b));
     }
 }
