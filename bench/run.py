@@ -161,6 +161,10 @@ def main():
         import quant
 
         sections.append(quant.section(100))
+        if args.realmodels and Path(args.realmodels).is_dir():
+            import realistic
+
+            sections.append(realistic.run_section(args.realmodels))
     text = "# Benchmark results\n\nRegenerate with `bench/.venv/bin/python bench/run.py` " \
         "(after `bash bench/setup.sh` and `cargo build --release`; set ONNXSMITH_REALMODELS to " \
         "include the real models).\n\n" + machine() + "\n\n" + "\n".join(sections)

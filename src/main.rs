@@ -270,6 +270,12 @@ struct QuantArgs {
     /// sensitive ops to float until it passes.
     #[arg(long)]
     no_fallback: bool,
+    /// No cross-layer equalization of consecutive Convs before calibration.
+    #[arg(long)]
+    no_cle: bool,
+    /// No correction of each bias for the mean error its int8 weights add.
+    #[arg(long)]
+    no_bias_correction: bool,
     /// How calibration images (.png, .jpg) become inputs: `imagenet` (shorter side 256, center
     /// crop to the model's size or 224, /255, ImageNet mean and std, RGB, NCHW) or `none`,
     /// then `,key=value` changes: resize=N, crop=N|HxW, scale=S, mean=a:b:c, std=a:b:c,
@@ -305,6 +311,8 @@ impl QuantArgs {
             random: self.calib_random,
             samples: self.calib_samples,
             fallback: !self.no_fallback,
+            equalize: !self.no_cle,
+            bias_correction: !self.no_bias_correction,
             preprocess: self
                 .preprocess
                 .as_deref()

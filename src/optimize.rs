@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
-use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outcome, Reference, Rule};
+use crate::check::{
+    both_at_once_fit, CheckOptions, CheckReport, Feed, InputSource, Outcome, Reference, Rule,
+};
 use crate::ir::Model;
 use crate::passes::prune::{self, BnScales, PruneOptions, PruneReport};
 use crate::passes::quant::qdq::Calibration;
@@ -130,6 +132,8 @@ struct Quantized {
     report: QuantReport,
     float: Model,
     calibration: Calibration,
+    /// The simplified model before cross-layer equalization, when it changed something.
+    unequalized: Option<Model>,
 }
 
 /// What pruning kept for the report: its summary, and the pruned model before compensation.
@@ -140,14 +144,6 @@ struct Pruned {
 
 /// What [`transform`] made: the result, the passes' report, and what the lossy stages kept.
 type Transformed = (Model, PipelineReport, Option<Quantized>, Option<Pruned>);
-
-fn extend(report: &mut PipelineReport, more: PipelineReport) {
-    report.passes.extend(more.passes);
-    report.steps.extend(more.steps);
-    report.rounds.extend(more.rounds);
-    report.explain.extend(more.explain);
-    report.notes.extend(more.notes);
-}
 
 /// The simplify pipeline, then, when asked, pruning and quantization of the simplified model
 /// (calibrated on `samples`).
@@ -167,7 +163,7 @@ fn transform(
             prune::select(&float, p, calibration, &BnScales::of(original))?;
         progress.step("removing channels");
         let (mut result, more) = prune::prune(&float, plan.clone(), &opts.pipeline)?;
-        extend(&mut report, more);
+        report.extend(more);
         let (mut compensation, mut uncompensated) = (None, None);
         if let (true, Some(s)) = (p.compensate, samples) {
             progress.step("compensating for the removed channels");
@@ -203,10 +199,17 @@ fn transform(
     let (Some(q), Some(samples)) = (&opts.quantize, samples) else {
         return Ok((float, report, None, pruned));
     };
+    let mut unequalized = None;
+    if q.equalize {
+        let plain = float.clone();
+        let more = quant::equalize(&mut float, &opts.pipeline)?;
+        unequalized = more.steps.contains(&"equalize-conv-pairs").then_some(plain);
+        report.extend(more);
+    }
     let calibration = quant::prepare(&float, q, samples, progress)?;
     progress.step("inserting Q/DQ");
     let (model, more, cx) = quant::quantize(&float, &calibration, &opts.exclude, &opts.pipeline)?;
-    extend(&mut report, more);
+    report.extend(more);
     let summary = quant::report(&float, &model, q, samples, &cx);
     Ok((
         model,
@@ -215,6 +218,7 @@ fn transform(
             report: summary,
             float,
             calibration,
+            unequalized,
         }),
         pruned,
     ))
@@ -247,12 +251,36 @@ const FALLBACK_TRIES: usize = 6;
 fn fall_back(
     q: &mut Quantized,
     result: &Model,
+    failed: &CheckReport,
     opts: &Options,
     samples: &Samples,
     reference: &Reference,
     progress: &Progress,
 ) -> Result<Option<(Model, CheckStatus)>> {
     let quant_opts = opts.quantize.as_ref().expect("quantizing");
+    // Equalization evens out weight ranges but can uneven a per-tensor activation's channels:
+    // once the result failed, the model without it is quantized too, and the search goes on
+    // from whichever checked better.
+    let mut without = None;
+    if let Some(plain) = q.unequalized.take() {
+        progress.step("quantizing without cross-layer equalization, to compare");
+        let calibration = quant::prepare(&plain, quant_opts, samples, progress)?;
+        let (candidate, _, cx) =
+            quant::quantize(&plain, &calibration, &opts.exclude, &opts.pipeline)?;
+        let outcome = reference.check(&candidate)?;
+        if let Outcome::Checked(r) = &outcome {
+            if worst_cosine(r) > worst_cosine(failed) {
+                q.report = quant::report(&plain, &candidate, quant_opts, samples, &cx);
+                q.report.equalization_dropped = true;
+                (q.float, q.calibration) = (plain, calibration);
+                if r.ok() {
+                    return Ok(Some((candidate, CheckStatus::from(outcome))));
+                }
+                without = Some(candidate);
+            }
+        }
+    }
+    let result = without.as_ref().unwrap_or(result);
     progress.step("measuring each quantized op's error");
     let errors = quant::layer_errors(&q.float, result, &samples.held_back)?;
     let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
@@ -278,6 +306,7 @@ fn fall_back(
                 }
             }
             report.fallback_tries = q.report.fallback_tries;
+            report.equalization_dropped = q.report.equalization_dropped;
             q.report = report;
             return Ok(Some((candidate, CheckStatus::from(outcome))));
         }
@@ -286,6 +315,14 @@ fn fall_back(
         }
     }
     Ok(None)
+}
+
+/// The lowest cosine over a check's outputs (0 for one that could not be compared).
+fn worst_cosine(r: &CheckReport) -> f64 {
+    r.outputs
+        .iter()
+        .map(|o| if o.mismatch.is_some() { 0.0 } else { o.cosine })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Runs the pipeline on a copy of `model`.
@@ -435,11 +472,11 @@ fn run<S: Send>(
                     }
                 }
             }
-            if let (CheckStatus::Mismatch { .. }, Some(q), Some(samples), true) =
+            if let (CheckStatus::Mismatch { report }, Some(q), Some(samples), true) =
                 (&status, quantized.as_mut(), samples.as_ref(), search)
             {
                 if let Some((better, passed)) =
-                    fall_back(q, &result, opts, samples, reference, progress)?
+                    fall_back(q, &result, report, opts, samples, reference, progress)?
                 {
                     staged = stage(&better);
                     (result, status) = (better, passed);

@@ -358,6 +358,9 @@ impl Report {
                 writeln!(s, "    {name:<40} error {err:.4}  {back}").unwrap();
             }
         }
+        if q.equalization_dropped {
+            s += "  cross-layer equalization left out: the result checked better without it\n";
+        }
         if q.bodies_left_float {
             s += "  subgraph bodies are left in float\n";
         }

@@ -64,16 +64,21 @@ fn quantize_for(
     placement: Placement,
     exclude: &[&str],
 ) -> onnxsmith::Optimized {
+    let opts = QuantOptions {
+        activations,
+        placement,
+        random: Some(16),
+        ..Default::default()
+    };
+    quantize_with(m, opts, exclude)
+}
+
+fn quantize_with(m: &Model, opts: QuantOptions, exclude: &[&str]) -> onnxsmith::Optimized {
     let done = optimize_model(
         m,
         &Options {
             quiet: true,
-            quantize: Some(QuantOptions {
-                activations,
-                placement,
-                random: Some(16),
-                ..Default::default()
-            }),
+            quantize: Some(opts),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
@@ -180,16 +185,56 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
     assert!(q.random_calibration);
 }
 
+/// `small_net(opset)` with a Softmax over `axis` of its [1, 5] output.
+fn small_net_softmax(opset: i64, axis: i64) -> ModelProto {
+    let mut m = small_net(opset);
+    let g = m.graph.as_mut().unwrap();
+    let fc = g.node.iter_mut().find(|n| n.name == "fc").unwrap();
+    fc.output[0] = "logits".into();
+    let mut softmax = node("Softmax", "softmax", &["logits"], &["y"]);
+    softmax.attribute = vec![attr_int("axis", axis)];
+    g.node.push(softmax);
+    m
+}
+
+fn opset_step(done: &onnxsmith::Optimized) -> onnxsmith::passes::quant::opset::OpsetStep {
+    let q = done.report.quantization.as_ref().unwrap();
+    q.opset.clone().expect("the opset step is reported")
+}
+
 #[test]
-fn below_opset_13_weights_are_quantized_per_tensor() {
-    let m = lift(small_net(11));
-    let done = quantize(&m, Activations::Int8, &[]);
+fn below_opset_13_the_import_is_raised_when_every_op_reads_the_same() {
+    // Before 13, Softmax flattens at `axis`; over the last axis that is the same as at 13.
+    for m in [small_net(11), small_net_softmax(11, 1)] {
+        let done = quantize(&lift(m), Activations::Int8, &[]);
+        let g = &done.model.graph;
+        assert_eq!(done.model.opset(""), Some(13));
+        for n in ops(g, "Conv") {
+            let w = dq_of(g, n, 1).expect("the weight is dequantized");
+            assert_eq!(g.node(w).attr_i("axis"), Some(0), "per channel once raised");
+        }
+        let step = opset_step(&done);
+        assert!(step.raised && step.declared == 11 && step.kept_because.is_none());
+        assert_well_formed(g);
+    }
+}
+
+#[test]
+fn below_opset_13_weights_are_per_tensor_when_an_op_reads_differently_at_13() {
+    // Softmax over axis 0 of [1, 5] normalizes all five values before 13, one at a time at 13.
+    let done = quantize(&lift(small_net_softmax(11, 0)), Activations::Int8, &[]);
     let g = &done.model.graph;
+    assert!(!ops(g, "DequantizeLinear").is_empty());
     for dq in ops(g, "DequantizeLinear") {
         assert!(g.node(dq).attr("axis").is_none(), "no axis before opset 13");
         assert!(constant_of(g, dq, 1).dims().is_empty(), "one scale");
     }
     assert_eq!(done.model.opset(""), Some(11));
+    let step = opset_step(&done);
+    assert!(!step.raised);
+    let why = step.kept_because.unwrap();
+    assert!(why.contains("Softmax 'softmax'"), "{why}");
+    assert!(done.report.to_text().contains("weights per tensor"));
     assert_well_formed(g);
 }
 
@@ -281,7 +326,13 @@ fn a_quantized_conv_computes_what_its_scales_say() {
         ],
     );
     let m = lift(p);
-    let done = quantize(&m, Activations::Int8, &[]);
+    // The bias as it is: its correction is checked on its own.
+    let opts = QuantOptions {
+        random: Some(16),
+        bias_correction: false,
+        ..Default::default()
+    };
+    let done = quantize_with(&m, opts, &[]);
     let g = &done.model.graph;
     let conv = ops(g, "Conv")[0];
     let scale = |dq: NodeId| constant_of(g, dq, 1).to_f32_vec().unwrap();
@@ -574,4 +625,348 @@ fn imagenet_preprocessing_normalizes_and_lays_out_channels() {
     assert_eq!(t.to_f32().unwrap()[..3], [128.0, 0.0, 255.0]);
     assert!(Preprocess::parse("imagenet,mean=1:2").is_err());
     assert!(Preprocess::parse("vgg").is_err());
+}
+
+/// x ─▶ Conv(Wa) ─┐
+///                ├─▶ Concat ─▶ Conv(Wc) ─▶ y, with Wb `spread` times Wa's magnitude.
+/// x ─▶ Conv(Wb) ─┘
+fn concat_net(spread: f32) -> Model {
+    let conv = |name: &str, x: &str, w: &str, y: &str| {
+        let mut c = node("Conv", name, &[x, w], &[y]);
+        c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        c
+    };
+    let mut cat = node("Concat", "cat", &["a", "b"], &["ab"]);
+    cat.attribute = vec![attr_int("axis", 1)];
+    let wb: Vec<f32> = values(6, 8).iter().map(|v| v * spread).collect();
+    lift(model_io(
+        vec![
+            conv("conv_a", "x", "Wa", "a"),
+            conv("conv_b", "x", "Wb", "b"),
+            cat,
+            conv("conv_c", "ab", "Wc", "y"),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 4, 4])],
+        vec![
+            f32_tensor("Wa", &[2, 3, 1, 1], &values(6, 7)),
+            f32_tensor("Wb", &[2, 3, 1, 1], &wb),
+            f32_tensor("Wc", &[2, 4, 1, 1], &values(8, 9)),
+        ],
+    ))
+}
+
+#[test]
+fn a_concat_of_ranges_far_apart_is_read_in_float() {
+    let done = quantize(&concat_net(1000.0), Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    let (name, why) = &q.left_float[0];
+    assert_eq!((q.left_float.len(), name.as_str()), (1, "conv_c"));
+    assert!(why.contains("Concat"), "{why}");
+    let g = &done.model.graph;
+    let c = ops(g, "Conv")
+        .into_iter()
+        .find(|&n| g.node(n).name() == "conv_c")
+        .unwrap();
+    assert!(dq_of(g, c, 0).is_none(), "conv_c reads the Concat in float");
+    assert_well_formed(g);
+}
+
+#[test]
+fn a_concat_of_close_ranges_shares_one_scale() {
+    let done = quantize(&concat_net(2.0), Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert!(q.left_float.is_empty(), "{:?}", q.left_float);
+    assert_eq!(q.quantized, 3);
+}
+
+/// x[1,2,5,5] ─▶ Conv(W1[4,2,3,3], b1) ─▶ `act` ─▶ Conv(W2[4,1,3,3], depthwise) ─▶ Relu
+/// ─▶ Conv(W3[3,4,1,1]) ─▶ y, W1's output channels of very different magnitudes.
+fn conv_chain(act: &str) -> Model {
+    let conv = |name: &str, ins: &[&str], y: &str, k: i64, group: i64| {
+        let mut c = node("Conv", name, ins, &[y]);
+        c.attribute = vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("pads", &[k / 2; 4]),
+            attr_int("group", group),
+        ];
+        c
+    };
+    let mut nodes = vec![conv("conv1", &["x", "W1", "b1"], "c1", 3, 1)];
+    let mut inits = vec![];
+    match act {
+        "Clip6" => {
+            nodes.push(node("Clip", "act", &["c1", "lo", "hi"], &["a1"]));
+            inits.push(f32_tensor("lo", &[], &[0.0]));
+            inits.push(f32_tensor("hi", &[], &[6.0]));
+        }
+        op => nodes.push(node(op, "act", &["c1"], &["a1"])),
+    }
+    nodes.extend([
+        conv("conv2", &["a1", "W2"], "c2", 3, 4),
+        node("Relu", "relu2", &["c2"], &["a2"]),
+        conv("conv3", &["a2", "W3"], "y", 1, 1),
+    ]);
+    let magnitude = [1.0, 20.0, 0.05, 3.0];
+    let w1: Vec<f32> = values(72, 11)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * magnitude[i / 18])
+        .collect();
+    inits.extend([
+        f32_tensor("W1", &[4, 2, 3, 3], &w1),
+        f32_tensor("b1", &[4], &values(4, 12)),
+        f32_tensor("W2", &[4, 1, 3, 3], &values(36, 13)),
+        f32_tensor("W3", &[3, 4, 1, 1], &values(12, 14)),
+    ]);
+    lift(model_io(
+        nodes,
+        vec![f32_info("x", &[1, 2, 5, 5])],
+        vec![f32_info("y", &[1, 3, 5, 5])],
+        inits,
+    ))
+}
+
+fn equalized(m: &Model) -> (Model, onnxsmith::passes::PipelineReport) {
+    let mut out = m.clone();
+    let opts = onnxsmith::passes::PipelineOptions {
+        explain: true,
+        verify_each: true,
+        ..Default::default()
+    };
+    let report = onnxsmith::passes::quant::equalize(&mut out, &opts).unwrap();
+    (out, report)
+}
+
+fn weight_of<'g>(g: &'g Graph, conv: &str) -> &'g onnxsmith::ir::Tensor {
+    let n = ops(g, "Conv")
+        .into_iter()
+        .find(|&n| g.node(n).name() == conv)
+        .unwrap();
+    constant_of(g, n, 1)
+}
+
+#[test]
+fn equalization_evens_out_channel_ranges_and_computes_the_same() {
+    use onnxsmith::passes::channels::{conv_input_ranges, conv_output_ranges};
+    for act in ["Relu", "LeakyRelu"] {
+        let m = conv_chain(act);
+        let (out, report) = equalized(&m);
+        assert!(report.steps.contains(&"equalize-conv-pairs"));
+        // Both pairs: conv3 changes only through the second.
+        for conv in ["conv1", "conv2", "conv3"] {
+            let w = |m: &Model| weight_of(&m.graph, conv).raw_bytes().unwrap().to_vec();
+            assert_ne!(w(&out), w(&m), "{conv} rescaled");
+        }
+        common::assert_same_outputs(&m, &out);
+        let g = &out.graph;
+        let r1 = conv_output_ranges(weight_of(g, "conv1")).unwrap();
+        let r2 = conv_input_ranges(weight_of(g, "conv2"), 4).unwrap();
+        // Before, conv1's channels spanned 400x; after, each matches conv2's reader of it.
+        let before = conv_output_ranges(weight_of(&m.graph, "conv1")).unwrap();
+        let spread = |r: &[f64]| {
+            r.iter().cloned().fold(0f64, f64::max) / r.iter().cloned().fold(f64::MAX, f64::min)
+        };
+        assert!(spread(&before) > 100.0);
+        assert!(spread(&r1) < spread(&before) / 10.0, "{r1:?}");
+        // Sweeps stop once every factor is within 1% of 1: each range within about 2%.
+        for (a, b) in r1.iter().zip(&r2) {
+            assert!((a - b).abs() <= 0.03 * a.max(*b), "{r1:?} vs {r2:?}");
+        }
+    }
+}
+
+#[test]
+fn equalization_stops_at_a_bounded_clip() {
+    let m = conv_chain("Clip6");
+    let (out, report) = equalized(&m);
+    let w = |m: &Model| weight_of(&m.graph, "conv1").raw_bytes().unwrap().to_vec();
+    assert_eq!(w(&out), w(&m), "conv1 is not rescaled through Relu6");
+    assert!(
+        report
+            .explain
+            .iter()
+            .any(|e| e.contains("equalize-conv-pairs: kept Conv 'conv2'") && e.contains("bounded")),
+        "{:#?}",
+        report.explain
+    );
+}
+
+/// A `.npy` of f32 `values` in `shape`.
+fn write_npy_values(path: &Path, shape: &[usize], values: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
+    // Two 1x1 Convs on x whose channels are constant 2 and 5 in every sample, so E[x] is
+    // known; conv_a has a bias, conv_b has none and gets one.
+    let w: Vec<f32> = vec![1.0, 0.3037, -0.61, 0.77];
+    let b = [0.25f32, -0.5];
+    let mut ca = node("Conv", "conv_a", &["x", "W", "b"], &["ya"]);
+    ca.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut cb = node("Conv", "conv_b", &["x", "W"], &["yb"]);
+    cb.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let m = lift(model_io(
+        vec![ca, cb],
+        vec![f32_info("x", &[1, 2, 2, 2])],
+        vec![f32_info("ya", &[1, 2, 2, 2]), f32_info("yb", &[1, 2, 2, 2])],
+        vec![
+            f32_tensor("W", &[2, 2, 1, 1], &w),
+            f32_tensor("b", &[2], &b),
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f32> = [2.0f32, 5.0].iter().flat_map(|&c| [c; 4]).collect();
+    for i in 0..3 {
+        write_npy_values(&dir.path().join(format!("s{i}.npy")), &[1, 2, 2, 2], &x);
+    }
+    let run = |correct: bool| {
+        let done = optimize_model(
+            &m,
+            &Options {
+                quiet: true,
+                quantize: Some(QuantOptions {
+                    calib: Some(dir.path().to_path_buf()),
+                    bias_correction: correct,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let g = done.model.graph.clone();
+        ["conv_a", "conv_b"].map(|name| {
+            let n = ops(&g, "Conv")
+                .into_iter()
+                .find(|&n| g.node(n).name() == name)
+                .unwrap();
+            dq_of(&g, n, 2).map(|dq| {
+                let q = constant_of(&g, dq, 0).raw_bytes().unwrap().to_vec();
+                let s = constant_of(&g, dq, 1).to_f32_vec().unwrap();
+                let q: Vec<i32> = q
+                    .chunks(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let got: Vec<f32> = q.iter().zip(&s).map(|(&q, &s)| q as f32 * s).collect();
+                (got, s)
+            })
+        })
+    };
+    // The reference: per-channel symmetric int8 weights, their error against W, times E[x].
+    let shift: Vec<f32> = (0..2)
+        .map(|o| {
+            let row = &w[o * 2..o * 2 + 2];
+            let s = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            row.iter()
+                .zip([2.0f32, 5.0])
+                .map(|(&v, mean)| ((v / s).round() * s - v) * mean)
+                .sum()
+        })
+        .collect();
+    assert!(
+        shift.iter().all(|d| d.abs() > 1e-4),
+        "the fixture has an error to correct"
+    );
+    let [a, bias_b] = run(true);
+    let (a, scale) = a.expect("conv_a's bias is int32");
+    let (got_b, scale_b) = bias_b.expect("conv_b gets a bias");
+    for o in 0..2 {
+        assert!(
+            (a[o] - (b[o] - shift[o])).abs() <= scale[o],
+            "{a:?} {shift:?}"
+        );
+        assert!(
+            (got_b[o] + shift[o]).abs() <= scale_b[o],
+            "{got_b:?} {shift:?}"
+        );
+    }
+    let [a, bias_b] = run(false);
+    let (a, scale) = a.unwrap();
+    assert!(bias_b.is_none(), "no bias added without the correction");
+    for o in 0..2 {
+        assert!((a[o] - b[o]).abs() <= scale[o] / 2.0 + 1e-7);
+    }
+}
+
+#[test]
+fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
+    // x uniform in [-1, 1) over samples split between both workers: half its magnitudes lie
+    // below 0.5, while its extremes are near 1.
+    let m = lift(small_net(13));
+    let samples: Vec<Vec<onnxsmith::runtime::HostTensor>> = (0..6)
+        .map(|i| {
+            let x = values(192, 20 + i);
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            vec![
+                onnxsmith::runtime::HostTensor::from_le_bytes(DType::F32, &[1, 3, 8, 8], &bytes)
+                    .unwrap(),
+            ]
+        })
+        .collect();
+    let values_seen = ["x".to_string()];
+    let stats = onnxsmith::passes::quant::calibrate::calibrate(
+        &m,
+        &values_seen,
+        &samples,
+        Method::Percentile(50.0),
+        &onnxsmith::progress::Progress::new(true),
+    )
+    .unwrap();
+    let x = &stats["x"];
+    assert!(x.threshold(Method::MinMax) > 0.95);
+    let p50 = x.threshold(Method::Percentile(50.0));
+    assert!((p50 - 0.5).abs() < 0.1, "the median magnitude is {p50}");
+}
+
+/// x ─▶ Conv ─▶ Relu ─▶ r ─▶ Conv ─▶ c ─▶ Add(c, r) ─▶ Relu ─▶ Conv ─▶ y: a residual block.
+fn residual_net() -> Model {
+    let conv = |name: &str, x: &str, w: &str, y: &str| {
+        let mut c = node("Conv", name, &[x, w], &[y]);
+        c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        c
+    };
+    lift(model_io(
+        vec![
+            conv("conv1", "x", "W1", "c1"),
+            node("Relu", "relu1", &["c1"], &["r"]),
+            conv("conv2", "r", "W2", "c"),
+            node("Add", "add", &["c", "r"], &["s"]),
+            node("Relu", "relu2", &["s"], &["a"]),
+            conv("conv3", "a", "W3", "y"),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 4, 4])],
+        vec![
+            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 15)),
+            f32_tensor("W2", &[4, 4, 1, 1], &values(16, 16)),
+            f32_tensor("W3", &[2, 4, 1, 1], &values(8, 17)),
+        ],
+    ))
+}
+
+#[test]
+fn a_residual_add_reads_both_branches_through_dq_around_ops() {
+    let m = residual_net();
+    for (placement, both) in [(Placement::AroundOps, true), (Placement::Inputs, false)] {
+        let done = quantize_for(&m, Activations::Int8, placement, &[]);
+        let g = &done.model.graph;
+        let add = ops(g, "Add")[0];
+        let dq = [0, 1].map(|slot| dq_of(g, add, slot).is_some());
+        assert_eq!(dq, [both; 2], "{placement:?}");
+        assert_well_formed(g);
+    }
 }

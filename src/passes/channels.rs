@@ -251,3 +251,62 @@ pub fn per_channel(
         Err("the constant is not one value per output channel")
     }
 }
+
+/// The input channel that run `r` of a Conv weight [C_out, C_in / group, k...] reads, a run
+/// being one kernel: output channel o = r / (C_in / group) reads channel j = r % (C_in /
+/// group) of its group.
+pub fn conv_input_of_run(r: usize, in_per_group: usize, out_per_group: usize) -> usize {
+    let (o, j) = (r / in_per_group, r % in_per_group);
+    o / out_per_group * in_per_group + j
+}
+
+/// The shape of a Conv weight as (C_out, C_in / group, kernel size, group), when its dims
+/// agree with `group`.
+fn conv_layout(w: &Tensor, group: usize) -> Option<(usize, usize, usize, usize)> {
+    let dims = w.dims();
+    let (cout, in_per_group) = (*dims.first()? as usize, *dims.get(1)? as usize);
+    let kernel = dims[2..].iter().product::<i64>() as usize;
+    (group > 0 && cout.is_multiple_of(group) && in_per_group > 0).then_some(())?;
+    Some((cout, in_per_group, kernel, group))
+}
+
+/// The largest magnitude among the weights of a Conv weight `w` that read each input channel:
+/// one value per input channel (C_in = group · C_in / group).
+pub fn conv_input_ranges(w: &Tensor, group: usize) -> Option<Vec<f64>> {
+    let (cout, in_per_group, kernel, group) = conv_layout(w, group)?;
+    let values = w.to_f32_vec()?;
+    let mut range = vec![0f64; in_per_group * group];
+    for (r, run) in values.chunks_exact(kernel.max(1)).enumerate() {
+        let c = conv_input_of_run(r, in_per_group, cout / group);
+        for &v in run {
+            range[c] = range[c].max((v as f64).abs());
+        }
+    }
+    Some(range)
+}
+
+/// `w`, a Conv weight, with every element multiplied by the factor of the input channel it
+/// reads (`factor` has one value per input channel); `None` when the dims disagree.
+pub fn scale_conv_inputs(w: &Tensor, group: usize, factor: &[f64]) -> Option<Tensor> {
+    let (cout, in_per_group, kernel, group) = conv_layout(w, group)?;
+    if factor.len() != in_per_group * group {
+        return None;
+    }
+    let channel = |r: usize| conv_input_of_run(r, in_per_group, cout / group);
+    scale_runs(w, factor, kernel, &channel)
+}
+
+/// The largest magnitude of each output channel's weights of a Conv weight `w`.
+pub fn conv_output_ranges(w: &Tensor) -> Option<Vec<f64>> {
+    let cout = *w.dims().first()? as usize;
+    let values = w.to_f32_vec()?;
+    if cout == 0 || values.is_empty() || !values.len().is_multiple_of(cout) {
+        return None;
+    }
+    Some(
+        values
+            .chunks_exact(values.len() / cout)
+            .map(|run| run.iter().fold(0f64, |m, &v| m.max((v as f64).abs())))
+            .collect(),
+    )
+}

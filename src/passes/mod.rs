@@ -446,7 +446,7 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PipelineReport {
     pub passes: Vec<PassStat>,
     /// Every pass run that changed the graph, in order: the steps `--stop-after` counts.
@@ -459,6 +459,15 @@ pub struct PipelineReport {
 }
 
 impl PipelineReport {
+    /// Appends what a later run of stages on the same model did.
+    pub fn extend(&mut self, more: PipelineReport) {
+        self.passes.extend(more.passes);
+        self.steps.extend(more.steps);
+        self.rounds.extend(more.rounds);
+        self.explain.extend(more.explain);
+        self.notes.extend(more.notes);
+    }
+
     /// What pass `id` had to say at the end of its stage.
     pub fn note(&self, id: &str) -> Option<&Note> {
         self.notes.iter().find(|n| n.pass == id)

@@ -108,6 +108,9 @@ fn observe(
             let st = out.entry(name.clone()).or_default();
             if pass == 0 {
                 st.observe_extremes(&v);
+                st.axis1.observe(&v, t.shape(), 1);
+                st.last
+                    .observe(&v, t.shape(), t.shape().len().saturating_sub(1));
             } else if let Some(k) = known.get(name) {
                 if st.hist.is_empty() {
                     st.min = k.min;

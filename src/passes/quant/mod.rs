@@ -6,7 +6,9 @@
 //! the check, which judges the result against the float model by the lossy rule.
 
 pub mod calibrate;
+pub mod equalize;
 pub mod images;
+pub mod opset;
 pub mod qdq;
 pub mod ranges;
 
@@ -41,6 +43,10 @@ pub struct QuantOptions {
     pub fallback: bool,
     /// How image samples become inputs; images are refused without it.
     pub preprocess: Option<images::Preprocess>,
+    /// Cross-layer equalization of Conv pairs before calibration.
+    pub equalize: bool,
+    /// Shift each bias by the mean error its int8 weights add.
+    pub bias_correction: bool,
 }
 
 impl Default for QuantOptions {
@@ -54,6 +60,8 @@ impl Default for QuantOptions {
             samples: 100,
             fallback: true,
             preprocess: None,
+            equalize: true,
+            bias_correction: true,
         }
     }
 }
@@ -63,7 +71,7 @@ pub fn stage() -> Stage {
     Stage {
         name: "quantize",
         reason: "after simplify, so that quantization sees fused weights and constant shapes",
-        once: vec![Box::new(InsertQdq)],
+        once: vec![Box::new(opset::RaiseOpset), Box::new(InsertQdq)],
         fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
     }
 }
@@ -288,14 +296,19 @@ pub struct QuantReport {
     pub int8_weight_share: f64,
     /// Subgraph bodies hold quantizable ops, which stay float.
     pub bodies_left_float: bool,
-    /// Each quantized op's measured error (relative L2 of its output against the float
-    /// model's, on the held-back samples), worst first; measured when the check failed and
-    /// the fallback searched.
+    /// Each quantized op's measured error, the relative L2 error (against the float model,
+    /// on the held-back samples) it adds to what its input already had, worst first;
+    /// measured when the check failed and the fallback searched.
     pub layer_errors: Vec<(String, f64)>,
     /// The ops the fallback returned to float, most sensitive first, and how many tries it
     /// took.
     pub fallback: Vec<String>,
     pub fallback_tries: usize,
+    /// Below opset 13: whether the import was raised to 13 (weights per channel) or kept,
+    /// and why (weights per tensor).
+    pub opset: Option<opset::OpsetStep>,
+    /// Cross-layer equalization was left out: the result checked better without it.
+    pub equalization_dropped: bool,
 }
 
 /// Calibrates the simplified float `model` on `samples`: the ranges the stage is handed.
@@ -307,7 +320,13 @@ pub fn prepare(
 ) -> Result<Calibration> {
     let g = &model.graph;
     let ops: Vec<_> = g.node_ids().filter(|&n| qdq::quantizable(g, n)).collect();
-    let inputs = ops.iter().filter_map(|&n| g.node(n).input(0));
+    let inputs: Vec<_> = ops.iter().filter_map(|&n| g.node(n).input(0)).collect();
+    // A Concat's inputs too, to tell whether one scale can serve them all.
+    let concatenated: Vec<_> = inputs
+        .iter()
+        .flat_map(|&x| qdq::concat_inputs(g, x))
+        .collect();
+    let inputs = inputs.into_iter().chain(concatenated);
     // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too.
     let outputs = ops
         .iter()
@@ -335,6 +354,17 @@ pub fn prepare(
                 "calibration failed"
             }
         })?;
+    let means = stats
+        .iter()
+        .filter(|_| opts.bias_correction)
+        .map(|(name, s)| {
+            let m = qdq::Means {
+                axis1: s.axis1.means(),
+                last: s.last.means(),
+            };
+            (name.clone(), m)
+        })
+        .collect();
     let ranges: HashMap<String, (f32, f32)> = stats
         .into_iter()
         .filter(|(_, s)| s.seen > 0)
@@ -347,7 +377,50 @@ pub fn prepare(
         ranges,
         activations: opts.activations,
         placement: opts.placement,
+        means,
     })
+}
+
+/// Cross-layer equalization of `model` (the simplified float model, before calibration):
+/// an exact float rewrite, so that calibration sees the ranges the int8 model will have.
+/// Pairs of a chain are swept at most this many times.
+const SWEEPS: usize = 8;
+
+pub fn equalize(model: &mut Model, opts: &super::PipelineOptions) -> Result<super::PipelineReport> {
+    let stage = || Stage {
+        name: "equalize",
+        reason: "before calibration, which must see the equalized weights' activations",
+        once: vec![Box::new(equalize::EqualizeConvPairs)],
+        fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+    };
+    let mut report = super::PipelineReport::default();
+    let mut rounds = 0;
+    for _ in 0..SWEEPS {
+        let mut cx = PassContext::new(opts.explain);
+        let sweep = super::run_stages(model, &[stage()], opts, &mut cx)?;
+        let changed = !sweep.steps.is_empty();
+        // The sweeps are one stage to the report: each pass's runs and rewrites summed.
+        for stat in sweep.passes {
+            match report.passes.iter_mut().find(|p| p.id == stat.id) {
+                Some(p) => {
+                    p.runs += stat.runs;
+                    p.rewrites += stat.rewrites;
+                    p.time += stat.time;
+                }
+                None => report.passes.push(stat),
+            }
+        }
+        rounds += sweep.rounds.iter().map(|(_, r)| r).sum::<usize>();
+        report.steps.extend(sweep.steps);
+        report.explain.extend(sweep.explain);
+        if !changed {
+            break;
+        }
+    }
+    report.rounds.push(("equalize", rounds));
+    report.explain.sort();
+    report.explain.dedup();
+    Ok(report)
 }
 
 /// The quantization stage on a copy of the float model, with `cal` and the ops `exclude`
@@ -366,32 +439,53 @@ pub fn quantize(
     Ok((model, report, cx))
 }
 
-/// How far each quantized op's output strays from the float model's on `samples`: the
-/// relative L2 error ‖q − f‖ / ‖f‖ over all samples, worst first. Both models run once per
-/// sample with those outputs exposed (the quantized model keeps their names).
+/// The error each quantized op adds, on `samples`: the relative L2 error ‖q − f‖ / ‖f‖ of
+/// its output against the float model's, less that of its input (0 for a graph input), worst
+/// first. Ranking by the output's error alone would put the last layers first, since every
+/// error upstream reaches them; an early layer that adds much harms everything after it.
+/// Both models run once per sample with those values exposed (the quantized model keeps the
+/// names of the values its Q/DQ pairs read).
 pub fn layer_errors(
     float: &Model,
     quantized: &Model,
     samples: &[Vec<HostTensor>],
 ) -> Result<Vec<(String, f64)>> {
     let g = &quantized.graph;
-    let mut layers: Vec<(String, String)> = g
+    let inputs: Vec<String> = input_specs(quantized, &Binding::default())?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let known = |v: &str| float.graph.find(v).is_some() && quantized.graph.find(v).is_some();
+    // Each op with its output and the float value its quantized input was read from.
+    let mut layers: Vec<(String, String, Option<String>)> = g
         .node_ids()
         .filter(|&n| qdq::quantizable(g, n))
-        .filter(|&n| {
-            let w = g.node(n).input(1);
-            w.and_then(|w| g.producer(w))
-                .is_some_and(|p| g.node(p).is("DequantizeLinear"))
-        })
         .filter_map(|n| {
-            let y = g.node(n).output(0)?;
-            Some((g.node(n).name().to_string(), g.value(y).name().to_string()))
+            let dq = |slot| {
+                let v = g.node(n).input(slot)?;
+                g.producer(v).filter(|&p| g.node(p).is("DequantizeLinear"))
+            };
+            dq(1)?;
+            let y = g.value(g.node(n).output(0)?).name().to_string();
+            // x ─▶ Q ─▶ DQ ─▶ op: x is the value both models compute.
+            let x = dq(0)
+                .and_then(|d| g.node(d).input(0))
+                .and_then(|q| g.producer(q))
+                .and_then(|q| g.node(q).input(0))
+                .map(|x| g.value(x).name().to_string())
+                .filter(|x| !inputs.contains(x) && known(x));
+            Some((g.node(n).name().to_string(), y, x))
         })
-        .filter(|(_, y)| float.graph.find(y).is_some())
+        .filter(|(_, y, _)| known(y))
         .collect();
     layers.sort();
-    let names: Vec<String> = layers.iter().map(|(_, y)| y.clone()).collect();
-    let mut sums = vec![(0f64, 0f64); layers.len()];
+    let mut names: Vec<String> = layers
+        .iter()
+        .flat_map(|(_, y, x)| std::iter::once(y.clone()).chain(x.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut sums = vec![(0f64, 0f64); names.len()];
     let (mut float_plans, mut quantized_plans) = (
         calibrate::Plans::new(float, &names)?,
         calibrate::Plans::new(quantized, &names)?,
@@ -409,10 +503,16 @@ pub fn layer_errors(
             }
         }
     }
+    let error = |v: &str| {
+        let (d, n) = sums[names.binary_search_by(|m| m.as_str().cmp(v)).unwrap()];
+        (d / n.max(f64::MIN_POSITIVE)).sqrt()
+    };
     let mut errors: Vec<(String, f64)> = layers
         .into_iter()
-        .zip(sums)
-        .map(|((name, _), (d, n))| (name, (d / n.max(f64::MIN_POSITIVE)).sqrt()))
+        .map(|(name, y, x)| {
+            let before = x.as_deref().map_or(0.0, error);
+            (name, (error(&y) - before).max(0.0))
+        })
         .collect();
     errors.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(errors)
@@ -451,6 +551,8 @@ pub fn report(
         layer_errors: Vec::new(),
         fallback: Vec::new(),
         fallback_tries: 0,
+        opset: cx.get::<opset::OpsetStep>().cloned(),
+        equalization_dropped: false,
     }
 }
 

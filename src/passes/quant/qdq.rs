@@ -10,16 +10,19 @@
 //!
 //! Weights are int8, symmetric, one scale per output channel on the axis where a weight keeps
 //! them (Conv 0, ConvTranspose 1, Gemm 0 under transB and 1 otherwise, MatMul the last axis of
-//! a constant 2-D B); per tensor below opset 13, where DequantizeLinear has no axis. A bias of
-//! one value per output channel becomes int32 with scale s_x · s_w (zero point 0). An
+//! a constant 2-D B); per tensor below opset 13, where DequantizeLinear has no axis
+//! (`quantize-opset-13`, run before, raises the import when it can). A bias of one value per
+//! output channel becomes int32 with scale s_x · s_w (zero point 0). An
 //! activation is quantized once, however many ops read it: int8 symmetric with zero point 0
 //! (what TensorRT requires) or uint8 with a zero point, from its calibrated range. The Q/DQ
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
-//! range of its own output.
+//! range of its own output. Around ops (`--target ort|openvino`), a residual Add of two
+//! quantized values reads both through their DQ.
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
+//! an activation that Concats values whose ranges are more than 16x apart;
 //! a weight that is not an f32 initializer of a shape the op's axis needs; models below opset
 //! 10, which lack the operators. Main graph only: bodies stay float, and the report says so.
 //! Runs once, after the simplify stage (so it quantizes fused Conv+BN weights), and is
@@ -31,7 +34,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ir::{Attr, DType, Graph, Model, NodeId, Patch, Tensor, Type, ValueId};
-use crate::passes::channels::{f32_weight, ConvKind};
+use crate::passes::channels::{conv_input_of_run, f32_weight, ConvKind};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// The element type of quantized activations.
@@ -60,6 +63,17 @@ pub struct Calibration {
     pub ranges: HashMap<String, (f32, f32)>,
     pub activations: Activations,
     pub placement: Placement,
+    /// Each activation's mean per channel, by value name, for bias correction; empty when
+    /// it is off.
+    pub means: HashMap<String, Means>,
+}
+
+/// An activation's mean per index of axis 1 (a Conv input's channels) and of its last axis
+/// (a matrix product's inner dim), when calibration saw the same channels in every sample.
+#[derive(Clone, Debug, Default)]
+pub struct Means {
+    pub axis1: Option<Vec<f32>>,
+    pub last: Option<Vec<f32>>,
 }
 
 /// The value whose range quantizes the output of op `n` under `placement`, and the Relu that
@@ -91,10 +105,49 @@ fn output_site(
         .then_some((site, absorbed))
 }
 
+/// How far apart the magnitudes of a Concat's inputs may be for one scale to serve them all:
+/// past it, the smallest keeps fewer than 8 of int8's levels (a detector's 0..1 scores
+/// concatenated with its pixel boxes lose everything).
+const CONCAT_SPREAD: f32 = 16.0;
+
+/// The inputs of the Concat producing `x`, if one does.
+pub fn concat_inputs(g: &Graph, x: ValueId) -> Vec<ValueId> {
+    g.producer(x)
+        .filter(|&p| g.node(p).is("Concat"))
+        .map(|p| g.node(p).inputs().iter().flatten().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Whether `x` is a Concat whose inputs' calibrated magnitudes are more than
+/// [`CONCAT_SPREAD`] apart (inputs that are all zeros, or not calibrated, aside).
+fn concat_too_wide(g: &Graph, x: ValueId, cal: &Calibration) -> bool {
+    let amax: Vec<f32> = concat_inputs(g, x)
+        .into_iter()
+        .filter_map(|v| {
+            let (lo, hi) = match g.value(v).constant() {
+                Some(t) => {
+                    let v = t.to_f32_vec()?;
+                    v.iter()
+                        .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)))
+                }
+                None => *cal.ranges.get(g.value(v).name())?,
+            };
+            Some(lo.abs().max(hi.abs()))
+        })
+        .filter(|&a| a > 0.0)
+        .collect();
+    let (lo, hi) = amax
+        .iter()
+        .fold((f32::MAX, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+    amax.len() >= 2 && hi > CONCAT_SPREAD * lo
+}
+
 /// An op to quantize, as matched.
 struct Layer {
     node: NodeId,
     x: ValueId,
+    /// Its name, which outlives `x` when an absorbed Relu's output is removed.
+    x_name: String,
     weight: ValueId,
     /// The axis of the weight holding output channels, when scales are per channel.
     axis: Option<usize>,
@@ -126,6 +179,11 @@ fn layer(
     }
     if !cal.ranges.contains_key(g.value(x).name()) {
         return Err("its input has no calibrated f32 range");
+    }
+    if concat_too_wide(g, x, cal) {
+        return Err(
+            "its input is a Concat of ranges more than 16x apart, which one scale would ruin",
+        );
     }
     let (weight, w) = f32_weight(g, n)?;
     let rank = w.dims().len();
@@ -168,6 +226,7 @@ fn layer(
     Ok(Layer {
         node: n,
         x,
+        x_name: g.value(x).name().to_string(),
         weight,
         axis: (opset >= 13).then_some(axis),
         bias,
@@ -210,9 +269,9 @@ fn matched(
         .collect()
 }
 
-/// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w` and its values
-/// quantized with them.
-fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>)> {
+/// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w`, its values
+/// quantized with them, and what each dequantized value is off by (W_q · s − W).
+fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>, Vec<f32>)> {
     let values = w.to_f32_vec()?;
     let dims: Vec<usize> = w.dims().iter().map(|&d| d as usize).collect();
     let (channels, inner) = match axis {
@@ -230,12 +289,74 @@ fn quantize_weight(w: &Tensor, axis: Option<usize>) -> Option<(Vec<f32>, Vec<i8>
         .iter()
         .map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 })
         .collect();
-    let q = values
+    let q: Vec<i8> = values
         .iter()
         .enumerate()
         .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
         .collect();
-    Some((scales, q))
+    let error = values
+        .iter()
+        .zip(&q)
+        .enumerate()
+        .map(|(i, (&v, &q))| q as f32 * scales[channel_of(i)] - v)
+        .collect();
+    Some((scales, q, error))
+}
+
+/// Bias correction: the mean shift of each output channel of op `n` that its weight's
+/// quantization error `error` causes, Σ (W_q − W) · E[x], with E[x] per input channel from
+/// calibration. `None` when the op's mean input is not known or the op has no bias to take
+/// the shift (a MatMul, a Gemm with transA or scaled terms).
+fn weight_error_shift(
+    g: &Graph,
+    n: NodeId,
+    w: &Tensor,
+    error: &[f32],
+    means: &Means,
+) -> Option<Vec<f32>> {
+    let node = g.node(n);
+    let dims: Vec<usize> = w.dims().iter().map(|&d| d as usize).collect();
+    let mut shift = vec![0f64; *dims.first()?];
+    match node.op() {
+        "Conv" => {
+            let mean = means.axis1.as_ref()?;
+            let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+            let (in_per_group, kernel) = (dims[1], dims[2..].iter().product::<usize>());
+            let out_per_group = dims[0] / group;
+            if mean.len() != in_per_group * group || kernel == 0 {
+                return None;
+            }
+            for (r, run) in error.chunks_exact(kernel).enumerate() {
+                let o = r / in_per_group;
+                let c = conv_input_of_run(r, in_per_group, out_per_group);
+                shift[o] += run.iter().map(|&e| e as f64).sum::<f64>() * mean[c] as f64;
+            }
+        }
+        "Gemm" => {
+            let unscaled = |a| node.attr_f(a).is_none_or(|v| v == 1.0);
+            if node.attr_i("transA").unwrap_or(0) != 0 || !unscaled("alpha") || !unscaled("beta") {
+                return None;
+            }
+            let mean = means.last.as_ref()?;
+            let trans_b = node.attr_i("transB").unwrap_or(0) != 0;
+            let (k, outs) = if trans_b {
+                (dims[1], dims[0])
+            } else {
+                (dims[0], dims[1])
+            };
+            if mean.len() != k {
+                return None;
+            }
+            shift = vec![0f64; outs];
+            for (i, &e) in error.iter().enumerate() {
+                let (row, col) = (i / dims[1], i % dims[1]);
+                let (o, j) = if trans_b { (row, col) } else { (col, row) };
+                shift[o] += e as f64 * mean[j] as f64;
+            }
+        }
+        _ => return None,
+    }
+    Some(shift.into_iter().map(|v| v as f32).collect())
 }
 
 fn i8_tensor(dims: Vec<i64>, v: &[i8]) -> Tensor {
@@ -367,9 +488,14 @@ impl Pass for InsertQdq {
             let g = patch.graph();
             let base = g.value(l.weight).name().to_string();
             let w = g.value(l.weight).constant().unwrap().clone();
-            let Some((scales, q)) = quantize_weight(&w, l.axis) else {
+            let Some((scales, q, error)) = quantize_weight(&w, l.axis) else {
                 continue;
             };
+            let shift = cal
+                .means
+                .get(&l.x_name)
+                .and_then(|m| weight_error_shift(g, l.node, &w, &error, m));
+            drop(error);
             let channels = scales.len() as i64;
             let (scale_t, zp_t) = match l.axis {
                 Some(_) => (
@@ -410,14 +536,30 @@ impl Pass for InsertQdq {
                 }
                 quantized.insert(site, done);
             }
-            if let Some(b) = l.bias {
-                let g = patch.graph();
-                let bname = g.value(b).name().to_string();
-                let bv = g
-                    .value(b)
-                    .constant()
-                    .and_then(Tensor::to_f32_vec)
-                    .unwrap_or_default();
+            // The bias, shifted back by the mean error the int8 weights add; a Conv without
+            // one gets one to take the shift.
+            let g = patch.graph();
+            let bias = match (l.bias, &shift) {
+                (Some(b), _) => Some((
+                    g.value(b).name().to_string(),
+                    g.value(b)
+                        .constant()
+                        .and_then(Tensor::to_f32_vec)
+                        .unwrap_or_default(),
+                )),
+                (None, Some(shift))
+                    if g.node(l.node).is("Conv") && g.node(l.node).input(2).is_none() =>
+                {
+                    Some((format!("{base}_bias"), vec![0.0; shift.len()]))
+                }
+                _ => None,
+            };
+            if let Some((bname, mut bv)) = bias {
+                if let Some(shift) = shift.as_ref().filter(|s| s.len() == bv.len()) {
+                    for (b, d) in bv.iter_mut().zip(shift) {
+                        *b -= d;
+                    }
+                }
                 // Per channel with the weight's scales, or one scale for a per-tensor weight.
                 let bscales: Vec<f32> = match l.axis {
                     Some(_) => scales.iter().map(|&s| s_x * s).collect(),
@@ -447,9 +589,50 @@ impl Pass for InsertQdq {
                     let axis = l.axis.map(|_| 0);
                     let dq_b = dequantize(&mut patch, &bname, qt, scale, zp, axis)?;
                     patch.set_input(l.node, 2, Some(dq_b));
+                } else if shift.is_some() {
+                    let n = bv.len() as i64;
+                    let b = patch.add_initializer(
+                        &format!("{bname}_corrected"),
+                        Tensor::from_f32(vec![n], &bv),
+                    )?;
+                    patch.set_input(l.node, 2, Some(b));
                 }
             }
         }
+        if cal.placement == Placement::AroundOps {
+            residual_adds(&mut patch, &quantized, cx);
+        }
         Ok(Changed::from_count(patch.commit()?))
+    }
+}
+
+/// An Add joining two values that are both quantized (a residual connection: a block's
+/// quantized output and its quantized input) reads both through their DequantizeLinear, the
+/// pattern OpenVINO and ONNX Runtime run as an int8 add.
+fn residual_adds(
+    patch: &mut Patch,
+    quantized: &HashMap<ValueId, (ValueId, f32)>,
+    cx: &PassContext,
+) {
+    let g = patch.graph();
+    let mut joins: Vec<(NodeId, ValueId, ValueId)> = g
+        .node_ids()
+        .filter(|&n| g.node(n).is("Add") && !cx.excluded(g.node(n).name(), "Add"))
+        .filter_map(|n| {
+            let node = g.node(n);
+            // An op's quantized output already reaches its readers through its DQ.
+            let through_dq = |v: ValueId| {
+                let dq = g
+                    .producer(v)
+                    .is_some_and(|p| g.node(p).is("DequantizeLinear"));
+                dq.then_some(v).or_else(|| Some(quantized.get(&v)?.0))
+            };
+            Some((n, through_dq(node.input(0)?)?, through_dq(node.input(1)?)?))
+        })
+        .collect();
+    joins.sort();
+    for (n, a, b) in joins {
+        patch.set_input(n, 0, Some(a));
+        patch.set_input(n, 1, Some(b));
     }
 }

@@ -26,6 +26,70 @@ pub struct Stats {
     pub seen: u64,
     pub hist: Vec<u64>,
     pub hist_max: f32,
+    /// Sums along axis 1 (a Conv input's channels) and along the last axis (a matrix
+    /// product's inner dim), for bias correction.
+    pub axis1: ChannelSums,
+    pub last: ChannelSums,
+}
+
+/// Running sums of a value's elements per index of one axis: their means, once all samples
+/// are seen, are E[x] per channel.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelSums {
+    sums: Vec<f64>,
+    /// Elements summed into each channel.
+    count: u64,
+    /// Samples disagreed on the channel count: no mean.
+    mixed: bool,
+}
+
+impl ChannelSums {
+    /// Adds `values`, of dims `shape`, along `axis` (ignored when the value has no such axis).
+    pub fn observe(&mut self, values: &[f32], shape: &[usize], axis: usize) {
+        let Some(&channels) = shape.get(axis) else {
+            return;
+        };
+        if self.sums.is_empty() && !self.mixed {
+            self.sums = vec![0.0; channels];
+        }
+        if self.sums.len() != channels || channels == 0 {
+            self.mixed = true;
+            return;
+        }
+        let inner: usize = shape[axis + 1..].iter().product();
+        for (r, run) in values.chunks(inner.max(1)).enumerate() {
+            self.sums[r % channels] += run.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        self.count += (values.len() / channels) as u64;
+    }
+
+    pub fn merge(&mut self, other: &ChannelSums) {
+        if other.count == 0 && !other.mixed {
+            return;
+        }
+        if self.count == 0 && !self.mixed {
+            *self = other.clone();
+            return;
+        }
+        if self.sums.len() != other.sums.len() || other.mixed {
+            self.mixed = true;
+            return;
+        }
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += b;
+        }
+        self.count += other.count;
+    }
+
+    /// The mean per channel, when every sample had the same channels.
+    pub fn means(&self) -> Option<Vec<f32>> {
+        (!self.mixed && self.count > 0).then(|| {
+            self.sums
+                .iter()
+                .map(|s| (s / self.count as f64) as f32)
+                .collect()
+        })
+    }
 }
 
 impl Stats {
@@ -62,15 +126,20 @@ impl Stats {
     }
 
     pub fn merge(&mut self, other: &Stats) {
-        if other.seen == 0 {
+        if other.seen > 0 {
+            if self.seen == 0 {
+                (self.min, self.max) = (other.min, other.max);
+            }
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+            self.seen += other.seen;
+            self.axis1.merge(&other.axis1);
+            self.last.merge(&other.last);
+        }
+        // A histogram pass's statistics count no extremes of their own, only the bins.
+        if other.hist.is_empty() {
             return;
         }
-        if self.seen == 0 {
-            (self.min, self.max) = (other.min, other.max);
-        }
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        self.seen += other.seen;
         if self.hist.is_empty() {
             self.hist = other.hist.clone();
             self.hist_max = other.hist_max;
