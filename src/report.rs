@@ -391,6 +391,11 @@ impl Report {
                     "  left   {:<40} {:>5} channels: {why}",
                     g.name, g.channels
                 ),
+                None if g.kept == g.channels => writeln!(
+                    s,
+                    "  whole  {:<40} {:>5} channels: the ratio removes none at multiples of {}",
+                    g.name, g.channels, p.round_to
+                ),
                 None => writeln!(
                     s,
                     "  pruned {:<40} {:>5} -> {:<5} ({} producer(s))",

@@ -636,9 +636,10 @@ fn global_scope_prunes_the_least_important_channels_across_groups() {
 
 #[test]
 fn keep_counts_round_to_multiples() {
-    // At least the ratio goes, in multiples of the rounding, never below one multiple.
-    assert_eq!(prune::keep_count(64, 0.3, 8), 40);
-    assert_eq!(prune::keep_count(64, 0.25, 8), 48);
+    // The nearest multiple of the rounding, never below one multiple.
+    assert_eq!(prune::keep_count(64, 0.3, 8), 48);
+    assert_eq!(prune::keep_count(64, 0.4, 8), 40);
+    assert_eq!(prune::keep_count(16, 0.1, 8), 16);
     assert_eq!(prune::keep_count(2048, 0.3, 8), 1432);
     assert_eq!(prune::keep_count(8, 0.9, 8), 8);
     assert_eq!(prune::keep_count(10, 0.5, 1), 5);

@@ -277,13 +277,13 @@ fn l1(g: &Graph, producers: &[NodeId], channels: usize) -> Vec<f64> {
     out
 }
 
-/// How many channels of `channels` stay when at least `ratio` of them go: the largest multiple
-/// of `round_to` that leaves that many out, but never fewer than `round_to`.
+/// How many channels of `channels` stay when `ratio` of them go: the multiple of `round_to`
+/// nearest to what the ratio leaves (halves keep more), never fewer than `round_to`. Rounding
+/// down instead would take half of a 16-channel group for any ratio under one half.
 pub fn keep_count(channels: usize, ratio: f64, round_to: usize) -> usize {
     let r = round_to.max(1);
-    // The small allowance keeps a product like 64 × 0.75 = 48 from flooring to 40.
-    let want = channels as f64 * (1.0 - ratio) + 1e-9;
-    let k = ((want / r as f64).floor() as usize * r).max(r);
+    let want = channels as f64 * (1.0 - ratio);
+    let k = ((want / r as f64).round() as usize * r).max(r);
     k.min(channels)
 }
 
