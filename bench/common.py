@@ -130,3 +130,19 @@ def write_section(title, text):
         end = old.find("\n## ", start + len(title))
         old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
     results.write_text(old.rstrip() + "\n\n" + text)
+
+
+def resnet50_setup(exe, work, samples):
+    """The built-in ResNet-50 in `work`, as built and as optimized (fp32), with `samples` seeded
+    random calibration images in work/calib; and the generator, for more inputs after them."""
+    calib = work / "calib"
+    calib.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(samples):
+        np.save(calib / f"{i:04d}.npy", rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
+    src = work / "resnet50.onnx"
+    subprocess.run([exe, "zoo", "resnet50", "-o", str(src)], check=True, capture_output=True)
+    fp32 = work / "resnet50.fp32.onnx"
+    subprocess.run([exe, "optimize", str(src), "-o", str(fp32), "-q", "--no-check"], check=True,
+                   capture_output=True)
+    return calib, src, fp32, rng

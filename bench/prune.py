@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, binary, measure, ort_session, write_section  # noqa: E402
+from common import ROOT, binary, measure, ort_session, resnet50_setup, write_section  # noqa: E402
 from quant import agreement, latencies  # noqa: E402
 
 WORK = ROOT / "bench" / "work-prune"
@@ -30,12 +30,23 @@ TITLE = "## Channel pruning"
 MIB = 1024 * 1024
 
 
-def interop(path):
+def interop(path, recipe, original=None):
     """bench/interop.py on a lossy result: the checker, then ONNX Runtime and OpenVINO agreeing
-    with each other (not with the original, which a pruned model is not meant to equal)."""
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "interop.py"), str(path), "--tol", "0.1"],
-                       capture_output=True, text=True)
-    return "pass" if r.returncode == 0 else "FAIL"
+    with each other (not with the original, which a pruned model is not meant to equal). A
+    failure the original shares is a limit of a runtime, said so."""
+    def run(p):
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "interop.py"), str(p), "--tol", "0.1",
+                            "--recipe", recipe], capture_output=True, text=True)
+        return r.returncode == 0, [l for l in r.stdout.splitlines() if "FAILED" in l]
+
+    ok, failed = run(path)
+    if ok:
+        return "pass"
+    if original is not None:
+        ok0, failed0 = run(original)
+        if not ok0 and [f.split(":")[0] for f in failed] == [f.split(":")[0] for f in failed0]:
+            return "pass, but " + "; ".join(f.split(":")[0] for f in failed if "interop" not in f) + " fails on the original too"
+    return "FAIL"
 
 
 def run_ours(exe, src, out, args):
@@ -50,15 +61,7 @@ def run_ours(exe, src, out, args):
 
 
 def resnet_section(exe, samples):
-    calib = WORK / "calib"
-    calib.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(samples):
-        np.save(calib / f"{i:04d}.npy", rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
-    src = WORK / "resnet50.onnx"
-    subprocess.run([exe, "zoo", "resnet50", "-o", str(src)], check=True, capture_output=True)
-    fp32 = WORK / "resnet50.fp32.onnx"
-    subprocess.run([exe, "optimize", str(src), "-o", str(fp32), "-q", "--no-check"], check=True, capture_output=True)
+    calib, src, fp32, rng = resnet50_setup(exe, WORK, samples)
     loose = ["--min-cosine", "0", "--min-top1", "0"]
     variants = [
         ("`--prune 0.3` (L1, no samples, uncompensated)", ["--prune", "0.3", *loose]),
@@ -100,7 +103,7 @@ def resnet_section(exe, samples):
         p = rep.get("pruning") or {}
         macs = p.get("macs_after")
         prune_s = p.get("seconds")
-        ok = interop(out)
+        ok = interop(out, "resnet50")
         size = out.stat().st_size
         lines.append(
             f"| {label} | {size / MIB:.2f} | {size / 1e6:.2f} | {macs / 1e9 if macs else float('nan'):.2f} | "
@@ -192,7 +195,7 @@ def real_section(exe, calib_count, eval_count):
             lines.append(
                 f"| {name} | {ratio} | {pruned}/{len(p['groups'])} | {p['params_after'] / max(p['params_before'], 1):.1%} | "
                 f"{p['macs_after'] / max(p['macs_before'], 1):.1%} | {c_cos:.4f} / {n_cos:.4f} | {c_q} / {n_q} | "
-                f"{'yes' if c_cos > n_cos else 'no'} | {interop(out)} |")
+                f"{'yes' if c_cos > n_cos else 'no'} | {interop(out, name, src)} |")
     return lines + [""] + notes
 
 

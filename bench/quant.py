@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, binary, measure, ort_session, write_section  # noqa: E402
+from common import ROOT, binary, measure, ort_session, resnet50_setup, write_section  # noqa: E402
 
 WORK = ROOT / "bench" / "work-quant"
 TITLE = "## INT8 quantization (ResNet-50)"
@@ -81,16 +81,7 @@ def agreement(ref, path, xs):
 def section(samples):
     exe = binary()
     shutil.rmtree(WORK, ignore_errors=True)
-    calib = WORK / "calib"
-    calib.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(samples):
-        np.save(calib / f"{i:04d}.npy", rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
-    src = WORK / "resnet50.onnx"
-    subprocess.run([exe, "zoo", "resnet50", "-o", str(src)], check=True, capture_output=True)
-    fp32 = WORK / "resnet50.fp32.onnx"
-    subprocess.run([exe, "optimize", str(src), "-o", str(fp32), "-q", "--no-check"], check=True,
-                   capture_output=True)
+    calib, src, fp32, rng = resnet50_setup(exe, WORK, samples)
     rows = []
     for label, extra in [("onnxsmith int8 (default)", []), ("onnxsmith --activations uint8", ["--activations", "uint8"])]:
         out = WORK / f"ours{len(rows)}.onnx"

@@ -363,18 +363,18 @@ fn group_of(m: &Model, name: &str, opts: &PruneOptions) -> GroupReport {
 /// which returns the value to end in Conv c2 and the graph output.
 fn with_tail(tail: impl FnOnce(&mut Builder, ValueId) -> ValueId) -> Model {
     let mut b = Builder::new("t", 17, 5);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = input4(&mut b, "x", 3);
     let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let h = b.op("Relu", "act", &[h], vec![]).unwrap();
     let y = tail(&mut b, h);
     b.output(y, DType::F32, vec![]);
     b.finish("test")
+}
+
+/// A graph input f32[1, C, 4, 4].
+fn input4(b: &mut Builder, name: &str, c: i64) -> ValueId {
+    let shape = vec![Dim::Known(1), Dim::Known(c), Dim::Known(4), Dim::Known(4)];
+    b.input(name, DType::F32, shape).unwrap()
 }
 
 fn end_conv(b: &mut Builder, h: ValueId, cin: usize) -> ValueId {
@@ -471,20 +471,8 @@ fn a_group_whose_count_a_reshape_fixes_is_left() {
 #[test]
 fn a_group_joined_with_a_value_it_does_not_follow_is_left() {
     let mut b = Builder::new("t", 17, 5);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
-    let skip = b
-        .input(
-            "skip",
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(8), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = input4(&mut b, "x", 3);
+    let skip = input4(&mut b, "skip", 8);
     let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let h = b.op("Add", "add", &[h, skip], vec![]).unwrap();
     let y = end_conv(&mut b, h, 8);
@@ -565,13 +553,7 @@ fn an_excluded_group_is_left() {
 fn channels_laid_out_differently_are_not_joined() {
     // Concat(a, b) scaled by one Conv's 16 channels: the split differs, so all are left.
     let mut b = Builder::new("t", 17, 5);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = input4(&mut b, "x", 3);
     let l = conv(&mut b, x, "c1", 3, 8, 1, 1);
     let r = conv(&mut b, x, "c3", 3, 8, 1, 1);
     let cat = b
@@ -809,13 +791,7 @@ fn bad_pruning_flags_are_refused() {
 /// channel 1's bias `bias1`, BN scale γ₁ and variance σ²₁.
 fn ranked(gamma1: f32, var1: f32, bias1: f32) -> Model {
     let mut b = Builder::new("rank", 17, 9);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(2), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = input4(&mut b, "x", 2);
     let w = b.init("c1.weight", vec![4, 2, 1, 1], &[0.5; 8]).unwrap();
     let bias = b.init("c1.bias", vec![4], &[0.0, bias1, 0.0, 0.0]).unwrap();
     let h = b

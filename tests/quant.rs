@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{
     attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values, write_npy,
+    write_npy_values,
 };
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
 use onnxsmith::onnx::proto::ModelProto;
@@ -792,24 +793,6 @@ fn equalization_stops_at_a_bounded_clip() {
     );
 }
 
-/// A `.npy` of f32 `values` in `shape`.
-fn write_npy_values(path: &Path, shape: &[usize], values: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
-        dims.join(", ")
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
     // Two 1x1 Convs on x whose channels are constant 2 and 5 in every sample, so E[x] is
@@ -832,7 +815,12 @@ fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
     let dir = tempfile::tempdir().unwrap();
     let x: Vec<f32> = [2.0f32, 5.0].iter().flat_map(|&c| [c; 4]).collect();
     for i in 0..3 {
-        write_npy_values(&dir.path().join(format!("s{i}.npy")), &[1, 2, 2, 2], &x);
+        write_npy_values(
+            &dir.path().join(format!("s{i}.npy")),
+            &[1, 2, 2, 2],
+            &x,
+            false,
+        );
     }
     let run = |correct: bool| {
         let done = optimize_model(

@@ -219,6 +219,16 @@ pub fn find(g: &Graph, facts: &Facts, opset: i64) -> Groups {
     w.finish()
 }
 
+/// Whether an output of `n` past its first is read (a mask, indices, running statistics).
+fn second_output_read(g: &Graph, n: NodeId) -> bool {
+    g.node(n)
+        .outputs()
+        .iter()
+        .skip(1)
+        .flatten()
+        .any(|&v| g.is_read(v))
+}
+
 /// Ops that compute each element from the element at the same place alone.
 const UNARY: &[&str] = &[
     "Relu",
@@ -438,13 +448,7 @@ impl Walk<'_> {
                 self.consume(n, first);
             }
             _ if UNARY.contains(&op) || op == "Dropout" || op == "Cast" => {
-                if node
-                    .outputs()
-                    .iter()
-                    .skip(1)
-                    .flatten()
-                    .any(|&v| g.is_read(v))
-                {
+                if second_output_read(g, n) {
                     return refuse(
                         self,
                         format!("{} has a second output that is read", self.describe(n)),
@@ -464,13 +468,7 @@ impl Walk<'_> {
                     return refuse(self, format!("it is a parameter of {}", self.describe(n)));
                 }
                 if op == "BatchNormalization"
-                    && (node.attr_i("training_mode") == Some(1)
-                        || node
-                            .outputs()
-                            .iter()
-                            .skip(1)
-                            .flatten()
-                            .any(|&v| g.is_read(v)))
+                    && (node.attr_i("training_mode") == Some(1) || second_output_read(g, n))
                 {
                     return refuse(
                         self,
@@ -495,15 +493,7 @@ impl Walk<'_> {
             }
             _ if BINARY.contains(&op) => self.elementwise(n, &tracked),
             _ if POOL.contains(&op) => {
-                if first.block != 1
-                    || first.axis != 1
-                    || node
-                        .outputs()
-                        .iter()
-                        .skip(1)
-                        .flatten()
-                        .any(|&v| g.is_read(v))
-                {
+                if first.block != 1 || first.axis != 1 || second_output_read(g, n) {
                     return refuse(
                         self,
                         format!(
