@@ -6,6 +6,7 @@
 //! written.
 
 mod common;
+mod gen;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -188,6 +189,26 @@ fn exercise(bytes: Vec<u8>) -> usize {
     let _ = model.to_proto().map(|p| p.encode_to_vec());
     3
 }
+
+/// Writes the seed corpus of the coverage-guided fuzzers (fuzz/seeds/): the two models above
+/// and a few random valid graphs, which between them hold most ops the passes rewrite.
+/// `ONNXSMITH_FUZZ_SEEDS=fuzz/seeds cargo test --test fuzz write_fuzz_seeds -- --ignored`
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = std::path::PathBuf::from(std::env::var("ONNXSMITH_FUZZ_SEEDS").expect("a directory"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let named = ["conv_bn", "if"].map(String::from).into_iter().zip(seeds());
+    let generated = GENERATED_SEEDS
+        .iter()
+        .map(|&s| (format!("graph-{s}"), gen::graph(s).encode_to_vec()));
+    for (name, bytes) in named.chain(generated) {
+        std::fs::write(dir.join(format!("{name}.onnx")), bytes).unwrap();
+    }
+}
+
+/// Differential-generator seeds whose graphs are small (a few KB) and varied.
+const GENERATED_SEEDS: &[u64] = &[0, 1, 2, 3, 4, 5];
 
 #[test]
 fn damaged_models_give_errors_not_panics() {
