@@ -4,12 +4,19 @@ wrong rewrite from a tract bug (when tract says they differ and ONNX Runtime say
 
     bench/.venv/bin/python fuzz/ort_compare.py DIR/seed-N.original.onnx DIR/seed-N.optimized.onnx
 
-Prints, per output, the largest difference between the two models in ONNX Runtime.
+Prints, per output, the largest difference between the two models in ONNX Runtime. To tell
+which of the two tract gets wrong, it also writes ONNX Runtime's outputs for the original as a
+model of constants (seed-N.ort.onnx) and the inputs (seed-N.inputs.npz), so that
+
+    onnxsmith verify DIR/seed-N.optimized.onnx DIR/seed-N.ort.onnx --inputs-npz DIR/seed-N.inputs.npz
+
+judges tract's run of either graph against ONNX Runtime's.
 """
 import sys
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 import onnxruntime as ort
 
 TYPES = {1: np.float32, 7: np.int64, 9: np.bool_, 11: np.float64}
@@ -35,12 +42,19 @@ def run(path, feeds):
 
 
 def main(a, b):
-    feeds = inputs(onnx.load(a))
+    model = onnx.load(a)
+    feeds = inputs(model)
     ra, rb = run(a, feeds), run(b, feeds)
     for name, x in ra.items():
         y = rb[name]
         d = float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0
         print(f"{name}: shape {list(x.shape)}, max |original - optimized| in ORT {d:.3e}")
+    stem = a.rsplit(".original.onnx", 1)[0]
+    np.savez(f"{stem}.inputs.npz", **feeds)
+    nodes = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(v)) for n, v in ra.items()]
+    g = helper.make_graph(nodes, "ort", list(model.graph.input), list(model.graph.output))
+    ref = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    onnx.save(ref, f"{stem}.ort.onnx")
 
 
 if __name__ == "__main__":
