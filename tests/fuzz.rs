@@ -256,3 +256,27 @@ fn batch_normalization_of_a_rank_1_value_never_reaches_tract() {
         other => panic!("expected unverified, got {other:?}"),
     }
 }
+
+#[test]
+fn transpose_whose_perm_repeats_an_axis_never_reaches_tract() {
+    // Found by the pipeline fuzzer: tract turns a Transpose into axis moves and, for a perm
+    // that repeats an axis, grows that list until memory runs out, in shape inference already.
+    let mut t = node("Transpose", "t", &["x"], &["y"]);
+    t.attribute.push(common::attr_ints("perm", &[1, 2, 1]));
+    let p = model_io(
+        vec![t],
+        vec![f32_info("x", &[1, 2, 3])],
+        vec![f32_info("y", &[2, 3, 2])],
+        vec![],
+    );
+    let m = Model::from_proto(p).unwrap();
+    assert_eq!(exercise(m.to_proto().unwrap().encode_to_vec()), 3);
+    let outcome = onnxsmith::check::compare_models(&m, &m, &Default::default()).unwrap();
+    match outcome {
+        onnxsmith::check::Outcome::Unverified(why) => {
+            assert!(why.contains("Transpose at node 't'"), "{why}");
+            assert!(why.contains("not a permutation"), "{why}");
+        }
+        other => panic!("expected unverified, got {other:?}"),
+    }
+}
