@@ -280,3 +280,42 @@ fn transpose_whose_perm_repeats_an_axis_never_reaches_tract() {
         other => panic!("expected unverified, got {other:?}"),
     }
 }
+
+#[test]
+fn a_conv_inside_a_constant_cone_is_not_evaluated_with_it() {
+    // Found by the pipeline fuzzer (fuzz/crashes/conv-of-a-folded-scalar.onnx): folding handed
+    // tract a cone ending in a Conv of a scalar that a Mul computes, the guard saw no rank for
+    // that input, and tract read the channel axis out of bounds (which only a build of tract
+    // with debug assertions stops, so the test asks the evaluator directly). Evaluated alone,
+    // once the Mul is folded, the Conv meets the guard.
+    let mut conv = node("Conv", "conv", &["s", "W"], &["y"]);
+    conv.attribute.push(common::attr_ints("kernel_shape", &[1]));
+    let p = model_io(
+        vec![node("Mul", "mul", &["a", "b"], &["s"]), conv],
+        vec![f32_info("x", &[1])],
+        vec![f32_info("y", &[1, 1, 1])],
+        vec![
+            f32_tensor("a", &[], &[2.0]),
+            f32_tensor("b", &[], &[3.0]),
+            f32_tensor("W", &[1, 1, 1], &[1.0]),
+        ],
+    );
+    let mut m = Model::from_proto(p).unwrap();
+    let g = &m.graph;
+    let cone: Vec<_> = g.node_ids().collect();
+    let y = g.outputs()[0].value;
+    let refused = onnxsmith::runtime::Evaluator::of(&m)
+        .evaluate(g, &cone, &[y])
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("computed first"),
+        "{refused:#}"
+    );
+    run_pipeline(&mut m, &PipelineOptions::default()).unwrap();
+    let ops: Vec<String> = m
+        .graph
+        .node_ids()
+        .map(|n| m.graph.node(n).op().to_string())
+        .collect();
+    assert_eq!(ops, ["Conv"], "the Mul folds, the Conv stays");
+}
