@@ -944,3 +944,24 @@ fn keeps_a_noop_whose_declared_output_type_clashes() {
         "declared types of its input and output clash",
     );
 }
+
+#[test]
+fn merges_unsqueezes_of_an_axis_past_any_rank_without_listing_it() {
+    // Found by the coverage-guided fuzzer: an axis of 2^33 + 1 (invalid, so tract infers no
+    // rank and nothing checks it) made the renumbering list every position up to it, and the
+    // process ran out of memory. The merged op keeps the invalid axis, renumbered like any.
+    let far = (1i64 << 33) + 1;
+    let p = squeezes(
+        ["Unsqueeze", "Unsqueeze"],
+        [&[0, far], &[2]],
+        &[1, 2, 1, 3],
+        17,
+    );
+    let (out, _) = run_passes(&lift(p), &["merge-squeezes", "dead-code"]);
+    assert_eq!(count_op(&out, "Unsqueeze"), 1);
+    let printed = onnxsmith::ir::print::print_model(&out);
+    assert!(
+        printed.contains(&format!("[0, 2, {}]", far + 1)),
+        "{printed}"
+    );
+}

@@ -102,7 +102,8 @@ fn class(v: &Verdict) -> Option<String> {
 /// skipped) the same way: drops graph outputs, then bypasses nodes (their readers read the
 /// node's first input instead), and prints what is left after dead code. A tool for turning
 /// a failure into a regression test:
-/// `ONNXSMITH_DIFF_MINIMIZE=17 cargo test --test differential minimize -- --ignored --nocapture`
+/// `ONNXSMITH_DIFF_MINIMIZE=17 cargo test --test differential minimize -- --ignored --nocapture`;
+/// with `ONNXSMITH_DIFF_SAVE=DIR` it also writes what is left, before and after the pipeline.
 #[test]
 #[ignore]
 fn minimize() {
@@ -169,6 +170,17 @@ fn minimize() {
     };
     onnxsmith::passes::run_pipeline(&mut m, &opts).unwrap();
     println!("{target}\n{}", print_model(&m));
+    // To tell a wrong rewrite from a tract bug, the graph and its optimized form can be run
+    // elsewhere (fuzz/ort_compare.py runs both in ONNX Runtime).
+    if let Ok(dir) = std::env::var("ONNXSMITH_DIFF_SAVE") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let (optimized, _) = run_passes(&m, &PipelineOptions::default()).unwrap();
+        for (model, name) in [(&m, "original"), (&optimized, "optimized")] {
+            let path = dir.join(format!("seed-{seed}.{name}.onnx"));
+            onnxsmith::save(model, &path, Default::default()).unwrap();
+        }
+    }
 }
 
 #[test]

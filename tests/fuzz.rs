@@ -6,6 +6,7 @@
 //! written.
 
 mod common;
+mod gen;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -189,6 +190,26 @@ fn exercise(bytes: Vec<u8>) -> usize {
     3
 }
 
+/// Writes the seed corpus of the coverage-guided fuzzers (fuzz/seeds/): the two models above
+/// and a few random valid graphs, which between them hold most ops the passes rewrite.
+/// `ONNXSMITH_FUZZ_SEEDS=fuzz/seeds cargo test --test fuzz write_fuzz_seeds -- --ignored`
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = std::path::PathBuf::from(std::env::var("ONNXSMITH_FUZZ_SEEDS").expect("a directory"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let named = ["conv_bn", "if"].map(String::from).into_iter().zip(seeds());
+    let generated = GENERATED_SEEDS
+        .iter()
+        .map(|&s| (format!("graph-{s}"), gen::graph(s).encode_to_vec()));
+    for (name, bytes) in named.chain(generated) {
+        std::fs::write(dir.join(format!("{name}.onnx")), bytes).unwrap();
+    }
+}
+
+/// Differential-generator seeds whose graphs are small (a few KB) and varied.
+const GENERATED_SEEDS: &[u64] = &[0, 1, 2, 3, 4, 5];
+
 #[test]
 fn damaged_models_give_errors_not_panics() {
     let seeds = seeds();
@@ -234,4 +255,67 @@ fn batch_normalization_of_a_rank_1_value_never_reaches_tract() {
         }
         other => panic!("expected unverified, got {other:?}"),
     }
+}
+
+#[test]
+fn transpose_whose_perm_repeats_an_axis_never_reaches_tract() {
+    // Found by the pipeline fuzzer: tract turns a Transpose into axis moves and, for a perm
+    // that repeats an axis, grows that list until memory runs out, in shape inference already.
+    let mut t = node("Transpose", "t", &["x"], &["y"]);
+    t.attribute.push(common::attr_ints("perm", &[1, 2, 1]));
+    let p = model_io(
+        vec![t],
+        vec![f32_info("x", &[1, 2, 3])],
+        vec![f32_info("y", &[2, 3, 2])],
+        vec![],
+    );
+    let m = Model::from_proto(p).unwrap();
+    assert_eq!(exercise(m.to_proto().unwrap().encode_to_vec()), 3);
+    let outcome = onnxsmith::check::compare_models(&m, &m, &Default::default()).unwrap();
+    match outcome {
+        onnxsmith::check::Outcome::Unverified(why) => {
+            assert!(why.contains("Transpose at node 't'"), "{why}");
+            assert!(why.contains("not a permutation"), "{why}");
+        }
+        other => panic!("expected unverified, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_conv_inside_a_constant_cone_is_not_evaluated_with_it() {
+    // Found by the pipeline fuzzer (fuzz/crashes/conv-of-a-folded-scalar.onnx): folding handed
+    // tract a cone ending in a Conv of a scalar that a Mul computes, the guard saw no rank for
+    // that input, and tract read the channel axis out of bounds (which only a build of tract
+    // with debug assertions stops, so the test asks the evaluator directly). Evaluated alone,
+    // once the Mul is folded, the Conv meets the guard.
+    let mut conv = node("Conv", "conv", &["s", "W"], &["y"]);
+    conv.attribute.push(common::attr_ints("kernel_shape", &[1]));
+    let p = model_io(
+        vec![node("Mul", "mul", &["a", "b"], &["s"]), conv],
+        vec![f32_info("x", &[1])],
+        vec![f32_info("y", &[1, 1, 1])],
+        vec![
+            f32_tensor("a", &[], &[2.0]),
+            f32_tensor("b", &[], &[3.0]),
+            f32_tensor("W", &[1, 1, 1], &[1.0]),
+        ],
+    );
+    let mut m = Model::from_proto(p).unwrap();
+    let g = &m.graph;
+    let cone: Vec<_> = g.node_ids().collect();
+    let y = g.outputs()[0].value;
+    let refused = onnxsmith::runtime::Evaluator::of(&m)
+        .evaluate(g, &cone, &[y])
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("computed first"),
+        "{refused:#}"
+    );
+    run_pipeline(&mut m, &PipelineOptions::default()).unwrap();
+    let ops: Vec<String> = m
+        .graph
+        .node_ids()
+        .map(|n| m.graph.node(n).op().to_string())
+        .collect();
+    assert_eq!(ops, ["Conv"], "the Mul folds, the Conv stays");
 }

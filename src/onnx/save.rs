@@ -40,6 +40,9 @@ pub struct SaveOptions {
     pub threshold: usize,
 }
 
+/// Bytes of external data written between handing pages of the input back.
+const WRITE_CHUNK: usize = 16 << 20;
+
 impl Default for SaveOptions {
     fn default() -> Self {
         SaveOptions {
@@ -98,7 +101,15 @@ pub fn stage_model(mut model: ModelProto, path: &Path, opts: SaveOptions) -> Res
         }
         staged.append(stage(&data_path, |w| {
             for p in &payloads {
-                w.write_all(p)?;
+                // A payload mapped from the input is read once here, so its pages go back as
+                // soon as they are written: else writing a model keeps all of it resident, as
+                // much memory as the file is large, and a single large tensor alone as much as
+                // it is large.
+                for at in (0..p.len()).step_by(WRITE_CHUNK) {
+                    let chunk = p.slice(at..(at + WRITE_CHUNK).min(p.len()));
+                    w.write_all(&chunk)?;
+                    super::mapping::forget_resident(&chunk);
+                }
             }
             Ok(())
         })?);

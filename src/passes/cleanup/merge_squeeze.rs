@@ -31,12 +31,17 @@ pub struct Merge {
 }
 
 /// The positions of a frame left after taking out `taken` (sorted), picked by `picks`.
+/// Counted, not listed: where the rank is unknown an axis is not range-checked, and listing
+/// the free positions up to an axis of 2^33 took all memory.
 fn renumber(taken: &[i64], picks: &[i64]) -> Vec<i64> {
-    let free: Vec<i64> = (0..)
-        .filter(|i| !taken.contains(i))
-        .take(picks.iter().max().map_or(0, |&m| m as usize + 1))
-        .collect();
-    picks.iter().map(|&p| free[p as usize]).collect()
+    picks
+        .iter()
+        .map(|&p| {
+            taken
+                .iter()
+                .fold(p, |at, &t| if t <= at { at + 1 } else { at })
+        })
+        .collect()
 }
 
 fn match_at(g: &Graph, n: NodeId, look: &Look) -> Result<Merge, Refusal> {
