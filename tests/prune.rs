@@ -121,13 +121,7 @@ fn gemm(b: &mut Builder, x: ValueId, name: &str, k: usize, m: usize, out: &str) 
 /// project, BatchNormalization and Relu6 between, a residual Add where shapes allow), head.
 fn mobilenet() -> Model {
     let mut b = Builder::new("mobilenet", 17, 7);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(3), Dim::Known(32), Dim::Known(32)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 3, 32);
     let mut h = conv(&mut b, x, "stem", 3, 16, 3, 1);
     h = bn(&mut b, h, "stem.bn", 16);
     h = relu6(&mut b, h, "stem.act");
@@ -161,13 +155,7 @@ fn mobilenet() -> Model {
 /// then Flatten of a 4×4 map into a Gemm.
 fn concat_se() -> Model {
     let mut b = Builder::new("concat_se", 17, 11);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(3), Dim::Known(8), Dim::Known(8)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 3, 8);
     let l = conv(&mut b, x, "left", 3, 16, 3, 1);
     let l = b.op("Relu", "left.act", &[l], vec![]).unwrap();
     let r = conv(&mut b, x, "right", 3, 16, 1, 1);
@@ -332,13 +320,7 @@ fn pruning_through_concat_squeeze_excite_and_flatten_is_exact() {
 #[test]
 fn prune_before_after_snapshot() {
     let mut b = Builder::new("small", 17, 3);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(2), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 2, 4);
     let h = conv(&mut b, x, "c1", 2, 4, 3, 1);
     let h = bn(&mut b, h, "bn1", 4);
     let h = b.op("Relu", "act", &[h], vec![]).unwrap();
@@ -363,7 +345,7 @@ fn group_of(m: &Model, name: &str, opts: &PruneOptions) -> GroupReport {
 /// which returns the value to end in Conv c2 and the graph output.
 fn with_tail(tail: impl FnOnce(&mut Builder, ValueId) -> ValueId) -> Model {
     let mut b = Builder::new("t", 17, 5);
-    let x = input4(&mut b, "x", 3);
+    let x = image4(&mut b, "x", 3);
     let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let h = b.op("Relu", "act", &[h], vec![]).unwrap();
     let y = tail(&mut b, h);
@@ -371,10 +353,15 @@ fn with_tail(tail: impl FnOnce(&mut Builder, ValueId) -> ValueId) -> Model {
     b.finish("test")
 }
 
-/// A graph input f32[1, C, 4, 4].
-fn input4(b: &mut Builder, name: &str, c: i64) -> ValueId {
-    let shape = vec![Dim::Known(1), Dim::Known(c), Dim::Known(4), Dim::Known(4)];
+/// A graph input f32[batch, C, S, S].
+fn image(b: &mut Builder, name: &str, batch: Dim, c: i64, s: i64) -> ValueId {
+    let shape = vec![batch, Dim::Known(c), Dim::Known(s), Dim::Known(s)];
     b.input(name, DType::F32, shape).unwrap()
+}
+
+/// A graph input f32[1, C, 4, 4].
+fn image4(b: &mut Builder, name: &str, c: i64) -> ValueId {
+    image(b, name, Dim::Known(1), c, 4)
 }
 
 fn end_conv(b: &mut Builder, h: ValueId, cin: usize) -> ValueId {
@@ -471,8 +458,8 @@ fn a_group_whose_count_a_reshape_fixes_is_left() {
 #[test]
 fn a_group_joined_with_a_value_it_does_not_follow_is_left() {
     let mut b = Builder::new("t", 17, 5);
-    let x = input4(&mut b, "x", 3);
-    let skip = input4(&mut b, "skip", 8);
+    let x = image4(&mut b, "x", 3);
+    let skip = image4(&mut b, "skip", 8);
     let h = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let h = b.op("Add", "add", &[h, skip], vec![]).unwrap();
     let y = end_conv(&mut b, h, 8);
@@ -553,7 +540,7 @@ fn an_excluded_group_is_left() {
 fn channels_laid_out_differently_are_not_joined() {
     // Concat(a, b) scaled by one Conv's 16 channels: the split differs, so all are left.
     let mut b = Builder::new("t", 17, 5);
-    let x = input4(&mut b, "x", 3);
+    let x = image4(&mut b, "x", 3);
     let l = conv(&mut b, x, "c1", 3, 8, 1, 1);
     let r = conv(&mut b, x, "c3", 3, 8, 1, 1);
     let cat = b
@@ -644,13 +631,7 @@ fn slicing_keeps_the_chosen_indices_of_an_axis() {
 /// calibration directory of `count` seeded samples.
 fn compensation_fixture(dir: &std::path::Path, count: usize) -> Model {
     let mut b = Builder::new("comp", 17, 21);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(3), Dim::Known(8), Dim::Known(8)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 3, 8);
     let h = conv(&mut b, x, "c1", 3, 16, 3, 1);
     let h = b.op("Relu", "a1", &[h], vec![]).unwrap();
     let h = conv(&mut b, h, "c2", 16, 16, 1, 1);
@@ -791,7 +772,7 @@ fn bad_pruning_flags_are_refused() {
 /// channel 1's bias `bias1`, BN scale γ₁ and variance σ²₁.
 fn ranked(gamma1: f32, var1: f32, bias1: f32) -> Model {
     let mut b = Builder::new("rank", 17, 9);
-    let x = input4(&mut b, "x", 2);
+    let x = image4(&mut b, "x", 2);
     let w = b.init("c1.weight", vec![4, 2, 1, 1], &[0.5; 8]).unwrap();
     let bias = b.init("c1.bias", vec![4], &[0.0, bias1, 0.0, 0.0]).unwrap();
     let h = b
@@ -881,13 +862,7 @@ fn activation_importance_drops_a_channel_that_never_fires() {
 /// Split into both parts (`sizes` as given, `None` for equal parts).
 fn concat_cut(opset: i64, split_sizes: Option<&[i64]>, slice: (i64, i64)) -> Model {
     let mut b = Builder::new("cut", opset, 13);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 3, 4);
     let l = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let l = b.op("Relu", "l.act", &[l], vec![]).unwrap();
     let r = conv(&mut b, x, "c3", 3, 8, 3, 1);
@@ -1029,13 +1004,7 @@ fn compensation_finds_its_readers_when_nodes_have_no_names() {
 #[test]
 fn flattened_parts_concatenated_are_left() {
     let mut b = Builder::new("flatcat", 17, 5);
-    let x = b
-        .input(
-            "x",
-            DType::F32,
-            vec![n(), Dim::Known(3), Dim::Known(4), Dim::Known(4)],
-        )
-        .unwrap();
+    let x = image(&mut b, "x", n(), 3, 4);
     let l = conv(&mut b, x, "c1", 3, 8, 3, 1);
     let r = conv(&mut b, x, "c3", 3, 8, 3, 1);
     let fl = b

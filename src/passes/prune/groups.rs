@@ -1267,74 +1267,19 @@ impl Walk<'_> {
                 }
             }
         }
-        let edits = self
-            .edits
-            .iter()
-            .map(|e| match e {
-                Edit::Out { node, group } => Edit::Out {
-                    node: *node,
-                    group: dense[&roots[*group]],
-                },
-                Edit::Tied { node, layout } => Edit::Tied {
-                    node: *node,
-                    layout: remap(layout),
-                },
-                Edit::Param {
-                    node,
-                    slot,
-                    axis,
-                    layout,
-                } => Edit::Param {
-                    node: *node,
-                    slot: *slot,
-                    axis: *axis,
-                    layout: remap(layout),
-                },
-                Edit::In { node, layout } => Edit::In {
-                    node: *node,
-                    layout: remap(layout),
-                },
-                Edit::Target {
-                    node,
-                    slot,
-                    index,
-                    layout,
-                } => Edit::Target {
-                    node: *node,
-                    slot: *slot,
-                    index: *index,
-                    layout: remap(layout),
-                },
-                Edit::Dim { value, layout } => Edit::Dim {
-                    value: *value,
-                    layout: remap(layout),
-                },
-                Edit::Slice {
-                    node,
-                    index,
-                    from,
-                    to,
-                    layout,
-                } => Edit::Slice {
-                    node: *node,
-                    index: *index,
-                    from: *from,
-                    to: *to,
-                    layout: remap(layout),
-                },
-                Edit::Split {
-                    node,
-                    parts,
-                    sizes,
-                    layout,
-                } => Edit::Split {
-                    node: *node,
-                    parts: parts.clone(),
-                    sizes: *sizes,
-                    layout: remap(layout),
-                },
-            })
-            .collect();
+        let mut edits = std::mem::take(&mut self.edits);
+        for e in &mut edits {
+            match e {
+                Edit::Out { group, .. } => *group = dense[&roots[*group]],
+                Edit::Tied { layout, .. }
+                | Edit::Param { layout, .. }
+                | Edit::In { layout, .. }
+                | Edit::Target { layout, .. }
+                | Edit::Dim { layout, .. }
+                | Edit::Slice { layout, .. }
+                | Edit::Split { layout, .. } => *layout = remap(layout),
+            }
+        }
         Groups { groups, edits }
     }
 }
