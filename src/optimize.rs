@@ -159,8 +159,8 @@ fn transform(
         let t = Instant::now();
         progress.step("finding channel groups");
         let calibration = samples.map(|s| s.calibration.as_slice());
-        let (plan, groups, fallbacks) =
-            prune::select(&float, p, calibration, &BnScales::of(original))?;
+        let chosen = prune::select(&float, p, calibration, &BnScales::of(original))?;
+        let plan = chosen.plan;
         progress.step("removing channels");
         let (mut result, more) = prune::prune(&float, plan.clone(), &opts.pipeline)?;
         report.extend(more);
@@ -180,12 +180,12 @@ fn transform(
             importance: p.importance,
             scope: p.scope,
             round_to: p.round_to,
-            groups,
+            groups: chosen.groups,
             params_before: Summary::of(&float).param_count(),
             params_after: Summary::of(&result).param_count(),
-            macs_before: prune::macs(&float),
+            macs_before: chosen.macs,
             macs_after: prune::macs(&result),
-            importance_fallbacks: fallbacks,
+            importance_fallbacks: chosen.fallbacks,
             compensation,
             uncompensated: None,
             seconds: t.elapsed().as_secs_f64(),

@@ -10,7 +10,7 @@ use onnxsmith::check::{compare_models, CheckOptions, Outcome};
 use onnxsmith::ir::{Attr, DType, Dim, Model, Patch, Tensor, ValueId};
 use onnxsmith::optimize::run_passes;
 use onnxsmith::passes::prune::groups::Edit;
-use onnxsmith::passes::prune::remove::{slice_axis, Plan};
+use onnxsmith::passes::prune::remove::{slice_axis, weight_axes, Plan};
 use onnxsmith::passes::prune::{self, BnScales, GroupReport, PruneOptions, Scope};
 use onnxsmith::passes::PipelineOptions;
 use onnxsmith::report::CheckStatus;
@@ -200,7 +200,8 @@ fn opts(ratio: f64, round_to: usize) -> PruneOptions {
 /// The simplified model and the plan `opts` makes for it.
 fn plan(m: &Model, opts: &PruneOptions) -> (Model, Plan, Vec<GroupReport>) {
     let (simplified, _) = run_passes(m, &PipelineOptions::default()).unwrap();
-    let (plan, reports, _) = prune::select(&simplified, opts, None, &BnScales::of(m)).unwrap();
+    let chosen = prune::select(&simplified, opts, None, &BnScales::of(m)).unwrap();
+    let (plan, reports) = (chosen.plan, chosen.groups);
     (simplified, plan, reports)
 }
 
@@ -215,12 +216,7 @@ fn zero_readers(m: &Model, plan: &Plan) -> Model {
         let keep = layout.kept(&plan.kept);
         let g = p.graph();
         let nd = g.node(*node);
-        let axis = match nd.op() {
-            "ConvTranspose" => 0,
-            "Gemm" if nd.attr_i("transB") == Some(1) => 1,
-            "Gemm" | "MatMul" => 0,
-            _ => 1,
-        };
+        let (_, axis) = weight_axes(nd);
         let w = nd.input(1).unwrap();
         let t = g.value(w).constant().unwrap();
         let dims: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
@@ -333,9 +329,9 @@ fn prune_before_after_snapshot() {
 
 /// The report of the group whose first producer is `name` in `m` (not simplified).
 fn group_of(m: &Model, name: &str, opts: &PruneOptions) -> GroupReport {
-    let (plan, reports, _) = prune::select(m, opts, None, &BnScales::default()).unwrap();
-    let _ = plan;
-    reports
+    prune::select(m, opts, None, &BnScales::default())
+        .unwrap()
+        .groups
         .into_iter()
         .find(|g| g.name == name)
         .unwrap_or_else(|| panic!("no group made by '{name}'"))
@@ -819,7 +815,8 @@ fn kept_with(
         importance,
         ..Default::default()
     };
-    let (plan, reports, _) = prune::select(&simplified, &o, samples, &BnScales::of(m)).unwrap();
+    let chosen = prune::select(&simplified, &o, samples, &BnScales::of(m)).unwrap();
+    let (plan, reports) = (chosen.plan, chosen.groups);
     let at = reports.iter().position(|g| g.name == "c1").unwrap();
     plan.kept[at].clone()
 }

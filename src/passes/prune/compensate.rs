@@ -336,15 +336,8 @@ fn fit(before: &Model, r: &Reader) -> Option<Fit> {
     let (dims, w) = w0;
     let gemm = orig.is("Gemm");
     let trans_b = orig.attr_i("transB") == Some(1);
-    let (outs, ins) = if gemm {
-        if trans_b {
-            (dims[0] as usize, dims[1] as usize)
-        } else {
-            (dims[1] as usize, dims[0] as usize)
-        }
-    } else {
-        (dims[0] as usize, dims[1] as usize)
-    };
+    let (out_axis, in_axis) = super::remove::weight_axes(orig);
+    let (outs, ins) = (dims[out_axis] as usize, dims[in_axis] as usize);
     if ins != r.width || r.count == 0.0 {
         return None;
     }

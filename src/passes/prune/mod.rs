@@ -152,13 +152,23 @@ pub struct PruneReport {
     pub seconds: f64,
 }
 
+/// What [`select`] chose, and what it measured on the way.
+pub struct Selection {
+    pub plan: Plan,
+    pub groups: Vec<GroupReport>,
+    /// Groups whose importance fell back to L1.
+    pub fallbacks: usize,
+    /// The model's MACs (see [`macs`]), from the facts the analysis inferred.
+    pub macs: u64,
+}
+
 /// Chooses what each group keeps on the simplified `model`.
 pub fn select(
     model: &Model,
     opts: &PruneOptions,
     samples: Option<&[Vec<HostTensor>]>,
     bn: &BnScales,
-) -> Result<(Plan, Vec<GroupReport>, usize)> {
+) -> Result<Selection> {
     let g = &model.graph;
     let facts = infer_facts(model);
     let mut found = groups::find(g, &facts, model.opset("").unwrap_or(1));
@@ -188,14 +198,15 @@ pub fn select(
             left: grp.left.clone(),
         })
         .collect();
-    Ok((
-        Plan {
+    Ok(Selection {
+        plan: Plan {
             groups: found,
             kept,
         },
-        reports,
+        groups: reports,
         fallbacks,
-    ))
+        macs: macs_with(model, &facts),
+    })
 }
 
 /// Per group, one importance per channel (empty for groups left alone); and how many groups
@@ -259,12 +270,7 @@ fn l1(g: &Graph, producers: &[NodeId], channels: usize) -> Vec<f64> {
         };
         let Some(w) = t.to_f32_vec() else { continue };
         let dims: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
-        let axis = match node.op() {
-            "ConvTranspose" => 1,
-            "Gemm" if node.attr_i("transB") == Some(1) => 0,
-            "Gemm" | "MatMul" => 1,
-            _ => 0,
-        };
+        let (axis, _) = remove::weight_axes(node);
         if dims.get(axis) != Some(&channels) {
             continue;
         }

@@ -15,7 +15,7 @@
 use anyhow::{anyhow, Result};
 
 use super::groups::{Edit, Groups, Layout, Sizes};
-use crate::ir::{Attr, Dim, Model, NodeId, Patch, Slot, Tensor, Type};
+use crate::ir::{Attr, Dim, Model, Node, NodeId, Patch, Slot, Tensor, Type};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// What to remove: the groups of the graph as it is, and the channels each group keeps.
@@ -61,9 +61,9 @@ impl Pass for PruneChannels {
     }
 }
 
-/// Where a weight holds its output and input channels, by op.
-fn weight_axes(p: &Patch, n: NodeId) -> (usize, usize) {
-    let node = p.graph().node(n);
+/// The axes of a Conv, ConvTranspose, Gemm or MatMul weight that hold its output and its input
+/// channels.
+pub fn weight_axes(node: &Node) -> (usize, usize) {
     match node.op() {
         "ConvTranspose" => (1, 0),
         "Gemm" if node.attr_i("transB") == Some(1) => (0, 1),
@@ -80,7 +80,7 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
             if keep.len() == channels {
                 return Ok(false);
             }
-            let (out, _) = weight_axes(p, *node);
+            let (out, _) = weight_axes(p.graph().node(*node));
             slice_input(p, *node, 1, out, keep)?;
             let bias = p.graph().node(*node).input(2);
             if let Some(b) = bias.and_then(|b| p.graph().value(b).constant()) {
@@ -116,7 +116,7 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
             let Some(keep) = plan.kept(layout) else {
                 return Ok(false);
             };
-            let (_, input) = weight_axes(p, *node);
+            let (_, input) = weight_axes(p.graph().node(*node));
             slice_input(p, *node, 1, input, &keep)?;
         }
         Edit::Target {
