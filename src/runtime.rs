@@ -248,6 +248,14 @@ impl HostTensor {
         dtype_of(self.0.datum_type())
     }
 
+    /// Values of a float tensor as f32, borrowed when they are f32 already.
+    pub fn f32_values(&self) -> Option<std::borrow::Cow<'_, [f32]>> {
+        match self.0.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()) {
+            Ok(v) => Some(std::borrow::Cow::Borrowed(v)),
+            Err(_) => self.to_f32().map(std::borrow::Cow::Owned),
+        }
+    }
+
     /// Values of a float tensor as f32, for calibration statistics. `None` for other types.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         if !self.0.datum_type().is_float() {

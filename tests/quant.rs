@@ -373,8 +373,7 @@ fn range_methods_on_known_distributions() {
     // Uniform in [-1, 1]: the extremes are 1, half the magnitudes lie below 0.5.
     let uniform: Vec<f32> = (0..100_000).map(|i| i as f32 / 50_000.0 - 1.0).collect();
     let mut st = Stats::default();
-    st.observe_extremes(&uniform);
-    st.observe_histogram(&uniform);
+    st.observe(&uniform, true);
     assert!((st.threshold(Method::MinMax) - 1.0).abs() < 1e-6);
     assert!((st.threshold(Method::Percentile(50.0)) - 0.5).abs() < 2e-3);
     assert!((st.threshold(Method::Percentile(100.0)) - 1.0).abs() < 1e-3);
@@ -383,13 +382,51 @@ fn range_methods_on_known_distributions() {
     let mut spiky: Vec<f32> = values(100_000, 3).iter().map(|v| v * 0.1).collect();
     spiky.extend([50.0, -50.0]);
     let mut st = Stats::default();
-    st.observe_extremes(&spiky);
-    st.observe_histogram(&spiky);
+    st.observe(&spiky, true);
     assert_eq!(st.threshold(Method::MinMax), 50.0);
     let entropy = st.threshold(Method::Entropy);
     assert!(entropy < 5.0, "entropy threshold {entropy}");
     assert!(entropy > 0.05, "entropy threshold {entropy}");
     assert!(st.threshold(Method::Percentile(99.9)) < 1.0);
+}
+
+#[test]
+fn one_pass_histograms_agree_with_one_shot_whatever_the_order() {
+    // Samples whose magnitudes grow (each one widens the range several times), split between
+    // two workers and merged, against all values seen at once.
+    let all: Vec<f32> = values(60_000, 7)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i / 10_000) as f32 * 3.0))
+        .collect();
+    let mut once = Stats::default();
+    once.observe(&all, true);
+    let (mut a, mut b) = (Stats::default(), Stats::default());
+    for (k, sample) in all.chunks(10_000).enumerate() {
+        if k % 2 == 0 { &mut a } else { &mut b }.observe(sample, true);
+    }
+    let mut streamed = Stats::default();
+    streamed.merge(&b);
+    streamed.merge(&a);
+    assert_eq!(streamed.seen, once.seen);
+    assert_eq!(
+        streamed.threshold(Method::MinMax),
+        once.threshold(Method::MinMax)
+    );
+    // Widening merges bins, so a streamed threshold may land one coarse bin off.
+    let width = 2.0 * once.amax() / 2048.0;
+    for method in [
+        Method::Percentile(99.0),
+        Method::Percentile(99.99),
+        Method::Entropy,
+    ] {
+        let (s, o) = (streamed.threshold(method), once.threshold(method));
+        assert!(
+            (s - o).abs() <= width,
+            "{method:?}: streamed {s}, at once {o}"
+        );
+        assert!(s > 0.0 && s <= once.amax());
+    }
 }
 
 /// `optimize --quantize int8 --calib DIR` on the small net; (exit code, stderr).
@@ -905,16 +942,23 @@ fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
             ]
         })
         .collect();
-    let values_seen = ["x".to_string()];
+    let watch = [onnxsmith::passes::quant::calibrate::Watch {
+        name: "x".into(),
+        axis1: true,
+        last: false,
+    }];
     let stats = onnxsmith::passes::quant::calibrate::calibrate(
         &m,
-        &values_seen,
+        &watch,
         &samples,
-        Method::Percentile(50.0),
+        true,
         &onnxsmith::progress::Progress::new(true),
     )
     .unwrap();
     let x = &stats["x"];
+    assert_eq!(x.seen, 6 * 192);
+    assert_eq!(x.axis1.means().map(|m| m.len()), Some(3));
+    assert_eq!(x.last.means(), None);
     assert!(x.threshold(Method::MinMax) > 0.95);
     let p50 = x.threshold(Method::Percentile(50.0));
     assert!((p50 - 0.5).abs() < 0.1, "the median magnitude is {p50}");

@@ -1,46 +1,92 @@
 //! Calibration: the float model runs in tract on the samples with the values to quantize
-//! exposed as extra outputs, and each value's statistics are accumulated as the samples
-//! stream by: its extremes in a first pass, a fixed-bin histogram of its magnitudes in a
-//! second (when the range method needs one). Only one sample's activations are held at a
-//! time per worker, never all of them; the samples are split between two workers, one per
-//! core, each with its own tract plan.
+//! exposed as extra outputs, and each value's statistics (extremes, a magnitude histogram,
+//! per-channel sums where bias correction wants them) are accumulated as the samples stream
+//! by, in one pass. Only one sample's activations are held at a time per worker, never all of
+//! them; the samples are split between two workers, one per core, which share one tract plan
+//! per set of input shapes (samples may differ in their dynamic dims), built when its first
+//! sample comes and dropped before the next is built.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 
-use super::ranges::{Method, Stats};
+use super::ranges::Stats;
 use crate::ir::Model;
 use crate::progress::Progress;
 use crate::runtime::{Binding, HostTensor, Runner};
 
-/// Workers: one per core of the machines we run on, each with a tract plan of its own.
+/// Workers: one per core of the machines we run on.
 const WORKERS: usize = 2;
 
-/// The statistics of every value in `values` over `samples` (each one value per model input,
-/// in input order).
+/// A value calibration watches, and which of its channel sums to keep (for bias correction:
+/// axis 1 for a Conv's input, the last axis for a matrix product's).
+#[derive(Clone, Debug)]
+pub struct Watch {
+    pub name: String,
+    pub axis1: bool,
+    pub last: bool,
+}
+
+/// The statistics of every watched value over `samples` (each one value per model input, in
+/// input order), with magnitude histograms when `histogram`.
 pub fn calibrate(
     model: &Model,
-    values: &[String],
+    watch: &[Watch],
     samples: &[Vec<HostTensor>],
-    method: Method,
+    histogram: bool,
     progress: &Progress,
 ) -> Result<HashMap<String, Stats>> {
-    let passes = if method == Method::MinMax { 1 } else { 2 };
+    let inputs: Vec<String> = crate::runtime::input_specs(model, &Binding::default())?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    // A graph input is read off the sample itself; tract exposes only what nodes compute.
+    let computed: Vec<String> = watch
+        .iter()
+        .filter(|w| !inputs.contains(&w.name))
+        .map(|w| w.name.clone())
+        .collect();
+    let sources: Vec<Source> = watch
+        .iter()
+        .map(|w| match inputs.iter().position(|i| *i == w.name) {
+            Some(i) => Source::Input(i),
+            None => Source::Computed(computed.iter().position(|c| *c == w.name).unwrap()),
+        })
+        .collect();
+    let mut groups: Vec<Group> = Vec::new();
+    for sample in samples {
+        let shapes: Vec<&[usize]> = sample.iter().map(|t| t.shape()).collect();
+        match groups.iter_mut().find(|(s, _)| *s == shapes) {
+            Some((_, group)) => group.push(sample),
+            None => groups.push((shapes, vec![sample])),
+        }
+    }
+    let done = AtomicUsize::new(0);
+    let seen = Seen {
+        watch,
+        sources: &sources,
+        histogram,
+        progress,
+        done: &done,
+        total: samples.len(),
+    };
+    progress.step(&format!("calibrating: 0/{} sample(s)", samples.len()));
     let mut stats: HashMap<String, Stats> = HashMap::new();
-    for pass in 0..passes {
-        progress.step(&format!(
-            "calibrating: {} sample(s), pass {} of {passes}",
-            samples.len(),
-            pass + 1
-        ));
-        let chunk = samples.len().div_ceil(WORKERS).max(1);
+    for (shapes, group) in groups {
+        let mut binding = Binding::default();
+        for (name, shape) in inputs.iter().zip(&shapes) {
+            binding.input_shapes.insert(name.clone(), shape.to_vec());
+        }
+        let runner = Runner::new(model, &binding, &computed)
+            .context("the float model cannot run in tract for calibration")?;
+        let chunk = group.len().div_ceil(WORKERS).max(1);
         let parts: Vec<Result<HashMap<String, Stats>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = samples
+            let workers: Vec<_> = group
                 .chunks(chunk)
                 .map(|part| {
-                    let known = &stats;
-                    s.spawn(move || observe(model, values, part, pass, known))
+                    let (runner, seen) = (&runner, &seen);
+                    s.spawn(move || seen.observe(runner, part))
                 })
                 .collect();
             workers
@@ -51,76 +97,74 @@ pub fn calibrate(
                 })
                 .collect()
         });
-        let mut merged: HashMap<String, Stats> = HashMap::new();
         for part in parts {
             for (name, st) in part? {
-                merged.entry(name).or_default().merge(&st);
-            }
-        }
-        if pass == 0 {
-            stats = merged;
-        } else {
-            for (name, st) in merged {
-                if let Some(s) = stats.get_mut(&name) {
-                    s.hist = st.hist;
-                    s.hist_max = st.hist_max;
-                }
+                stats.entry(name).or_default().merge(&st);
             }
         }
     }
     Ok(stats)
 }
 
-/// One worker's pass over `samples`: extremes in pass 0, histograms (over the extremes found
-/// in pass 0, in `known`) after.
-fn observe(
-    model: &Model,
-    values: &[String],
-    samples: &[Vec<HostTensor>],
-    pass: usize,
-    known: &HashMap<String, Stats>,
-) -> Result<HashMap<String, Stats>> {
-    let mut out: HashMap<String, Stats> = HashMap::new();
-    // A graph input is read off the sample itself; tract exposes only what nodes compute.
-    let inputs: Vec<String> = crate::runtime::input_specs(model, &Binding::default())?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let (fed, computed): (Vec<&String>, Vec<&String>) =
-        values.iter().partition(|v| inputs.contains(v));
-    let computed: Vec<String> = computed.into_iter().cloned().collect();
-    let mut plans = Plans::new(model, &computed)?;
-    for sample in samples {
-        let results = plans
-            .extras(sample)
-            .context("the float model cannot run in tract for calibration")?;
-        let seen = fed
+/// Samples of one set of input shapes, which one plan runs.
+type Group<'a> = (Vec<&'a [usize]>, Vec<&'a [HostTensor]>);
+
+/// Where a watched value is read: a model input of the sample, or an extra output of the plan.
+enum Source {
+    Input(usize),
+    Computed(usize),
+}
+
+/// What every worker shares.
+struct Seen<'a> {
+    watch: &'a [Watch],
+    sources: &'a [Source],
+    histogram: bool,
+    progress: &'a Progress,
+    done: &'a AtomicUsize,
+    total: usize,
+}
+
+impl Seen<'_> {
+    /// One worker's statistics over `samples`.
+    fn observe(
+        &self,
+        runner: &Runner,
+        samples: &[&[HostTensor]],
+    ) -> Result<HashMap<String, Stats>> {
+        let mut out: HashMap<String, Stats> = HashMap::new();
+        let extras = self
+            .sources
             .iter()
-            .map(|&name| {
-                (
-                    name,
-                    &sample[inputs.iter().position(|i| i == name).unwrap()],
-                )
-            })
-            .chain(computed.iter().zip(&results));
-        for (name, t) in seen {
-            let Some(v) = t.to_f32() else { continue };
-            let st = out.entry(name.clone()).or_default();
-            if pass == 0 {
-                st.observe_extremes(&v);
-                st.axis1.observe(&v, t.shape(), 1);
-                st.last
-                    .observe(&v, t.shape(), t.shape().len().saturating_sub(1));
-            } else if let Some(k) = known.get(name) {
-                if st.hist.is_empty() {
-                    st.min = k.min;
-                    st.max = k.max;
+            .filter(|s| matches!(s, Source::Computed(_)))
+            .count();
+        for sample in samples {
+            let mut results = runner
+                .run(sample)
+                .context("the float model cannot run in tract for calibration")?;
+            let results = results.split_off(results.len() - extras);
+            for (w, source) in self.watch.iter().zip(self.sources) {
+                let t = match *source {
+                    Source::Input(i) => &sample[i],
+                    Source::Computed(i) => &results[i],
+                };
+                let Some(v) = t.f32_values() else { continue };
+                let st = out.entry(w.name.clone()).or_default();
+                st.observe(&v, self.histogram);
+                if w.axis1 {
+                    st.axis1.observe(&v, t.shape(), 1);
                 }
-                st.observe_histogram(&v);
+                if w.last {
+                    st.last
+                        .observe(&v, t.shape(), t.shape().len().saturating_sub(1));
+                }
             }
+            let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+            self.progress
+                .step(&format!("calibrating: {done}/{} sample(s)", self.total));
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// tract plans of one model that also return `extra` values, one plan per set of input

@@ -339,14 +339,30 @@ pub fn prepare(
                 .and_then(|r| g.node(r).output(0));
             std::iter::once(y).chain(relu)
         });
-    let mut values: Vec<String> = inputs
+    let mut values: Vec<_> = inputs
         .chain(outputs)
         .filter(|&v| g.value(v).constant().is_none() && !g.is_output(v))
-        .map(|v| g.value(v).name().to_string())
         .collect();
     values.sort();
     values.dedup();
-    let stats = calibrate::calibrate(model, &values, &samples.calibration, opts.method, progress)
+    // Bias correction wants a Conv input's mean per channel, a matrix product's per inner index.
+    let read_as = |v, ops: &[&str]| {
+        opts.bias_correction
+            && g.value(v)
+                .uses()
+                .iter()
+                .any(|u| ops.iter().any(|op| g.node(u.node).is(op)))
+    };
+    let watch: Vec<calibrate::Watch> = values
+        .into_iter()
+        .map(|v| calibrate::Watch {
+            name: g.value(v).name().to_string(),
+            axis1: read_as(v, &["Conv"]),
+            last: read_as(v, &["Gemm", "MatMul"]),
+        })
+        .collect();
+    let histogram = opts.method != Method::MinMax;
+    let stats = calibrate::calibrate(model, &watch, &samples.calibration, histogram, progress)
         .with_context(|| {
             if samples.random {
                 "calibration on random samples failed (a model may need real values, such as a sample rate or token ids): give real samples with --calib DIR"

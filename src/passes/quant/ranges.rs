@@ -1,12 +1,12 @@
 //! Choosing an activation's range from what calibration saw: the extremes (MinMax), a
 //! percentile of the magnitudes, or the clipping threshold that loses the least information
-//! (Entropy: the KL divergence between the histogram and its 8-bit quantization, over 2048
-//! bins, as TensorRT calibrates).
+//! (Entropy: the KL divergence between the histogram and its 8-bit quantization, as TensorRT
+//! calibrates, over bins at least as fine as its 2048 over the extremes).
 
 use serde::Serialize;
 
-/// Bins of a magnitude histogram.
-pub const BINS: usize = 2048;
+/// Bins over the extremes that the histogram is at least as fine as.
+const BINS: usize = 2048;
 
 /// How an activation's range is chosen from its statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -17,20 +17,29 @@ pub enum Method {
     Entropy,
 }
 
-/// What calibration saw of one value: its extremes and a histogram of its magnitudes over
-/// [0, `hist_max`], filled in a second pass once the extremes are known.
+/// What calibration saw of one value: its extremes and a histogram of its magnitudes, both
+/// in one pass over the samples. The histogram's range is a power of two at least the
+/// largest magnitude seen so far; when a sample exceeds it, the range doubles and neighbouring
+/// bins merge. Ranges that are powers of two line up, so the workers' histograms merge
+/// exactly, and `HIST_BINS` bins over less than twice the extremes are at least as fine as
+/// [`BINS`] over the extremes themselves.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub min: f32,
     pub max: f32,
     pub seen: u64,
-    pub hist: Vec<u64>,
-    pub hist_max: f32,
+    hist: Vec<u64>,
+    /// The histogram's upper edge; 0 while every value seen was 0 (all in bin 0).
+    hist_max: f32,
     /// Sums along axis 1 (a Conv input's channels) and along the last axis (a matrix
     /// product's inner dim), for bias correction.
     pub axis1: ChannelSums,
     pub last: ChannelSums,
 }
+
+/// Bins of the histogram calibration fills: twice [`BINS`], since its range may reach twice
+/// the largest magnitude.
+const HIST_BINS: usize = 2 * BINS;
 
 /// Running sums of a value's elements per index of one axis: their means, once all samples
 /// are seen, are E[x] per channel.
@@ -57,8 +66,13 @@ impl ChannelSums {
             return;
         }
         let inner: usize = shape[axis + 1..].iter().product();
-        for (r, run) in values.chunks(inner.max(1)).enumerate() {
-            self.sums[r % channels] += run.iter().map(|&v| v as f64).sum::<f64>();
+        if inner == 0 {
+            return;
+        }
+        for block in values.chunks_exact(channels * inner) {
+            for (sum, run) in self.sums.iter_mut().zip(block.chunks_exact(inner)) {
+                *sum += run.iter().map(|&v| v as f64).sum::<f64>();
+            }
         }
         self.count += (values.len() / channels) as u64;
     }
@@ -92,16 +106,72 @@ impl ChannelSums {
     }
 }
 
+/// The smallest power of two at or above `x` (> 0).
+fn power_of_two_above(x: f32) -> f32 {
+    let mut p = 2f32.powi(x.log2().ceil() as i32);
+    while p < x {
+        p *= 2.0;
+    }
+    p
+}
+
 impl Stats {
-    pub fn observe_extremes(&mut self, values: &[f32]) {
-        for &v in values.iter().filter(|v| v.is_finite()) {
-            if self.seen == 0 {
-                (self.min, self.max) = (v, v);
-            }
-            self.min = self.min.min(v);
-            self.max = self.max.max(v);
-            self.seen += 1;
+    /// Adds one sample's values to the extremes and, when `histogram`, to the histogram, in
+    /// one sweep: the range widens when a value passes it, which after the first samples is
+    /// rare.
+    pub fn observe(&mut self, values: &[f32], histogram: bool) {
+        if histogram && self.hist.is_empty() {
+            self.hist = vec![0; HIST_BINS];
         }
+        let per_unit = |max: f32| {
+            if max > 0.0 {
+                HIST_BINS as f32 / max
+            } else {
+                0.0
+            }
+        };
+        let mut scale = per_unit(self.hist_max);
+        let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, 0u64);
+        for &v in values {
+            if !v.is_finite() {
+                continue;
+            }
+            lo = lo.min(v);
+            hi = hi.max(v);
+            finite += 1;
+            if histogram {
+                let a = v.abs();
+                if a > self.hist_max {
+                    self.widen(power_of_two_above(a));
+                    scale = per_unit(self.hist_max);
+                }
+                self.hist[((a * scale) as usize).min(HIST_BINS - 1)] += 1;
+            }
+        }
+        if finite == 0 {
+            return;
+        }
+        if self.seen == 0 {
+            (self.min, self.max) = (lo, hi);
+        }
+        self.min = self.min.min(lo);
+        self.max = self.max.max(hi);
+        self.seen += finite;
+    }
+
+    /// Raises the histogram's range to `to` (a power of two), merging bins pairwise per
+    /// doubling. From 0, every count is a zero and stays in bin 0.
+    fn widen(&mut self, to: f32) {
+        if self.hist_max > 0.0 {
+            while self.hist_max < to {
+                for i in 0..HIST_BINS / 2 {
+                    self.hist[i] = self.hist[2 * i] + self.hist[2 * i + 1];
+                }
+                self.hist[HIST_BINS / 2..].fill(0);
+                self.hist_max *= 2.0;
+            }
+        }
+        self.hist_max = self.hist_max.max(to);
     }
 
     /// The magnitude histogram's range: the largest magnitude seen.
@@ -109,44 +179,31 @@ impl Stats {
         self.min.abs().max(self.max.abs())
     }
 
-    pub fn observe_histogram(&mut self, values: &[f32]) {
-        if self.hist.is_empty() {
-            self.hist = vec![0; BINS];
-            self.hist_max = self.amax();
-        }
-        let width = self.hist_max / BINS as f32;
-        for &v in values.iter().filter(|v| v.is_finite()) {
-            let bin = if width > 0.0 {
-                ((v.abs() / width) as usize).min(BINS - 1)
-            } else {
-                0
-            };
-            self.hist[bin] += 1;
-        }
-    }
-
     pub fn merge(&mut self, other: &Stats) {
-        if other.seen > 0 {
-            if self.seen == 0 {
-                (self.min, self.max) = (other.min, other.max);
-            }
-            self.min = self.min.min(other.min);
-            self.max = self.max.max(other.max);
-            self.seen += other.seen;
-            self.axis1.merge(&other.axis1);
-            self.last.merge(&other.last);
+        if other.seen == 0 {
+            return;
         }
-        // A histogram pass's statistics count no extremes of their own, only the bins.
+        if self.seen == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.seen += other.seen;
+        self.axis1.merge(&other.axis1);
+        self.last.merge(&other.last);
         if other.hist.is_empty() {
             return;
         }
+        let mut other = other.clone();
         if self.hist.is_empty() {
-            self.hist = other.hist.clone();
-            self.hist_max = other.hist_max;
-        } else {
-            for (a, b) in self.hist.iter_mut().zip(&other.hist) {
-                *a += b;
-            }
+            self.hist = vec![0; HIST_BINS];
+        }
+        let to = self.hist_max.max(other.hist_max);
+        self.widen(to);
+        other.widen(to);
+        for (a, b) in self.hist.iter_mut().zip(&other.hist) {
+            *a += b;
         }
     }
 
@@ -160,7 +217,13 @@ impl Stats {
     }
 
     fn bin_width(&self) -> f32 {
-        self.hist_max / BINS as f32
+        self.hist_max / HIST_BINS as f32
+    }
+
+    /// The histogram up to its last non-empty bin.
+    fn occupied(&self) -> &[u64] {
+        let end = self.hist.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        &self.hist[..end]
     }
 
     fn percentile(&self, p: f64) -> f32 {
@@ -173,24 +236,25 @@ impl Stats {
         for (i, &n) in self.hist.iter().enumerate() {
             acc += n;
             if acc >= want {
-                return (i + 1) as f32 * self.bin_width();
+                return ((i + 1) as f32 * self.bin_width()).min(self.amax());
             }
         }
-        self.hist_max
+        self.amax()
     }
 
     /// The threshold whose 128-level quantization of the clipped histogram diverges least
     /// from the histogram itself.
     fn entropy(&self) -> f32 {
         const LEVELS: usize = 128;
-        if self.hist.iter().sum::<u64>() == 0 {
+        let hist = self.occupied();
+        if hist.len() <= LEVELS {
             return self.amax();
         }
-        let mut best = (f64::INFINITY, BINS);
-        for i in LEVELS..=BINS {
+        let mut best = (f64::INFINITY, hist.len());
+        for i in LEVELS..=hist.len() {
             // P: the first i bins, everything beyond clipped into the last.
-            let mut p: Vec<f64> = self.hist[..i].iter().map(|&n| n as f64).collect();
-            p[i - 1] += self.hist[i..].iter().sum::<u64>() as f64;
+            let mut p: Vec<f64> = hist[..i].iter().map(|&n| n as f64).collect();
+            p[i - 1] += hist[i..].iter().sum::<u64>() as f64;
             // Q: the same bins merged into LEVELS levels, each level's mass spread evenly
             // over the bins it merged that were not empty.
             let mut q = vec![0.0; i];
@@ -211,7 +275,7 @@ impl Stats {
                 best = (kl, i);
             }
         }
-        (best.1 as f32 + 0.5) * self.bin_width()
+        ((best.1 as f32 + 0.5) * self.bin_width()).min(self.amax())
     }
 }
 
