@@ -386,10 +386,25 @@ impl Feed {
     pub fn run(&self, model: &Model) -> Result<Outputs> {
         let sets = self.sets.as_ref().map_err(|e| e.clone())?;
         let runner = Runner::new(model, &self.binding, &[])?;
-        let values = sets
-            .iter()
-            .map(|set| runner.run(set))
-            .collect::<Result<_>>()?;
+        // The sets split between both cores, which share the plan.
+        let half = sets.len().div_ceil(2).max(1);
+        let values = std::thread::scope(|s| {
+            let runner = &runner;
+            let halves: Vec<_> = sets
+                .chunks(half)
+                .map(|part| s.spawn(move || part.iter().map(|set| runner.run(set)).collect()))
+                .collect();
+            halves
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a tract worker panicked")))
+                })
+                .collect::<Result<Vec<Vec<_>>>>()
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(Outputs {
             names: runner.outputs,
             values,

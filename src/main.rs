@@ -222,7 +222,7 @@ enum CalibMethod {
 enum Target {
     /// Q/DQ around every quantized op, the pattern ONNX Runtime fuses into QLinear kernels.
     Ort,
-    /// As for ONNX Runtime: OpenVINO runs that form fast too.
+    /// Q/DQ on op inputs and on both branches of residual Adds, as OpenVINO fuses them.
     Openvino,
     /// Q/DQ on op inputs only, int8 with zero point 0 everywhere.
     Tensorrt,
@@ -299,7 +299,8 @@ impl QuantArgs {
         Ok(Some(QuantOptions {
             activations,
             placement: match self.target {
-                Target::Ort | Target::Openvino => Placement::AroundOps,
+                Target::Ort => Placement::AroundOps,
+                Target::Openvino => Placement::Joins,
                 Target::Tensorrt => Placement::Inputs,
             },
             method: match self.calib_method {

@@ -403,16 +403,19 @@ fn run<S: Send>(
     progress.step("running passes");
     // Checking is the largest cost of `optimize`, so everything that can overlap does: the
     // original runs in tract on one thread while the passes run on this one; then the result
-    // runs in tract here while another thread stages its write.
+    // runs in tract here while another thread stages its write. Calibration and compensation
+    // keep every core busy themselves, so before a lossy stage the original runs first, and
+    // its tract plan is gone before theirs are built.
+    let original_first = one_at_a_time || lossy;
     let (passes, pass_time, check_time, staged, reference, result_run) =
         std::thread::scope(|s| -> Result<_> {
             let checked = check.zip(first.as_ref());
             // One at a time, the original's tract plan is gone before the result's is built.
             let original_done = checked
-                .filter(|_| one_at_a_time)
+                .filter(|_| original_first)
                 .map(|(c, feed)| reference(c, feed));
             let original_thread = checked
-                .filter(|_| !one_at_a_time)
+                .filter(|_| !original_first)
                 .map(|(c, feed)| s.spawn(move || reference(c, feed)));
             let t = Instant::now();
             let passes = transform(original, opts, samples.as_ref(), progress);

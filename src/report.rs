@@ -327,14 +327,17 @@ impl Report {
         if q.random_calibration {
             s += "WARNING: calibrated on random data: the ranges are not those of real inputs\n";
         }
+        let checked = match self.check {
+            CheckStatus::Skipped => "not checked".to_string(),
+            _ => format!("checked on {} held back", q.held_back_samples),
+        };
         writeln!(
             s,
-            "quantized {} op(s) ({:?} activations, {:?} ranges over {} sample(s), checked on {} held back); int8 weights: {:.0}%",
+            "quantized {} op(s) ({:?} activations, {:?} ranges over {} sample(s), {checked}); int8 weights: {:.0}%",
             q.quantized,
             q.activations,
             q.method,
             q.calibration_samples,
-            q.held_back_samples,
             q.int8_weight_share * 100.0
         )
         .unwrap();

@@ -427,6 +427,11 @@ fn one_pass_histograms_agree_with_one_shot_whatever_the_order() {
         );
         assert!(s > 0.0 && s <= once.amax());
     }
+    // Infinities and NaNs are not values to cover.
+    let mut odd = Stats::default();
+    odd.observe(&[f32::NAN, f32::INFINITY, -2.0, 1.0], true);
+    assert_eq!((odd.seen, odd.min, odd.max), (2, -2.0, 1.0));
+    assert_eq!(odd.threshold(Method::Percentile(100.0)), 2.0);
 }
 
 /// `optimize --quantize int8 --calib DIR` on the small net; (exit code, stderr).
@@ -991,9 +996,13 @@ fn residual_net() -> Model {
 }
 
 #[test]
-fn a_residual_add_reads_both_branches_through_dq_around_ops() {
+fn a_residual_add_reads_both_branches_through_dq_except_for_tensorrt() {
     let m = residual_net();
-    for (placement, both) in [(Placement::AroundOps, true), (Placement::Inputs, false)] {
+    for (placement, both) in [
+        (Placement::AroundOps, true),
+        (Placement::Joins, true),
+        (Placement::Inputs, false),
+    ] {
         let done = quantize_for(&m, Activations::Int8, placement, &[]);
         let g = &done.model.graph;
         let add = ops(g, "Add")[0];
@@ -1001,4 +1010,20 @@ fn a_residual_add_reads_both_branches_through_dq_around_ops() {
         assert_eq!(dq, [both; 2], "{placement:?}");
         assert_well_formed(g);
     }
+}
+
+#[test]
+fn for_openvino_only_op_inputs_and_residual_branches_are_quantized() {
+    let m = residual_net();
+    let done = quantize_for(&m, Activations::Int8, Placement::Joins, &[]);
+    let g = &done.model.graph;
+    // x, r (read by conv2 and the Add), a, and conv2's result c for the Add; conv1's result
+    // c1 goes through its Relu in float.
+    let mut quantized: Vec<&str> = ops(g, "QuantizeLinear")
+        .into_iter()
+        .map(|q| g.value(g.node(q).input(0).unwrap()).name())
+        .collect();
+    quantized.sort();
+    assert_eq!(quantized, ["a", "c", "r", "x"]);
+    assert_well_formed(g);
 }

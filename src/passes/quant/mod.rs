@@ -327,10 +327,11 @@ pub fn prepare(
         .flat_map(|&x| qdq::concat_inputs(g, x))
         .collect();
     let inputs = inputs.into_iter().chain(concatenated);
-    // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too.
+    // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too; at
+    // joins, the op's output.
     let outputs = ops
         .iter()
-        .filter(|_| opts.placement == Placement::AroundOps)
+        .filter(|_| opts.placement != Placement::Inputs)
         .filter_map(|&n| g.node(n).output(0))
         .flat_map(|y| {
             let relu = g

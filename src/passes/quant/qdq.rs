@@ -17,8 +17,10 @@
 //! (what TensorRT requires) or uint8 with a zero point, from its calibrated range. The Q/DQ
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
-//! range of its own output. Around ops (`--target ort|openvino`), a residual Add of two
-//! quantized values reads both through their DQ.
+//! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
+//! values reads both through their DQ; for OpenVINO (`--target openvino`) the pairs sit on
+//! inputs only, but a residual Add joining a quantized op's result reads both branches through
+//! Q/DQ, quantizing the branch that was not.
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
@@ -52,9 +54,14 @@ pub enum Placement {
     /// On the inputs of the quantized ops only: TensorRT's explicit form.
     Inputs,
     /// On their outputs too, so that each reads DQ and is read by Q: the pattern ONNX
-    /// Runtime fuses into its QLinear kernels (and OpenVINO runs fast). With uint8
-    /// activations a Relu after the op is absorbed into the output's range.
+    /// Runtime fuses into its QLinear kernels. With uint8 activations a Relu after the op is
+    /// absorbed into the output's range.
     AroundOps,
+    /// On the inputs of the quantized ops and of the residual Adds joining their results,
+    /// whose branches are quantized where they are not yet: OpenVINO's form (as NNCF places
+    /// its fake quantizers), which runs a Conv, its activation and the requantization of its
+    /// result as one int8 kernel, so a Q/DQ on its output before the Relu would only add work.
+    Joins,
 }
 
 /// What the quantization stage is handed: each activation's clipping range, by value name.
@@ -599,8 +606,12 @@ impl Pass for InsertQdq {
                 }
             }
         }
-        if cal.placement == Placement::AroundOps {
-            residual_adds(&mut patch, &quantized, cx);
+        if cal.placement != Placement::Inputs {
+            let results: Vec<ValueId> = layers
+                .iter()
+                .filter_map(|l| patch.graph().node(l.node).output(0))
+                .collect();
+            residual_adds(&mut patch, &mut quantized, &results, cal, cx)?;
         }
         Ok(Changed::from_count(patch.commit()?))
     }
@@ -608,31 +619,54 @@ impl Pass for InsertQdq {
 
 /// An Add joining two values that are both quantized (a residual connection: a block's
 /// quantized output and its quantized input) reads both through their DequantizeLinear, the
-/// pattern OpenVINO and ONNX Runtime run as an int8 add.
+/// pattern OpenVINO and ONNX Runtime run as an int8 add. Under [`Placement::Joins`] a branch
+/// that is the result of a quantized op (in `results`) and not quantized yet is quantized
+/// here, when the other branch is quantized or such a result too.
 fn residual_adds(
     patch: &mut Patch,
-    quantized: &HashMap<ValueId, (ValueId, f32)>,
+    quantized: &mut HashMap<ValueId, (ValueId, f32)>,
+    results: &[ValueId],
+    cal: &Calibration,
     cx: &PassContext,
-) {
+) -> Result<()> {
     let g = patch.graph();
     let mut joins: Vec<(NodeId, ValueId, ValueId)> = g
         .node_ids()
         .filter(|&n| g.node(n).is("Add") && !cx.excluded(g.node(n).name(), "Add"))
         .filter_map(|n| {
             let node = g.node(n);
-            // An op's quantized output already reaches its readers through its DQ.
-            let through_dq = |v: ValueId| {
-                let dq = g
-                    .producer(v)
-                    .is_some_and(|p| g.node(p).is("DequantizeLinear"));
-                dq.then_some(v).or_else(|| Some(quantized.get(&v)?.0))
+            // Already read through a DQ, quantized as some op's input, or quantizable here.
+            let joinable = |v: ValueId| {
+                g.producer(v)
+                    .is_some_and(|p| g.node(p).is("DequantizeLinear"))
+                    || quantized.contains_key(&v)
+                    || (cal.placement == Placement::Joins
+                        && results.contains(&v)
+                        && cal.ranges.contains_key(g.value(v).name()))
             };
-            Some((n, through_dq(node.input(0)?)?, through_dq(node.input(1)?)?))
+            let (a, b) = (node.input(0)?, node.input(1)?);
+            (joinable(a) && joinable(b)).then_some((n, a, b))
         })
         .collect();
     joins.sort();
     for (n, a, b) in joins {
-        patch.set_input(n, 0, Some(a));
-        patch.set_input(n, 1, Some(b));
+        for (slot, v) in [(0, a), (1, b)] {
+            let g = patch.graph();
+            if g.producer(v)
+                .is_some_and(|p| g.node(p).is("DequantizeLinear"))
+            {
+                continue;
+            }
+            let dq = match quantized.get(&v) {
+                Some(&(dq, _)) => dq,
+                None => {
+                    let done = quantize_activation(patch, v, cal)?;
+                    quantized.insert(v, done);
+                    done.0
+                }
+            };
+            patch.set_input(n, slot, Some(dq));
+        }
     }
+    Ok(())
 }

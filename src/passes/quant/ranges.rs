@@ -116,39 +116,20 @@ fn power_of_two_above(x: f32) -> f32 {
 }
 
 impl Stats {
-    /// Adds one sample's values to the extremes and, when `histogram`, to the histogram, in
-    /// one sweep: the range widens when a value passes it, which after the first samples is
-    /// rare.
+    /// Adds one sample's values to the extremes and, when `histogram`, to the histogram.
+    /// Infinities and NaNs are left out.
     pub fn observe(&mut self, values: &[f32], histogram: bool) {
-        if histogram && self.hist.is_empty() {
-            self.hist = vec![0; HIST_BINS];
-        }
-        let per_unit = |max: f32| {
-            if max > 0.0 {
-                HIST_BINS as f32 / max
-            } else {
-                0.0
+        let (lo, hi) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        if !lo.is_finite() || !hi.is_finite() {
+            // Rare, so the common case keeps its tight loops.
+            let finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            if !finite.is_empty() {
+                self.observe(&finite, histogram);
             }
-        };
-        let mut scale = per_unit(self.hist_max);
-        let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, 0u64);
-        for &v in values {
-            if !v.is_finite() {
-                continue;
-            }
-            lo = lo.min(v);
-            hi = hi.max(v);
-            finite += 1;
-            if histogram {
-                let a = v.abs();
-                if a > self.hist_max {
-                    self.widen(power_of_two_above(a));
-                    scale = per_unit(self.hist_max);
-                }
-                self.hist[((a * scale) as usize).min(HIST_BINS - 1)] += 1;
-            }
-        }
-        if finite == 0 {
             return;
         }
         if self.seen == 0 {
@@ -156,7 +137,25 @@ impl Stats {
         }
         self.min = self.min.min(lo);
         self.max = self.max.max(hi);
-        self.seen += finite;
+        self.seen += values.len() as u64;
+        if !histogram {
+            return;
+        }
+        if self.hist.is_empty() {
+            self.hist = vec![0; HIST_BINS];
+        }
+        let amax = lo.abs().max(hi.abs());
+        if amax > self.hist_max {
+            self.widen(power_of_two_above(amax));
+        }
+        let per_unit = if self.hist_max > 0.0 {
+            HIST_BINS as f32 / self.hist_max
+        } else {
+            0.0
+        };
+        for &v in values {
+            self.hist[((v.abs() * per_unit) as usize).min(HIST_BINS - 1)] += 1;
+        }
     }
 
     /// Raises the histogram's range to `to` (a power of two), merging bins pairwise per
