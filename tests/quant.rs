@@ -1013,6 +1013,50 @@ fn a_residual_add_reads_both_branches_through_dq_except_for_tensorrt() {
 }
 
 #[test]
+fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
+    let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
+    conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut pool = node("MaxPool", "pool", &["r"], &["p"]);
+    pool.attribute = vec![attr_ints("kernel_shape", &[2, 2])];
+    let mut conv2 = node("Conv", "conv2", &["p", "W2"], &["y"]);
+    conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let m = lift(model_io(
+        vec![conv1, node("Relu", "relu", &["c1"], &["r"]), pool, conv2],
+        vec![f32_info("x", &[1, 3, 6, 6])],
+        vec![f32_info("y", &[1, 2, 5, 5])],
+        vec![
+            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 31)),
+            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 32)),
+        ],
+    ));
+    for activations in [Activations::Int8, Activations::Uint8] {
+        // At the 99th percentile the pooled maxima would clip higher than the values pooled.
+        let opts = QuantOptions {
+            activations,
+            method: Method::Percentile(99.0),
+            random: Some(16),
+            ..Default::default()
+        };
+        let done = quantize_with(&m, opts, &[]);
+        let g = &done.model.graph;
+        let pool = ops(g, "MaxPool")[0];
+        let conv2 = ops(g, "Conv")[1];
+        // The parameters (scale, zero point) of the DQ before a reader's input `slot`.
+        let params = |n, slot| {
+            let dq = dq_of(g, n, slot).expect("read through a DQ");
+            (constant_of(g, dq, 1).clone(), constant_of(g, dq, 2).clone())
+        };
+        match activations {
+            // uint8 absorbs the Relu, so the MaxPool reads conv1's quantized output.
+            Activations::Uint8 => assert_eq!(params(pool, 0), params(conv2, 0)),
+            // int8 keeps the Relu in float between conv1's Q/DQ and the MaxPool.
+            Activations::Int8 => assert!(dq_of(g, pool, 0).is_none()),
+        }
+        assert_well_formed(g);
+    }
+}
+
+#[test]
 fn for_openvino_only_op_inputs_and_residual_branches_are_quantized() {
     let m = residual_net();
     let done = quantize_for(&m, Activations::Int8, Placement::Joins, &[]);

@@ -382,7 +382,7 @@ pub fn prepare(
             (name.clone(), m)
         })
         .collect();
-    let ranges: HashMap<String, (f32, f32)> = stats
+    let mut ranges: HashMap<String, (f32, f32)> = stats
         .into_iter()
         .filter(|(_, s)| s.seen > 0)
         .map(|(name, s)| {
@@ -390,12 +390,52 @@ pub fn prepare(
             (name, (s.min.max(-t), s.max.min(t)))
         })
         .collect();
+    if opts.placement == Placement::AroundOps {
+        share_through_moves(g, &mut ranges);
+    }
     Ok(Calibration {
         ranges,
         activations: opts.activations,
         placement: opts.placement,
         means,
     })
+}
+
+/// Ops whose output holds only values of their data input, moved or picked.
+const MOVES: &[&str] = &[
+    "MaxPool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Identity",
+];
+
+/// Around ops, a value quantized on both sides of a [`MOVES`] op (a MaxPool between two
+/// quantized Convs) gets one range, the union of both, on each side: with equal scales and zero
+/// points, ONNX Runtime drops the DQ → op → Q around it and moves int8 values, and the union
+/// clips neither side.
+fn share_through_moves(g: &Graph, ranges: &mut HashMap<String, (f32, f32)>) {
+    let order = g.topo_order().unwrap_or_default();
+    let pairs: Vec<(String, String)> = order
+        .into_iter()
+        .filter(|&n| MOVES.iter().any(|op| g.node(n).is(op)))
+        .filter_map(|n| {
+            let node = g.node(n);
+            let name = |v| g.value(v).name().to_string();
+            Some((name(node.input(0)?), name(node.output(0)?)))
+        })
+        .collect();
+    // Chains of moves share one range: forward, then back.
+    for (a, b) in pairs.iter().chain(pairs.iter().rev()) {
+        if let (Some(&ra), Some(&rb)) = (ranges.get(a), ranges.get(b)) {
+            let both = (ra.0.min(rb.0), ra.1.max(rb.1));
+            ranges.insert(a.clone(), both);
+            ranges.insert(b.clone(), both);
+        }
+    }
 }
 
 /// Cross-layer equalization of `model` (the simplified float model, before calibration):
