@@ -1057,6 +1057,33 @@ fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
 }
 
 #[test]
+fn around_ops_a_residual_add_is_quantized_when_its_relu_can_be_absorbed() {
+    let m = residual_net();
+    for activations in [Activations::Uint8, Activations::Int8] {
+        let done = quantize_for(&m, activations, Placement::AroundOps, &[]);
+        let g = &done.model.graph;
+        let add = ops(g, "Add")[0];
+        let s = g.node(add).output(0).unwrap();
+        let readers: Vec<&str> = g
+            .value(s)
+            .uses()
+            .iter()
+            .map(|u| g.node(u.node).op())
+            .collect();
+        match activations {
+            // The Add's Q clamps at its zero point: relu2 is gone, and the Add is int8.
+            Activations::Uint8 => {
+                assert_eq!(readers, ["QuantizeLinear"]);
+                assert_eq!(ops(g, "Relu").len(), 0);
+            }
+            // Symmetric int8 keeps relu2, which reads the Add in float.
+            Activations::Int8 => assert_eq!(readers, ["Relu"]),
+        }
+        assert_well_formed(g);
+    }
+}
+
+#[test]
 fn for_openvino_only_op_inputs_and_residual_branches_are_quantized() {
     let m = residual_net();
     let done = quantize_for(&m, Activations::Int8, Placement::Joins, &[]);

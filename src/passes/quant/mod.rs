@@ -327,12 +327,23 @@ pub fn prepare(
         .flat_map(|&x| qdq::concat_inputs(g, x))
         .collect();
     let inputs = inputs.into_iter().chain(concatenated);
-    // Under Q/DQ around ops, an op's output, and a Relu's after it, may be quantized too; at
-    // joins, the op's output.
+    // Under Q/DQ around ops, an op's output (a residual Add's too), and a Relu's after it, may
+    // be quantized too; at joins, the op's output.
+    let adds = g.node_ids().filter(|&n| {
+        opts.placement == Placement::AroundOps
+            && g.node(n).is("Add")
+            && g.node(n)
+                .inputs()
+                .iter()
+                .flatten()
+                .all(|&v| g.value(v).constant().is_none())
+    });
     let outputs = ops
         .iter()
+        .copied()
         .filter(|_| opts.placement != Placement::Inputs)
-        .filter_map(|&n| g.node(n).output(0))
+        .chain(adds)
+        .filter_map(|n| g.node(n).output(0))
         .flat_map(|y| {
             let relu = g
                 .only_reader(y)

@@ -114,6 +114,44 @@ fn output_site(
         .then_some((site, absorbed))
 }
 
+/// Around ops, the output of `n` is quantized and every reader reads its DQ (an absorbed Relu
+/// removed, its clamp being the Q's zero point). The site may be quantized already, as the
+/// input of an op processed before.
+fn quantize_output(
+    patch: &mut Patch,
+    n: NodeId,
+    cal: &Calibration,
+    kept_float: &[NodeId],
+    quantized: &mut HashMap<ValueId, (ValueId, f32)>,
+) -> Result<()> {
+    let Some((site, absorbed)) = output_site(patch.graph(), n, cal, kept_float) else {
+        return Ok(());
+    };
+    let done = match quantized.get(&site) {
+        Some(&done) => done,
+        None => quantize_activation(patch, site, cal)?,
+    };
+    let g = patch.graph();
+    let y = g.node(n).output(0).unwrap();
+    let readers: Vec<crate::ir::Use> = g.value(site).uses().to_vec();
+    let q = g.producer(g.node(g.producer(done.0).unwrap()).input(0).unwrap());
+    for u in readers {
+        if Some(u.node) == q {
+            continue;
+        }
+        if let crate::ir::Slot::Input(slot) = u.slot {
+            patch.set_input(u.node, slot, Some(done.0));
+        }
+    }
+    if let Some(relu) = absorbed {
+        let q = q.expect("the output's Q");
+        patch.set_input(q, 0, Some(y));
+        patch.remove_node(relu)?;
+    }
+    quantized.insert(site, done);
+    Ok(())
+}
+
 /// How far apart the magnitudes of a Concat's inputs may be for one scale to serve them all:
 /// past it, the smallest keeps fewer than 8 of int8's levels (a detector's 0..1 scores
 /// concatenated with its pixel boxes lose everything).
@@ -523,28 +561,7 @@ impl Pass for InsertQdq {
             )?;
             patch.set_input(l.node, 0, Some(dq_x));
             patch.set_input(l.node, 1, Some(dq_w));
-            if let Some((site, absorbed)) = output_site(patch.graph(), l.node, cal, &kept_float) {
-                let done = quantize_activation(&mut patch, site, cal)?;
-                let g = patch.graph();
-                let y = g.node(l.node).output(0).unwrap();
-                let readers: Vec<crate::ir::Use> = g.value(site).uses().to_vec();
-                let q = g.producer(g.node(g.producer(done.0).unwrap()).input(0).unwrap());
-                for u in readers {
-                    if Some(u.node) == q {
-                        continue;
-                    }
-                    if let crate::ir::Slot::Input(slot) = u.slot {
-                        patch.set_input(u.node, slot, Some(done.0));
-                    }
-                }
-                // The Q clamps at its zero point, which is the Relu.
-                if let Some(relu) = absorbed {
-                    let q = q.expect("the output's Q");
-                    patch.set_input(q, 0, Some(y));
-                    patch.remove_node(relu)?;
-                }
-                quantized.insert(site, done);
-            }
+            quantize_output(&mut patch, l.node, cal, &kept_float, &mut quantized)?;
             // The bias, shifted back by the mean error the int8 weights add; a Conv without
             // one gets one to take the shift.
             let g = patch.graph();
@@ -613,7 +630,7 @@ impl Pass for InsertQdq {
                 .iter()
                 .filter_map(|l| patch.graph().node(l.node).output(0))
                 .collect();
-            residual_adds(&mut patch, &mut quantized, &results, cal, cx)?;
+            residual_adds(&mut patch, &mut quantized, &results, &kept_float, cal, cx)?;
         }
         Ok(Changed::from_count(patch.commit()?))
     }
@@ -623,16 +640,18 @@ impl Pass for InsertQdq {
 /// quantized output and its quantized input) reads both through their DequantizeLinear, the
 /// pattern OpenVINO and ONNX Runtime run as an int8 add. Under [`Placement::Joins`] a branch
 /// that is the result of a quantized op (in `results`) and not quantized yet is quantized
-/// here, when the other branch is quantized or such a result too.
+/// here, when the other branch is quantized or such a result too. Around ops, the Add's
+/// output is quantized as well.
 fn residual_adds(
     patch: &mut Patch,
     quantized: &mut HashMap<ValueId, (ValueId, f32)>,
     results: &[ValueId],
+    kept_float: &[NodeId],
     cal: &Calibration,
     cx: &PassContext,
 ) -> Result<()> {
     let g = patch.graph();
-    let mut joins: Vec<(NodeId, ValueId, ValueId)> = g
+    let mut joins: Vec<NodeId> = g
         .node_ids()
         .filter(|&n| g.node(n).is("Add") && !cx.excluded(g.node(n).name(), "Add"))
         .filter_map(|n| {
@@ -647,13 +666,17 @@ fn residual_adds(
                         && cal.ranges.contains_key(g.value(v).name()))
             };
             let (a, b) = (node.input(0)?, node.input(1)?);
-            (joinable(a) && joinable(b)).then_some((n, a, b))
+            (joinable(a) && joinable(b)).then_some(n)
         })
         .collect();
     joins.sort();
-    for (n, a, b) in joins {
-        for (slot, v) in [(0, a), (1, b)] {
+    for n in joins {
+        for slot in [0, 1] {
+            // Read afresh: quantizing an earlier Add's output may have rewired this one.
             let g = patch.graph();
+            let Some(v) = g.node(n).input(slot) else {
+                continue;
+            };
             if g.producer(v)
                 .is_some_and(|p| g.node(p).is("DequantizeLinear"))
             {
@@ -668,6 +691,20 @@ fn residual_adds(
                 }
             };
             patch.set_input(n, slot, Some(dq));
+        }
+        // Around ops, the Add is a quantized op like the others: ONNX Runtime runs
+        // DQ, DQ → Add → Q as one int8 add. Not before a Relu that symmetric int8 cannot
+        // absorb: the Relu's own Q follows, and a pair between them is work for nothing.
+        let g = patch.graph();
+        let relu_after = g
+            .node(n)
+            .output(0)
+            .and_then(|y| g.only_reader(y))
+            .is_some_and(|r| g.node(r).is("Relu"));
+        if cal.placement == Placement::AroundOps
+            && (!relu_after || cal.activations == Activations::Uint8)
+        {
+            quantize_output(patch, n, cal, kept_float, quantized)?;
         }
     }
     Ok(())
