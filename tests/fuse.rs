@@ -119,7 +119,21 @@ fn keeps_conv_bn_when_conv_output_has_two_users() {
     ));
     let (out, report) = run_passes(&m, &["fuse-conv-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
-    assert_explained(&report, "other readers");
+    assert_explained(
+        &report,
+        "the Conv's output has other readers (2 reads: BatchNormalization 'bn', Relu 'relu')",
+    );
+}
+
+#[test]
+fn keeps_conv_bn_when_conv_output_is_a_graph_output() {
+    let p = conv_bn(false, vec![], vec!["c"]);
+    assert_refused(
+        &lift(p),
+        "fuse-conv-bn",
+        "BatchNormalization",
+        "the Conv's output is also a graph output",
+    );
 }
 
 #[test]
@@ -323,7 +337,7 @@ fn keeps_gemm_bn_when_the_product_has_other_readers_or_bn_trains() {
     g.output.push(f32_info("z", &[2, 3]));
     let (out, report) = run_passes(&lift(p), &["fuse-gemm-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
-    assert_explained(&report, "the product has other readers");
+    assert_explained(&report, "the product has other readers (2 reads: ");
 
     let mut p = gemm_bn(gemm(false, false), false, None);
     p.graph.as_mut().unwrap().node[1]
@@ -503,7 +517,10 @@ fn keeps_layer_norm_whose_intermediate_is_read_elsewhere() {
     g.output.push(f32_info("z", &[2, 4, 1]));
     let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
     assert_eq!(count_op(&out, "LayerNormalization"), 0);
-    assert_explained(&report, "read outside the pattern");
+    assert_explained(
+        &report,
+        "its intermediate 'v' has other readers (2 reads: Add 'add_eps', Relu 'spy')",
+    );
 }
 
 #[test]
@@ -712,7 +729,12 @@ fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
     let g = p.graph.as_mut().unwrap();
     g.node.push(node("Relu", "spy", &["m"], &["z"]));
     g.output.push(f32_info("z", &[2, 3]));
-    assert_refused(&lift(p), "fuse-matmul-add", "Add", "other readers");
+    assert_refused(
+        &lift(p),
+        "fuse-matmul-add",
+        "Add",
+        "the MatMul's output has other readers (2 reads: Add 'add', Relu 'spy')",
+    );
 }
 
 // ---- fuse-mul-conv ----
@@ -782,7 +804,52 @@ fn keeps_a_scale_before_a_conv_that_is_read_elsewhere() {
     let g = p.graph.as_mut().unwrap();
     g.node.push(node("Relu", "spy", &["s"], &["z"]));
     g.output.push(f32_info("z", &[1, 4, 5, 5]));
-    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "other readers");
+    assert_refused(
+        &lift(p),
+        "fuse-mul-conv",
+        "Conv",
+        "the scaled value has other readers (2 reads: Conv 'conv', Relu 'spy')",
+    );
+}
+
+/// x ─▶ Mul(x, k) ─▶ s read by two Convs, `second` the other one's weight, summed into y.
+fn scale_read_by_two_convs(second: &str) -> ModelProto {
+    let mut p = scaled_conv("Mul", &[1, 4, 1, 1], &[0.5, -1.0, 2.0, 1.5], 1);
+    let g = p.graph.as_mut().unwrap();
+    g.node[1].output[0] = "y1".into();
+    let mut c2 = conv(&["s", second], "y2");
+    c2.name = "conv2".into();
+    g.node.push(c2);
+    g.node.push(node("Add", "sum", &["y1", "y2"], &["y"]));
+    g.initializer
+        .push(f32_tensor("W2", &[6, 4, 3, 3], &values(216, 11)));
+    if second == "V" {
+        g.input.push(f32_info("V", &[6, 4, 3, 3]));
+    }
+    p
+}
+
+#[test]
+fn fuses_a_scale_read_by_two_convs_into_both() {
+    let m = lift(scale_read_by_two_convs("W2"));
+    let (out, report) = run_passes(&m, &["fuse-mul-conv", "dead-code"]);
+    assert_eq!(count_op(&out, "Mul"), 0);
+    assert_eq!(m.graph.node_count() - out.graph.node_count(), 1);
+    assert!(report.explain.is_empty(), "{:#?}", report.explain);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_a_scale_read_by_two_convs_when_one_cannot_take_it() {
+    // The second Conv's weight is an input: a copy of the Mul for it would stay, so none is
+    // made.
+    let m = lift(scale_read_by_two_convs("V"));
+    assert_refused(
+        &m,
+        "fuse-mul-conv",
+        "Conv",
+        "the scaled value has other readers (2 reads: Conv 'conv', Conv 'conv2')",
+    );
 }
 
 #[test]
@@ -918,6 +985,45 @@ fn keeps_pads_that_do_not_compose() {
     }
 }
 
+/// x ─▶ Pad ─▶ p read by a 3x3 Conv (writing y) and, second, by `other` (writing z[z_dims]).
+fn pad_read_twice(other: NodeProto, z_dims: &[i64]) -> ModelProto {
+    let mut p = pad_then(
+        conv(&["p", "W"], "y"),
+        &[0, 0, 1, 1, 0, 0, 1, 1],
+        0.0,
+        &[1, 3, 7, 7],
+    );
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(other);
+    g.output.push(f32_info("z", z_dims));
+    p
+}
+
+#[test]
+fn fuses_a_pad_read_by_two_convs_into_both() {
+    let mut c2 = conv(&["p", "W"], "z");
+    c2.name = "conv2".into();
+    let m = lift(pad_read_twice(c2, &[1, 3, 7, 7]));
+    let (out, report) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
+    assert_eq!(count_op(&out, "Pad"), 0);
+    assert_eq!((m.graph.node_count(), out.graph.node_count()), (3, 2));
+    assert!(report.explain.is_empty(), "{:#?}", report.explain);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_a_pad_read_by_a_conv_and_another_op() {
+    let mut max = pool("MaxPool", vec![]);
+    max.output[0] = "z".into();
+    assert_refused(
+        &lift(pad_read_twice(max, &[1, 2, 5, 5])),
+        "fuse-pad-conv",
+        "Conv",
+        "the Pad's output has other readers (2 reads: Conv 'conv', MaxPool 'pool')",
+    );
+}
+
 // ---- fuse-gelu ----
 
 /// x · ½ · (1 + erf(x / √2)) written the way `order` says, at `opset`, with ½ as `half`.
@@ -980,6 +1086,20 @@ fn keeps_erf_gelu_before_opset_20_and_near_misses() {
         "fuse-gelu",
         "Erf",
         "do not form",
+    );
+}
+
+#[test]
+fn keeps_erf_gelu_whose_intermediate_is_read_elsewhere() {
+    let mut p = gelu_model(0, 20, 0.5);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &["e"], &["z"]));
+    g.output.push(f32_info("z", &[2, 3]));
+    assert_refused(
+        &lift(p),
+        "fuse-gelu",
+        "Erf",
+        "its intermediate 'e' has other readers (2 reads: Add 'add', Relu 'spy')",
     );
 }
 

@@ -13,7 +13,7 @@
 use anyhow::Result;
 
 use crate::ir::{DType, Dim, Graph, NodeId, Patch, Type, ValueId};
-use crate::passes::{operand_where, producer_op, Look, Refusal, Rewrite};
+use crate::passes::{operand_where, producer_op, shared_reads, Look, Refusal, Rewrite};
 
 pub struct FuseMatMulAdd;
 
@@ -32,8 +32,8 @@ fn match_at(g: &Graph, add: NodeId, look: &Look) -> Result<Found, Refusal> {
     let is_mm = |v: ValueId| producer_op(g, v, "MatMul").is_some();
     let (m, c) = operand_where(g, add, is_mm).ok_or(Refusal::NotMine)?;
     let matmul = g.producer(m).ok_or(Refusal::NotMine)?;
-    if g.only_reader(m).is_none() {
-        return Err("the MatMul's output has other readers".into());
+    if let Some(why) = shared_reads(g, m, "the MatMul's output") {
+        return Err(why.into());
     }
     let mn = g.node(matmul);
     let (Some(a), Some(b)) = (mn.input(0), mn.input(1)) else {
