@@ -1122,3 +1122,232 @@ fn fuses_a_pad_as_wide_as_the_kernel() {
     assert_eq!(count_op(&out, "Pad"), 0);
     assert_same_outputs(&m, &out);
 }
+
+// ---- Reshape→MatMul→Add heads ----
+
+/// How a head builds its Reshape target.
+#[derive(Clone, Copy)]
+enum Target {
+    /// `Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])`, as PyTorch exports `x.view(x.size(0), -1)`.
+    ShapeChain,
+    /// A constant `[0, -1]`.
+    CopyBatch,
+    /// A constant `[N, -1]` for a static batch N.
+    Fixed,
+}
+
+/// One classifier head: x[N, C, 1, 1] (or [N, C]) ─▶ Reshape(target) ─▶ MatMul(B[C, 3]) ─▶
+/// Add(c) ─▶ y[N, 3], at `opset`, the bias of `c_dims` first or second, the batch symbolic
+/// unless `Target::Fixed`; inside both branches of an If (capturing x) when `in_if`.
+struct Head {
+    opset: i64,
+    x_dims: &'static [i64],
+    target: Target,
+    bias_first: bool,
+    c_dims: &'static [i64],
+    in_if: bool,
+}
+
+impl Head {
+    fn nodes(
+        &self,
+        tag: &str,
+        inits: &mut Vec<onnxsmith::onnx::proto::TensorProto>,
+    ) -> Vec<NodeProto> {
+        let c = self.x_dims[1];
+        let n =
+            |op: &str, name: &str, i: &[&str], o: &[&str]| node(op, &format!("{tag}{name}"), i, o);
+        let v = |s: &str| format!("{tag}{s}");
+        let mut out = Vec::new();
+        let target = match self.target {
+            Target::ShapeChain => {
+                out.push(n("Shape", "shape", &["x"], &[&v("s")]));
+                inits.push(i64_tensor(&v("zero"), &[], &[0]));
+                out.push(n("Gather", "gather", &[&v("s"), &v("zero")], &[&v("b")]));
+                let unsq = if self.opset >= 13 {
+                    inits.push(i64_tensor(&v("axes"), &[1], &[0]));
+                    n(
+                        "Unsqueeze",
+                        "unsqueeze",
+                        &[&v("b"), &v("axes")],
+                        &[&v("b1")],
+                    )
+                } else {
+                    let mut u = n("Unsqueeze", "unsqueeze", &[&v("b")], &[&v("b1")]);
+                    u.attribute.push(attr_ints("axes", &[0]));
+                    u
+                };
+                out.push(unsq);
+                inits.push(i64_tensor(&v("rest"), &[1], &[-1]));
+                let mut cat = n("Concat", "concat", &[&v("b1"), &v("rest")], &[&v("t")]);
+                cat.attribute.push(attr_int("axis", 0));
+                out.push(cat);
+                v("t")
+            }
+            Target::CopyBatch => {
+                inits.push(i64_tensor(&v("t"), &[2], &[0, -1]));
+                v("t")
+            }
+            Target::Fixed => {
+                inits.push(i64_tensor(&v("t"), &[2], &[self.x_dims[0], -1]));
+                v("t")
+            }
+        };
+        out.push(n("Reshape", "reshape", &["x", &target], &[&v("r")]));
+        inits.push(f32_tensor(&v("B"), &[c, 3], &values(3 * c as usize, 7)));
+        out.push(n("MatMul", "mm", &[&v("r"), &v("B")], &[&v("m")]));
+        let len: i64 = self.c_dims.iter().product();
+        inits.push(f32_tensor(&v("c"), self.c_dims, &values(len as usize, 8)));
+        let (mm, bias) = (v("m"), v("c"));
+        let ops = if self.bias_first {
+            [&bias, &mm]
+        } else {
+            [&mm, &bias]
+        };
+        out.push(n("Add", "add", &[ops[0], ops[1]], &[&v("y")]));
+        out
+    }
+
+    fn model(&self) -> ModelProto {
+        let mut inits = Vec::new();
+        let mut x = f32_info("x", self.x_dims);
+        let mut y = f32_info("y", &[self.x_dims[0], 3]);
+        if !matches!(self.target, Target::Fixed) {
+            common::symbolic(&mut x, 0, Some("N"));
+            common::symbolic(&mut y, 0, Some("N"));
+        }
+        let mut inputs = vec![x];
+        let nodes = if self.in_if {
+            use onnxsmith::onnx::proto::{
+                attribute_proto::AttributeType, AttributeProto, GraphProto,
+            };
+            let branch = |name: &str, tag: &str| {
+                let mut body_inits = Vec::new();
+                let nodes = self.nodes(tag, &mut body_inits);
+                let mut out = y.clone();
+                out.name = format!("{tag}y");
+                AttributeProto {
+                    name: name.into(),
+                    r#type: AttributeType::Graph as i32,
+                    g: Some(GraphProto {
+                        name: format!("{name}_graph"),
+                        node: nodes,
+                        initializer: body_inits,
+                        output: vec![out],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            };
+            let mut iff = node("If", "if", &["cond"], &["y"]);
+            iff.attribute = vec![branch("then_branch", "t_"), branch("else_branch", "e_")];
+            inputs.push(common::info("cond", 9, &[]));
+            vec![iff]
+        } else {
+            self.nodes("", &mut inits)
+        };
+        let mut p = model_io(nodes, inputs, vec![y], inits);
+        p.opset_import[0].version = self.opset;
+        p
+    }
+}
+
+const TARGETS: [Target; 3] = [Target::ShapeChain, Target::CopyBatch, Target::Fixed];
+
+/// Nodes of every graph of `m`, bodies included.
+fn all_nodes(m: &onnxsmith::ir::Model) -> usize {
+    onnxsmith::report::Summary::of(m).nodes
+}
+
+#[test]
+fn fuses_reshape_matmul_add_heads_into_gemm_at_every_opset_and_inside_ifs() {
+    let mut case = 0;
+    for opset in [11, 13, 17] {
+        for target in TARGETS {
+            for x_dims in [&[1, 8, 1, 1][..], &[1, 8][..]] {
+                for in_if in [false, true] {
+                    case += 1;
+                    let h = Head {
+                        opset,
+                        x_dims,
+                        target,
+                        bias_first: case % 2 == 0,
+                        c_dims: if case % 3 == 0 { &[3] } else { &[1, 3] },
+                        in_if,
+                    };
+                    let m = lift(h.model());
+                    let (out, _) = run_pipeline_default(&m);
+                    let at = format!("case {case}: opset {opset}, x {x_dims:?}, in If {in_if}");
+                    for op in ["MatMul", "Add", "Shape", "Gather", "Unsqueeze", "Concat"] {
+                        assert_eq!(count_op(&out, op), 0, "{op} left in {at}");
+                    }
+                    assert_eq!(count_op(&out, "Gemm"), if in_if { 2 } else { 1 }, "{at}");
+                    assert_same_outputs(&m, &out);
+                }
+            }
+        }
+    }
+}
+
+/// The whole default pipeline, with `--explain`.
+fn run_pipeline_default(
+    m: &onnxsmith::ir::Model,
+) -> (onnxsmith::ir::Model, onnxsmith::passes::PipelineReport) {
+    let mut out = m.clone();
+    let opts = onnxsmith::passes::PipelineOptions {
+        explain: true,
+        verify_each: true,
+        ..Default::default()
+    };
+    let report = onnxsmith::passes::run_pipeline(&mut out, &opts).unwrap();
+    (out, report)
+}
+
+#[test]
+fn fuses_a_reshape_matmul_add_head_inside_an_if_at_opset_11() {
+    let h = Head {
+        opset: 11,
+        x_dims: &[1, 8, 1, 1],
+        target: Target::ShapeChain,
+        bias_first: true,
+        c_dims: &[3],
+        in_if: true,
+    };
+    let m = lift(h.model());
+    let (out, _) = run_passes(&m, &["fold-reshape-target", "fuse-matmul-add", "dead-code"]);
+    // Each branch: Shape, Gather, Unsqueeze, Concat, Reshape, MatMul, Add ⇒ Reshape, Gemm.
+    assert_eq!((all_nodes(&m), all_nodes(&out)), (15, 5));
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_matmul_add_in_a_body_whose_input_rank_is_unknown_there() {
+    // The body reads the captured x[N, 8] straight: nothing inside the body gives its rank.
+    let mut p = Head {
+        opset: 13,
+        x_dims: &[1, 8],
+        target: Target::CopyBatch,
+        bias_first: false,
+        c_dims: &[3],
+        in_if: true,
+    }
+    .model();
+    let iff = &mut p.graph.as_mut().unwrap().node[0];
+    for branch in &mut iff.attribute {
+        let body = branch.g.as_mut().unwrap();
+        body.node.retain(|n| n.op_type != "Reshape");
+        let mm = body
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "MatMul")
+            .unwrap();
+        mm.input[0] = "x".into();
+    }
+    let (out, report) = run_passes(&lift(p), &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert_explained(
+        &report,
+        "fuse-matmul-add: kept Add 't_add': the MatMul's input is not known to be 2-D",
+    );
+}

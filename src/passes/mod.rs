@@ -176,9 +176,31 @@ pub struct Look<'a> {
 }
 
 impl Look<'_> {
-    /// The rank tract proves for `v` of `g`.
+    /// The rank of `v` of `g`: what tract proves, or else a constant's, or the rank the op
+    /// producing `v` fixes whatever its input (a Reshape to a constant target, a Flatten, a
+    /// Gemm). Bodies have no facts, and these ops are where a body settles its ranks.
     pub fn rank(&self, g: &Graph, v: ValueId) -> Option<usize> {
-        self.facts?.rank(g.value(v).name())
+        if let Some(r) = self.facts.and_then(|f| f.rank(g.value(v).name())) {
+            return Some(r);
+        }
+        if let Some(t) = g.value(v).constant() {
+            return Some(t.dims().len());
+        }
+        let node = g.node(g.producer(v)?);
+        if !node.in_standard_domain() {
+            return None;
+        }
+        match node.op() {
+            "Flatten" | "Gemm" => Some(2),
+            "Reshape" => {
+                let target = g.value(node.input(1)?).constant()?;
+                match target.dims() {
+                    [len] => usize::try_from(*len).ok(),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 }
 
