@@ -169,7 +169,8 @@ impl From<String> for Refusal {
 
 /// What a match may consult besides the graph.
 pub struct Look<'a> {
-    /// tract's facts, when looking at the main graph of a rewrite that asked for them.
+    /// tract's facts, for a rewrite that asked for them: the main graph's and its If bodies'
+    /// values (see [`infer_facts`]).
     pub facts: Option<&'a Facts>,
     /// The model's default-domain opset.
     pub opset: i64,
@@ -178,7 +179,8 @@ pub struct Look<'a> {
 impl Look<'_> {
     /// The rank of `v` of `g`: what tract proves, or else a constant's, or the rank the op
     /// producing `v` fixes whatever its input (a Reshape to a constant target, a Flatten, a
-    /// Gemm). Bodies have no facts, and these ops are where a body settles its ranks.
+    /// Gemm). Loop and Scan bodies have no facts, nor has a value a rewrite made since they
+    /// were inferred; these ops are where such a graph settles its ranks.
     pub fn rank(&self, g: &Graph, v: ValueId) -> Option<usize> {
         if let Some(r) = self.facts.and_then(|f| f.rank(g.value(v).name())) {
             return Some(r);
@@ -256,7 +258,7 @@ impl<R: Rewrite> Pass for R {
                 return Ok(0);
             }
             let look = Look {
-                facts: facts.as_deref().filter(|_| scope == Scope::Main),
+                facts: facts.as_deref(),
                 opset,
             };
             let mut anchors: Vec<NodeId> = if R::READERS_FIRST {
