@@ -6,7 +6,7 @@
 //! shapes can be wrong. When typing fails (for instance an If whose branches differ in output
 //! shape, which is legal ONNX) the untyped inference model is run instead: slower, but correct.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 
-use crate::ir::{DType, Def, Dim, Model, Tensor};
+use crate::ir::{DType, Def, Dim, Graph, Model, Tensor, Type};
 
 /// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
 /// shape; any other symbol or unknown dim becomes `default_dim`, except spatial ones (dims after
@@ -429,15 +429,16 @@ impl Runner {
 /// What tract proves about one value: its element type and, when the rank is known, its dims
 /// (`Dim::Sym` holds tract's expression of the graph inputs' symbols, so two equal `Sym`s are
 /// the same length whatever the inputs are).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fact {
     pub dtype: Option<DType>,
     pub shape: Option<Vec<Dim>>,
 }
 
-/// Facts about the top-level graph's values, by name. Graph inputs keep their declared types
-/// and dims, with symbols (and unknown dims) left symbolic; declared shapes of inner values and
-/// outputs are ignored, since exports get them wrong. Values tract cannot analyse are absent.
+/// Facts about the values of the top-level graph and of its If bodies, by name. Graph inputs
+/// keep their declared types and dims, with symbols (and unknown dims) left symbolic; declared
+/// shapes of inner values and outputs are ignored, since exports get them wrong. Values tract
+/// cannot analyse are absent, and so are names two graphs give different facts.
 #[derive(Debug, Default)]
 pub struct Facts(HashMap<String, Fact>);
 
@@ -508,8 +509,59 @@ fn tract_proto(model: &Model) -> Result<tract_onnx::pb::ModelProto> {
 /// Infers [`Facts`] with tract. Ops tract cannot analyse (an `If` whose branches disagree, a
 /// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
 /// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
+/// If bodies are analysed too (see [`infer_bodies`]).
 pub fn infer_facts(model: &Model) -> Facts {
-    Facts(contain_panic(|| infer(model)).unwrap_or_default())
+    let mut facts = Facts(contain_panic(|| infer(model)).unwrap_or_default());
+    infer_bodies(model, &model.graph, &mut facts, &mut HashSet::new());
+    facts
+}
+
+/// Adds the facts of the bodies of `g`'s If nodes, and of theirs in turn: each body analysed
+/// as a model of its own, the outer values it captures typed by what is known of them outside
+/// (a branch runs on exactly those values). A body capturing a value of unknown type or shape
+/// is left without facts. Loop and Scan bodies are left too: their inputs change from one
+/// iteration to the next. Sibling branches may reuse a name for different values, so a name
+/// given two different facts is dropped (`clashed`): no fact is better than a wrong one.
+fn infer_bodies(model: &Model, g: &Graph, facts: &mut Facts, clashed: &mut HashSet<String>) {
+    let mut ifs: Vec<_> = g.node_ids().filter(|&n| g.node(n).is("If")).collect();
+    ifs.sort();
+    for n in ifs {
+        for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+            let captures: Option<Vec<(String, Type)>> = (body.captures().iter())
+                .map(|&v| {
+                    let name = body.value(v).name();
+                    let fact = facts.get(name)?;
+                    Some((
+                        name.to_string(),
+                        Type::tensor(fact.dtype?, fact.shape.clone()?),
+                    ))
+                })
+                .collect();
+            let Some(sub) = captures.and_then(|c| model.of_body(body, &c).ok()) else {
+                continue;
+            };
+            for (name, fact) in contain_panic(|| infer(&sub)).unwrap_or_default() {
+                // A capture's fact is the outer one, less precise where it had unknown dims.
+                let captured = body
+                    .find(&name)
+                    .is_some_and(|v| body.captures().contains(&v));
+                if captured || clashed.contains(&name) {
+                    continue;
+                }
+                match facts.0.get(&name) {
+                    Some(known) if *known != fact => {
+                        facts.0.remove(&name);
+                        clashed.insert(name);
+                    }
+                    Some(_) => {}
+                    None => {
+                        facts.0.insert(name, fact);
+                    }
+                }
+            }
+            infer_bodies(model, body, facts, clashed);
+        }
+    }
 }
 
 fn dim_of(d: &tract_onnx::prelude::TDim) -> Dim {

@@ -872,7 +872,28 @@ fn keeps_squeezes_whose_first_output_has_other_readers() {
     g.output.push(f32_info("z", &[1, 2, 3]));
     let (out, report) = run_passes(&lift(p), &["merge-squeezes"]);
     assert_eq!(count_op(&out, "Unsqueeze"), 2);
-    assert_explained(&report, "other readers");
+    assert_explained(
+        &report,
+        "the first op's output has other readers (2 reads: Unsqueeze 'second', Relu 'other')",
+    );
+}
+
+#[test]
+fn merges_an_unsqueeze_read_by_two_unsqueezes_into_both() {
+    let mut p = squeezes(["Unsqueeze", "Unsqueeze"], [&[0], &[2]], &[1, 2, 1, 3], 17);
+    let g = p.graph.as_mut().unwrap();
+    let mut third = node("Unsqueeze", "third", &["b", "axes3"], &["d"]);
+    third.name = "third".into();
+    g.node.push(third);
+    g.initializer.push(i64_tensor("axes3", &[1], &[0]));
+    g.output.push(f32_info("d", &[1, 1, 2, 3]));
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["merge-squeezes", "dead-code"]);
+    assert_eq!(count_op(&out, "Unsqueeze"), 2);
+    assert_eq!(m.graph.node_count() - out.graph.node_count(), 1);
+    assert!(report.explain.is_empty(), "{:#?}", report.explain);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
 }
 
 #[test]

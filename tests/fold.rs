@@ -660,3 +660,53 @@ fn keeps_ifs_whose_branch_output_type_clashes() {
         "declared type clashes",
     );
 }
+
+#[test]
+fn folds_known_dims_gathered_from_a_dynamic_shape_inside_an_if() {
+    // The branches read x by capture: its dims come from the outer graph's facts.
+    let m = lift(common::in_an_if(gather_of_shape(&[2, 1])));
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    for op in ["Shape", "Gather", "Concat"] {
+        assert_eq!(count_op(&out, op), 0, "{op} left");
+    }
+    assert_eq!(count_op(&out, "Reshape"), 2);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_gathers_of_a_dynamic_dim_inside_an_if() {
+    let m = lift(common::in_an_if(gather_of_shape(&[0])));
+    let (out, report) = run_passes(&m, &["fold-shape"]);
+    assert_eq!(count_op(&out, "Gather"), 2);
+    assert_explained(
+        &report,
+        "fold-shape: kept Gather 'then_gather': the input's dims depend on dynamic input dims",
+    );
+}
+
+#[test]
+fn keeps_shape_reads_of_a_name_the_two_branches_give_different_shapes() {
+    // Both branches name their value h, of x[batch, 4, 6] in one and of z[batch, 6, 4] in the
+    // other: no fact about h may come from either branch.
+    let mut p = common::in_an_if(gather_of_shape(&[2, 1]));
+    let g = p.graph.as_mut().unwrap();
+    for (branch, input) in g.node[0].attribute.iter_mut().zip(["x", "z"]) {
+        let body = branch.g.as_mut().unwrap();
+        for n in &mut body.node {
+            for i in &mut n.input {
+                if i == "x" {
+                    *i = "h".into();
+                }
+            }
+        }
+        body.node.insert(0, node("Relu", "relu", &[input], &["h"]));
+    }
+    let mut z = f32_info("z", &[1, 6, 4]);
+    common::symbolic(&mut z, 0, Some("batch"));
+    g.input.push(z);
+    let m = lift(p);
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    assert_eq!(count_op(&out, "Gather"), 2);
+    assert_same_outputs(&m, &out);
+}

@@ -119,7 +119,21 @@ fn keeps_conv_bn_when_conv_output_has_two_users() {
     ));
     let (out, report) = run_passes(&m, &["fuse-conv-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
-    assert_explained(&report, "other readers");
+    assert_explained(
+        &report,
+        "the Conv's output has other readers (2 reads: BatchNormalization 'bn', Relu 'relu')",
+    );
+}
+
+#[test]
+fn keeps_conv_bn_when_conv_output_is_a_graph_output() {
+    let p = conv_bn(false, vec![], vec!["c"]);
+    assert_refused(
+        &lift(p),
+        "fuse-conv-bn",
+        "BatchNormalization",
+        "the Conv's output is also a graph output",
+    );
 }
 
 #[test]
@@ -323,7 +337,7 @@ fn keeps_gemm_bn_when_the_product_has_other_readers_or_bn_trains() {
     g.output.push(f32_info("z", &[2, 3]));
     let (out, report) = run_passes(&lift(p), &["fuse-gemm-bn"]);
     assert_eq!(count_op(&out, "BatchNormalization"), 1);
-    assert_explained(&report, "the product has other readers");
+    assert_explained(&report, "the product has other readers (2 reads: ");
 
     let mut p = gemm_bn(gemm(false, false), false, None);
     p.graph.as_mut().unwrap().node[1]
@@ -503,7 +517,10 @@ fn keeps_layer_norm_whose_intermediate_is_read_elsewhere() {
     g.output.push(f32_info("z", &[2, 4, 1]));
     let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
     assert_eq!(count_op(&out, "LayerNormalization"), 0);
-    assert_explained(&report, "read outside the pattern");
+    assert_explained(
+        &report,
+        "its intermediate 'v' has other readers (2 reads: Add 'add_eps', Relu 'spy')",
+    );
 }
 
 #[test]
@@ -712,7 +729,12 @@ fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
     let g = p.graph.as_mut().unwrap();
     g.node.push(node("Relu", "spy", &["m"], &["z"]));
     g.output.push(f32_info("z", &[2, 3]));
-    assert_refused(&lift(p), "fuse-matmul-add", "Add", "other readers");
+    assert_refused(
+        &lift(p),
+        "fuse-matmul-add",
+        "Add",
+        "the MatMul's output has other readers (2 reads: Add 'add', Relu 'spy')",
+    );
 }
 
 // ---- fuse-mul-conv ----
@@ -782,7 +804,52 @@ fn keeps_a_scale_before_a_conv_that_is_read_elsewhere() {
     let g = p.graph.as_mut().unwrap();
     g.node.push(node("Relu", "spy", &["s"], &["z"]));
     g.output.push(f32_info("z", &[1, 4, 5, 5]));
-    assert_refused(&lift(p), "fuse-mul-conv", "Conv", "other readers");
+    assert_refused(
+        &lift(p),
+        "fuse-mul-conv",
+        "Conv",
+        "the scaled value has other readers (2 reads: Conv 'conv', Relu 'spy')",
+    );
+}
+
+/// x ─▶ Mul(x, k) ─▶ s read by two Convs, `second` the other one's weight, summed into y.
+fn scale_read_by_two_convs(second: &str) -> ModelProto {
+    let mut p = scaled_conv("Mul", &[1, 4, 1, 1], &[0.5, -1.0, 2.0, 1.5], 1);
+    let g = p.graph.as_mut().unwrap();
+    g.node[1].output[0] = "y1".into();
+    let mut c2 = conv(&["s", second], "y2");
+    c2.name = "conv2".into();
+    g.node.push(c2);
+    g.node.push(node("Add", "sum", &["y1", "y2"], &["y"]));
+    g.initializer
+        .push(f32_tensor("W2", &[6, 4, 3, 3], &values(216, 11)));
+    if second == "V" {
+        g.input.push(f32_info("V", &[6, 4, 3, 3]));
+    }
+    p
+}
+
+#[test]
+fn fuses_a_scale_read_by_two_convs_into_both() {
+    let m = lift(scale_read_by_two_convs("W2"));
+    let (out, report) = run_passes(&m, &["fuse-mul-conv", "dead-code"]);
+    assert_eq!(count_op(&out, "Mul"), 0);
+    assert_eq!(m.graph.node_count() - out.graph.node_count(), 1);
+    assert!(report.explain.is_empty(), "{:#?}", report.explain);
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_a_scale_read_by_two_convs_when_one_cannot_take_it() {
+    // The second Conv's weight is an input: a copy of the Mul for it would stay, so none is
+    // made.
+    let m = lift(scale_read_by_two_convs("V"));
+    assert_refused(
+        &m,
+        "fuse-mul-conv",
+        "Conv",
+        "the scaled value has other readers (2 reads: Conv 'conv', Conv 'conv2')",
+    );
 }
 
 #[test]
@@ -918,6 +985,45 @@ fn keeps_pads_that_do_not_compose() {
     }
 }
 
+/// x ─▶ Pad ─▶ p read by a 3x3 Conv (writing y) and, second, by `other` (writing z[z_dims]).
+fn pad_read_twice(other: NodeProto, z_dims: &[i64]) -> ModelProto {
+    let mut p = pad_then(
+        conv(&["p", "W"], "y"),
+        &[0, 0, 1, 1, 0, 0, 1, 1],
+        0.0,
+        &[1, 3, 7, 7],
+    );
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(other);
+    g.output.push(f32_info("z", z_dims));
+    p
+}
+
+#[test]
+fn fuses_a_pad_read_by_two_convs_into_both() {
+    let mut c2 = conv(&["p", "W"], "z");
+    c2.name = "conv2".into();
+    let m = lift(pad_read_twice(c2, &[1, 3, 7, 7]));
+    let (out, report) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
+    assert_eq!(count_op(&out, "Pad"), 0);
+    assert_eq!((m.graph.node_count(), out.graph.node_count()), (3, 2));
+    assert!(report.explain.is_empty(), "{:#?}", report.explain);
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_a_pad_read_by_a_conv_and_another_op() {
+    let mut max = pool("MaxPool", vec![]);
+    max.output[0] = "z".into();
+    assert_refused(
+        &lift(pad_read_twice(max, &[1, 2, 5, 5])),
+        "fuse-pad-conv",
+        "Conv",
+        "the Pad's output has other readers (2 reads: Conv 'conv', MaxPool 'pool')",
+    );
+}
+
 // ---- fuse-gelu ----
 
 /// x · ½ · (1 + erf(x / √2)) written the way `order` says, at `opset`, with ½ as `half`.
@@ -984,6 +1090,20 @@ fn keeps_erf_gelu_before_opset_20_and_near_misses() {
 }
 
 #[test]
+fn keeps_erf_gelu_whose_intermediate_is_read_elsewhere() {
+    let mut p = gelu_model(0, 20, 0.5);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &["e"], &["z"]));
+    g.output.push(f32_info("z", &[2, 3]));
+    assert_refused(
+        &lift(p),
+        "fuse-gelu",
+        "Erf",
+        "its intermediate 'e' has other readers (2 reads: Add 'add', Relu 'spy')",
+    );
+}
+
+#[test]
 fn fuses_a_pad_as_wide_as_the_kernel() {
     // From a differential-test case: Pad(1 each side) ─▶ Conv(k=1, stride 2); fused, the
     // Conv pads as much as its kernel is wide, and reads the same positions.
@@ -1001,4 +1121,257 @@ fn fuses_a_pad_as_wide_as_the_kernel() {
     let (out, _) = run_passes(&m, &["fuse-pad-conv", "dead-code"]);
     assert_eq!(count_op(&out, "Pad"), 0);
     assert_same_outputs(&m, &out);
+}
+
+// ---- Reshape→MatMul→Add heads ----
+
+/// How a head builds its Reshape target.
+#[derive(Clone, Copy)]
+enum Target {
+    /// `Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])`, as PyTorch exports `x.view(x.size(0), -1)`.
+    ShapeChain,
+    /// A constant `[0, -1]`.
+    CopyBatch,
+    /// A constant `[N, -1]` for a static batch N.
+    Fixed,
+}
+
+/// One classifier head: x[N, C, 1, 1] (or [N, C]) ─▶ Reshape(target) ─▶ MatMul(B[C, 3]) ─▶
+/// Add(c) ─▶ y[N, 3], at `opset`, the bias of `c_dims` first or second, the batch symbolic
+/// unless `Target::Fixed`; inside both branches of an If (capturing x) when `in_if`.
+struct Head {
+    opset: i64,
+    x_dims: &'static [i64],
+    target: Target,
+    bias_first: bool,
+    c_dims: &'static [i64],
+    in_if: bool,
+}
+
+impl Head {
+    fn nodes(
+        &self,
+        tag: &str,
+        inits: &mut Vec<onnxsmith::onnx::proto::TensorProto>,
+    ) -> Vec<NodeProto> {
+        let c = self.x_dims[1];
+        let n =
+            |op: &str, name: &str, i: &[&str], o: &[&str]| node(op, &format!("{tag}{name}"), i, o);
+        let v = |s: &str| format!("{tag}{s}");
+        let mut out = Vec::new();
+        let target = match self.target {
+            Target::ShapeChain => {
+                out.push(n("Shape", "shape", &["x"], &[&v("s")]));
+                inits.push(i64_tensor(&v("zero"), &[], &[0]));
+                out.push(n("Gather", "gather", &[&v("s"), &v("zero")], &[&v("b")]));
+                let unsq = if self.opset >= 13 {
+                    inits.push(i64_tensor(&v("axes"), &[1], &[0]));
+                    n(
+                        "Unsqueeze",
+                        "unsqueeze",
+                        &[&v("b"), &v("axes")],
+                        &[&v("b1")],
+                    )
+                } else {
+                    let mut u = n("Unsqueeze", "unsqueeze", &[&v("b")], &[&v("b1")]);
+                    u.attribute.push(attr_ints("axes", &[0]));
+                    u
+                };
+                out.push(unsq);
+                inits.push(i64_tensor(&v("rest"), &[1], &[-1]));
+                let mut cat = n("Concat", "concat", &[&v("b1"), &v("rest")], &[&v("t")]);
+                cat.attribute.push(attr_int("axis", 0));
+                out.push(cat);
+                v("t")
+            }
+            Target::CopyBatch => {
+                inits.push(i64_tensor(&v("t"), &[2], &[0, -1]));
+                v("t")
+            }
+            Target::Fixed => {
+                inits.push(i64_tensor(&v("t"), &[2], &[self.x_dims[0], -1]));
+                v("t")
+            }
+        };
+        out.push(n("Reshape", "reshape", &["x", &target], &[&v("r")]));
+        inits.push(f32_tensor(&v("B"), &[c, 3], &values(3 * c as usize, 7)));
+        out.push(n("MatMul", "mm", &[&v("r"), &v("B")], &[&v("m")]));
+        let len: i64 = self.c_dims.iter().product();
+        inits.push(f32_tensor(&v("c"), self.c_dims, &values(len as usize, 8)));
+        let (mm, bias) = (v("m"), v("c"));
+        let ops = if self.bias_first {
+            [&bias, &mm]
+        } else {
+            [&mm, &bias]
+        };
+        out.push(n("Add", "add", &[ops[0], ops[1]], &[&v("y")]));
+        out
+    }
+
+    fn model(&self) -> ModelProto {
+        let mut inits = Vec::new();
+        let mut x = f32_info("x", self.x_dims);
+        let mut y = f32_info("y", &[self.x_dims[0], 3]);
+        if !matches!(self.target, Target::Fixed) {
+            common::symbolic(&mut x, 0, Some("N"));
+            common::symbolic(&mut y, 0, Some("N"));
+        }
+        let mut inputs = vec![x];
+        let nodes = if self.in_if {
+            use onnxsmith::onnx::proto::{
+                attribute_proto::AttributeType, AttributeProto, GraphProto,
+            };
+            let branch = |name: &str, tag: &str| {
+                let mut body_inits = Vec::new();
+                let nodes = self.nodes(tag, &mut body_inits);
+                let mut out = y.clone();
+                out.name = format!("{tag}y");
+                AttributeProto {
+                    name: name.into(),
+                    r#type: AttributeType::Graph as i32,
+                    g: Some(GraphProto {
+                        name: format!("{name}_graph"),
+                        node: nodes,
+                        initializer: body_inits,
+                        output: vec![out],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            };
+            let mut iff = node("If", "if", &["cond"], &["y"]);
+            iff.attribute = vec![branch("then_branch", "t_"), branch("else_branch", "e_")];
+            inputs.push(common::info("cond", 9, &[]));
+            vec![iff]
+        } else {
+            self.nodes("", &mut inits)
+        };
+        let mut p = model_io(nodes, inputs, vec![y], inits);
+        p.opset_import[0].version = self.opset;
+        p
+    }
+}
+
+const TARGETS: [Target; 3] = [Target::ShapeChain, Target::CopyBatch, Target::Fixed];
+
+/// Nodes of every graph of `m`, bodies included.
+fn all_nodes(m: &onnxsmith::ir::Model) -> usize {
+    onnxsmith::report::Summary::of(m).nodes
+}
+
+#[test]
+fn fuses_reshape_matmul_add_heads_into_gemm_at_every_opset_and_inside_ifs() {
+    let mut case = 0;
+    for opset in [11, 13, 17] {
+        for target in TARGETS {
+            for x_dims in [&[1, 8, 1, 1][..], &[1, 8][..]] {
+                for in_if in [false, true] {
+                    case += 1;
+                    let h = Head {
+                        opset,
+                        x_dims,
+                        target,
+                        bias_first: case % 2 == 0,
+                        c_dims: if case % 3 == 0 { &[3] } else { &[1, 3] },
+                        in_if,
+                    };
+                    let m = lift(h.model());
+                    let (out, _) = run_pipeline_default(&m);
+                    let at = format!("case {case}: opset {opset}, x {x_dims:?}, in If {in_if}");
+                    for op in ["MatMul", "Add", "Shape", "Gather", "Unsqueeze", "Concat"] {
+                        assert_eq!(count_op(&out, op), 0, "{op} left in {at}");
+                    }
+                    let gemms = if in_if { 2 } else { 1 };
+                    assert_eq!(count_op(&out, "Gemm"), gemms, "{at}");
+                    // Reshaping x[N, 8] to [N, 8] does nothing, which the facts of an If's
+                    // body prove as well as the main graph's.
+                    let reshapes = if x_dims.len() == 2 { 0 } else { gemms };
+                    assert_eq!(count_op(&out, "Reshape"), reshapes, "{at}");
+                    assert_same_outputs(&m, &out);
+                }
+            }
+        }
+    }
+}
+
+/// The whole default pipeline, with `--explain`.
+fn run_pipeline_default(
+    m: &onnxsmith::ir::Model,
+) -> (onnxsmith::ir::Model, onnxsmith::passes::PipelineReport) {
+    let mut out = m.clone();
+    let opts = onnxsmith::passes::PipelineOptions {
+        explain: true,
+        verify_each: true,
+        ..Default::default()
+    };
+    let report = onnxsmith::passes::run_pipeline(&mut out, &opts).unwrap();
+    (out, report)
+}
+
+#[test]
+fn fuses_a_reshape_matmul_add_head_inside_an_if_at_opset_11() {
+    let h = Head {
+        opset: 11,
+        x_dims: &[1, 8, 1, 1],
+        target: Target::ShapeChain,
+        bias_first: true,
+        c_dims: &[3],
+        in_if: true,
+    };
+    let m = lift(h.model());
+    let (out, _) = run_passes(&m, &["fold-reshape-target", "fuse-matmul-add", "dead-code"]);
+    // Each branch: Shape, Gather, Unsqueeze, Concat, Reshape, MatMul, Add ⇒ Reshape, Gemm.
+    assert_eq!((all_nodes(&m), all_nodes(&out)), (15, 5));
+    insta::assert_snapshot!(before_after(&m, &out));
+    assert_same_outputs(&m, &out);
+}
+
+/// An If whose branches compute MatMul(x, B) + c straight from the captured x[N, 8].
+fn matmul_add_of_a_capture() -> ModelProto {
+    let mut p = Head {
+        opset: 13,
+        x_dims: &[1, 8],
+        target: Target::CopyBatch,
+        bias_first: false,
+        c_dims: &[3],
+        in_if: true,
+    }
+    .model();
+    let iff = &mut p.graph.as_mut().unwrap().node[0];
+    for branch in &mut iff.attribute {
+        let body = branch.g.as_mut().unwrap();
+        body.node.retain(|n| n.op_type != "Reshape");
+        let mm = body
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "MatMul")
+            .unwrap();
+        mm.input[0] = "x".into();
+    }
+    p
+}
+
+#[test]
+fn fuses_matmul_add_in_a_body_whose_capture_is_2d_outside() {
+    let m = lift(matmul_add_of_a_capture());
+    let (out, _) = run_passes(&m, &["fuse-matmul-add"]);
+    assert_eq!((count_op(&out, "Gemm"), count_op(&out, "MatMul")), (2, 0));
+    assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_matmul_add_in_a_body_whose_capture_has_no_known_rank() {
+    let mut p = matmul_add_of_a_capture();
+    let x = &mut p.graph.as_mut().unwrap().input[0];
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        x.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let (out, report) = run_passes(&lift(p), &["fuse-matmul-add"]);
+    assert_eq!(count_op(&out, "Gemm"), 0);
+    assert_explained(
+        &report,
+        "fuse-matmul-add: kept Add 't_add': the MatMul's input is not known to be 2-D",
+    );
 }

@@ -12,7 +12,7 @@ pub fn lower(model: &Model) -> Result<ModelProto> {
     Ok(proto)
 }
 
-fn lower_graph(g: &Graph) -> Result<GraphProto> {
+pub(super) fn lower_graph(g: &Graph) -> Result<GraphProto> {
     let name = |v: ValueId| g.value(v).name().to_string();
     let info = |v: ValueId| match g.value(v).info() {
         Some(i) => i.to_proto(&name(v)),

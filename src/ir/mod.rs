@@ -123,6 +123,22 @@ impl Model {
         lower::lower(self)
     }
 
+    /// A model of this one's envelope whose main graph is a copy of `body` (a subgraph of
+    /// this model) with the outer values it captures made graph inputs of the given types:
+    /// a body as tract can analyse it on its own.
+    pub fn of_body(&self, body: &Graph, captures: &[(String, Type)]) -> Result<Model> {
+        let mut graph = lower::lower_graph(body)?;
+        graph.input.extend(
+            captures
+                .iter()
+                .map(|(name, ty)| ValueInfo::of(ty.clone()).to_proto(name)),
+        );
+        Model::from_proto(ModelProto {
+            graph: Some(graph),
+            ..self.rest.clone()
+        })
+    }
+
     /// The envelope without the graph, for lowering.
     pub(crate) fn rest(&self) -> &ModelProto {
         &self.rest

@@ -4,7 +4,7 @@
 //! produces a value.
 
 use crate::ir::{DType, Graph, NodeId, Tensor, ValueId};
-use crate::passes::Refusal;
+use crate::passes::{shared_reads, Refusal};
 
 /// Where a convolution's output channels lie in its weight: a Conv's are the first axis; a
 /// ConvTranspose's are the second, repeated per group (its weight is [C_in, C_out / group, k...]).
@@ -172,8 +172,8 @@ impl ConvAt {
     pub fn producing(g: &Graph, v: ValueId) -> Result<ConvAt, Refusal> {
         let conv = g.producer(v).ok_or_else(not_conv)?;
         let kind = ConvKind::of(g, conv).ok_or_else(not_conv)?;
-        if g.only_reader(v).is_none() {
-            return Err("the Conv's output has other readers".into());
+        if let Some(why) = shared_reads(g, v, "the Conv's output") {
+            return Err(why.into());
         }
         let cn = g.node(conv);
         let x = cn.input(0).ok_or("the Conv has no input")?;

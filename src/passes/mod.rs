@@ -148,6 +148,11 @@ pub enum Refusal {
     NotMine,
     /// It nearly is, and this is what stops it (for `--explain`).
     Because(Cow<'static, str>),
+    /// It would be, were the value read by this node alone; the node producing the value is
+    /// cheap to repeat (a Pad, a scale, an Unsqueeze), so when every reader refuses for this
+    /// reason, the driver gives each reader its own copy and matches them again (see
+    /// [`copy_for_each_reader`]). The reason is for `--explain` when that does not happen.
+    Shared(ValueId, Cow<'static, str>),
 }
 
 impl From<&'static str> for Refusal {
@@ -164,16 +169,40 @@ impl From<String> for Refusal {
 
 /// What a match may consult besides the graph.
 pub struct Look<'a> {
-    /// tract's facts, when looking at the main graph of a rewrite that asked for them.
+    /// tract's facts, for a rewrite that asked for them: the main graph's and its If bodies'
+    /// values (see [`infer_facts`]).
     pub facts: Option<&'a Facts>,
     /// The model's default-domain opset.
     pub opset: i64,
 }
 
 impl Look<'_> {
-    /// The rank tract proves for `v` of `g`.
+    /// The rank of `v` of `g`: what tract proves, or else a constant's, or the rank the op
+    /// producing `v` fixes whatever its input (a Reshape to a constant target, a Flatten, a
+    /// Gemm). Loop and Scan bodies have no facts, nor has a value a rewrite made since they
+    /// were inferred; these ops are where such a graph settles its ranks.
     pub fn rank(&self, g: &Graph, v: ValueId) -> Option<usize> {
-        self.facts?.rank(g.value(v).name())
+        if let Some(r) = self.facts.and_then(|f| f.rank(g.value(v).name())) {
+            return Some(r);
+        }
+        if let Some(t) = g.value(v).constant() {
+            return Some(t.dims().len());
+        }
+        let node = g.node(g.producer(v)?);
+        if !node.in_standard_domain() {
+            return None;
+        }
+        match node.op() {
+            "Flatten" | "Gemm" => Some(2),
+            "Reshape" => {
+                let target = g.value(node.input(1)?).constant()?;
+                match target.dims() {
+                    [len] => usize::try_from(*len).ok(),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -229,7 +258,7 @@ impl<R: Rewrite> Pass for R {
                 return Ok(0);
             }
             let look = Look {
-                facts: facts.as_deref().filter(|_| scope == Scope::Main),
+                facts: facts.as_deref(),
                 opset,
             };
             let mut anchors: Vec<NodeId> = if R::READERS_FIRST {
@@ -243,6 +272,8 @@ impl<R: Rewrite> Pass for R {
             };
             anchors.retain(|&n| self.anchors(g, n));
             let mut done = 0;
+            // Readers refused only because they share a value: (value, reader, reason).
+            let mut shared: Vec<(ValueId, NodeId, Cow<'static, str>)> = Vec::new();
             for n in anchors {
                 // An earlier rewrite may have removed the node or taken its pattern apart.
                 if !g.contains_node(n) || !self.anchors(g, n) {
@@ -259,7 +290,23 @@ impl<R: Rewrite> Pass for R {
                         let node = g.node(n);
                         cx.refuse(R::ID, node.name(), node.op(), &why);
                     }
+                    Err(Refusal::Shared(v, why)) => shared.push((v, n, why)),
                 }
+            }
+            let mut values: Vec<ValueId> = shared.iter().map(|s| s.0).collect();
+            values.sort();
+            values.dedup();
+            for v in values {
+                let asked: Vec<NodeId> = shared.iter().filter(|s| s.0 == v).map(|s| s.1).collect();
+                let copied = copy_for_each_reader(self, g, v, &asked, &look)?;
+                if copied == 0 {
+                    let kept = shared.iter().filter(|s| s.0 == v && g.contains_node(s.1));
+                    for (_, n, why) in kept {
+                        let node = g.node(*n);
+                        cx.refuse(R::ID, node.name(), node.op(), why);
+                    }
+                }
+                done += copied;
             }
             Ok(done)
         })?;
@@ -269,6 +316,92 @@ impl<R: Rewrite> Pass for R {
     fn note(&self, model: &Model, cx: &mut PassContext) -> Option<Note> {
         Rewrite::note(self, model, cx)
     }
+}
+
+/// When every node reading `v` is in `asked` (each refused only because others read `v` too),
+/// gives each reader but the first its own copy of `v`'s producer and applies `r` at every
+/// reader. Before: the producer and k readers; after: k fused readers, one node fewer, and the
+/// producer's work gone. Tried on a copy of the graph and kept only if every reader then
+/// matches: a copy some reader would not absorb would add a node. Returns the edits made.
+fn copy_for_each_reader<R: Rewrite>(
+    r: &R,
+    g: &mut Graph,
+    v: ValueId,
+    asked: &[NodeId],
+    look: &Look,
+) -> Result<usize> {
+    let mut readers: Vec<NodeId> = g.value(v).uses().iter().map(|u| u.node).collect();
+    readers.sort();
+    let once = readers.windows(2).all(|w| w[0] != w[1]);
+    let Some(p) = g.producer(v) else {
+        return Ok(0);
+    };
+    let pn = g.node(p);
+    let copyable = pn.in_standard_domain()
+        && !pn.has_bodies()
+        && !NONDETERMINISTIC.contains(&pn.op())
+        && pn.outputs().iter().flatten().all(|&o| o == v);
+    let all_asked = readers.len() > 1 && readers.iter().all(|n| asked.contains(n));
+    if !once || !copyable || !all_asked || g.is_output(v) {
+        return Ok(0);
+    }
+    let (op, name, inputs, attrs) = (
+        pn.op().to_string(),
+        pn.name().to_string(),
+        pn.inputs().to_vec(),
+        pn.attrs().to_vec(),
+    );
+    let ty = g.ty(v).cloned();
+    let mut trial = g.clone();
+    let mut patch = Patch::new(&mut trial);
+    for &reader in &readers[1..] {
+        let copy = patch.add_node(
+            &op,
+            &name,
+            &inputs,
+            attrs.clone(),
+            std::slice::from_ref(&ty),
+        )?;
+        let out = patch.graph().node(copy).output(0);
+        let inputs: Vec<Option<ValueId>> = (patch.graph().node(reader).inputs().iter())
+            .map(|&i| if i == Some(v) { out } else { i })
+            .collect();
+        patch.set_inputs(reader, &inputs);
+    }
+    let mut done = patch.commit()?;
+    for &reader in &readers {
+        let Ok(m) = r.find(&trial, reader, look) else {
+            return Ok(0);
+        };
+        let mut patch = Patch::new(&mut trial);
+        r.apply(&mut patch, m)?;
+        done += patch.commit()?;
+    }
+    *g = trial;
+    Ok(done)
+}
+
+/// Why `v` is not read by one node alone, for `--explain`: that it is a graph output, or how
+/// many reads it has and by which ops. `None` when one node reads it once.
+pub fn shared_reads(g: &Graph, v: ValueId, what: &str) -> Option<String> {
+    if g.is_output(v) {
+        return Some(format!("{what} is also a graph output"));
+    }
+    let uses = g.value(v).uses();
+    if uses.len() < 2 {
+        return None;
+    }
+    let readers: Vec<String> = uses
+        .iter()
+        .take(4)
+        .map(|u| format!("{} '{}'", g.node(u.node).op(), g.node(u.node).name()))
+        .collect();
+    let more = if uses.len() > 4 { ", ..." } else { "" };
+    Some(format!(
+        "{what} has other readers ({} reads: {}{more})",
+        uses.len(),
+        readers.join(", ")
+    ))
 }
 
 /// The operand of binary node `n` other than `v`.

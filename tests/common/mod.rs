@@ -359,3 +359,54 @@ pub fn write_npy_values(path: &Path, shape: &[usize], data: &[f32], wide: bool) 
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// `p` computed inside both branches of an If on a new bool input `cond`: each branch holds a
+/// copy of p's nodes and initializers, its names prefixed by `then_` or `else_`, and reads p's
+/// graph inputs by capture; the If writes p's outputs.
+pub fn in_an_if(mut p: ModelProto) -> ModelProto {
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
+    let g = p.graph.as_mut().unwrap();
+    let outer: Vec<String> = g.input.iter().map(|i| i.name.clone()).collect();
+    let branch = |attr: &str, tag: &str| {
+        let rename = |s: &String| {
+            if s.is_empty() || outer.contains(s) {
+                s.clone()
+            } else {
+                format!("{tag}_{s}")
+            }
+        };
+        let mut nodes = g.node.clone();
+        for n in &mut nodes {
+            n.name = format!("{tag}_{}", n.name);
+            n.input = n.input.iter().map(rename).collect();
+            n.output = n.output.iter().map(rename).collect();
+        }
+        let mut inits = g.initializer.clone();
+        for t in &mut inits {
+            t.name = rename(&t.name);
+        }
+        let mut outputs = g.output.clone();
+        for o in &mut outputs {
+            o.name = rename(&o.name);
+        }
+        AttributeProto {
+            name: attr.into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(GraphProto {
+                name: format!("{tag}_graph"),
+                node: nodes,
+                initializer: inits,
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let outs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    let mut iff = node("If", "if", &["cond"], &outs);
+    iff.attribute = vec![branch("then_branch", "then"), branch("else_branch", "else")];
+    g.node = vec![iff];
+    g.initializer.clear();
+    g.input.push(info("cond", 9, &[]));
+    p
+}

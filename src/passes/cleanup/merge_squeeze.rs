@@ -12,7 +12,8 @@
 //! they are, the other op's renumbered past them. Refuses when an op's axes are not constants,
 //! are absent (a Squeeze of every unit dim, which depends on the shape), or are negative with
 //! the rank unknown (tract's facts give it in the main graph), and when `t` has other readers
-//! (merging would remove nothing). The inner op is left to dead-code. An Unsqueeze undoing a
+//! (merging would remove nothing) unless every one is such a pair, in which case the driver
+//! gives each its own copy of the inner op (`Refusal::Shared`). The inner op is left to dead-code. An Unsqueeze undoing a
 //! Squeeze, or the reverse, is `eliminate-noop`'s. Runs after the forwarding passes, which
 //! expose the inner op. Runs inside subgraphs too.
 
@@ -20,7 +21,7 @@ use anyhow::Result;
 
 use super::squeeze_axes;
 use crate::ir::{Attr, Graph, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{Look, Refusal, Rewrite};
+use crate::passes::{shared_reads, Look, Refusal, Rewrite};
 
 pub struct MergeSqueezes;
 
@@ -51,8 +52,8 @@ fn match_at(g: &Graph, n: NodeId, look: &Look) -> Result<Merge, Refusal> {
         .producer(t)
         .filter(|&p| g.node(p).op() == node.op())
         .ok_or(Refusal::NotMine)?;
-    if g.only_reader(t).is_none() {
-        return Err("the first op's output has other readers".into());
+    if let Some(why) = shared_reads(g, t, "the first op's output") {
+        return Err(Refusal::Shared(t, why.into()));
     }
     let x = g.node(inner).input(0).ok_or("the first op has no input")?;
     let y = node.output(0).ok_or("it has no output")?;

@@ -14,7 +14,8 @@
 //! wrong). A selection that includes a dim depending on a symbol (the batch, a sequence length)
 //! is kept; [`kept`] lists those left at the end, with the dims that stopped them, for the
 //! default report. Gather and Slice fold only with constant indices on axis 0
-//! of a Shape's output. Top-level graph only. Runs after the cleanup passes, so that the
+//! of a Shape's output. Runs inside If bodies too, whose facts come from each body analysed with
+//! its captures typed as they are outside (see `runtime::infer_facts`). Runs after the cleanup passes, so that the
 //! Gather or Slice reads the Shape directly. `fold-constants` then folds whatever computed
 //! from the new constants; the Shape itself is left to dead-code once nothing reads it.
 
@@ -216,7 +217,6 @@ impl Rewrite for FoldShape {
     const ID: &'static str = "fold-shape";
     const ABOUT: &'static str =
         "replace Shape and Size of values with statically known dims by constants";
-    const IN_BODIES: bool = false;
     const NEEDS_FACTS: bool = true;
     // A Gather or Slice of a Shape reads the dims through the Shape, even a Shape that cannot
     // fold as a whole.

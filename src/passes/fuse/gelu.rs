@@ -16,7 +16,9 @@
 use anyhow::Result;
 
 use crate::ir::{Graph, NodeId, Patch, ValueId};
-use crate::passes::{only_reader_op, other_operand, producer_op, scalar, Look, Refusal, Rewrite};
+use crate::passes::{
+    only_reader_op, other_operand, producer_op, scalar, shared_reads, Look, Refusal, Rewrite,
+};
 
 pub struct FuseGelu;
 
@@ -36,8 +38,16 @@ fn halves(g: &Graph, n: NodeId, v: ValueId) -> bool {
     g.node(n).is("Mul") && near(scalar(g, other_operand(g, n, v)), 0.5)
 }
 
-fn match_at(g: &Graph, erf: NodeId) -> Result<Found, &'static str> {
+fn match_at(g: &Graph, erf: NodeId) -> Result<Found, Refusal> {
     const INCOMPLETE: &str = "the nodes around it do not form x · ½ · (1 + erf(x / √2))";
+    // The one node reading intermediate `v`, when it is an `op`; other readers are named.
+    let next = |v: ValueId, op: &str| -> Result<NodeId, Refusal> {
+        if let Some(why) = shared_reads(g, v, &format!("its intermediate '{}'", g.value(v).name()))
+        {
+            return Err(why.into());
+        }
+        Ok(only_reader_op(g, v, op).ok_or(INCOMPLETE)?)
+    };
     let node = g.node(erf);
     let d = node.input(0).ok_or(INCOMPLETE)?;
     let e = node.output(0).ok_or(INCOMPLETE)?;
@@ -47,37 +57,39 @@ fn match_at(g: &Graph, erf: NodeId) -> Result<Found, &'static str> {
     let by = scalar(g, sn.input(1));
     let scaled = (sn.is("Div") && near(by, std::f32::consts::SQRT_2))
         || (sn.is("Mul") && near(by, std::f32::consts::FRAC_1_SQRT_2));
-    if !scaled || g.only_reader(d) != Some(erf) {
-        return Err(INCOMPLETE);
+    if !scaled {
+        return Err(INCOMPLETE.into());
     }
-    let add = only_reader_op(g, e, "Add").ok_or(INCOMPLETE)?;
+    next(d, "Erf")?;
+    let add = next(e, "Add")?;
     if !near(scalar(g, other_operand(g, add, e)), 1.0) {
-        return Err(INCOMPLETE);
+        return Err(INCOMPLETE.into());
     }
     let a = g.node(add).output(0).ok_or(INCOMPLETE)?;
-    let m1 = only_reader_op(g, a, "Mul").ok_or(INCOMPLETE)?;
+    let m1 = next(a, "Mul")?;
     let m1_out = g.node(m1).output(0).ok_or(INCOMPLETE)?;
     let partner = other_operand(g, m1, a).ok_or(INCOMPLETE)?;
     let (nodes, out) = if partner == x {
         // Mul(Mul(x, a), ½)
-        let m2 = only_reader_op(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
+        let m2 = next(m1_out, "Mul")?;
         if !halves(g, m2, m1_out) {
-            return Err(INCOMPLETE);
+            return Err(INCOMPLETE.into());
         }
         (vec![m1, m2], g.node(m2).output(0))
     } else if near(scalar(g, Some(partner)), 0.5) {
         // Mul(x, Mul(a, ½))
-        let m2 = only_reader_op(g, m1_out, "Mul").ok_or(INCOMPLETE)?;
+        let m2 = next(m1_out, "Mul")?;
         if other_operand(g, m2, m1_out) != Some(x) {
-            return Err(INCOMPLETE);
+            return Err(INCOMPLETE.into());
         }
         (vec![m1, m2], g.node(m2).output(0))
     } else {
         // Mul(Mul(x, ½), a)
         let h = producer_op(g, partner, "Mul").ok_or(INCOMPLETE)?;
-        if !halves(g, h, x) || only_reader_op(g, partner, "Mul") != Some(m1) {
-            return Err(INCOMPLETE);
+        if !halves(g, h, x) {
+            return Err(INCOMPLETE.into());
         }
+        next(partner, "Mul")?;
         (vec![h, m1], Some(m1_out))
     };
     let mut all = vec![scale, erf, add];

@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 
 use crate::ir::{Attr, Graph, NodeId, Patch, Tensor, Type, ValueId};
 use crate::passes::channels::{scale_runs, BnAffine};
-use crate::passes::{Look, Refusal, Rewrite};
+use crate::passes::{shared_reads, Look, Refusal, Rewrite};
 
 pub struct FuseGemmBn;
 
@@ -52,8 +52,8 @@ fn match_at(g: &Graph, bn: NodeId, look: &Look) -> Result<Found, Refusal> {
     if !gemm && !pn.is("MatMul") {
         return Err(NOT_AFTER.into());
     }
-    if g.only_reader(m).is_none() {
-        return Err("the product has other readers".into());
+    if let Some(why) = shared_reads(g, m, "the product") {
+        return Err(why.into());
     }
     let a = pn.input(0).ok_or("the product has no input")?;
     let b = pn.input(1).ok_or("the product has no weight")?;

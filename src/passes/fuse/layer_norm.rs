@@ -23,7 +23,9 @@
 use anyhow::Result;
 
 use crate::ir::{Attr, Def, Dim, Graph, Model, NodeId, Patch, Tensor, ValueId};
-use crate::passes::{only_reader_op, other_operand, producer_op, scalar, Look, Refusal, Rewrite};
+use crate::passes::{
+    only_reader_op, other_operand, producer_op, scalar, shared_reads, Look, Refusal, Rewrite,
+};
 
 pub struct FuseLayerNorm;
 
@@ -99,23 +101,28 @@ fn match_at(g: &Graph, div: NodeId, look: &Look) -> Result<Found, Refusal> {
         return Err("the variance does not square the centred input".into());
     }
     // Every intermediate is read only inside the pattern.
-    let d_readers: Vec<NodeId> = g.value(d).uses().iter().map(|u| u.node).collect();
     let private = [
-        (m, Some(sub)),
-        (g.node(pow).output(0).ok_or("no output")?, Some(var_mean)),
-        (var, Some(add_eps)),
-        (g.node(add_eps).output(0).ok_or("no output")?, Some(sqrt)),
-        (std, Some(div)),
-    ]
-    .iter()
-    .all(|&(v, reader)| only_reader_op(g, v, g.node(reader.unwrap()).op()) == reader);
-    if !private
-        || g.is_output(d)
-        || d_readers.len() != 2
-        || !d_readers.contains(&pow)
-        || !d_readers.contains(&div)
+        m,
+        g.node(pow).output(0).ok_or("no output")?,
+        var,
+        g.node(add_eps).output(0).ok_or("no output")?,
+        std,
+    ];
+    let outside = |v: ValueId| format!("its intermediate '{}'", g.value(v).name());
+    if let Some(why) = private
+        .iter()
+        .find_map(|&v| shared_reads(g, v, &outside(v)))
     {
-        return Err("an intermediate value is read outside the pattern".into());
+        return Err(why.into());
+    }
+    let d_readers: Vec<NodeId> = g.value(d).uses().iter().map(|u| u.node).collect();
+    if g.is_output(d) || d_readers.len() != 2 {
+        let why = shared_reads(g, d, &outside(d));
+        let why = why.unwrap_or_else(|| format!("{} is read once", outside(d)));
+        return Err(format!("{why}; only the Pow and the Div may read it").into());
+    }
+    if !d_readers.contains(&pow) || !d_readers.contains(&div) {
+        return Err("the centred input is not what the Pow and the Div read".into());
     }
     let n = dn.output(0).ok_or("no output")?;
     let mut nodes = vec![mean, sub, pow, var_mean, add_eps, sqrt, div];

@@ -2,18 +2,24 @@
 //!
 //! ```text
 //!   a: [M, K] ─▶ MatMul(a, B[K, N]) ─▶ m ─▶ Add(m, c[N]) ─▶ y      ⇒      y = Gemm(a, B, c)
+//!
+//!   x: [N, C, 1, 1] ─▶ Reshape(x, [0, -1]) ─▶ MatMul(B) ─▶ Add(c)  ⇒  Reshape(x, [0, -1]) ─▶ Gemm
 //! ```
 //!
-//! Preconditions: `a` has rank 2 by tract's inference (Gemm is 2-D only); B is an f32
-//! initializer of rank 2; c is an f32 initializer of shape [N] or [1, N]; `m` is read only by
-//! the Add and is not a graph output; operands in either order. Refuses otherwise. Runs after
-//! `fuse-gemm-bn` (a BatchNormalization after the MatMul folds first). Top-level graph only:
-//! the rank comes from tract's facts.
+//! The second form is a classifier head as exported without Flatten (PyTorch's
+//! `x.view(x.size(0), -1)`, whose Shape→Gather→Unsqueeze→Concat target `fold-reshape-target`
+//! makes `[0, -1]` first). Preconditions: `a` has rank 2 (Gemm is 2-D only), by tract's
+//! inference or because a Reshape to a two-element constant target, a Flatten or a Gemm makes
+//! it; B is an f32 initializer of rank 2; c an f32 initializer of shape [N] or [1, N] (tract
+//! 0.23 evaluates an f64 Gemm wrongly, so the result could not be checked); `m` is read only by the Add and is not a graph output; operands in either order.
+//! Refuses otherwise. Runs after `fuse-gemm-bn` (a BatchNormalization after the MatMul folds
+//! first). Runs inside subgraphs too, where tract's facts reach If bodies only (see
+//! `runtime::infer_facts`) and the op producing `a` can give its rank anywhere.
 
 use anyhow::Result;
 
 use crate::ir::{DType, Dim, Graph, NodeId, Patch, Type, ValueId};
-use crate::passes::{operand_where, producer_op, Look, Refusal, Rewrite};
+use crate::passes::{operand_where, producer_op, shared_reads, Look, Refusal, Rewrite};
 
 pub struct FuseMatMulAdd;
 
@@ -32,8 +38,8 @@ fn match_at(g: &Graph, add: NodeId, look: &Look) -> Result<Found, Refusal> {
     let is_mm = |v: ValueId| producer_op(g, v, "MatMul").is_some();
     let (m, c) = operand_where(g, add, is_mm).ok_or(Refusal::NotMine)?;
     let matmul = g.producer(m).ok_or(Refusal::NotMine)?;
-    if g.only_reader(m).is_none() {
-        return Err("the MatMul's output has other readers".into());
+    if let Some(why) = shared_reads(g, m, "the MatMul's output") {
+        return Err(why.into());
     }
     let mn = g.node(matmul);
     let (Some(a), Some(b)) = (mn.input(0), mn.input(1)) else {
@@ -72,7 +78,6 @@ impl Rewrite for FuseMatMulAdd {
     type Match = Found;
     const ID: &'static str = "fuse-matmul-add";
     const ABOUT: &'static str = "turn a 2-D MatMul by a constant plus a constant bias into Gemm";
-    const IN_BODIES: bool = false;
     const NEEDS_FACTS: bool = true;
 
     fn anchors(&self, g: &Graph, n: NodeId) -> bool {

@@ -16,7 +16,8 @@
 //! Preconditions: W is an f32 initializer (not a graph input) whose dims split into the groups;
 //! `k` an f32 initializer of one value per input channel (or one value), laid out on the
 //! channel axis; a Mul's operands in either order, a Div's constant second (x / k; no zero in
-//! k); `s` read only by the Conv and not a graph output. Refuses otherwise. W is never edited in
+//! k); `s` read only by the Conv and not a graph output (several Convs reading one scale each get
+//! their own copy of it from the driver, `Refusal::Shared`). Refuses otherwise. W is never edited in
 //! place (it may be shared). Runs after `fuse-pad-conv` (a Pad between the two goes first) and
 //! `fold-constants` (k is an initializer by then). Runs inside subgraphs too.
 
@@ -24,7 +25,7 @@ use anyhow::{Context, Result};
 
 use crate::ir::{Graph, NodeId, Patch, Tensor, ValueId};
 use crate::passes::channels::{f32_weight, per_channel, scale_runs, ConvKind};
-use crate::passes::{operand_where, Look, Refusal, Rewrite};
+use crate::passes::{operand_where, shared_reads, Look, Refusal, Rewrite};
 
 pub struct FuseMulConv;
 
@@ -63,8 +64,8 @@ fn match_at(g: &Graph, conv: NodeId) -> Result<Found, Refusal> {
         sn.input(1).filter(|&k| constant(k)).zip(sn.input(0))
     }
     .ok_or("its input is scaled by a value that is not a constant")?;
-    if g.only_reader(s).is_none() {
-        return Err("the scaled value has other readers".into());
+    if let Some(why) = shared_reads(g, s, "the scaled value") {
+        return Err(Refusal::Shared(s, why.into()));
     }
     let (weight, w) = f32_weight(g, conv)?;
     let group = node.attr_i("group").unwrap_or(1).max(1) as usize;

@@ -12,14 +12,15 @@
 //! (`count_include_pad=1`), or when it has no padding of its own, in which case it starts
 //! counting them. Preconditions: Pad mode `constant` with value 0, constant non-negative pads
 //! that leave batch and channel axes alone, no `axes` input; `p` read only by the op and not a
-//! graph output; the op's `auto_pad` is NOTSET. Refuses otherwise; MaxPool is never fused (it
+//! graph output (several such ops reading one Pad each get their own copy of it from the
+//! driver, `Refusal::Shared`); the op's `auto_pad` is NOTSET. Refuses otherwise; MaxPool is never fused (it
 //! pads with −∞, not zero). Runs after `eliminate-noop` (a zero Pad is removed, not fused).
 //! Runs inside subgraphs too.
 
 use anyhow::Result;
 
 use crate::ir::{Attr, Graph, NodeId, Patch, ValueId};
-use crate::passes::{Look, Refusal, Rewrite};
+use crate::passes::{shared_reads, Look, Refusal, Rewrite};
 
 pub struct FusePadConv;
 
@@ -53,8 +54,8 @@ fn match_at(g: &Graph, n: NodeId) -> Result<Found, Refusal> {
     if node.is("MaxPool") {
         return Err("MaxPool pads with -inf, not with the Pad's zeros".into());
     }
-    if g.only_reader(p).is_none() {
-        return Err("the Pad's output has other readers".into());
+    if let Some(why) = shared_reads(g, p, "the Pad's output") {
+        return Err(Refusal::Shared(p, why.into()));
     }
     let pn = g.node(pad);
     if pn.attr_s("mode").is_some_and(|m| m != b"constant") {
