@@ -412,9 +412,11 @@ pub fn prepare(
     })
 }
 
-/// Ops whose output holds only values of their data input, moved or picked.
+/// Ops whose output holds only values of their data input, moved or picked (or, for a
+/// Resize, interpolated between them).
 const MOVES: &[&str] = &[
     "MaxPool",
+    "Resize",
     "Reshape",
     "Flatten",
     "Transpose",

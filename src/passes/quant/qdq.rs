@@ -18,8 +18,8 @@
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
 //! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
-//! values reads both through their DQ, and a MaxPool, Reshape, Flatten, Transpose, Squeeze,
-//! Unsqueeze or Slice between two quantized ops is read and read from at one scale (calibration
+//! values reads both through their DQ, and a MaxPool, Resize, Reshape, Flatten, Transpose,
+//! Squeeze, Unsqueeze or Slice between two quantized ops is read and read from at one scale (calibration
 //! gives both sides the union of their ranges), so runtimes move int8 values through it; for OpenVINO (`--target openvino`) the pairs sit on
 //! inputs only, but a residual Add joining a quantized op's result reads both branches through
 //! Q/DQ, quantizing the branch that was not.
