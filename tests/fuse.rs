@@ -1149,62 +1149,49 @@ struct Head {
 }
 
 impl Head {
-    fn nodes(
-        &self,
-        tag: &str,
-        inits: &mut Vec<onnxsmith::onnx::proto::TensorProto>,
-    ) -> Vec<NodeProto> {
+    fn nodes(&self, inits: &mut Vec<onnxsmith::onnx::proto::TensorProto>) -> Vec<NodeProto> {
         let c = self.x_dims[1];
-        let n =
-            |op: &str, name: &str, i: &[&str], o: &[&str]| node(op, &format!("{tag}{name}"), i, o);
-        let v = |s: &str| format!("{tag}{s}");
         let mut out = Vec::new();
         let target = match self.target {
             Target::ShapeChain => {
-                out.push(n("Shape", "shape", &["x"], &[&v("s")]));
-                inits.push(i64_tensor(&v("zero"), &[], &[0]));
-                out.push(n("Gather", "gather", &[&v("s"), &v("zero")], &[&v("b")]));
+                out.push(node("Shape", "shape", &["x"], &["s"]));
+                inits.push(i64_tensor("zero", &[], &[0]));
+                out.push(node("Gather", "gather", &["s", "zero"], &["b"]));
                 let unsq = if self.opset >= 13 {
-                    inits.push(i64_tensor(&v("axes"), &[1], &[0]));
-                    n(
-                        "Unsqueeze",
-                        "unsqueeze",
-                        &[&v("b"), &v("axes")],
-                        &[&v("b1")],
-                    )
+                    inits.push(i64_tensor("axes", &[1], &[0]));
+                    node("Unsqueeze", "unsqueeze", &["b", "axes"], &["b1"])
                 } else {
-                    let mut u = n("Unsqueeze", "unsqueeze", &[&v("b")], &[&v("b1")]);
+                    let mut u = node("Unsqueeze", "unsqueeze", &["b"], &["b1"]);
                     u.attribute.push(attr_ints("axes", &[0]));
                     u
                 };
                 out.push(unsq);
-                inits.push(i64_tensor(&v("rest"), &[1], &[-1]));
-                let mut cat = n("Concat", "concat", &[&v("b1"), &v("rest")], &[&v("t")]);
+                inits.push(i64_tensor("rest", &[1], &[-1]));
+                let mut cat = node("Concat", "concat", &["b1", "rest"], &["t"]);
                 cat.attribute.push(attr_int("axis", 0));
                 out.push(cat);
-                v("t")
+                "t"
             }
             Target::CopyBatch => {
-                inits.push(i64_tensor(&v("t"), &[2], &[0, -1]));
-                v("t")
+                inits.push(i64_tensor("t", &[2], &[0, -1]));
+                "t"
             }
             Target::Fixed => {
-                inits.push(i64_tensor(&v("t"), &[2], &[self.x_dims[0], -1]));
-                v("t")
+                inits.push(i64_tensor("t", &[2], &[self.x_dims[0], -1]));
+                "t"
             }
         };
-        out.push(n("Reshape", "reshape", &["x", &target], &[&v("r")]));
-        inits.push(f32_tensor(&v("B"), &[c, 3], &values(3 * c as usize, 7)));
-        out.push(n("MatMul", "mm", &[&v("r"), &v("B")], &[&v("m")]));
+        out.push(node("Reshape", "reshape", &["x", target], &["r"]));
+        inits.push(f32_tensor("B", &[c, 3], &values(3 * c as usize, 7)));
+        out.push(node("MatMul", "mm", &["r", "B"], &["m"]));
         let len: i64 = self.c_dims.iter().product();
-        inits.push(f32_tensor(&v("c"), self.c_dims, &values(len as usize, 8)));
-        let (mm, bias) = (v("m"), v("c"));
+        inits.push(f32_tensor("c", self.c_dims, &values(len as usize, 8)));
         let ops = if self.bias_first {
-            [&bias, &mm]
+            ["c", "m"]
         } else {
-            [&mm, &bias]
+            ["m", "c"]
         };
-        out.push(n("Add", "add", &[ops[0], ops[1]], &[&v("y")]));
+        out.push(node("Add", "add", &ops, &["y"]));
         out
     }
 
@@ -1216,37 +1203,11 @@ impl Head {
             common::symbolic(&mut x, 0, Some("N"));
             common::symbolic(&mut y, 0, Some("N"));
         }
-        let mut inputs = vec![x];
-        let nodes = if self.in_if {
-            use onnxsmith::onnx::proto::{
-                attribute_proto::AttributeType, AttributeProto, GraphProto,
-            };
-            let branch = |name: &str, tag: &str| {
-                let mut body_inits = Vec::new();
-                let nodes = self.nodes(tag, &mut body_inits);
-                let mut out = y.clone();
-                out.name = format!("{tag}y");
-                AttributeProto {
-                    name: name.into(),
-                    r#type: AttributeType::Graph as i32,
-                    g: Some(GraphProto {
-                        name: format!("{name}_graph"),
-                        node: nodes,
-                        initializer: body_inits,
-                        output: vec![out],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }
-            };
-            let mut iff = node("If", "if", &["cond"], &["y"]);
-            iff.attribute = vec![branch("then_branch", "t_"), branch("else_branch", "e_")];
-            inputs.push(common::info("cond", 9, &[]));
-            vec![iff]
-        } else {
-            self.nodes("", &mut inits)
-        };
-        let mut p = model_io(nodes, inputs, vec![y], inits);
+        let nodes = self.nodes(&mut inits);
+        let mut p = model_io(nodes, vec![x], vec![y], inits);
+        if self.in_if {
+            p = common::in_an_if(p);
+        }
         p.opset_import[0].version = self.opset;
         p
     }
@@ -1372,6 +1333,6 @@ fn keeps_matmul_add_in_a_body_whose_capture_has_no_known_rank() {
     assert_eq!(count_op(&out, "Gemm"), 0);
     assert_explained(
         &report,
-        "fuse-matmul-add: kept Add 't_add': the MatMul's input is not known to be 2-D",
+        "fuse-matmul-add: kept Add 'then_add': the MatMul's input is not known to be 2-D",
     );
 }
