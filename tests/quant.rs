@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    attr_int, attr_ints, bin, f32_info, f32_tensor, lift, model_io, node, values, write_npy,
-    write_npy_values,
+    attr_int, attr_ints, attr_str, bin, f32_info, f32_tensor, i64_tensor, lift, model_io, node,
+    values, write_npy, write_npy_values,
 };
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
 use onnxsmith::onnx::proto::ModelProto;
@@ -1053,6 +1053,108 @@ fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
             Activations::Int8 => assert!(dq_of(g, pool, 0).is_none()),
         }
         assert_well_formed(g);
+    }
+}
+
+#[test]
+fn around_ops_a_chain_of_moves_is_read_and_read_from_at_one_scale() {
+    // x ─▶ Conv ─▶ Relu ─▶ Reshape ─▶ Slice ─▶ Reshape ─▶ Conv: the values between the moves
+    // are calibrated by no one, and the Slice keeps only part of what the Relu wrote.
+    let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
+    conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut conv2 = node("Conv", "conv2", &["p", "W2"], &["y"]);
+    conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let m = lift(model_io(
+        vec![
+            conv1,
+            node("Relu", "relu", &["c1"], &["r"]),
+            node("Reshape", "flat", &["r", "flat_to"], &["f"]),
+            node("Slice", "half", &["f", "starts", "ends", "axes"], &["h"]),
+            node("Reshape", "back", &["h", "back_to"], &["p"]),
+            conv2,
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 2, 4])],
+        vec![
+            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 33)),
+            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 34)),
+            i64_tensor("flat_to", &[3], &[1, 4, 16]),
+            i64_tensor("starts", &[1], &[0]),
+            i64_tensor("ends", &[1], &[8]),
+            i64_tensor("axes", &[1], &[2]),
+            i64_tensor("back_to", &[4], &[1, 4, 2, 4]),
+        ],
+    ));
+    let opts = QuantOptions {
+        activations: Activations::Uint8,
+        method: Method::Percentile(99.0),
+        random: Some(16),
+        ..Default::default()
+    };
+    let done = quantize_with(&m, opts, &[]);
+    let g = &done.model.graph;
+    let params = |n, slot| {
+        let dq = dq_of(g, n, slot).expect("read through a DQ");
+        (constant_of(g, dq, 1).clone(), constant_of(g, dq, 2).clone())
+    };
+    let flat = ops(g, "Reshape")[0];
+    let conv2 = ops(g, "Conv")[1];
+    assert_eq!(params(flat, 0), params(conv2, 0));
+    assert_well_formed(g);
+}
+
+#[test]
+fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
+    // Relu ─▶ r ─▶ Resize ─▶ u: a cubic Resize overshoots below 0, and sharing its range would
+    // lift the zero point of the Q standing in for the Relu, letting negatives through.
+    for mode in ["cubic", "linear"] {
+        let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
+        conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        let mut resize = node("Resize", "up", &["r", "", "scales"], &["u"]);
+        resize.attribute = vec![attr_str("mode", mode)];
+        let mut conv2 = node("Conv", "conv2", &["u", "W2"], &["y"]);
+        conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+        let m = lift(model_io(
+            vec![conv1, node("Relu", "relu", &["c1"], &["r"]), resize, conv2],
+            vec![f32_info("x", &[1, 3, 4, 4])],
+            vec![f32_info("y", &[1, 2, 8, 8])],
+            vec![
+                f32_tensor("W1", &[4, 3, 1, 1], &values(12, 35)),
+                f32_tensor("W2", &[2, 4, 1, 1], &values(8, 36)),
+                f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0]),
+            ],
+        ));
+        let opts = QuantOptions {
+            activations: Activations::Uint8,
+            method: Method::MinMax,
+            random: Some(8),
+            ..Default::default()
+        };
+        let samples = onnxsmith::passes::quant::samples(&m, &opts).unwrap();
+        let quiet = onnxsmith::progress::Progress::new(true);
+        let cal = onnxsmith::passes::quant::prepare(&m, &opts, &samples, &quiet).unwrap();
+        let (r, u) = (cal.ranges["r"], cal.ranges["u"]);
+        if mode == "cubic" {
+            assert!(u.0 < 0.0, "the cubic Resize overshoots: {u:?}");
+            assert_eq!(r.0, 0.0, "the Relu's range keeps its floor");
+        } else {
+            assert_eq!(r, u);
+        }
+    }
+}
+
+#[test]
+fn ranges_leave_out_nans_and_survive_subnormals() {
+    let mut st = Stats::default();
+    st.observe(&[f32::NAN, -2.0, 1.0], true);
+    assert_eq!((st.seen, st.min, st.max), (2, -2.0, 1.0));
+    assert!((st.threshold(Method::Percentile(50.0)) - 1.0).abs() < 2e-3);
+    // Magnitudes too small for a histogram's bins are zeros to it, not a hang.
+    let mut tiny = Stats::default();
+    tiny.observe(&[1e-40, -1e-41, 0.0], true);
+    assert_eq!(tiny.seen, 3);
+    for method in [Method::MinMax, Method::Percentile(99.0), Method::Entropy] {
+        assert!(tiny.threshold(method) <= 1e-40, "{method:?}");
     }
 }
 

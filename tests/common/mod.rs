@@ -277,6 +277,15 @@ pub fn attr_float(name: &str, v: f32) -> onnxsmith::onnx::proto::AttributeProto 
     }
 }
 
+pub fn attr_str(name: &str, v: &str) -> onnxsmith::onnx::proto::AttributeProto {
+    onnxsmith::onnx::proto::AttributeProto {
+        name: name.into(),
+        r#type: onnxsmith::onnx::proto::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
 /// Moves initializer `name` to the graph inputs (an f32 of `dims`): a value the caller may
 /// override, which no rewrite may treat as a constant.
 pub fn initializer_to_input(p: &mut ModelProto, name: &str, dims: &[i64]) {

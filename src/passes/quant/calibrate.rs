@@ -2,9 +2,9 @@
 //! exposed as extra outputs, and each value's statistics (extremes, a magnitude histogram,
 //! per-channel sums where bias correction wants them) are accumulated as the samples stream
 //! by, in one pass. Only one sample's activations are held at a time per worker, never all of
-//! them; the samples are split between two workers, one per core, which share one tract plan
-//! per set of input shapes (samples may differ in their dynamic dims), built when its first
-//! sample comes and dropped before the next is built.
+//! them; the samples are split between two workers, one per core. Samples of one set of input
+//! shapes share one tract plan; when they differ in their dynamic dims, each worker takes whole
+//! sets, with one plan of its own at a time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +36,7 @@ pub fn calibrate(
     samples: &[Vec<HostTensor>],
     histogram: bool,
     progress: &Progress,
-) -> Result<HashMap<String, Stats>> {
+) -> Result<Observed> {
     let inputs: Vec<String> = crate::runtime::input_specs(model, &Binding::default())?
         .into_iter()
         .map(|s| s.name)
@@ -72,38 +72,73 @@ pub fn calibrate(
         total: samples.len(),
     };
     progress.step(&format!("calibrating: 0/{} sample(s)", samples.len()));
-    let mut stats: HashMap<String, Stats> = HashMap::new();
-    for (shapes, group) in groups {
+    let plan = |shapes: &[&[usize]]| {
         let mut binding = Binding::default();
-        for (name, shape) in inputs.iter().zip(&shapes) {
+        for (name, shape) in inputs.iter().zip(shapes) {
             binding.input_shapes.insert(name.clone(), shape.to_vec());
         }
-        let runner = Runner::new(model, &binding, &computed)
-            .context("the float model cannot run in tract for calibration")?;
-        let chunk = group.len().div_ceil(WORKERS).max(1);
-        let parts: Vec<Result<HashMap<String, Stats>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = group
-                .chunks(chunk)
-                .map(|part| {
-                    let (runner, seen) = (&runner, &seen);
-                    s.spawn(move || seen.observe(runner, part))
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| anyhow::bail!("a calibration worker panicked"))
-                })
-                .collect()
-        });
-        for part in parts {
-            for (name, st) in part? {
-                stats.entry(name).or_default().merge(&st);
-            }
+        Runner::new(model, &binding, &computed)
+            .context("the float model cannot run in tract for calibration")
+    };
+    let parts = match groups.as_slice() {
+        // One set of input shapes, the usual case: both workers share its plan.
+        [(shapes, group)] => {
+            let runner = plan(shapes)?;
+            let chunk = group.len().div_ceil(WORKERS).max(1);
+            in_workers(
+                group
+                    .chunks(chunk)
+                    .map(|part| {
+                        let (runner, seen) = (&runner, &seen);
+                        move || seen.observe(runner, part)
+                    })
+                    .collect(),
+            )
         }
+        // Several: each worker takes whole sets, with one plan of its own at a time.
+        _ => in_workers(
+            (0..WORKERS)
+                .map(|w| {
+                    let (plan, seen, groups) = (&plan, &seen, &groups);
+                    move || {
+                        let mut out = HashMap::new();
+                        for (shapes, group) in groups.iter().skip(w).step_by(WORKERS) {
+                            merge_into(&mut out, seen.observe(&plan(shapes)?, group)?);
+                        }
+                        Ok(out)
+                    }
+                })
+                .collect(),
+        ),
+    };
+    let mut stats = HashMap::new();
+    for part in parts {
+        merge_into(&mut stats, part?);
     }
     Ok(stats)
+}
+
+/// Statistics by value name.
+type Observed = HashMap<String, Stats>;
+
+fn merge_into(stats: &mut Observed, part: Observed) {
+    for (name, st) in part {
+        stats.entry(name).or_default().merge(&st);
+    }
+}
+
+/// Runs each job on a thread of its own; their results in order.
+fn in_workers<F: FnOnce() -> Result<Observed> + Send>(jobs: Vec<F>) -> Vec<Result<Observed>> {
+    std::thread::scope(|s| {
+        let workers: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| anyhow::bail!("a calibration worker panicked"))
+            })
+            .collect()
+    })
 }
 
 /// Samples of one set of input shapes, which one plan runs.
@@ -127,12 +162,8 @@ struct Seen<'a> {
 
 impl Seen<'_> {
     /// One worker's statistics over `samples`.
-    fn observe(
-        &self,
-        runner: &Runner,
-        samples: &[&[HostTensor]],
-    ) -> Result<HashMap<String, Stats>> {
-        let mut out: HashMap<String, Stats> = HashMap::new();
+    fn observe(&self, runner: &Runner, samples: &[&[HostTensor]]) -> Result<Observed> {
+        let mut out = Observed::new();
         let extras = self
             .sources
             .iter()

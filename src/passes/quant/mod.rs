@@ -23,7 +23,7 @@ use serde::Serialize;
 use self::qdq::{plan, Activations, Calibration, InsertQdq, Placement};
 use self::ranges::Method;
 use super::{PassContext, Stage};
-use crate::ir::{DType, Graph, Model};
+use crate::ir::{DType, Graph, Model, NodeId, ValueId};
 use crate::progress::Progress;
 use crate::runtime::{input_specs, Binding, HostTensor, InputSpec};
 
@@ -337,6 +337,9 @@ pub fn prepare(
                 .iter()
                 .flatten()
                 .all(|&v| g.value(v).constant().is_none())
+            && g.node(n)
+                .output(0)
+                .is_some_and(|y| g.dtype(y).is_none_or(|d| d == DType::F32))
     });
     let outputs = ops
         .iter()
@@ -347,7 +350,7 @@ pub fn prepare(
         .flat_map(|y| {
             let relu = g
                 .only_reader(y)
-                .filter(|&r| g.node(r).is("Relu"))
+                .filter(|&r| opts.placement == Placement::AroundOps && g.node(r).is("Relu"))
                 .and_then(|r| g.node(r).output(0));
             std::iter::once(y).chain(relu)
         });
@@ -412,11 +415,9 @@ pub fn prepare(
     })
 }
 
-/// Ops whose output holds only values of their data input, moved or picked (or, for a
-/// Resize, interpolated between them).
+/// Ops whose output holds only values of their data input, moved or picked.
 const MOVES: &[&str] = &[
     "MaxPool",
-    "Resize",
     "Reshape",
     "Flatten",
     "Transpose",
@@ -426,27 +427,63 @@ const MOVES: &[&str] = &[
     "Identity",
 ];
 
-/// Around ops, a value quantized on both sides of a [`MOVES`] op (a MaxPool between two
-/// quantized Convs) gets one range, the union of both, on each side: with equal scales and zero
-/// points, ONNX Runtime drops the DQ → op → Q around it and moves int8 values, and the union
-/// clips neither side.
+/// Whether `n` writes only values of its data input, or values between them: a [`MOVES`] op,
+/// or a Resize that picks or interpolates linearly without extrapolating (a cubic one
+/// overshoots, a crop-and-resize fills with a value of its own).
+fn moves_values(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    if !node.in_standard_domain() {
+        return false;
+    }
+    if node.is("Resize") {
+        let mode = node.attr_s("mode").unwrap_or(b"nearest");
+        let crop = node.attr_s("coordinate_transformation_mode") == Some(b"tf_crop_and_resize");
+        return matches!(mode, b"nearest" | b"linear") && !crop;
+    }
+    MOVES.iter().any(|op| node.is(op))
+}
+
+/// Around ops, the values on either side of moves (a MaxPool between two quantized Convs, a
+/// Reshape → Transpose → Reshape) get one range, the union of those calibrated among them: with
+/// equal scales and zero points, ONNX Runtime drops the DQ → op → Q around each move and moves
+/// int8 values, and the union clips none of them. Values joined by moves are found as one set
+/// (through values without a range of their own, and across branches).
 fn share_through_moves(g: &Graph, ranges: &mut HashMap<String, (f32, f32)>) {
-    let order = g.topo_order().unwrap_or_default();
-    let pairs: Vec<(String, String)> = order
-        .into_iter()
-        .filter(|&n| MOVES.iter().any(|op| g.node(n).is(op)))
-        .filter_map(|n| {
-            let node = g.node(n);
-            let name = |v| g.value(v).name().to_string();
-            Some((name(node.input(0)?), name(node.output(0)?)))
-        })
-        .collect();
-    // Chains of moves share one range: forward, then back.
-    for (a, b) in pairs.iter().chain(pairs.iter().rev()) {
-        if let (Some(&ra), Some(&rb)) = (ranges.get(a), ranges.get(b)) {
-            let both = (ra.0.min(rb.0), ra.1.max(rb.1));
-            ranges.insert(a.clone(), both);
-            ranges.insert(b.clone(), both);
+    let mut parent: HashMap<ValueId, ValueId> = HashMap::new();
+    fn root(parent: &mut HashMap<ValueId, ValueId>, v: ValueId) -> ValueId {
+        let p = *parent.get(&v).unwrap_or(&v);
+        if p == v {
+            return v;
+        }
+        let r = root(parent, p);
+        parent.insert(v, r);
+        r
+    }
+    for n in g.node_ids().filter(|&n| moves_values(g, n)) {
+        let node = g.node(n);
+        if let (Some(a), Some(b)) = (node.input(0), node.output(0)) {
+            parent.entry(a).or_insert(a);
+            parent.entry(b).or_insert(b);
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            if ra != rb {
+                parent.insert(ra.max(rb), ra.min(rb));
+            }
+        }
+    }
+    let members: Vec<ValueId> = parent.keys().copied().collect();
+    let mut union: HashMap<ValueId, (f32, f32)> = HashMap::new();
+    for &v in &members {
+        if let Some(&(lo, hi)) = ranges.get(g.value(v).name()) {
+            let r = root(&mut parent, v);
+            let u = union.entry(r).or_insert((lo, hi));
+            *u = (u.0.min(lo), u.1.max(hi));
+        }
+    }
+    for v in members {
+        let name = g.value(v).name();
+        if ranges.contains_key(name) {
+            let r = root(&mut parent, v);
+            ranges.insert(name.to_string(), union[&r]);
         }
     }
 }

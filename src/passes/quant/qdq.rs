@@ -18,7 +18,8 @@
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
 //! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
-//! values reads both through their DQ, and a MaxPool, Resize, Reshape, Flatten, Transpose,
+//! values reads both through their DQ and is quantized itself like the ops it joins (not
+//! before a Relu that symmetric int8 cannot absorb), and a MaxPool, Resize, Reshape, Flatten, Transpose,
 //! Squeeze, Unsqueeze or Slice between two quantized ops is read and read from at one scale (calibration
 //! gives both sides the union of their ranges), so runtimes move int8 values through it; for OpenVINO (`--target openvino`) the pairs sit on
 //! inputs only, but a residual Add joining a quantized op's result reads both branches through
@@ -98,9 +99,16 @@ fn output_site(
         return None;
     }
     let y = g.node(n).output(0)?;
-    let absorbed = g
-        .only_reader(y)
-        .filter(|&r| g.node(r).is("Relu") && cal.activations == Activations::Uint8);
+    // The Q's clamp stands in for the Relu only where the range starts at 0 (a range shared
+    // through a move could reach below it).
+    let absorbed = g.only_reader(y).filter(|&r| {
+        g.node(r).is("Relu")
+            && cal.activations == Activations::Uint8
+            && g.node(r)
+                .output(0)
+                .and_then(|o| cal.ranges.get(g.value(o).name()))
+                .is_some_and(|&(lo, _)| lo >= 0.0)
+    });
     let site = match absorbed {
         Some(r) => g.node(r).output(0)?,
         None => y,

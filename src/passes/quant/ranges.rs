@@ -96,8 +96,10 @@ impl ChannelSums {
     }
 
     /// The mean per channel, when every sample had the same channels.
+    /// Infinities or NaNs in the samples give no mean.
     pub fn means(&self) -> Option<Vec<f32>> {
-        (!self.mixed && self.count > 0).then(|| {
+        let finite = self.sums.iter().all(|s| s.is_finite());
+        (!self.mixed && self.count > 0 && finite).then(|| {
             self.sums
                 .iter()
                 .map(|s| (s / self.count as f64) as f32)
@@ -106,10 +108,16 @@ impl ChannelSums {
     }
 }
 
-/// The smallest power of two at or above `x` (> 0).
+/// Magnitudes below this are zeros to a histogram: its bins stay representable.
+const TINY: f32 = 1e-30;
+
+/// The smallest power of two above `x` (> 0), strictly, so that no value of the histogram sits
+/// on its upper edge and widening moves every count where a histogram built wide would have
+/// put it.
 fn power_of_two_above(x: f32) -> f32 {
-    let mut p = 2f32.powi(x.log2().ceil() as i32);
-    while p < x {
+    let x = x.max(TINY);
+    let mut p = 2f32.powi(x.log2().floor() as i32);
+    while p <= x {
         p *= 2.0;
     }
     p
@@ -119,12 +127,14 @@ impl Stats {
     /// Adds one sample's values to the extremes and, when `histogram`, to the histogram.
     /// Infinities and NaNs are left out.
     pub fn observe(&mut self, values: &[f32], histogram: bool) {
+        // min and max pass NaNs over, so they are looked for on their own.
+        let odd = values.iter().fold(false, |odd, v| odd | !v.is_finite());
         let (lo, hi) = values
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
                 (lo.min(v), hi.max(v))
             });
-        if !lo.is_finite() || !hi.is_finite() {
+        if odd {
             // Rare, so the common case keeps its tight loops.
             let finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
             if !finite.is_empty() {
@@ -145,7 +155,7 @@ impl Stats {
             self.hist = vec![0; HIST_BINS];
         }
         let amax = lo.abs().max(hi.abs());
-        if amax > self.hist_max {
+        if amax >= self.hist_max && amax > TINY {
             self.widen(power_of_two_above(amax));
         }
         let per_unit = if self.hist_max > 0.0 {
@@ -173,7 +183,7 @@ impl Stats {
         self.hist_max = self.hist_max.max(to);
     }
 
-    /// The magnitude histogram's range: the largest magnitude seen.
+    /// The largest magnitude seen.
     pub fn amax(&self) -> f32 {
         self.min.abs().max(self.max.abs())
     }
@@ -249,11 +259,18 @@ impl Stats {
         if hist.len() <= LEVELS {
             return self.amax();
         }
-        let mut best = (f64::INFINITY, hist.len());
-        for i in LEVELS..=hist.len() {
+        // TensorRT's candidates: from a sixteenth of the extremes up, at most BINS of them.
+        let n = hist.len();
+        let step = n.div_ceil(BINS);
+        let mut beyond: Vec<u64> = vec![0; n + 1];
+        for i in (0..n).rev() {
+            beyond[i] = beyond[i + 1] + hist[i];
+        }
+        let mut best = (f64::INFINITY, n);
+        for i in (LEVELS.max(n / 16)..=n).step_by(step) {
             // P: the first i bins, everything beyond clipped into the last.
             let mut p: Vec<f64> = hist[..i].iter().map(|&n| n as f64).collect();
-            p[i - 1] += hist[i..].iter().sum::<u64>() as f64;
+            p[i - 1] += beyond[i] as f64;
             // Q: the same bins merged into LEVELS levels, each level's mass spread evenly
             // over the bins it merged that were not empty.
             let mut q = vec![0.0; i];
