@@ -19,7 +19,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 
-use crate::ir::{DType, Def, Dim, Graph, Model, Tensor, Type};
+use crate::ir::{DType, Def, Dim, Graph, Model, NodeId, Tensor, Type};
 
 /// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
 /// shape; any other symbol or unknown dim becomes `default_dim`, except spatial ones (dims after
@@ -435,10 +435,11 @@ pub struct Fact {
     pub shape: Option<Vec<Dim>>,
 }
 
-/// Facts about the values of the top-level graph and of its If bodies, by name. Graph inputs
-/// keep their declared types and dims, with symbols (and unknown dims) left symbolic; declared
-/// shapes of inner values and outputs are ignored, since exports get them wrong. Values tract
-/// cannot analyse are absent, and so are names two graphs give different facts.
+/// Facts about the values of the top-level graph and of its If, Loop and Scan bodies, by
+/// name. Graph inputs keep their declared types and dims, with symbols (and unknown dims) left
+/// symbolic; declared shapes of inner values and outputs are ignored, since exports get them
+/// wrong. Values tract cannot analyse are absent, and so are names that several graphs define
+/// unless each of them gives the same fact.
 #[derive(Debug, Default)]
 pub struct Facts(HashMap<String, Fact>);
 
@@ -507,61 +508,159 @@ fn tract_proto(model: &Model) -> Result<tract_onnx::pb::ModelProto> {
 }
 
 /// Infers [`Facts`] with tract. Ops tract cannot analyse (an `If` whose branches disagree, a
-/// Reshape it cannot resolve) leave their own outputs, and what depends on them, unknown
-/// instead of failing the whole model; tract's typed model, when it builds, refines the rest.
-/// If bodies are analysed too (see [`infer_bodies`]).
+/// Reshape it cannot resolve, a `Loop`, which tract does not implement) leave their own
+/// outputs, and what depends on them, unknown instead of failing the whole model; tract's
+/// typed model, when it builds, refines the rest. The bodies of If, Loop and Scan nodes are
+/// analysed too (see [`gather`]).
 pub fn infer_facts(model: &Model) -> Facts {
-    let mut facts = Facts(contain_panic(|| infer(model)).unwrap_or_default());
-    infer_bodies(model, &model.graph, &mut facts, &mut HashSet::new());
-    facts
+    let mut gathered = Gathered::default();
+    let main = contain_panic(|| infer(model)).unwrap_or_default();
+    gather(model, &model.graph, main, None, &mut gathered);
+    gathered.agreed(&model.graph)
 }
 
-/// Adds the facts of the bodies of `g`'s If nodes, and of theirs in turn: each body analysed
-/// as a model of its own, the outer values it captures typed by what is known of them outside
-/// (a branch runs on exactly those values). A body capturing a value of unknown type or shape
-/// is left without facts. Loop and Scan bodies are left too: their inputs change from one
-/// iteration to the next. Sibling branches may reuse a name for different values, so a name
-/// given two different facts is dropped (`clashed`): no fact is better than a wrong one.
-fn infer_bodies(model: &Model, g: &Graph, facts: &mut Facts, clashed: &mut HashSet<String>) {
-    let mut ifs: Vec<_> = g.node_ids().filter(|&n| g.node(n).is("If")).collect();
-    ifs.sort();
-    for n in ifs {
-        for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
-            let captures: Option<Vec<(String, Type)>> = (body.captures().iter())
-                .map(|&v| {
-                    let name = body.value(v).name();
-                    let fact = facts.get(name)?;
-                    Some((
-                        name.to_string(),
-                        Type::tensor(fact.dtype?, fact.shape.clone()?),
-                    ))
-                })
-                .collect();
-            let Some(sub) = captures.and_then(|c| model.of_body(body, &c).ok()) else {
-                continue;
-            };
-            for (name, fact) in contain_panic(|| infer(&sub)).unwrap_or_default() {
-                // A capture's fact is the outer one, less precise where it had unknown dims.
-                let captured = body
-                    .find(&name)
-                    .is_some_and(|v| body.captures().contains(&v));
-                if captured || clashed.contains(&name) {
-                    continue;
-                }
-                match facts.0.get(&name) {
-                    Some(known) if *known != fact => {
-                        facts.0.remove(&name);
-                        clashed.insert(name);
-                    }
-                    Some(_) => {}
-                    None => {
-                        facts.0.insert(name, fact);
-                    }
-                }
+/// What is known of the values a graph can read: its own, then those of the graphs around it.
+struct Visible<'a> {
+    own: &'a HashMap<String, Fact>,
+    outer: Option<&'a Visible<'a>>,
+}
+
+impl Visible<'_> {
+    fn get(&self, name: &str) -> Option<&Fact> {
+        self.own.get(name).or_else(|| self.outer?.get(name))
+    }
+}
+
+/// Whether a value so defined belongs to its graph: captures belong to an outer one, and a
+/// name only declared in value_info holds nothing.
+fn own(def: Def) -> bool {
+    !matches!(def, Def::Capture | Def::Declared)
+}
+
+/// The facts of every analysed graph, by name: each fact with how many graphs gave it, and
+/// the names two graphs gave different facts. Sibling bodies may reuse a name for different
+/// values, and [`Facts`] are looked up by name alone.
+#[derive(Default)]
+struct Gathered {
+    agreed: HashMap<String, (Fact, usize)>,
+    clashed: HashSet<String>,
+}
+
+impl Gathered {
+    fn add(&mut self, name: &str, fact: &Fact) {
+        if self.clashed.contains(name) {
+            return;
+        }
+        match self.agreed.get_mut(name) {
+            Some((known, _)) if known != fact => {
+                self.agreed.remove(name);
+                self.clashed.insert(name.to_string());
             }
-            infer_bodies(model, body, facts, clashed);
+            Some((_, graphs)) => *graphs += 1,
+            None => {
+                self.agreed.insert(name.to_string(), (fact.clone(), 1));
+            }
         }
     }
+
+    /// The facts of names that every graph of `main`'s tree defining them gave alike. A name
+    /// also defined in a graph that was not analysed, or where tract learnt nothing of it, is
+    /// dropped: a lookup by name could not tell the two values apart, and no fact is better
+    /// than a wrong one.
+    fn agreed(mut self, main: &Graph) -> Facts {
+        fn count(g: &Graph, defined: &mut HashMap<String, usize>) {
+            for (_, v) in g.values().filter(|(_, v)| own(v.def())) {
+                *defined.entry(v.name().to_string()).or_default() += 1;
+            }
+            for n in g.node_ids() {
+                for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+                    count(body, defined);
+                }
+            }
+        }
+        let mut defined = HashMap::new();
+        count(main, &mut defined);
+        self.agreed
+            .retain(|name, (_, graphs)| defined.get(name).is_some_and(|d| d == graphs));
+        Facts(self.agreed.into_iter().map(|(n, (f, _))| (n, f)).collect())
+    }
+}
+
+/// Adds what tract `found` about the values `g` defines, then analyses the bodies of `g`'s If,
+/// Loop and Scan nodes in turn, each as a model of its own typed by [`body_types`]. Bodies of
+/// other ops, and those whose types are not known, are left unanalysed; the bodies inside them
+/// are still tried, since what they capture may come from further out.
+fn gather(
+    model: &Model,
+    g: &Graph,
+    mut found: HashMap<String, Fact>,
+    outer: Option<&Visible>,
+    out: &mut Gathered,
+) {
+    // A capture's fact in a body's analysis is the outer one, less precise where that had
+    // unknown dims.
+    found.retain(|name, _| g.find(name).is_some_and(|v| own(g.value(v).def())));
+    for (name, fact) in &found {
+        out.add(name, fact);
+    }
+    let visible = Visible { own: &found, outer };
+    let mut nodes: Vec<_> = g.node_ids().collect();
+    nodes.sort();
+    for n in nodes {
+        for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+            let found = body_types(g, n, body, &visible)
+                .and_then(|t| model.of_body(body, &t.inputs, &t.captures).ok())
+                .map(|sub| contain_panic(|| infer(&sub)).unwrap_or_default())
+                .unwrap_or_default();
+            gather(model, body, found, Some(&visible), out);
+        }
+    }
+}
+
+/// The types a body is analysed with: its own inputs', in order, and its captures'.
+struct BodyTypes {
+    inputs: Vec<Type>,
+    captures: Vec<(String, Type)>,
+}
+
+/// The types body `body` of node `n` of `g` is analysed with, or `None` when they are not
+/// known: only what holds on every run of the body. Captures are the same outer values on
+/// every run, so they are typed by what is known of them outside. A Loop's iteration number and condition are an int64 and a bool scalar, as
+/// the operator defines. Loop-carried values, Scan states and scan slices may change shape
+/// from one iteration to the next, so they get only their element type: the initial value's,
+/// or else the body's declaration of it.
+fn body_types(g: &Graph, n: NodeId, body: &Graph, visible: &Visible) -> Option<BodyTypes> {
+    let node = g.node(n);
+    if !["If", "Loop", "Scan"].iter().any(|op| node.is(op)) {
+        return None;
+    }
+    let captures = (body.captures().iter())
+        .map(|&v| {
+            let name = body.value(v).name();
+            let fact = visible.get(name)?;
+            Some((
+                name.to_string(),
+                Type::tensor(fact.dtype?, fact.shape.clone()?),
+            ))
+        })
+        .collect::<Option<_>>()?;
+    // The body's inputs are fed from the node's last inputs: a Loop's trip count and
+    // condition, then its carried values; an opset-8 Scan's inputs after its sequence_lens.
+    let first = node.inputs().len().checked_sub(body.inputs().len())?;
+    let inputs = (body.inputs().iter().enumerate())
+        .map(|(i, &v)| {
+            if node.is("Loop") && i < 2 {
+                let dtype = if i == 0 { DType::I64 } else { DType::BOOL };
+                return Some(Type::tensor(dtype, Vec::new()));
+            }
+            let fed = node.input(first + i);
+            let dtype = fed
+                .and_then(|x| visible.get(g.value(x).name())?.dtype)
+                .or_else(|| body.dtype(v))?;
+            Some(Type::Tensor { dtype, shape: None })
+        })
+        .collect::<Option<_>>()?;
+    Some(BodyTypes { inputs, captures })
 }
 
 fn dim_of(d: &tract_onnx::prelude::TDim) -> Dim {
@@ -631,7 +730,12 @@ fn infer(model: &Model) -> Result<HashMap<String, Fact>> {
             .dtype(v)
             .and_then(datum)
             .context("input of unknown type")?;
-        let shape = input_shape(g, v).context("input of unknown rank")?;
+        // An input of unknown rank (a loop-carried value, whose shape may change from one
+        // iteration to the next) is told its element type alone.
+        let Some(shape) = input_shape(g, v) else {
+            inference.set_input_fact(i, InferenceFact::dt(dt))?;
+            continue;
+        };
         let dims: Vec<TDim> = shape
             .iter()
             .map(|d| match d {

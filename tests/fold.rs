@@ -685,10 +685,9 @@ fn keeps_gathers_of_a_dynamic_dim_inside_an_if() {
     );
 }
 
-#[test]
-fn keeps_shape_reads_of_a_name_the_two_branches_give_different_shapes() {
-    // Both branches name their value h, of x[batch, 4, 6] in one and of z[batch, 6, 4] in the
-    // other: no fact about h may come from either branch.
+/// An If on gather_of_shape whose branches both name their value h: Relu of x[batch, 4, 6] in
+/// one and of the graph input `z` in the other.
+fn branches_both_naming_h(z: onnxsmith::onnx::proto::ValueInfoProto) -> ModelProto {
     let mut p = common::in_an_if(gather_of_shape(&[2, 1]));
     let g = p.graph.as_mut().unwrap();
     for (branch, input) in g.node[0].attribute.iter_mut().zip(["x", "z"]) {
@@ -702,11 +701,184 @@ fn keeps_shape_reads_of_a_name_the_two_branches_give_different_shapes() {
         }
         body.node.insert(0, node("Relu", "relu", &[input], &["h"]));
     }
+    g.input.push(z);
+    p
+}
+
+#[test]
+fn keeps_shape_reads_of_a_name_the_two_branches_give_different_shapes() {
+    // z[batch, 6, 4]: no fact about h may come from either branch.
     let mut z = f32_info("z", &[1, 6, 4]);
     common::symbolic(&mut z, 0, Some("batch"));
-    g.input.push(z);
-    let m = lift(p);
+    let m = lift(branches_both_naming_h(z));
     let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
     assert_eq!(count_op(&out, "Gather"), 2);
     assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_shape_reads_of_a_name_a_branch_tract_cannot_analyse_defines_too() {
+    // z of unknown rank leaves the else branch unanalysed, so only the then branch speaks of
+    // h: its [batch, 4, 6] must not be read as the else branch's h.
+    let mut z = f32_info("z", &[]);
+    if let Some(onnxsmith::onnx::proto::type_proto::Value::TensorType(t)) =
+        z.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let m = lift(branches_both_naming_h(z));
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    assert_eq!(count_op(&out, "Gather"), 2);
+}
+
+/// y = Reshape(t, Concat(Unsqueeze(Gather(Shape(t), i0)), Unsqueeze(Gather(Shape(t), i1)), [-1]))
+/// in a Loop's body, with `t` what `source` computes from x: f32[x_dims] (dim 0 the symbol
+/// `batch` when `batch`), and Unsqueeze's axes an attribute before opset 13 and an input from
+/// it. x is captured, or loop-carried when `carried`.
+fn reshape_chain_in_a_loop(
+    opset: i64,
+    x_dims: &[i64],
+    batch: bool,
+    source: NodeProto,
+    picks: [i64; 2],
+    carried: bool,
+) -> ModelProto {
+    let mut nodes = vec![source, node("Shape", "shape", &["t"], &["s"])];
+    let mut inits = vec![i64_tensor("minus_one", &[1], &[-1])];
+    for (k, i) in picks.into_iter().enumerate() {
+        let mut gather = node(
+            "Gather",
+            &format!("gather{k}"),
+            &["s", &format!("i{k}")],
+            &[&format!("g{k}")],
+        );
+        gather.attribute.push(attr_int("axis", 0));
+        nodes.push(gather);
+        inits.push(i64_tensor(&format!("i{k}"), &[], &[i]));
+        let g = format!("g{k}");
+        let mut unsqueeze = if opset < 13 {
+            node("Unsqueeze", &format!("unsq{k}"), &[&g], &[&format!("u{k}")])
+        } else {
+            node(
+                "Unsqueeze",
+                &format!("unsq{k}"),
+                &[&g, "zero"],
+                &[&format!("u{k}")],
+            )
+        };
+        if opset < 13 {
+            unsqueeze.attribute.push(common::attr_ints("axes", &[0]));
+        }
+        nodes.push(unsqueeze);
+    }
+    if opset >= 13 {
+        inits.push(i64_tensor("zero", &[1], &[0]));
+    }
+    let mut concat = node("Concat", "concat", &["u0", "u1", "minus_one"], &["target"]);
+    concat.attribute.push(attr_int("axis", 0));
+    nodes.push(concat);
+    nodes.push(node("Reshape", "reshape", &["t", "target"], &["y"]));
+    let mut x = f32_info("x", x_dims);
+    if batch {
+        common::symbolic(&mut x, 0, Some("batch"));
+    }
+    let mut p = model_io(nodes, vec![x], vec![f32_info("y", &[])], inits);
+    p.opset_import[0].version = opset;
+    common::in_a_loop(p, carried.then_some("x"))
+}
+
+fn transpose_of_x() -> NodeProto {
+    let mut t = node("Transpose", "transpose", &["x"], &["t"]);
+    t.attribute.push(common::attr_ints("perm", &[0, 2, 1]));
+    t
+}
+
+#[test]
+fn folds_shape_arithmetic_on_captures_inside_a_loop_at_every_opset() {
+    for opset in [11, 13, 17] {
+        // x: f32[2, 4, 6] is captured, so t = Transpose(x): f32[2, 6, 4] on every iteration:
+        // its dims are known once the body is analysed with x typed as it is outside.
+        let m = lift(reshape_chain_in_a_loop(
+            opset,
+            &[2, 4, 6],
+            false,
+            transpose_of_x(),
+            [1, 2],
+            false,
+        ));
+        let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
+            assert_eq!(count_op(&out, op), 0, "{op} left at opset {opset}");
+        }
+        let g = &out.graph;
+        let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
+        let body = g.node(lp).attrs()[0].bodies().next().unwrap();
+        let reshape = body
+            .node_ids()
+            .find(|&n| body.node(n).is("Reshape"))
+            .unwrap();
+        let target = body.node(reshape).input(1).unwrap();
+        assert_eq!(
+            body.const_ints(target).unwrap(),
+            [6, 4, -1],
+            "opset {opset}"
+        );
+        insta::with_settings!({ snapshot_suffix => format!("opset{opset}") }, {
+            insta::assert_snapshot!(before_after(&m, &out));
+        });
+        common::assert_same_loop_bodies(&m, &out, &[]);
+    }
+}
+
+#[test]
+fn keeps_shape_arithmetic_on_a_loop_carried_value() {
+    for opset in [11, 13, 17] {
+        // t = Concat(x, x) on axis 2 becomes the next x: [2, 4, 6], then [12, 4, 2] (dims 2
+        // and 1 of [2, 4, 12], then the rest), then [4, 4, 12]. Typing x by its initial
+        // value, or by the body's declaration of it, would fold the target to [12, 4, -1]
+        // for every iteration.
+        let mut doubled = node("Concat", "double", &["x", "x"], &["t"]);
+        doubled.attribute.push(attr_int("axis", 2));
+        let m = lift(reshape_chain_in_a_loop(
+            opset,
+            &[2, 4, 6],
+            false,
+            doubled,
+            [2, 1],
+            true,
+        ));
+        let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
+            assert!(count_op(&out, op) > 0, "{op} folded at opset {opset}");
+        }
+        assert_explained(
+            &report,
+            "fold-shape: kept Gather 'body_gather0': tract cannot infer the input's rank (a \
+             loop-carried value's shape may change per iteration",
+        );
+        common::assert_same_loop_bodies(&m, &out, &[&[2, 4, 6], &[12, 4, 2], &[4, 4, 12]]);
+    }
+}
+
+#[test]
+fn keeps_the_dynamic_part_of_shape_arithmetic_on_a_symbolic_capture_inside_a_loop() {
+    for opset in [11, 13, 17] {
+        // t: f32[batch, 6, 4]: the Gather of dim 1 folds to 6, that of the batch stays.
+        let m = lift(reshape_chain_in_a_loop(
+            opset,
+            &[1, 4, 6],
+            true,
+            transpose_of_x(),
+            [0, 1],
+            false,
+        ));
+        let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        assert_eq!(count_op(&out, "Gather"), 1, "opset {opset}");
+        assert_eq!(count_op(&out, "Shape"), 1, "opset {opset}");
+        assert_explained(
+            &report,
+            "fold-shape: kept Gather 'body_gather0': the input's dims depend on dynamic input dims",
+        );
+        common::assert_same_loop_bodies(&m, &out, &[]);
+    }
 }

@@ -60,7 +60,7 @@ pub enum Slot {
     Capture,
 }
 
-/// Which graph a pass is looking at: tract's facts describe the main graph only.
+/// Which graph a pass is looking at: the main graph, or a body of a node (at any depth).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     Main,

@@ -67,7 +67,7 @@ pub use graph::{
 pub use patch::{type_clash, Patch};
 pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 
@@ -124,10 +124,26 @@ impl Model {
     }
 
     /// A model of this one's envelope whose main graph is a copy of `body` (a subgraph of
-    /// this model) with the outer values it captures made graph inputs of the given types:
-    /// a body as tract can analyse it on its own.
-    pub fn of_body(&self, body: &Graph, captures: &[(String, Type)]) -> Result<Model> {
+    /// this model), its own inputs of the types `inputs` gives in order (what its node feeds
+    /// it, not what the body declares) and the outer values it captures made graph inputs of
+    /// the given types: a body as tract can analyse or run it on its own.
+    pub fn of_body(
+        &self,
+        body: &Graph,
+        inputs: &[Type],
+        captures: &[(String, Type)],
+    ) -> Result<Model> {
         let mut graph = lower::lower_graph(body)?;
+        ensure!(
+            inputs.len() == graph.input.len(),
+            "{} types for the {} inputs of body '{}'",
+            inputs.len(),
+            graph.input.len(),
+            body.name()
+        );
+        for (input, ty) in graph.input.iter_mut().zip(inputs) {
+            input.r#type = Some(ty.to_proto());
+        }
         graph.input.extend(
             captures
                 .iter()

@@ -169,8 +169,8 @@ impl From<String> for Refusal {
 
 /// What a match may consult besides the graph.
 pub struct Look<'a> {
-    /// tract's facts, for a rewrite that asked for them: the main graph's and its If bodies'
-    /// values (see [`infer_facts`]).
+    /// tract's facts, for a rewrite that asked for them: the values of the main graph and of
+    /// its If, Loop and Scan bodies (see [`infer_facts`]).
     pub facts: Option<&'a Facts>,
     /// The model's default-domain opset.
     pub opset: i64,
@@ -179,8 +179,9 @@ pub struct Look<'a> {
 impl Look<'_> {
     /// The rank of `v` of `g`: what tract proves, or else a constant's, or the rank the op
     /// producing `v` fixes whatever its input (a Reshape to a constant target, a Flatten, a
-    /// Gemm). Loop and Scan bodies have no facts, nor has a value a rewrite made since they
-    /// were inferred; these ops are where such a graph settles its ranks.
+    /// Gemm). The facts leave the rank of a loop-carried value open (it may change from one
+    /// iteration to the next) and know nothing of a value a rewrite made since they were
+    /// inferred; these ops are where such values settle their ranks.
     pub fn rank(&self, g: &Graph, v: ValueId) -> Option<usize> {
         if let Some(r) = self.facts.and_then(|f| f.rank(g.value(v).name())) {
             return Some(r);

@@ -141,7 +141,7 @@ pub fn if_model() -> ModelProto {
 
 use onnxsmith::check::{compare_models, CheckOptions, Outcome};
 use onnxsmith::ir::print::print_model;
-use onnxsmith::ir::Model;
+use onnxsmith::ir::{DType, Dim, Model, Type};
 use onnxsmith::passes::{run_pipeline, PipelineOptions, PipelineReport};
 
 pub fn tensor(
@@ -369,53 +369,160 @@ pub fn write_npy_values(path: &Path, shape: &[usize], data: &[f32], wide: bool) 
     std::fs::write(path, bytes).unwrap();
 }
 
+/// A body holding a copy of `g`'s nodes, initializers and outputs, named `{tag}_graph`, with
+/// every name prefixed by `{tag}_` but those in `captured`, which it reads from outside.
+fn body_of(g: &GraphProto, tag: &str, captured: &[String]) -> GraphProto {
+    let rename = |s: &String| {
+        if s.is_empty() || captured.contains(s) {
+            s.clone()
+        } else {
+            format!("{tag}_{s}")
+        }
+    };
+    let mut nodes = g.node.clone();
+    for n in &mut nodes {
+        n.name = format!("{tag}_{}", n.name);
+        n.input = n.input.iter().map(rename).collect();
+        n.output = n.output.iter().map(rename).collect();
+    }
+    let mut inits = g.initializer.clone();
+    for t in &mut inits {
+        t.name = rename(&t.name);
+    }
+    let mut outputs = g.output.clone();
+    for o in &mut outputs {
+        o.name = rename(&o.name);
+    }
+    GraphProto {
+        name: format!("{tag}_graph"),
+        node: nodes,
+        initializer: inits,
+        output: outputs,
+        ..Default::default()
+    }
+}
+
+fn graph_attr(name: &str, g: GraphProto) -> onnxsmith::onnx::proto::AttributeProto {
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Graph as i32,
+        g: Some(g),
+        ..Default::default()
+    }
+}
+
 /// `p` computed inside both branches of an If on a new bool input `cond`: each branch holds a
 /// copy of p's nodes and initializers, its names prefixed by `then_` or `else_`, and reads p's
 /// graph inputs by capture; the If writes p's outputs.
 pub fn in_an_if(mut p: ModelProto) -> ModelProto {
-    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
     let g = p.graph.as_mut().unwrap();
     let outer: Vec<String> = g.input.iter().map(|i| i.name.clone()).collect();
-    let branch = |attr: &str, tag: &str| {
-        let rename = |s: &String| {
-            if s.is_empty() || outer.contains(s) {
-                s.clone()
-            } else {
-                format!("{tag}_{s}")
-            }
-        };
-        let mut nodes = g.node.clone();
-        for n in &mut nodes {
-            n.name = format!("{tag}_{}", n.name);
-            n.input = n.input.iter().map(rename).collect();
-            n.output = n.output.iter().map(rename).collect();
-        }
-        let mut inits = g.initializer.clone();
-        for t in &mut inits {
-            t.name = rename(&t.name);
-        }
-        let mut outputs = g.output.clone();
-        for o in &mut outputs {
-            o.name = rename(&o.name);
-        }
-        AttributeProto {
-            name: attr.into(),
-            r#type: AttributeType::Graph as i32,
-            g: Some(GraphProto {
-                name: format!("{tag}_graph"),
-                node: nodes,
-                initializer: inits,
-                output: outputs,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    };
     let outs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
     let mut iff = node("If", "if", &["cond"], &outs);
-    iff.attribute = vec![branch("then_branch", "then"), branch("else_branch", "else")];
+    iff.attribute = vec![
+        graph_attr("then_branch", body_of(g, "then", &outer)),
+        graph_attr("else_branch", body_of(g, "else", &outer)),
+    ];
     g.node = vec![iff];
     g.initializer.clear();
     g.input.push(info("cond", 9, &[]));
     p
+}
+
+/// Iterations of the Loops [`in_a_loop`] makes.
+pub const TRIPS: i64 = 3;
+
+/// `p`, which has one output, computed on each of [`TRIPS`] iterations of a Loop whose body
+/// holds a copy of p's nodes and initializers, its names prefixed by `body_`. The body reads
+/// p's graph inputs by capture, except `carried`: that one is loop-carried instead, starting
+/// as the graph input and then each iteration's result (the body declares it with the graph
+/// input's type, as exports do, although its shape may change). Without `carried`, the Loop
+/// writes p's output stacked over the iterations.
+pub fn in_a_loop(mut p: ModelProto, carried: Option<&str>) -> ModelProto {
+    let g = p.graph.as_mut().unwrap();
+    let captured: Vec<String> = (g.input.iter())
+        .map(|i| i.name.clone())
+        .filter(|n| Some(n.as_str()) != carried)
+        .collect();
+    let mut body = body_of(g, "body", &captured);
+    let [out] = &mut g.output[..] else {
+        panic!("in_a_loop wants a model with one output");
+    };
+    if let Some(type_proto::Value::TensorType(t)) =
+        out.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        // Stacked, or of the last iteration's shape: not the one of p's output.
+        t.shape = None;
+    }
+    body.output[0].r#type = out.r#type.clone();
+    body.input = vec![info("body_iter", 7, &[]), info("body_cond", 9, &[])];
+    body.output.insert(0, info("body_cond_out", 9, &[]));
+    body.node.push(node(
+        "Identity",
+        "body_go_on",
+        &["body_cond"],
+        &["body_cond_out"],
+    ));
+    let mut inputs = vec!["trips".to_string(), String::new()];
+    if let Some(c) = carried {
+        let mut declared = g.input.iter().find(|i| i.name == c).unwrap().clone();
+        declared.name = format!("body_{c}");
+        body.input.push(declared);
+        inputs.push(c.to_string());
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let mut lp = node("Loop", "loop", &inputs, &[&out.name]);
+    lp.attribute = vec![graph_attr("body", body)];
+    g.node = vec![lp];
+    g.initializer = vec![i64_tensor("trips", &[], &[TRIPS])];
+    p
+}
+
+/// tract runs no Loop, so a rewrite inside the body of the Loop of `before`'s main graph is
+/// checked on the body alone: before and after, each run as a model of its own on the same
+/// seeded inputs, its captures of their outer declared types and its iteration number and
+/// condition scalars, once for each of `carried`, the dims its loop-carried value takes on
+/// successive iterations (once only when it carries nothing).
+pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]) {
+    let alone = |m: &Model, dims: Option<&[i64]>| {
+        let g = &m.graph;
+        let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
+        let body = g
+            .node(lp)
+            .attrs()
+            .iter()
+            .flat_map(|a| a.bodies())
+            .next()
+            .unwrap();
+        let mut inputs = vec![
+            Type::tensor(DType::I64, vec![]),
+            Type::tensor(DType::BOOL, vec![]),
+        ];
+        inputs.extend(body.inputs()[2..].iter().map(|&v| {
+            let dims = dims.expect("a carried value without dims to check it at");
+            Type::tensor(
+                body.dtype(v).unwrap(),
+                dims.iter().map(|&d| Dim::Known(d)).collect(),
+            )
+        }));
+        let captures: Vec<(String, Type)> = (body.captures().iter())
+            .map(|&v| {
+                let name = body.value(v).name();
+                (
+                    name.to_string(),
+                    g.ty(g.find(name).unwrap()).unwrap().clone(),
+                )
+            })
+            .collect();
+        m.of_body(body, &inputs, &captures).unwrap()
+    };
+    let runs: Vec<Option<&[i64]>> = if carried.is_empty() {
+        vec![None]
+    } else {
+        carried.iter().map(|&d| Some(d)).collect()
+    };
+    for dims in runs {
+        assert_same_outputs(&alone(before, dims), &alone(after, dims));
+    }
 }

@@ -17,7 +17,8 @@
 //! dims), and arithmetic
 //! with a constant of zeros or ones whose result keeps the other operand's shape (a broadcast
 //! that grows it is real work), and an Unsqueeze putting back exactly the axes a Squeeze took
-//! out, or the reverse (negative axes need the rank, which only facts give: the main graph's and If bodies').
+//! out, or the reverse (negative axes need the rank, which only facts give: the main graph's and
+//! its bodies', except for loop-carried values, whose rank may change per iteration).
 //! Declared types of inner values are never trusted. Refuses when
 //! removing the node would rename the graph's interface (see `eliminate-identity`), and says
 //! so under `--explain` where the node would be a no-op but for a shape or type tract does not
@@ -52,8 +53,8 @@ const OPS: &[&str] = &[
 ];
 
 /// Said when what would make the node a no-op holds but tract's facts do not prove its result
-/// keeps its input's shape (in a Loop or Scan body, where there are no facts, or a broadcast
-/// that grows it).
+/// keeps its input's shape (a value computed from a loop-carried one, whose shape the facts
+/// leave open, or a broadcast that grows it).
 const SHAPE_UNPROVEN: &str = "tract does not prove its result has its input's shape";
 
 /// Whether every element of `t` is 1 (`one`) or 0, in `t`'s own encoding.

@@ -14,10 +14,13 @@
 //! wrong). A selection that includes a dim depending on a symbol (the batch, a sequence length)
 //! is kept; [`kept`] lists those left at the end, with the dims that stopped them, for the
 //! default report. Gather and Slice fold only with constant indices on axis 0
-//! of a Shape's output. Runs inside If bodies too, whose facts come from each body analysed with
-//! its captures typed as they are outside (see `runtime::infer_facts`). Runs after the cleanup passes, so that the
-//! Gather or Slice reads the Shape directly. `fold-constants` then folds whatever computed
-//! from the new constants; the Shape itself is left to dead-code once nothing reads it.
+//! of a Shape's output. Runs inside If, Loop and Scan bodies too, whose facts come from each
+//! body analysed with its captures typed as they are outside (see `runtime::infer_facts`): in a
+//! loop, what is computed from captures folds, and what is computed from a loop-carried value
+//! or a scan slice, whose shape may change from one iteration to the next, is kept. Runs after
+//! the cleanup passes, so that the Gather or Slice reads the Shape directly. `fold-constants`
+//! then folds whatever computed from the new constants; the Shape itself is left to dead-code
+//! once nothing reads it.
 
 use anyhow::Result;
 
@@ -69,9 +72,12 @@ fn slice_positions(len: i64, start: i64, end: i64, step: i64) -> Vec<i64> {
 /// The value `n` computes, as `(dims of the result, elements)`, or why it cannot be known.
 fn evaluate(g: &Graph, n: NodeId, facts: &Facts) -> Result<(Vec<i64>, Vec<i64>), &'static str> {
     const DYNAMIC: &str = "the input's dims depend on dynamic input dims";
+    // In a loop body this is the usual reason, hence the hint.
+    const NO_RANK: &str = "tract cannot infer the input's rank (a loop-carried value's shape \
+        may change per iteration, so it is known by its element type alone)";
     let node = g.node(n);
     let x = node.input(0).ok_or("it has no input")?;
-    let dims_of = |v: ValueId| facts.dims(g.value(v).name()).ok_or(DYNAMIC);
+    let dims_of = |v: ValueId| facts.dims(g.value(v).name()).ok_or(NO_RANK);
     let known = |sel: Vec<Option<i64>>| sel.into_iter().collect::<Option<Vec<i64>>>();
     let shape_of = |s: ValueId| -> Result<Vec<Option<i64>>, &'static str> {
         let p = producer_op(g, s, "Shape").ok_or("its data is not a Shape")?;

@@ -13,8 +13,9 @@
 //! it; B is an f32 initializer of rank 2; c an f32 initializer of shape [N] or [1, N] (tract
 //! 0.23 evaluates an f64 Gemm wrongly, so the result could not be checked); `m` is read only by the Add and is not a graph output; operands in either order.
 //! Refuses otherwise. Runs after `fuse-gemm-bn` (a BatchNormalization after the MatMul folds
-//! first). Runs inside subgraphs too, where tract's facts reach If bodies only (see
-//! `runtime::infer_facts`) and the op producing `a` can give its rank anywhere.
+//! first). Runs inside subgraphs too, where tract's facts reach If, Loop and Scan bodies but
+//! leave loop-carried values' ranks open (see `runtime::infer_facts`), and the op producing `a`
+//! can give its rank anywhere.
 
 use anyhow::Result;
 
