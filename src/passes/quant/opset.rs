@@ -166,7 +166,7 @@ const SAME_AT_13_SINCE: &[(&str, i64)] = &[
 ];
 
 /// Why node `n` of `g` would read differently at opset 13 than at `opset`, if it would.
-/// `facts` are tract's, for the main graph only.
+/// `facts` are tract's, for the main graph and the bodies it can analyse.
 fn changes_at_13(g: &Graph, n: NodeId, opset: i64, facts: Option<&Facts>) -> Option<String> {
     let node = g.node(n);
     if !node.in_standard_domain() || node.domain() == "ai.onnx.ml" {
@@ -232,7 +232,7 @@ pub fn blocker(model: &Model, facts: Option<&Facts>) -> Option<String> {
                 node.attrs()
                     .iter()
                     .flat_map(|a| a.bodies())
-                    .find_map(|b| walk(b, opset, None))
+                    .find_map(|b| walk(b, opset, facts))
             })
         })
     }
