@@ -245,9 +245,13 @@ fn lossy_samples(original: &Model, opts: &Options) -> Result<Option<Samples>> {
 /// Tries at most this many fallbacks before a quantized result is refused.
 const FALLBACK_TRIES: usize = 6;
 
+/// Once a fallback passes, tries at most this many of its float ops back in int8.
+const PUT_BACK_TRIES: usize = 4;
+
 /// After a quantized result failed its check: the most sensitive ops (by their measured
 /// error) go back to float, 1, 2, 4, ... of them, until the result passes or the tries run
-/// out. The result that passed, with its check, if one did.
+/// out, and then return to int8 one by one where it still passes
+/// ([`quant::fewest_float`]). The result that passed, with its check, if one did.
 fn fall_back(
     q: &mut Quantized,
     result: &Model,
@@ -285,36 +289,33 @@ fn fall_back(
     let errors = quant::layer_errors(&q.float, result, &samples.held_back)?;
     let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
     q.report.layer_errors = errors;
-    for attempt in 0..FALLBACK_TRIES {
-        let count = (1usize << attempt).min(ranked.len());
-        q.report.fallback_tries += 1;
+    let mut tries = 0;
+    let found = quant::fewest_float(&ranked, FALLBACK_TRIES, PUT_BACK_TRIES, |float| {
+        tries += 1;
         let mut exclude = opts.exclude.clone();
-        exclude.extend(ranked[..count].iter().cloned());
-        progress.step(&format!(
-            "returning the {count} most sensitive op(s) to float"
-        ));
+        exclude.extend(float.iter().cloned());
+        progress.step(&format!("trying {} sensitive op(s) in float", float.len()));
         let (candidate, _, cx) =
             quant::quantize(&q.float, &q.calibration, &exclude, &opts.pipeline)?;
         let outcome = reference.check(&candidate)?;
-        if matches!(&outcome, Outcome::Checked(r) if r.ok()) {
-            let mut report = quant::report(&q.float, &candidate, quant_opts, samples, &cx);
-            report.layer_errors = std::mem::take(&mut q.report.layer_errors);
-            report.fallback = ranked[..count].to_vec();
-            for (name, why) in &mut report.left_float {
-                if report.fallback.contains(name) {
-                    *why = "returned to float: the check failed with it quantized".into();
-                }
-            }
-            report.fallback_tries = q.report.fallback_tries;
-            report.equalization_dropped = q.report.equalization_dropped;
-            q.report = report;
-            return Ok(Some((candidate, CheckStatus::from(outcome))));
-        }
-        if count == ranked.len() {
-            break;
+        Ok(matches!(&outcome, Outcome::Checked(r) if r.ok()).then_some((candidate, outcome, cx)))
+    })?;
+    q.report.fallback_tries += tries;
+    let Some((back, (candidate, outcome, cx))) = found else {
+        return Ok(None);
+    };
+    let mut report = quant::report(&q.float, &candidate, quant_opts, samples, &cx);
+    report.layer_errors = std::mem::take(&mut q.report.layer_errors);
+    for (name, why) in &mut report.left_float {
+        if back.contains(name) {
+            *why = "returned to float: the check failed with it quantized".into();
         }
     }
-    Ok(None)
+    report.fallback = back;
+    report.fallback_tries = q.report.fallback_tries;
+    report.equalization_dropped = q.report.equalization_dropped;
+    q.report = report;
+    Ok(Some((candidate, CheckStatus::from(outcome))))
 }
 
 /// The lowest cosine over a check's outputs (0 for one that could not be compared).

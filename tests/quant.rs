@@ -1143,6 +1143,42 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
     }
 }
 
+/// `fewest_float` against a check that passes when the ops in `needed` are float: the set it
+/// settles on and the sets it tried, in order.
+fn search(needed: &[&str], tries: usize) -> (Option<Vec<String>>, Vec<Vec<String>>) {
+    let ranked: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+    let mut tried = Vec::new();
+    let found = onnxsmith::passes::quant::fewest_float(&ranked, tries, 4, |float| {
+        tried.push(float.to_vec());
+        Ok(needed
+            .iter()
+            .all(|n| float.iter().any(|f| f == n))
+            .then_some(()))
+    })
+    .unwrap();
+    (found.map(|(set, ())| set), tried)
+}
+
+#[test]
+fn the_fallback_returns_ops_its_doubling_overshot_to_int8() {
+    // c is the op int8 ruins, ranked third: doubling reaches a..d, then d, b and a go back.
+    let (found, tried) = search(&["c"], 6);
+    assert_eq!(found, Some(vec!["c".to_string()]));
+    let sizes: Vec<usize> = tried.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 2, 4, 3, 2, 2, 1], "{tried:?}");
+    // The most sensitive op alone suffices: nothing to put back.
+    let (found, tried) = search(&["a"], 6);
+    assert_eq!((found, tried.len()), (Some(vec!["a".to_string()]), 1));
+    // Two ops needed together stay together.
+    let (found, _) = search(&["b", "d"], 6);
+    assert_eq!(found, Some(vec!["b".to_string(), "d".to_string()]));
+    // A check nothing passes ends the search within its tries, having tried every op.
+    let (found, tried) = search(&["z"], 6);
+    assert_eq!((found, tried.last().map(Vec::len)), (None, Some(5)));
+    let (_, tried) = search(&["z"], 2);
+    assert_eq!(tried.len(), 2);
+}
+
 #[test]
 fn ranges_leave_out_nans_and_survive_subnormals() {
     let mut st = Stats::default();

@@ -415,6 +415,44 @@ pub fn prepare(
     })
 }
 
+/// The fewest of `ranked` (op names, most sensitive first) to keep in float for `passes` to
+/// hold: the 1, 2, 4, ... most sensitive until a set passes (at most `tries` sets), then each
+/// op of that set back in int8, least sensitive first, wherever it still passes (at most
+/// `put_back` more tries: doubling overshoots). The set, and what `passes` returned for it.
+pub fn fewest_float<T>(
+    ranked: &[String],
+    tries: usize,
+    put_back: usize,
+    mut passes: impl FnMut(&[String]) -> Result<Option<T>>,
+) -> Result<Option<(Vec<String>, T)>> {
+    let mut found = None;
+    for attempt in 0..tries {
+        let count = (1usize << attempt).min(ranked.len());
+        if let Some(t) = passes(&ranked[..count])? {
+            found = Some((ranked[..count].to_vec(), t));
+            break;
+        }
+        if count == ranked.len() {
+            break;
+        }
+    }
+    let Some((mut set, mut passed)) = found else {
+        return Ok(None);
+    };
+    // One op alone in float is the least there is: with none, the result already failed.
+    let candidates: Vec<String> = set.iter().rev().cloned().collect();
+    for name in candidates.iter().take(put_back) {
+        if set.len() == 1 {
+            break;
+        }
+        let fewer: Vec<String> = set.iter().filter(|n| *n != name).cloned().collect();
+        if let Some(t) = passes(&fewer)? {
+            (set, passed) = (fewer, t);
+        }
+    }
+    Ok(Some((set, passed)))
+}
+
 /// Ops whose output holds only values of their data input, moved or picked.
 const MOVES: &[&str] = &[
     "MaxPool",
