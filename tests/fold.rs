@@ -882,3 +882,94 @@ fn keeps_the_dynamic_part_of_shape_arithmetic_on_a_symbolic_capture_inside_a_loo
         common::assert_same_loop_bodies(&m, &out, &[]);
     }
 }
+
+/// A Scan over `seq: f32[3, 5]` with a state `s: f32[5]` (s + each row); its body also reshapes
+/// `Transpose(x)` (when `of_state` is false, x: f32[2, 4, 6] captured) or the state itself by a
+/// target computed from that value's Shape, Gather of dim `pick` and -1, and writes it per
+/// iteration.
+fn reshape_chain_in_a_scan(of_state: bool, pick: i64) -> ModelProto {
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto};
+    let source = if of_state { "s" } else { "t" };
+    let mut transpose = node("Transpose", "transpose", &["x"], &["t"]);
+    transpose
+        .attribute
+        .push(common::attr_ints("perm", &[0, 2, 1]));
+    let mut gather = node("Gather", "gather", &["shape", "pick"], &["g"]);
+    gather.attribute.push(attr_int("axis", 0));
+    let mut concat = node("Concat", "concat", &["u", "minus_one"], &["target"]);
+    concat.attribute.push(attr_int("axis", 0));
+    let body = GraphProto {
+        name: "scan_body".into(),
+        node: vec![
+            node("Add", "next", &["s", "e"], &["s_next"]),
+            transpose,
+            node("Shape", "shape_of", &[source], &["shape"]),
+            gather,
+            node("Unsqueeze", "unsqueeze", &["g", "zero"], &["u"]),
+            concat,
+            node("Reshape", "reshape", &[source, "target"], &["r"]),
+        ],
+        initializer: vec![
+            i64_tensor("pick", &[], &[pick]),
+            i64_tensor("zero", &[1], &[0]),
+            i64_tensor("minus_one", &[1], &[-1]),
+        ],
+        input: vec![f32_info("s", &[5]), f32_info("e", &[5])],
+        output: vec![f32_info("s_next", &[5]), of_unknown_shape("r")],
+        ..Default::default()
+    };
+    let mut scan = node("Scan", "scan", &["s0", "seq"], &["s_last", "rs"]);
+    scan.attribute = vec![
+        attr_int("num_scan_inputs", 1),
+        AttributeProto {
+            name: "body".into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(body),
+            ..Default::default()
+        },
+    ];
+    model_io(
+        vec![scan],
+        vec![
+            f32_info("x", &[2, 4, 6]),
+            f32_info("seq", &[3, 5]),
+            f32_info("s0", &[5]),
+        ],
+        vec![f32_info("s_last", &[5]), of_unknown_shape("rs")],
+        vec![],
+    )
+}
+
+/// An f32 value of no declared shape.
+fn of_unknown_shape(name: &str) -> onnxsmith::onnx::proto::ValueInfoProto {
+    use onnxsmith::onnx::proto::type_proto;
+    let mut v = f32_info(name, &[]);
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    v
+}
+
+#[test]
+fn folds_shape_arithmetic_on_captures_inside_a_scan() {
+    let m = lift(reshape_chain_in_a_scan(false, 1));
+    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
+        assert_eq!(count_op(&out, op), 0, "{op} left");
+    }
+    insta::assert_snapshot!(before_after(&m, &out));
+    common::assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn keeps_shape_arithmetic_on_a_scan_state() {
+    let m = lift(reshape_chain_in_a_scan(true, 0));
+    let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    assert_eq!(count_op(&out, "Shape"), 1);
+    assert_explained(
+        &report,
+        "fold-shape: kept Gather 'gather': tract cannot infer the input's rank",
+    );
+    common::assert_same_outputs(&m, &out);
+}
