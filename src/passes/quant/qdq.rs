@@ -19,11 +19,11 @@
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
 //! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
 //! values reads both through their DQ and is quantized itself like the ops it joins (not
-//! before a Relu that symmetric int8 cannot absorb), and a MaxPool, Resize, Reshape, Flatten, Transpose,
-//! Squeeze, Unsqueeze or Slice between two quantized ops is read and read from at one scale (calibration
-//! gives both sides the union of their ranges), so runtimes move int8 values through it; for OpenVINO (`--target openvino`) the pairs sit on
-//! inputs only, but a residual Add joining a quantized op's result reads both branches through
-//! Q/DQ, quantizing the branch that was not.
+//! before a Relu that symmetric int8 cannot absorb), and values joined by moves (MaxPool,
+//! Reshape, Transpose, ..., a nearest or linear Resize) share one range, which calibration
+//! gives them, so runtimes move int8 values through them. For OpenVINO (`--target openvino`)
+//! the pairs sit on inputs only, but a residual Add joining a quantized op's result reads both
+//! branches through Q/DQ, quantizing the branch that was not.
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
@@ -666,8 +666,7 @@ fn residual_adds(
             let node = g.node(n);
             // Already read through a DQ, quantized as some op's input, or quantizable here.
             let joinable = |v: ValueId| {
-                g.producer(v)
-                    .is_some_and(|p| g.node(p).is("DequantizeLinear"))
+                dequantized(g, v)
                     || quantized.contains_key(&v)
                     || (cal.placement == Placement::Joins
                         && results.contains(&v)
@@ -685,9 +684,7 @@ fn residual_adds(
             let Some(v) = g.node(n).input(slot) else {
                 continue;
             };
-            if g.producer(v)
-                .is_some_and(|p| g.node(p).is("DequantizeLinear"))
-            {
+            if dequantized(g, v) {
                 continue;
             }
             let dq = match quantized.get(&v) {
@@ -716,4 +713,10 @@ fn residual_adds(
         }
     }
     Ok(())
+}
+
+/// Whether `v` is the output of a DequantizeLinear.
+fn dequantized(g: &Graph, v: ValueId) -> bool {
+    g.producer(v)
+        .is_some_and(|p| g.node(p).is("DequantizeLinear"))
 }
