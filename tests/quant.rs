@@ -969,21 +969,51 @@ fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
     assert!((p50 - 0.5).abs() < 0.1, "the median magnitude is {p50}");
 }
 
+/// A 1x1 Conv `name` of `x` by `w` into `y`.
+fn conv1x1(name: &str, x: &str, w: &str, y: &str) -> onnxsmith::onnx::proto::NodeProto {
+    let mut c = node("Conv", name, &[x, w], &[y]);
+    c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    c
+}
+
+/// x ─▶ Conv ─▶ Relu ─▶ r ─▶ `middle` ─▶ p ─▶ Conv ─▶ y: 1x1 Convs of 3 to 4 and 4 to 2
+/// channels, their weights seeded from `seed`, beside `inits` for `middle`.
+fn between_two_convs(
+    middle: Vec<onnxsmith::onnx::proto::NodeProto>,
+    x_dims: &[i64],
+    y_dims: &[i64],
+    inits: Vec<onnxsmith::onnx::proto::TensorProto>,
+    seed: u64,
+) -> Model {
+    let mut nodes = vec![
+        conv1x1("conv1", "x", "W1", "c1"),
+        node("Relu", "relu", &["c1"], &["r"]),
+    ];
+    nodes.extend(middle);
+    nodes.push(conv1x1("conv2", "p", "W2", "y"));
+    let mut all = vec![
+        f32_tensor("W1", &[4, 3, 1, 1], &values(12, seed)),
+        f32_tensor("W2", &[2, 4, 1, 1], &values(8, seed + 1)),
+    ];
+    all.extend(inits);
+    lift(model_io(
+        nodes,
+        vec![f32_info("x", x_dims)],
+        vec![f32_info("y", y_dims)],
+        all,
+    ))
+}
+
 /// x ─▶ Conv ─▶ Relu ─▶ r ─▶ Conv ─▶ c ─▶ Add(c, r) ─▶ Relu ─▶ Conv ─▶ y: a residual block.
 fn residual_net() -> Model {
-    let conv = |name: &str, x: &str, w: &str, y: &str| {
-        let mut c = node("Conv", name, &[x, w], &[y]);
-        c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-        c
-    };
     lift(model_io(
         vec![
-            conv("conv1", "x", "W1", "c1"),
+            conv1x1("conv1", "x", "W1", "c1"),
             node("Relu", "relu1", &["c1"], &["r"]),
-            conv("conv2", "r", "W2", "c"),
+            conv1x1("conv2", "r", "W2", "c"),
             node("Add", "add", &["c", "r"], &["s"]),
             node("Relu", "relu2", &["s"], &["a"]),
-            conv("conv3", "a", "W3", "y"),
+            conv1x1("conv3", "a", "W3", "y"),
         ],
         vec![f32_info("x", &[1, 3, 4, 4])],
         vec![f32_info("y", &[1, 2, 4, 4])],
@@ -1014,21 +1044,9 @@ fn a_residual_add_reads_both_branches_through_dq_except_for_tensorrt() {
 
 #[test]
 fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
-    let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
-    conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
     let mut pool = node("MaxPool", "pool", &["r"], &["p"]);
     pool.attribute = vec![attr_ints("kernel_shape", &[2, 2])];
-    let mut conv2 = node("Conv", "conv2", &["p", "W2"], &["y"]);
-    conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let m = lift(model_io(
-        vec![conv1, node("Relu", "relu", &["c1"], &["r"]), pool, conv2],
-        vec![f32_info("x", &[1, 3, 6, 6])],
-        vec![f32_info("y", &[1, 2, 5, 5])],
-        vec![
-            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 31)),
-            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 32)),
-        ],
-    ));
+    let m = between_two_convs(vec![pool], &[1, 3, 6, 6], &[1, 2, 5, 5], vec![], 31);
     for activations in [Activations::Int8, Activations::Uint8] {
         // At the 99th percentile the pooled maxima would clip higher than the values pooled.
         let opts = QuantOptions {
@@ -1060,31 +1078,23 @@ fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
 fn around_ops_a_chain_of_moves_is_read_and_read_from_at_one_scale() {
     // x ─▶ Conv ─▶ Relu ─▶ Reshape ─▶ Slice ─▶ Reshape ─▶ Conv: the values between the moves
     // are calibrated by no one, and the Slice keeps only part of what the Relu wrote.
-    let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
-    conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let mut conv2 = node("Conv", "conv2", &["p", "W2"], &["y"]);
-    conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let m = lift(model_io(
+    let m = between_two_convs(
         vec![
-            conv1,
-            node("Relu", "relu", &["c1"], &["r"]),
             node("Reshape", "flat", &["r", "flat_to"], &["f"]),
             node("Slice", "half", &["f", "starts", "ends", "axes"], &["h"]),
             node("Reshape", "back", &["h", "back_to"], &["p"]),
-            conv2,
         ],
-        vec![f32_info("x", &[1, 3, 4, 4])],
-        vec![f32_info("y", &[1, 2, 2, 4])],
+        &[1, 3, 4, 4],
+        &[1, 2, 2, 4],
         vec![
-            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 33)),
-            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 34)),
             i64_tensor("flat_to", &[3], &[1, 4, 16]),
             i64_tensor("starts", &[1], &[0]),
             i64_tensor("ends", &[1], &[8]),
             i64_tensor("axes", &[1], &[2]),
             i64_tensor("back_to", &[4], &[1, 4, 2, 4]),
         ],
-    ));
+        33,
+    );
     let opts = QuantOptions {
         activations: Activations::Uint8,
         method: Method::Percentile(99.0),
@@ -1105,25 +1115,13 @@ fn around_ops_a_chain_of_moves_is_read_and_read_from_at_one_scale() {
 
 #[test]
 fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
-    // Relu ─▶ r ─▶ Resize ─▶ u: a cubic Resize overshoots below 0, and sharing its range would
+    // Relu ─▶ r ─▶ Resize ─▶ p: a cubic Resize overshoots below 0, and sharing its range would
     // lift the zero point of the Q standing in for the Relu, letting negatives through.
     for mode in ["cubic", "linear"] {
-        let mut conv1 = node("Conv", "conv1", &["x", "W1"], &["c1"]);
-        conv1.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-        let mut resize = node("Resize", "up", &["r", "", "scales"], &["u"]);
+        let mut resize = node("Resize", "up", &["r", "", "scales"], &["p"]);
         resize.attribute = vec![attr_str("mode", mode)];
-        let mut conv2 = node("Conv", "conv2", &["u", "W2"], &["y"]);
-        conv2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-        let m = lift(model_io(
-            vec![conv1, node("Relu", "relu", &["c1"], &["r"]), resize, conv2],
-            vec![f32_info("x", &[1, 3, 4, 4])],
-            vec![f32_info("y", &[1, 2, 8, 8])],
-            vec![
-                f32_tensor("W1", &[4, 3, 1, 1], &values(12, 35)),
-                f32_tensor("W2", &[2, 4, 1, 1], &values(8, 36)),
-                f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0]),
-            ],
-        ));
+        let scales = f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+        let m = between_two_convs(vec![resize], &[1, 3, 4, 4], &[1, 2, 8, 8], vec![scales], 35);
         let opts = QuantOptions {
             activations: Activations::Uint8,
             method: Method::MinMax,
@@ -1133,7 +1131,7 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
         let samples = onnxsmith::passes::quant::samples(&m, &opts).unwrap();
         let quiet = onnxsmith::progress::Progress::new(true);
         let cal = onnxsmith::passes::quant::prepare(&m, &opts, &samples, &quiet).unwrap();
-        let (r, u) = (cal.ranges["r"], cal.ranges["u"]);
+        let (r, u) = (cal.ranges["r"], cal.ranges["p"]);
         if mode == "cubic" {
             assert!(u.0 < 0.0, "the cubic Resize overshoots: {u:?}");
             assert_eq!(r.0, 0.0, "the Relu's range keeps its floor");
