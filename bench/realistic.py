@@ -280,13 +280,15 @@ class Vad:
 
 
 def int8_share(path):
-    """Share of Conv/ConvTranspose/Gemm/MatMul constant weight elements stored as 8-bit
-    integers (read through a DequantizeLinear), over the graph and its bodies."""
+    """Shares of Conv/ConvTranspose/Gemm/MatMul constant weight elements stored as 8-bit
+    integers (read through a DequantizeLinear), and of those whose op also reads its
+    activation through a DequantizeLinear (an int8 op, not int8 storage only), over the
+    graph and its bodies."""
     import onnx
     from onnx import numpy_helper
 
     m = onnx.load(str(path))
-    counts = [0, 0]
+    counts = [0, 0, 0]
 
     def walk(g):
         inits = {t.name: t for t in g.initializer}
@@ -321,9 +323,12 @@ def int8_share(path):
                     counts[1] += size
                     if q.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
                         counts[0] += size
+                        x = producer.get(n.input[0])
+                        if x is not None and x.op_type == "DequantizeLinear":
+                            counts[2] += size
 
     walk(m.graph)
-    return counts[0] / counts[1] if counts[1] else 0.0
+    return (counts[0] / counts[1], counts[2] / counts[1]) if counts[1] else (0.0, 0.0)
 
 
 def cosine(a, b):
@@ -485,21 +490,24 @@ def section(results):
         "clip's probabilities, the state carried by the model itself), and the worst single sample "
         "(a two-class softmax of an unsure line is harsh on this); task quality as issue 18 asks (classifier top-1 "
         "agreement >= 95%, detector map IoU at 0.3 >= 0.9, VAD decisions at 0.5 >= 95%); int8 "
-        "weights = share of Conv/Gemm/MatMul weight elements stored as 8-bit; checker = "
+        "weights = share of Conv/Gemm/MatMul weight elements stored as 8-bit, int8 ops = share of them "
+        "whose op reads its activation in int8 too (the fallback may keep an op's weights int8 and "
+        "its activation float); checker = "
         "onnx.checker full check.",
         "",
     ]
     for r in results:
         lines += [f"### {r['name']} ({r['size'] / 1e6:.1f} MB; {r['what']}; {r['calib']} calibration, "
                   f"{r['eval']} evaluation samples)", "",
-                  "| tool | int8 weights | cosine | worst sample | task quality | target met | size (MB) | wall (s) | checker |",
-                  "|---|---:|---:|---:|---|---|---:|---:|---|"]
+                  "| tool | int8 weights | int8 ops | cosine | worst sample | task quality | target met | size (MB) | wall (s) | checker |",
+                  "|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
         for label, m, note in r["rows"]:
             if m is None:
-                lines.append(f"| {label} | — | — | — | {note} | no | — | — | — |")
+                lines.append(f"| {label} | — | — | — | — | {note} | no | — | — | — |")
             else:
-                met = "yes" if m["met"] and m["cos"] >= 0.99 and m["share"] >= 0.5 else "no"
-                lines.append(f"| {label} | {m['share'] * 100:.0f}% | {m['cos']:.4f} | {m['worst']:.4f} | {m['quality']} | {met} | "
+                share, ops = m["share"]
+                met = "yes" if m["met"] and m["cos"] >= 0.99 and share >= 0.5 else "no"
+                lines.append(f"| {label} | {share * 100:.0f}% | {ops * 100:.0f}% | {m['cos']:.4f} | {m['worst']:.4f} | {m['quality']} | {met} | "
                              f"{m['size'] / 1e6:.2f} | {m['wall']:.1f} | {m['checker']} |")
         lines.append("")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ use crate::check::{
 };
 use crate::ir::Model;
 use crate::passes::prune::{self, BnScales, PruneOptions, PruneReport};
-use crate::passes::quant::qdq::Calibration;
+use crate::passes::quant::qdq::{Calibration, Placement};
 use crate::passes::quant::{self, QuantOptions, QuantReport, Samples};
 use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
 use crate::progress::Progress;
@@ -249,9 +249,12 @@ const FALLBACK_TRIES: usize = 6;
 const PUT_BACK_TRIES: usize = 4;
 
 /// After a quantized result failed its check: the most sensitive ops (by their measured
-/// error) go back to float, 1, 2, 4, ... of them, until the result passes or the tries run
-/// out, and then return to int8 one by one where it still passes
-/// ([`quant::fewest_float`]). The result that passed, with its check, if one did.
+/// error) read float activations, 1, 2, 4, ... of them, until the result passes or the tries
+/// run out, and then return to int8 one by one where it still passes
+/// ([`quant::fewest_float`]). Their weights stay int8 (one scale over an activation is what
+/// int8 loses most on, and per-channel weights rarely), except for TensorRT, which runs a
+/// layer in int8 only with both inputs quantized; where that search finds nothing, it is run
+/// again with those ops wholly float. The result that passed, with its check, if one did.
 fn fall_back(
     q: &mut Quantized,
     result: &Model,
@@ -289,17 +292,35 @@ fn fall_back(
     let errors = quant::layer_errors(&q.float, result, &samples.held_back)?;
     let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
     q.report.layer_errors = errors;
+    let tiers: &[bool] = match quant_opts.placement {
+        Placement::Inputs => &[false],
+        _ => &[true, false],
+    };
     let mut tries = 0;
-    let found = quant::fewest_float(&ranked, FALLBACK_TRIES, PUT_BACK_TRIES, |float| {
-        tries += 1;
-        let mut exclude = opts.exclude.clone();
-        exclude.extend(float.iter().cloned());
-        progress.step(&format!("trying {} sensitive op(s) in float", float.len()));
-        let (candidate, _, cx) =
-            quant::quantize(&q.float, &q.calibration, &exclude, &opts.pipeline)?;
-        let outcome = reference.check(&candidate)?;
-        Ok(matches!(&outcome, Outcome::Checked(r) if r.ok()).then_some((candidate, outcome, cx)))
-    })?;
+    let mut found = None;
+    for &weights_int8 in tiers {
+        found = quant::fewest_float(&ranked, FALLBACK_TRIES, PUT_BACK_TRIES, |set| {
+            tries += 1;
+            let mut calibration = q.calibration.clone();
+            let mut exclude = opts.exclude.clone();
+            let what = if weights_int8 {
+                calibration.weights_only = set.to_vec();
+                "float activations"
+            } else {
+                exclude.extend(set.iter().cloned());
+                "float"
+            };
+            progress.step(&format!("trying {} sensitive op(s) in {what}", set.len()));
+            let (candidate, _, cx) =
+                quant::quantize(&q.float, &calibration, &exclude, &opts.pipeline)?;
+            let outcome = reference.check(&candidate)?;
+            Ok(matches!(&outcome, Outcome::Checked(r) if r.ok())
+                .then_some((candidate, outcome, cx)))
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
     q.report.fallback_tries += tries;
     let Some((back, (candidate, outcome, cx))) = found else {
         return Ok(None);

@@ -345,15 +345,20 @@ impl Report {
             writeln!(s, "  left float: '{name}': {why}").unwrap();
         }
         if q.fallback_tries > 0 {
+            let (returned, what) = match q.weights_only.len() {
+                0 => (q.fallback.len(), "returned to float"),
+                n => (n, "read float activations (their weights int8)"),
+            };
             writeln!(
                 s,
-                "  the check failed fully quantized; {} op(s) returned to float after {} tr(ies), most sensitive first:",
-                q.fallback.len(),
+                "  the check failed fully quantized; {returned} op(s) {what} after {} tr(ies), most sensitive first:",
                 q.fallback_tries
             )
             .unwrap();
             for (name, err) in &q.layer_errors {
-                let back = if q.fallback.contains(name) {
+                let back = if q.weights_only.contains(name) {
+                    "float activations"
+                } else if q.fallback.contains(name) {
                     "float"
                 } else {
                     "int8"

@@ -179,6 +179,24 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
         assert!(matches!(zp.dtype(), DType::I8 | DType::I32));
         assert!(zp.raw_bytes().unwrap().iter().all(|&b| b == 0));
     }
+    // Zero points of zeros are shared: one per type and shape.
+    let mut zero_points: Vec<_> = ops(g, "QuantizeLinear")
+        .into_iter()
+        .chain(ops(g, "DequantizeLinear"))
+        .map(|n| g.node(n).input(2).unwrap())
+        .collect();
+    zero_points.sort();
+    zero_points.dedup();
+    let mut kinds: Vec<_> = zero_points
+        .iter()
+        .map(|&z| {
+            let t = g.value(z).constant().unwrap();
+            (t.dtype(), t.dims().to_vec())
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(zero_points.len(), kinds.len(), "{kinds:?}");
     let q = done.report.quantization.as_ref().unwrap();
     assert_eq!(q.quantized, 3);
     assert!(q.left_float.is_empty());
@@ -534,21 +552,43 @@ fn ruined_by_one_scale() -> Model {
     ))
 }
 
+/// The Conv named `name` of `g`.
+fn conv_named(g: &Graph, name: &str) -> NodeId {
+    ops(g, "Conv")
+        .into_iter()
+        .find(|&n| g.node(n).name() == name)
+        .unwrap()
+}
+
 #[test]
-fn the_fallback_returns_the_layer_int8_ruins_to_float() {
+fn the_fallback_reads_the_activation_int8_ruins_in_float_and_keeps_its_weights_int8() {
     let m = ruined_by_one_scale();
     let done = quantize(&m, Activations::Int8, &[]);
     let q = done.report.quantization.as_ref().unwrap();
     assert_eq!(q.fallback, ["convB"], "{}", done.report.to_text());
+    assert_eq!(q.weights_only, ["convB"]);
     assert_eq!(q.layer_errors[0].0, "convB", "the worst layer first");
     assert!(q.layer_errors[0].1 > 0.5, "{:?}", q.layer_errors);
     assert_eq!(q.quantized, 1);
-    assert!(q.quantized_enough);
+    assert_eq!(q.int8_weight_share, 1.0);
+    assert!(done.report.to_text().contains("float activations"));
     let g = &done.model.graph;
-    let b = ops(g, "Conv")
-        .into_iter()
-        .find(|&n| g.node(n).name() == "convB")
-        .unwrap();
+    let b = conv_named(g, "convB");
+    let w = dq_of(g, b, 1).expect("convB's weights stay int8");
+    assert_eq!(constant_of(g, w, 0).dtype(), DType::I8);
+    assert!(dq_of(g, b, 0).is_none(), "and it reads a float input");
+    assert_well_formed(g);
+}
+
+#[test]
+fn for_tensorrt_the_fallback_returns_the_layer_to_float() {
+    let m = ruined_by_one_scale();
+    let done = quantize_for(&m, Activations::Int8, Placement::Inputs, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.fallback, ["convB"], "{}", done.report.to_text());
+    assert!(q.weights_only.is_empty());
+    let g = &done.model.graph;
+    let b = conv_named(g, "convB");
     assert_eq!(
         constant_of(g, b, 1).dtype(),
         DType::F32,
@@ -556,6 +596,57 @@ fn the_fallback_returns_the_layer_int8_ruins_to_float() {
     );
     assert!(dq_of(g, b, 0).is_none(), "and reads a float input");
     assert_well_formed(g);
+}
+
+/// x ─▶ Conv(W[1,2,1,1]) ─▶ y, with W's weight for x's channel 0 at 1000: the per-channel
+/// scale that keeps 1000 rounds the weight for channel 1, 0.3, to 0. Calibrated and checked
+/// on samples whose channel 0 is 0, so float y is 0.3 · x₁ and int8 weights ruin the Conv
+/// whatever its activation does.
+fn ruined_by_its_weights() -> (Model, tempfile::TempDir) {
+    let mut c = node("Conv", "conv", &["x", "W"], &["y"]);
+    c.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let m = lift(model_io(
+        vec![c],
+        vec![f32_info("x", &[1, 2, 4, 4])],
+        vec![f32_info("y", &[1, 1, 4, 4])],
+        vec![f32_tensor("W", &[1, 2, 1, 1], &[1000.0, 0.3])],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        let mut x = values(32, i + 1);
+        x[..16].fill(0.0);
+        write_npy_values(
+            &dir.path().join(format!("{i}.npy")),
+            &[1, 2, 4, 4],
+            &x,
+            false,
+        );
+    }
+    (m, dir)
+}
+
+#[test]
+fn the_fallback_returns_a_layer_its_int8_weights_ruin_to_float() {
+    let (m, dir) = ruined_by_its_weights();
+    let opts = QuantOptions {
+        calib: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let done = quantize_with(&m, opts, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.fallback, ["conv"], "{}", done.report.to_text());
+    assert!(q.weights_only.is_empty(), "float activations did not pass");
+    let g = &done.model.graph;
+    let c = conv_named(g, "conv");
+    assert_eq!(
+        constant_of(g, c, 1).dtype(),
+        DType::F32,
+        "the Conv stays float"
+    );
+    assert!(q
+        .left_float
+        .iter()
+        .any(|(n, why)| n == "conv" && why.contains("returned to float")));
 }
 
 #[test]
@@ -1217,6 +1308,46 @@ fn around_ops_a_residual_add_is_quantized_when_its_relu_can_be_absorbed() {
         }
         assert_well_formed(g);
     }
+}
+
+/// The activation DQs of `g` (those reading a Q) and their readers' op types.
+fn activation_dq_readers(g: &Graph) -> Vec<(NodeId, Vec<String>)> {
+    ops(g, "DequantizeLinear")
+        .into_iter()
+        .filter(|&dq| g.value(g.node(dq).input(0).unwrap()).constant().is_none())
+        .map(|dq| {
+            let out = g.node(dq).output(0).unwrap();
+            let readers = g.value(out).uses().iter();
+            (
+                dq,
+                readers.map(|u| g.node(u.node).op().to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn around_ops_int8_gives_each_reader_a_pair_with_a_zero_point_of_its_own() {
+    // r is read by conv2 and the Add: ONNX Runtime runs an int8 pair on x86 only where its
+    // Q has one DQ with one reader, and merges Qs whose inputs are the same.
+    let m = residual_net();
+    let done = quantize(&m, Activations::Int8, &[]);
+    let g = &done.model.graph;
+    let dqs = activation_dq_readers(g);
+    assert!(dqs.iter().all(|(_, r)| r.len() == 1), "{dqs:?}");
+    let r = g.find("r").unwrap();
+    let qs: Vec<NodeId> = g.value(r).uses().iter().map(|u| u.node).collect();
+    assert_eq!(qs.len(), 2, "one Q per reader of r");
+    let [a, b] = [qs[0], qs[1]].map(|q| {
+        assert!(g.node(q).is("QuantizeLinear"));
+        g.node(q).input(2).unwrap()
+    });
+    assert_ne!(a, b, "their zero points are initializers of their own");
+    assert_well_formed(g);
+    // Under uint8 ONNX Runtime needs no such pairs: one Q, one DQ, read by both.
+    let done = quantize(&m, Activations::Uint8, &[]);
+    let dqs = activation_dq_readers(&done.model.graph);
+    assert!(dqs.iter().any(|(_, r)| r.len() == 2), "{dqs:?}");
 }
 
 #[test]

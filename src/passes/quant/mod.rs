@@ -303,6 +303,8 @@ pub struct QuantReport {
     /// The ops the fallback returned to float, most sensitive first, and how many tries it
     /// took.
     pub fallback: Vec<String>,
+    /// Of `fallback`, those whose weights stay int8 (only their activations are float).
+    pub weights_only: Vec<String>,
     pub fallback_tries: usize,
     /// Below opset 13: whether the import was raised to 13 (weights per channel) or kept,
     /// and why (weights per tensor).
@@ -412,6 +414,7 @@ pub fn prepare(
         activations: opts.activations,
         placement: opts.placement,
         means,
+        weights_only: Vec::new(),
     })
 }
 
@@ -673,6 +676,10 @@ pub fn report(
 ) -> QuantReport {
     let planned = plan(before, cx);
     let share = int8_share(&after.graph);
+    let weights_only = cx
+        .get::<Calibration>()
+        .map(|c| c.weights_only.clone())
+        .unwrap_or_default();
     let g = &before.graph;
     let left_float = planned
         .iter()
@@ -688,13 +695,17 @@ pub fn report(
         calibration_samples: samples.calibration.len(),
         held_back_samples: samples.held_back.len(),
         random_calibration: samples.random,
-        quantized: planned.iter().filter(|(_, w)| w.is_ok()).count(),
+        quantized: planned
+            .iter()
+            .filter(|(n, w)| w.is_ok() && !weights_only.iter().any(|o| o == g.node(*n).name()))
+            .count(),
         left_float,
         quantized_enough: share >= 0.5,
         int8_weight_share: share,
         bodies_left_float: bodies_hold_quantizable(g),
         layer_errors: Vec::new(),
         fallback: Vec::new(),
+        weights_only,
         fallback_tries: 0,
         opset: cx.get::<opset::OpsetStep>().cloned(),
         equalization_dropped: false,
