@@ -1284,7 +1284,7 @@ fn ranges_leave_out_nans_and_survive_subnormals() {
 }
 
 #[test]
-fn around_ops_a_residual_add_is_quantized_when_its_relu_can_be_absorbed() {
+fn around_ops_a_residual_add_is_quantized_with_its_relu_absorbed_where_it_can_be() {
     let m = residual_net();
     for activations in [Activations::Uint8, Activations::Int8] {
         let done = quantize_for(&m, activations, Placement::AroundOps, &[]);
@@ -1303,8 +1303,15 @@ fn around_ops_a_residual_add_is_quantized_when_its_relu_can_be_absorbed() {
                 assert_eq!(readers, ["QuantizeLinear"]);
                 assert_eq!(ops(g, "Relu").len(), 0);
             }
-            // Symmetric int8 keeps relu2, which reads the Add in float.
-            Activations::Int8 => assert_eq!(readers, ["Relu"]),
+            // Symmetric int8 keeps relu2, which reads the int8 Add through its DQ.
+            Activations::Int8 => {
+                assert_eq!(readers, ["QuantizeLinear"]);
+                let relu = ops(g, "Relu")
+                    .into_iter()
+                    .find(|&r| g.node(r).name() == "relu2")
+                    .expect("relu2 stays");
+                assert!(dq_of(g, relu, 0).is_some());
+            }
         }
         assert_well_formed(g);
     }

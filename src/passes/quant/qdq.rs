@@ -19,8 +19,8 @@
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
 //! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
-//! values reads both through their DQ and is quantized itself like the ops it joins (not
-//! before a Relu that symmetric int8 cannot absorb), and values joined by moves (MaxPool,
+//! values reads both through their DQ and is quantized itself like the ops it joins, and
+//! values joined by moves (MaxPool,
 //! Reshape, Transpose, ..., a nearest or linear Resize) share one range, which calibration
 //! gives them, so runtimes move int8 values through them; under int8, each reader of a
 //! quantized value reads a pair of its own, the form in which ONNX Runtime runs int8 on x86
@@ -786,17 +786,10 @@ fn residual_adds(
             patch.set_input(n, slot, Some(dq));
         }
         // Around ops, the Add is a quantized op like the others: ONNX Runtime runs
-        // DQ, DQ → Add → Q as one int8 add. Not before a Relu that symmetric int8 cannot
-        // absorb: the Relu's own Q follows, and a pair between them is work for nothing.
-        let g = patch.graph();
-        let relu_after = g
-            .node(n)
-            .output(0)
-            .and_then(|y| g.only_reader(y))
-            .is_some_and(|r| g.node(r).is("Relu"));
-        if cal.placement == Placement::AroundOps
-            && (!relu_after || cal.activations == Activations::Uint8)
-        {
+        // DQ, DQ → Add → Q as one int8 add. Before a Relu that symmetric int8 cannot absorb
+        // too: an int8 add and the Relu between a DQ and a Q cost less than a float add
+        // reading two DQs (ResNet-50 in ONNX Runtime: 1.87x over fp32 against 1.64x).
+        if cal.placement == Placement::AroundOps {
             quantize_output(patch, n, cal, kept_float, quantized)?;
         }
     }
