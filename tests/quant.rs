@@ -263,9 +263,9 @@ fn uint8_activations_carry_a_zero_point_and_absorb_a_relu() {
     let done = quantize(&m, Activations::Uint8, &[]);
     let g = &done.model.graph;
     let qs = ops(g, "QuantizeLinear");
-    // x, the Relu's output (its Q clamps at the zero point in its place), conv2's output
-    // and the Gemm's input; the Gemm's output is a graph output and stays float.
-    assert_eq!(qs.len(), 4, "one per distinct activation");
+    // x, the Relu's output (its Q clamps at the zero point in its place), conv2's output,
+    // the pool's and the Gemm's input; the Gemm's output is a graph output and stays float.
+    assert_eq!(qs.len(), 5, "one per distinct activation");
     for q in qs {
         assert_eq!(constant_of(g, q, 2).dtype(), DType::U8);
     }
@@ -292,6 +292,30 @@ fn around_ops_each_quantized_op_reads_dq_and_is_read_by_q() {
         "int8 symmetric cannot stand in for a Relu"
     );
     assert_well_formed(g);
+}
+
+#[test]
+fn around_ops_an_average_pool_reading_a_dq_is_quantized() {
+    let m = lift(small_net(13));
+    for (activations, placement, around) in [
+        (Activations::Int8, Placement::AroundOps, true),
+        (Activations::Uint8, Placement::AroundOps, true),
+        (Activations::Int8, Placement::Joins, false),
+        (Activations::Int8, Placement::Inputs, false),
+    ] {
+        let done = quantize_for(&m, activations, placement, &[]);
+        let g = &done.model.graph;
+        let pool = ops(g, "GlobalAveragePool")[0];
+        let p = g.node(pool).output(0).unwrap();
+        let read_by_q = g
+            .value(p)
+            .uses()
+            .iter()
+            .all(|u| g.node(u.node).is("QuantizeLinear"));
+        assert_eq!(dq_of(g, pool, 0).is_some(), around, "{placement:?}");
+        assert_eq!(read_by_q, around, "{activations:?} {placement:?}");
+        assert_well_formed(g);
+    }
 }
 
 #[test]

@@ -329,17 +329,19 @@ pub fn prepare(
         .flat_map(|&x| qdq::concat_inputs(g, x))
         .collect();
     let inputs = inputs.into_iter().chain(concatenated);
-    // Under Q/DQ around ops, an op's output (a residual Add's too), and a Relu's after it, may
-    // be quantized too; at joins, the op's output.
+    // Under Q/DQ around ops, an op's output (a residual Add's or an average pool's too), and a
+    // Relu's after it, may be quantized too; at joins, the op's output.
     let adds = g.node_ids().filter(|&n| {
+        let node = g.node(n);
         opts.placement == Placement::AroundOps
-            && g.node(n).is("Add")
-            && g.node(n)
-                .inputs()
-                .iter()
-                .flatten()
-                .all(|&v| g.value(v).constant().is_none())
-            && g.node(n)
+            && (node.is("Add")
+                && node
+                    .inputs()
+                    .iter()
+                    .flatten()
+                    .all(|&v| g.value(v).constant().is_none())
+                || qdq::POOLS.iter().any(|op| node.is(op)))
+            && node
                 .output(0)
                 .is_some_and(|y| g.dtype(y).is_none_or(|d| d == DType::F32))
     });

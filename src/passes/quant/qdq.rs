@@ -19,8 +19,8 @@
 //! pair sits on the op's inputs only, so nothing is added on graph outputs, no pair is
 //! orphaned and no Q follows a DQ; a Relu or Clip between two convolutions is covered by the
 //! range of its own output. Around ops (`--target ort`), a residual Add of two quantized
-//! values reads both through their DQ and is quantized itself like the ops it joins, and
-//! values joined by moves (MaxPool,
+//! values reads both through their DQ and is quantized itself like the ops it joins, so is
+//! an average pool reading a DQ, and values joined by moves (MaxPool,
 //! Reshape, Transpose, ..., a nearest or linear Resize) share one range, which calibration
 //! gives them, so runtimes move int8 values through them; under int8, each reader of a
 //! quantized value reads a pair of its own, the form in which ONNX Runtime runs int8 on x86
@@ -694,6 +694,9 @@ impl Pass for InsertQdq {
                 .collect();
             residual_adds(&mut patch, &mut quantized, &results, &kept_float, cal, cx)?;
         }
+        if cal.placement == Placement::AroundOps {
+            pools(&mut patch, &mut quantized, &kept_float, cal, cx)?;
+        }
         if cal.placement == Placement::AroundOps && cal.activations == Activations::Int8 {
             let mut pairs: Vec<ValueId> = quantized.values().map(|&(dq, _)| dq).collect();
             pairs.sort();
@@ -728,6 +731,37 @@ fn one_pair_per_reader(patch: &mut Patch, pairs: &[ValueId], cal: &Calibration) 
                 patch.set_input(u.node, slot, Some(own));
             }
         }
+    }
+    Ok(())
+}
+
+/// The average pools, whose outputs lie between their inputs' values (or 0, for padding):
+/// around ops they are quantized like the ops they follow.
+pub const POOLS: &[&str] = &["GlobalAveragePool", "AveragePool"];
+
+/// Around ops, an average pool that reads a quantized value through its DequantizeLinear is
+/// quantized itself: ONNX Runtime runs DQ → pool → Q as one int8 pool (its QLinear pooling),
+/// where a float pool would dequantize its whole input first.
+fn pools(
+    patch: &mut Patch,
+    quantized: &mut HashMap<ValueId, (ValueId, f32)>,
+    kept_float: &[NodeId],
+    cal: &Calibration,
+    cx: &PassContext,
+) -> Result<()> {
+    let g = patch.graph();
+    let order = g.topo_order().unwrap_or_default();
+    let pools: Vec<NodeId> = order
+        .into_iter()
+        .filter(|&n| {
+            let node = g.node(n);
+            POOLS.iter().any(|op| node.is(op))
+                && !cx.excluded(node.name(), node.op())
+                && node.input(0).is_some_and(|x| dequantized(g, x))
+        })
+        .collect();
+    for n in pools {
+        quantize_output(patch, n, cal, kept_float, quantized)?;
     }
     Ok(())
 }
