@@ -179,7 +179,8 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
         assert!(matches!(zp.dtype(), DType::I8 | DType::I32));
         assert!(zp.raw_bytes().unwrap().iter().all(|&b| b == 0));
     }
-    // Zero points of zeros are shared: one per type and shape.
+    // Zero points of zeros are shared: one per type and shape (small_net reads no activation
+    // twice, so no reader has a pair of its own).
     let mut zero_points: Vec<_> = ops(g, "QuantizeLinear")
         .into_iter()
         .chain(ops(g, "DequantizeLinear"))
@@ -560,12 +561,23 @@ fn quantization_needs_calibration_data() {
 /// x ─▶ ConvA (channel 0 offset by 1000) ─▶ ConvB (reads channel 1 only) ─▶ y: one scale for
 /// A's output cannot hold both channels, so int8 ruins what B reads.
 fn ruined_by_one_scale() -> Model {
+    ruined_by_one_scale_through(vec![], "a")
+}
+
+/// [`ruined_by_one_scale`] with `between` (reading `a`, writing `b_in`) between the Convs.
+fn ruined_by_one_scale_through(
+    between: Vec<onnxsmith::onnx::proto::NodeProto>,
+    b_in: &str,
+) -> Model {
     let mut a = node("Conv", "convA", &["x", "WA", "bA"], &["a"]);
     a.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let mut b = node("Conv", "convB", &["a", "WB"], &["y"]);
+    let mut b = node("Conv", "convB", &[b_in, "WB"], &["y"]);
     b.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
+    let mut nodes = vec![a];
+    nodes.extend(between);
+    nodes.push(b);
     lift(model_io(
-        vec![a, b],
+        nodes,
         vec![f32_info("x", &[1, 2, 4, 4])],
         vec![f32_info("y", &[1, 1, 4, 4])],
         vec![
@@ -601,6 +613,27 @@ fn the_fallback_reads_the_activation_int8_ruins_in_float_and_keeps_its_weights_i
     let w = dq_of(g, b, 1).expect("convB's weights stay int8");
     assert_eq!(constant_of(g, w, 0).dtype(), DType::I8);
     assert!(dq_of(g, b, 0).is_none(), "and it reads a float input");
+    assert_well_formed(g);
+}
+
+#[test]
+fn an_op_kept_float_reads_float_through_a_relu() {
+    // convA's output is quantized around ops unless an op kept float reads it, here through
+    // a Relu that symmetric int8 cannot absorb: convB must see the float values.
+    let m = ruined_by_one_scale_through(vec![node("Relu", "relu", &["a"], &["r"])], "r");
+    let done = quantize(&m, Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert_eq!(q.weights_only, ["convB"], "{}", done.report.to_text());
+    let g = &done.model.graph;
+    let relu = ops(g, "Relu")[0];
+    assert!(dq_of(g, relu, 0).is_none(), "the Relu reads convA in float");
+    let excluded = quantize(&m, Activations::Int8, &["convB"]);
+    let g = &excluded.model.graph;
+    let relu = ops(g, "Relu")[0];
+    assert!(
+        dq_of(g, relu, 0).is_none(),
+        "and so for an op the user excluded"
+    );
     assert_well_formed(g);
 }
 

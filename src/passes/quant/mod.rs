@@ -300,8 +300,8 @@ pub struct QuantReport {
     /// on the held-back samples) it adds to what its input already had, worst first;
     /// measured when the check failed and the fallback searched.
     pub layer_errors: Vec<(String, f64)>,
-    /// The ops the fallback returned to float, most sensitive first, and how many tries it
-    /// took.
+    /// The ops the fallback took out of int8 (wholly, or only their activations: see
+    /// `weights_only`), most sensitive first, and how many tries it took.
     pub fallback: Vec<String>,
     /// Of `fallback`, those whose weights stay int8 (only their activations are float).
     pub weights_only: Vec<String>,
@@ -473,7 +473,7 @@ const MOVES: &[&str] = &[
 /// Whether `n` writes only values of its data input, or values between them: a [`MOVES`] op,
 /// or a Resize that picks or interpolates linearly without extrapolating (a cubic one
 /// overshoots, a crop-and-resize fills with a value of its own).
-fn moves_values(g: &Graph, n: NodeId) -> bool {
+pub(crate) fn moves_values(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     if !node.in_standard_domain() {
         return false;

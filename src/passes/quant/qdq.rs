@@ -127,9 +127,37 @@ fn output_site(
         .value(site)
         .uses()
         .iter()
-        .all(|u| matches!(u.slot, crate::ir::Slot::Input(_)) && !kept_float.contains(&u.node));
-    (!g.is_output(site) && plain_reads && cal.ranges.contains_key(g.value(site).name()))
-        .then_some((site, absorbed))
+        .all(|u| matches!(u.slot, crate::ir::Slot::Input(_)));
+    let quantizable = !g.is_output(site)
+        && plain_reads
+        && !reaches_float(g, site, kept_float)
+        && cal.ranges.contains_key(g.value(site).name());
+    quantizable.then_some((site, absorbed))
+}
+
+/// Whether an op of `kept_float` reads `v`, directly or through ops that would carry a Q/DQ
+/// on `v` into it unchanged in kind (a Relu, a Clip, a move, an average pool): an op kept
+/// float must read float values, not the rounding of its producer's int8 output.
+fn reaches_float(g: &Graph, v: ValueId, kept_float: &[NodeId]) -> bool {
+    let mut stack = vec![v];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        for u in g.value(v).uses() {
+            if kept_float.contains(&u.node) {
+                return true;
+            }
+            let node = g.node(u.node);
+            let passes_on = ["Relu", "Clip"].iter().chain(POOLS).any(|op| node.is(op))
+                || super::moves_values(g, u.node);
+            if passes_on {
+                stack.extend(node.outputs().iter().flatten().copied());
+            }
+        }
+    }
+    false
 }
 
 /// Around ops, the output of `n` is quantized and every reader reads its DQ (an absorbed Relu
