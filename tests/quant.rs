@@ -179,6 +179,16 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
         assert!(matches!(zp.dtype(), DType::I8 | DType::I32));
         assert!(zp.raw_bytes().unwrap().iter().all(|&b| b == 0));
     }
+    // Q and DQ outputs are named for what they hold.
+    for (op, suffix) in [
+        ("QuantizeLinear", "_quantized"),
+        ("DequantizeLinear", "_dequantized"),
+    ] {
+        for n in ops(g, op) {
+            let out = g.value(g.node(n).output(0).unwrap()).name();
+            assert!(out.ends_with(suffix), "{out}");
+        }
+    }
     // Zero points of zeros are shared: one per type and shape (small_net reads no activation
     // twice, so no reader has a pair of its own).
     let mut zero_points: Vec<_> = ops(g, "QuantizeLinear")
@@ -963,6 +973,22 @@ fn equalization_evens_out_channel_ranges_and_computes_the_same() {
         // Sweeps stop once every factor is within 1% of 1: each range within about 2%.
         for (a, b) in r1.iter().zip(&r2) {
             assert!((a - b).abs() <= 0.03 * a.max(*b), "{r1:?} vs {r2:?}");
+        }
+        // However many rounds rescaled a weight, its name says so once.
+        let rounds = report
+            .rounds
+            .iter()
+            .find(|(s, _)| *s == "equalize")
+            .unwrap()
+            .1;
+        assert!(rounds > 2, "{rounds}");
+        for conv in ["conv1", "conv2", "conv3"] {
+            let n = ops(g, "Conv")
+                .into_iter()
+                .find(|&n| g.node(n).name() == conv)
+                .unwrap();
+            let w = g.value(g.node(n).input(1).unwrap()).name();
+            assert_eq!(w.matches("_equalized").count(), 1, "{w}");
         }
     }
 }

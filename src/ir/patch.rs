@@ -168,13 +168,41 @@ impl<'g> Patch<'g> {
         outputs: &[Option<Type>],
     ) -> Result<NodeId> {
         let name = self.g.fresh_node_name(name);
-        let outs: Vec<String> = (0..outputs.len())
-            .map(|i| self.g.fresh_name(&format!("{name}_output_{i}")))
+        let outputs: Vec<(String, Option<Type>)> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| (format!("{name}_output_{i}"), ty.clone()))
             .collect();
+        self.add_fresh_node(op, &name, inputs, attrs, &outputs)
+    }
+
+    /// [`Patch::add_node`] with each output named after its entry of `outputs` (made fresh)
+    /// rather than after the node.
+    pub fn add_node_named(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[Option<ValueId>],
+        attrs: Vec<Attr>,
+        outputs: &[(String, Option<Type>)],
+    ) -> Result<NodeId> {
+        let name = self.g.fresh_node_name(name);
+        self.add_fresh_node(op, &name, inputs, attrs, outputs)
+    }
+
+    fn add_fresh_node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[Option<ValueId>],
+        attrs: Vec<Attr>,
+        outputs: &[(String, Option<Type>)],
+    ) -> Result<NodeId> {
+        let outs: Vec<String> = outputs.iter().map(|(o, _)| self.g.fresh_name(o)).collect();
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.edits += 1;
-        let n = self.g.add_node(op, "", &name, inputs, &outs, attrs)?;
-        for (slot, ty) in outputs.iter().enumerate() {
+        let n = self.g.add_node(op, "", name, inputs, &outs, attrs)?;
+        for (slot, (_, ty)) in outputs.iter().enumerate() {
             if let (Some(ty), Some(v)) = (ty, self.g.node(n).output(slot)) {
                 self.g.set_type(v, ty.clone());
             }

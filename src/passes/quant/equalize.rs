@@ -158,7 +158,7 @@ impl Rewrite for EqualizeConvPairs {
             .constant()
             .and_then(|w| scale_conv_inputs(w, group, &m.factors))
             .context("the second weight cannot be scaled")?;
-        let w1 = patch.add_initializer(&format!("{}_equalized", c.weight_name), new_w1)?;
+        let w1 = patch.add_initializer(&equalized(&c.weight_name, ""), new_w1)?;
         let b1 = match &c.bias {
             Some(b) => {
                 let scaled: Vec<f32> = b
@@ -167,13 +167,21 @@ impl Rewrite for EqualizeConvPairs {
                     .map(|(&b, &s)| (b as f64 * s) as f32)
                     .collect();
                 let t = Tensor::from_f32(vec![scaled.len() as i64], &scaled);
-                Some(patch.add_initializer(&format!("{}_equalized_bias", c.weight_name), t)?)
+                Some(patch.add_initializer(&equalized(&c.weight_name, "_bias"), t)?)
             }
             None => None,
         };
-        let w2 = patch.add_initializer(&format!("{w2_name}_equalized"), new_w2)?;
+        let w2 = patch.add_initializer(&equalized(&w2_name, ""), new_w2)?;
         patch.set_inputs(c.conv, &[Some(c.x), Some(w1), b1]);
         patch.set_input(m.second, 1, Some(w2));
         Ok(())
     }
+}
+
+/// The name of equalized weight `name` (with `suffix`): rounds of equalization rescale the same
+/// weights, and a suffix per round would lengthen their names each time (a ResNet-50's
+/// weights ended in four of them).
+fn equalized(name: &str, suffix: &str) -> String {
+    let stem = name.find("_equalized").map_or(name, |i| &name[..i]);
+    format!("{stem}_equalized{suffix}")
 }

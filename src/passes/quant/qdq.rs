@@ -505,12 +505,15 @@ fn dequantize(
     let attrs = axis
         .map(|a| vec![Attr::int("axis", a as i64)])
         .unwrap_or_default();
-    let n = patch.add_node(
+    let n = patch.add_node_named(
         "DequantizeLinear",
         &format!("{base}_dequantize"),
         &[Some(q), Some(s), Some(z)],
         attrs,
-        &[Some(Type::tensor(DType::F32, dims))],
+        &[(
+            format!("{base}_dequantized"),
+            Some(Type::tensor(DType::F32, dims)),
+        )],
     )?;
     Ok(patch.graph().node(n).output(0).unwrap())
 }
@@ -552,20 +555,21 @@ fn add_pair(patch: &mut Patch, x: ValueId, cal: &Calibration, own: bool) -> Resu
         Some(r) if !own && r.iter().all(|&b| b == 0) => zeros(patch, zp.dtype(), zp.dims())?,
         _ => patch.add_initializer(&format!("{name}_zero_point"), zp)?,
     };
-    let q = patch.add_node(
+    // Named for what they hold: `x_quantized` the int8 values, `x_dequantized` the float ones.
+    let q = patch.add_node_named(
         "QuantizeLinear",
         &format!("{name}_quantize"),
         &[Some(x), Some(s), Some(z)],
         vec![],
-        &[q_ty],
+        &[(format!("{name}_quantized"), q_ty)],
     )?;
     let q = patch.graph().node(q).output(0);
-    let dq = patch.add_node(
+    let dq = patch.add_node_named(
         "DequantizeLinear",
         &format!("{name}_dequantize"),
         &[q, Some(s), Some(z)],
         vec![],
-        &[ty],
+        &[(format!("{name}_dequantized"), ty)],
     )?;
     Ok((patch.graph().node(dq).output(0).unwrap(), scale))
 }
