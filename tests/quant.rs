@@ -873,12 +873,44 @@ fn a_concat_of_ranges_far_apart_is_read_in_float() {
     assert_well_formed(g);
 }
 
+/// The scales of the Qs of each input of the Concat of `g` and of its output.
+fn concat_scales(g: &Graph) -> (Vec<f32>, f32) {
+    let scale_of_q_reading = |v| {
+        let q = g
+            .value(v)
+            .uses()
+            .iter()
+            .map(|u| u.node)
+            .find(|&n| g.node(n).is("QuantizeLinear"))
+            .expect("a Q reads it");
+        constant_of(g, q, 1).to_f32_vec().unwrap()[0]
+    };
+    let cat = ops(g, "Concat")[0];
+    // The Concat reads its inputs through their DQs.
+    let inputs = (0..2)
+        .map(|slot| {
+            let dq = dq_of(g, cat, slot).expect("a quantized input");
+            let q = g.producer(g.node(dq).input(0).unwrap()).unwrap();
+            scale_of_q_reading(g.node(q).input(0).unwrap())
+        })
+        .collect();
+    (inputs, scale_of_q_reading(g.node(cat).output(0).unwrap()))
+}
+
 #[test]
 fn a_concat_of_close_ranges_shares_one_scale() {
-    let done = quantize(&concat_net(2.0), Activations::Int8, &[]);
+    let done = quantize(&concat_net(1.0), Activations::Int8, &[]);
     let q = done.report.quantization.as_ref().unwrap();
     assert!(q.left_float.is_empty(), "{:?}", q.left_float);
     assert_eq!(q.quantized, 3);
+    let (inputs, output) = concat_scales(&done.model.graph);
+    assert!(inputs.iter().all(|&s| s == output), "{inputs:?} {output}");
+    // Ranges 2-16x apart keep a scale each, and the Concat's reader is still quantized.
+    let done = quantize(&concat_net(8.0), Activations::Int8, &[]);
+    let q = done.report.quantization.as_ref().unwrap();
+    assert!(q.left_float.is_empty(), "{:?}", q.left_float);
+    let (inputs, output) = concat_scales(&done.model.graph);
+    assert!(inputs[0] < inputs[1] / 2.0, "{inputs:?} {output}");
 }
 
 /// x[1,2,5,5] ─▶ Conv(W1[4,2,3,3], b1) ─▶ `act` ─▶ Conv(W2[4,1,3,3], depthwise) ─▶ Relu

@@ -486,8 +486,38 @@ pub(crate) fn moves_values(g: &Graph, n: NodeId) -> bool {
     MOVES.iter().any(|op| node.is(op))
 }
 
+/// How far apart the magnitudes of a Concat's inputs may be for them and its output to share
+/// one range around ops, so that runtimes concatenate int8 values as they are: the smallest
+/// then keeps at least 7 of int8's 8 bits. Farther apart, each keeps its own scale (and the
+/// Concat requantizes), up to `qdq::CONCAT_SPREAD`, past which its reader stays float.
+const CONCAT_CLOSE: f32 = 2.0;
+
+/// Whether `n` is a Concat whose inputs are all calibrated, of magnitudes within
+/// [`CONCAT_CLOSE`] of each other.
+fn close_concat(g: &Graph, n: NodeId, ranges: &HashMap<String, (f32, f32)>) -> bool {
+    let node = g.node(n);
+    if !node.is("Concat") || !node.in_standard_domain() {
+        return false;
+    }
+    let amax: Option<Vec<f32>> = node
+        .inputs()
+        .iter()
+        .map(|v| {
+            let &(lo, hi) = ranges.get(g.value((*v)?).name())?;
+            Some(lo.abs().max(hi.abs()))
+        })
+        .collect();
+    let Some(amax) = amax.filter(|a| a.len() >= 2) else {
+        return false;
+    };
+    let (lo, hi) = amax
+        .iter()
+        .fold((f32::MAX, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+    lo > 0.0 && hi <= CONCAT_CLOSE * lo
+}
+
 /// Around ops, the values on either side of moves (a MaxPool between two quantized Convs, a
-/// Reshape → Transpose → Reshape) get one range, the union of those calibrated among them: with
+/// Reshape → Transpose → Reshape) and of a Concat of close ranges get one range, the union of those calibrated among them: with
 /// equal scales and zero points, ONNX Runtime drops the DQ → op → Q around each move and moves
 /// int8 values, and the union clips none of them. Values joined by moves are found as one set
 /// (through values without a range of their own, and across branches).
@@ -502,15 +532,27 @@ fn share_through_moves(g: &Graph, ranges: &mut HashMap<String, (f32, f32)>) {
         parent.insert(v, r);
         r
     }
-    for n in g.node_ids().filter(|&n| moves_values(g, n)) {
-        let node = g.node(n);
-        if let (Some(a), Some(b)) = (node.input(0), node.output(0)) {
-            parent.entry(a).or_insert(a);
-            parent.entry(b).or_insert(b);
-            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
-            if ra != rb {
-                parent.insert(ra.max(rb), ra.min(rb));
-            }
+    let edges: Vec<(ValueId, ValueId)> = g
+        .node_ids()
+        .flat_map(|n| {
+            let node = g.node(n);
+            let y = node.output(0);
+            let sources: Vec<ValueId> = if moves_values(g, n) {
+                node.input(0).into_iter().collect()
+            } else if close_concat(g, n, ranges) {
+                node.inputs().iter().flatten().copied().collect()
+            } else {
+                Vec::new()
+            };
+            sources.into_iter().filter_map(move |a| Some((a, y?)))
+        })
+        .collect();
+    for (a, b) in edges {
+        parent.entry(a).or_insert(a);
+        parent.entry(b).or_insert(b);
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        if ra != rb {
+            parent.insert(ra.max(rb), ra.min(rb));
         }
     }
     let members: Vec<ValueId> = parent.keys().copied().collect();
