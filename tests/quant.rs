@@ -655,14 +655,19 @@ fn for_tensorrt_the_fallback_returns_the_layer_to_float() {
     assert_eq!(q.fallback, ["convB"], "{}", done.report.to_text());
     assert!(q.weights_only.is_empty());
     let g = &done.model.graph;
-    let b = conv_named(g, "convB");
-    assert_eq!(
-        constant_of(g, b, 1).dtype(),
-        DType::F32,
-        "convB stays float"
-    );
-    assert!(dq_of(g, b, 0).is_none(), "and reads a float input");
+    assert_wholly_float(g, "convB");
     assert_well_formed(g);
+}
+
+/// Conv `name` of `g` has a float weight and reads a float input.
+fn assert_wholly_float(g: &Graph, name: &str) {
+    let c = conv_named(g, name);
+    assert_eq!(
+        constant_of(g, c, 1).dtype(),
+        DType::F32,
+        "{name} stays float"
+    );
+    assert!(dq_of(g, c, 0).is_none(), "and reads a float input");
 }
 
 /// x ─▶ Conv(W[1,2,1,1]) ─▶ y, with W's weight for x's channel 0 at 1000: the per-channel
@@ -703,13 +708,7 @@ fn the_fallback_returns_a_layer_its_int8_weights_ruin_to_float() {
     let q = done.report.quantization.as_ref().unwrap();
     assert_eq!(q.fallback, ["conv"], "{}", done.report.to_text());
     assert!(q.weights_only.is_empty(), "float activations did not pass");
-    let g = &done.model.graph;
-    let c = conv_named(g, "conv");
-    assert_eq!(
-        constant_of(g, c, 1).dtype(),
-        DType::F32,
-        "the Conv stays float"
-    );
+    assert_wholly_float(&done.model.graph, "conv");
     assert!(q
         .left_float
         .iter()

@@ -173,7 +173,8 @@ impl<'g> Patch<'g> {
             .enumerate()
             .map(|(i, ty)| (format!("{name}_output_{i}"), ty.clone()))
             .collect();
-        self.add_fresh_node(op, &name, inputs, attrs, &outputs)
+        // A fresh name is still fresh until the node is added: the call below keeps it.
+        self.add_node_named(op, &name, inputs, attrs, &outputs)
     }
 
     /// [`Patch::add_node`] with each output named after its entry of `outputs` (made fresh)
@@ -187,21 +188,10 @@ impl<'g> Patch<'g> {
         outputs: &[(String, Option<Type>)],
     ) -> Result<NodeId> {
         let name = self.g.fresh_node_name(name);
-        self.add_fresh_node(op, &name, inputs, attrs, outputs)
-    }
-
-    fn add_fresh_node(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[Option<ValueId>],
-        attrs: Vec<Attr>,
-        outputs: &[(String, Option<Type>)],
-    ) -> Result<NodeId> {
         let outs: Vec<String> = outputs.iter().map(|(o, _)| self.g.fresh_name(o)).collect();
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.edits += 1;
-        let n = self.g.add_node(op, "", name, inputs, &outs, attrs)?;
+        let n = self.g.add_node(op, "", &name, inputs, &outs, attrs)?;
         for (slot, (_, ty)) in outputs.iter().enumerate() {
             if let (Some(ty), Some(v)) = (ty, self.g.node(n).output(slot)) {
                 self.g.set_type(v, ty.clone());
