@@ -87,8 +87,8 @@ def resnet_section(exe, samples):
         "### ResNet-50",
         "",
         f"Built-in ResNet-50, fp32 after `optimize`: {fp32_mib:.1f} MiB, {base_ort * 1e3:.1f} ms in ONNX Runtime, "
-        f"{base_ov * 1e3:.1f} ms in OpenVINO (batch 1, 2 threads, median of 30 runs per model taken round-robin "
-        f"after 5 warm-ups). {samples} seeded random calibration samples (every fifth held back for the check). "
+        f"{base_ov * 1e3:.1f} ms in OpenVINO (batch 1, 2 threads, median of 90 runs per model taken round-robin, "
+        f"every other round in reverse order, after 5 warm-ups). {samples} seeded random calibration samples (every fifth held back for the check). "
         "Agreement: worst cosine and top-1 against the fp32 model in ONNX Runtime on 8 other random inputs. "
         "Pruning time is the analysis, ranking, removal and compensation; check time is the tract check of "
         "the result. The uncompensated rows pass `--min-cosine 0 --min-top1 0` to be written at all.",

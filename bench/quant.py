@@ -46,9 +46,10 @@ quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=Tr
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def latencies(paths, x, rounds=10, per_round=3, warm=5):
+def latencies(paths, x, rounds=30, per_round=3, warm=5):
     """Median latency of each model in ONNX Runtime and OpenVINO, measured round-robin (every
-    model a few runs per round) so that a slow spell of the machine hits them all alike."""
+    model a few runs per round, the order reversed every other round, so that neither a slow
+    spell of the machine nor the model run just before favours one model)."""
     import openvino as ov
 
     runners = []
@@ -61,8 +62,9 @@ def latencies(paths, x, rounds=10, per_round=3, warm=5):
     for run in [r for pair in runners for r in pair]:
         for _ in range(warm):
             run()
-    for _ in range(rounds):
-        for (ort_run, ov_run), (t_ort, t_ov) in zip(runners, times):
+    for r in range(rounds):
+        pairs = list(zip(runners, times))
+        for (ort_run, ov_run), (t_ort, t_ov) in pairs if r % 2 == 0 else pairs[::-1]:
             for run, acc in [(ort_run, t_ort), (ov_run, t_ov)]:
                 for _ in range(per_round):
                     t = time.perf_counter()
@@ -131,8 +133,8 @@ def section(samples):
         "Wall time and peak RSS of the whole quantizing process (ours includes loading, simplifying, "
         "calibrating on all but the fifth sample held back, and its tract check unless `--no-check`; "
         "ORT's and NNCF's start from the fp32 model we simplified and check nothing). Latency: batch "
-        "1, 2 threads, median of 30 runs per model taken round-robin (3 per model per round, 10 "
-        "rounds) after 5 warm-ups; OpenVINO with f32 inference precision (this CPU has bf16, which "
+        "1, 2 threads, median of 90 runs per model taken round-robin (3 per model per round, 30 "
+        "rounds, every other one in reverse order) after 5 warm-ups; OpenVINO with f32 inference precision (this CPU has bf16, which "
         "OpenVINO would otherwise use for the fp32 baseline and every float op); "
         f"fp32 {base_ort * 1e3:.1f} ms in ONNX Runtime, {base_ov * 1e3:.1f} ms in OpenVINO. Agreement: "
         "cosine (worst) and top-1 against the fp32 model in ONNX Runtime on 8 other random inputs.",

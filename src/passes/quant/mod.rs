@@ -331,7 +331,7 @@ pub fn prepare(
     let inputs = inputs.into_iter().chain(concatenated);
     // Under Q/DQ around ops, an op's output (a residual Add's or an average pool's too), and a
     // Relu's after it, may be quantized too; at joins, the op's output.
-    let adds = g.node_ids().filter(|&n| {
+    let adds_and_pools = g.node_ids().filter(|&n| {
         let node = g.node(n);
         opts.placement == Placement::AroundOps
             && (node.is("Add")
@@ -349,7 +349,7 @@ pub fn prepare(
         .iter()
         .copied()
         .filter(|_| opts.placement != Placement::Inputs)
-        .chain(adds)
+        .chain(adds_and_pools)
         .filter_map(|n| g.node(n).output(0))
         .flat_map(|y| {
             let relu = g

@@ -682,17 +682,17 @@ impl Pass for InsertQdq {
                     (Some((_, s_x)), Some(_)) => scales.iter().map(|&s| s_x * s).collect(),
                     (Some((_, s_x)), None) => vec![s_x * scales[0]],
                 };
-                let q: Option<Vec<i32>> = (!bscales.is_empty())
-                    .then(|| {
-                        bv.iter()
-                            .zip(bscales.iter().cycle())
-                            .map(|(&v, &s)| {
-                                let q = (v / s).round();
-                                (s > 0.0 && q.abs() < i32::MAX as f32).then_some(q as i32)
-                            })
-                            .collect()
-                    })
-                    .flatten();
+                let q: Option<Vec<i32>> = if bscales.is_empty() {
+                    None
+                } else {
+                    bv.iter()
+                        .zip(bscales.iter().cycle())
+                        .map(|(&v, &s)| {
+                            let q = (v / s).round();
+                            (s > 0.0 && q.abs() < i32::MAX as f32).then_some(q as i32)
+                        })
+                        .collect()
+                };
                 // A bias too large for int32 at that scale stays float.
                 if let Some(q) = q {
                     let n = q.len() as i64;
