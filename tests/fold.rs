@@ -8,6 +8,9 @@ use common::{
 };
 use onnxsmith::onnx::proto::{ModelProto, NodeProto};
 
+/// Shape folding as the pipeline runs it: the folds, then what they leave dead.
+const SHAPE_FOLD: &[&str] = &["fold-shape", "fold-constants", "dead-code"];
+
 /// y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), i0)), Unsqueeze(Gather(Shape(x), i1)), [2], [3]))
 /// with x: f32[batch, 4, 6] and y: f32[batch, 4, 2, 3].
 fn reshape_model(i0: i64, i1: i64, tail: &[i64]) -> ModelProto {
@@ -323,7 +326,7 @@ fn shape_model(start: i64) -> ModelProto {
 #[test]
 fn folds_shape_of_static_dims_keeping_the_batch_dynamic() {
     let m = lift(shape_model(1));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
     let target = out
         .graph
@@ -504,7 +507,7 @@ fn folded_target(m: &onnxsmith::ir::Model) -> Vec<i64> {
 #[test]
 fn folds_known_dims_gathered_from_a_dynamic_shape() {
     let m = lift(gather_of_shape(&[2, 1]));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
     assert_eq!(folded_target(&out), [-1, 6, 4]);
     insta::assert_snapshot!(before_after(&m, &out));
@@ -515,7 +518,7 @@ fn folds_known_dims_gathered_from_a_dynamic_shape() {
 fn folds_known_dims_sliced_from_a_dynamic_shape() {
     for (start, end, step, want) in [(1, 3, 1, vec![-1, 4, 6]), (-1, 0, -1, vec![-1, 6, 4])] {
         let m = lift(slice_of_shape(start, end, step));
-        let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        let (out, _) = run_passes(&m, SHAPE_FOLD);
         assert_eq!(out.graph.node_count(), 1, "slice {start}:{end}:{step}");
         assert_eq!(folded_target(&out), want);
         assert_same_outputs(&m, &out);
@@ -531,7 +534,7 @@ fn folds_a_reversed_slice_of_a_scalar_shape_to_nothing() {
     g.input.push(common::info("z", 1, &[]));
     g.output[0] = common::info("y", 1, &[24]);
     let m = lift(p);
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(out.graph.node_count(), 1, "only the Reshape is left");
     // No tract comparison: tract itself rejects the original's reversed slice of an empty
     // vector ("end <= len"), which ONNX defines as empty.
@@ -665,7 +668,7 @@ fn keeps_ifs_whose_branch_output_type_clashes() {
 fn folds_known_dims_gathered_from_a_dynamic_shape_inside_an_if() {
     // The branches read x by capture: its dims come from the outer graph's facts.
     let m = lift(common::in_an_if(gather_of_shape(&[2, 1])));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     for op in ["Shape", "Gather", "Concat"] {
         assert_eq!(count_op(&out, op), 0, "{op} left");
     }
@@ -711,7 +714,7 @@ fn keeps_shape_reads_of_a_name_the_two_branches_give_different_shapes() {
     let mut z = f32_info("z", &[1, 6, 4]);
     common::symbolic(&mut z, 0, Some("batch"));
     let m = lift(branches_both_naming_h(z));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(count_op(&out, "Gather"), 2);
     assert_same_outputs(&m, &out);
 }
@@ -727,7 +730,7 @@ fn keeps_shape_reads_of_a_name_a_branch_tract_cannot_analyse_defines_too() {
         t.shape = None;
     }
     let m = lift(branches_both_naming_h(z));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(count_op(&out, "Gather"), 2);
 }
 
@@ -806,7 +809,7 @@ fn folds_shape_arithmetic_on_captures_inside_a_loop_at_every_opset() {
             [1, 2],
             false,
         ));
-        let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        let (out, _) = run_passes(&m, SHAPE_FOLD);
         for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
             assert_eq!(count_op(&out, op), 0, "{op} left at opset {opset}");
         }
@@ -847,7 +850,7 @@ fn keeps_shape_arithmetic_on_a_loop_carried_value() {
             [2, 1],
             true,
         ));
-        let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        let (out, report) = run_passes(&m, SHAPE_FOLD);
         for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
             assert!(count_op(&out, op) > 0, "{op} folded at opset {opset}");
         }
@@ -872,7 +875,7 @@ fn keeps_the_dynamic_part_of_shape_arithmetic_on_a_symbolic_capture_inside_a_loo
             [0, 1],
             false,
         ));
-        let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+        let (out, report) = run_passes(&m, SHAPE_FOLD);
         assert_eq!(count_op(&out, "Gather"), 1, "opset {opset}");
         assert_eq!(count_op(&out, "Shape"), 1, "opset {opset}");
         assert_explained(
@@ -954,7 +957,7 @@ fn of_unknown_shape(name: &str) -> onnxsmith::onnx::proto::ValueInfoProto {
 #[test]
 fn folds_shape_arithmetic_on_captures_inside_a_scan() {
     let m = lift(reshape_chain_in_a_scan(false, 1));
-    let (out, _) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, _) = run_passes(&m, SHAPE_FOLD);
     for op in ["Shape", "Gather", "Unsqueeze", "Concat"] {
         assert_eq!(count_op(&out, op), 0, "{op} left");
     }
@@ -965,7 +968,7 @@ fn folds_shape_arithmetic_on_captures_inside_a_scan() {
 #[test]
 fn keeps_shape_arithmetic_on_a_scan_state() {
     let m = lift(reshape_chain_in_a_scan(true, 0));
-    let (out, report) = run_passes(&m, &["fold-shape", "fold-constants", "dead-code"]);
+    let (out, report) = run_passes(&m, SHAPE_FOLD);
     assert_eq!(count_op(&out, "Shape"), 1);
     assert_explained(
         &report,

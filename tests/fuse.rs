@@ -509,12 +509,17 @@ fn keeps_layer_norm_whose_epsilon_is_not_constant() {
     assert_explained(&report, "epsilon is not a constant");
 }
 
+/// `p` with value `v` (of dims `dims`) read also by Relu 'spy', whose output is a graph output.
+fn read_also_by_a_spy(p: &mut ModelProto, v: &str, dims: &[i64]) {
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "spy", &[v], &["z"]));
+    g.output.push(f32_info("z", dims));
+}
+
 #[test]
 fn keeps_layer_norm_whose_intermediate_is_read_elsewhere() {
     let mut p = layer_norm_model(17, true, false);
-    let g = p.graph.as_mut().unwrap();
-    g.node.push(node("Relu", "spy", &["v"], &["z"]));
-    g.output.push(f32_info("z", &[2, 4, 1]));
+    read_also_by_a_spy(&mut p, "v", &[2, 4, 1]);
     let (out, report) = run_passes(&lift(p), &["fuse-layer-norm"]);
     assert_eq!(count_op(&out, "LayerNormalization"), 0);
     assert_explained(
@@ -726,9 +731,7 @@ fn keeps_matmul_add_whose_weight_is_an_input() {
 #[test]
 fn keeps_matmul_add_when_the_product_is_read_elsewhere() {
     let mut p = matmul_add(&[2, 4], &[2, 3], &[3]);
-    let g = p.graph.as_mut().unwrap();
-    g.node.push(node("Relu", "spy", &["m"], &["z"]));
-    g.output.push(f32_info("z", &[2, 3]));
+    read_also_by_a_spy(&mut p, "m", &[2, 3]);
     assert_refused(
         &lift(p),
         "fuse-matmul-add",
@@ -801,9 +804,7 @@ fn fuses_a_scale_before_a_grouped_conv_transpose() {
 #[test]
 fn keeps_a_scale_before_a_conv_that_is_read_elsewhere() {
     let mut p = scaled_conv("Mul", &[], &[0.25], 1);
-    let g = p.graph.as_mut().unwrap();
-    g.node.push(node("Relu", "spy", &["s"], &["z"]));
-    g.output.push(f32_info("z", &[1, 4, 5, 5]));
+    read_also_by_a_spy(&mut p, "s", &[1, 4, 5, 5]);
     assert_refused(
         &lift(p),
         "fuse-mul-conv",
@@ -1092,9 +1093,7 @@ fn keeps_erf_gelu_before_opset_20_and_near_misses() {
 #[test]
 fn keeps_erf_gelu_whose_intermediate_is_read_elsewhere() {
     let mut p = gelu_model(0, 20, 0.5);
-    let g = p.graph.as_mut().unwrap();
-    g.node.push(node("Relu", "spy", &["e"], &["z"]));
-    g.output.push(f32_info("z", &[2, 3]));
+    read_also_by_a_spy(&mut p, "e", &[2, 3]);
     assert_refused(
         &lift(p),
         "fuse-gelu",
