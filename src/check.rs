@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::ir::{DType, Model};
 use crate::runtime::{
     feedable_inputs, has_free_spatial_dims, input_specs, Binding, HostTensor, InputSpec, Runner,
-    Unrunnable,
+    Unrunnable, WORKERS,
 };
 
 /// Element-wise closeness scaled to the output: |a - b| <= atol * scale + rtol * |a|, where
@@ -224,6 +224,26 @@ impl CheckReport {
         self.outputs.iter().all(|o| o.ok)
     }
 
+    /// The lowest cosine over the outputs (0 for one that could not be compared).
+    pub fn worst_cosine(&self) -> f64 {
+        self.outputs
+            .iter()
+            .map(|o| if o.mismatch.is_some() { 0.0 } else { o.cosine })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// The least cosine over the outputs and the least top-1 agreement of those that have
+    /// one.
+    pub fn agreement(&self) -> (f64, Option<f64>) {
+        let cosine = self
+            .outputs
+            .iter()
+            .map(|o| o.cosine)
+            .fold(f64::INFINITY, f64::min);
+        let top1 = self.outputs.iter().filter_map(|o| o.top1).reduce(f64::min);
+        (cosine, top1)
+    }
+
     pub fn to_table(&self) -> String {
         let mut s = String::new();
         writeln!(
@@ -386,8 +406,8 @@ impl Feed {
     pub fn run(&self, model: &Model) -> Result<Outputs> {
         let sets = self.sets.as_ref().map_err(|e| e.clone())?;
         let runner = Runner::new(model, &self.binding, &[])?;
-        // The sets split between both cores, which share the plan.
-        let half = sets.len().div_ceil(2).max(1);
+        // The sets split between the workers, which share the plan.
+        let half = sets.len().div_ceil(WORKERS).max(1);
         let values = std::thread::scope(|s| {
             let runner = &runner;
             let halves: Vec<_> = sets

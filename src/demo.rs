@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::lossy::SampleOptions;
 use crate::optimize::{Options, Request};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -44,10 +45,10 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
     let model = dir.join("resnet50.onnx");
     let roundtrip = dir.join("resnet50.roundtrip.onnx");
     let t = Instant::now();
-    crate::save(&crate::zoo::resnet50()?, &model, SaveOptions::default())?;
+    crate::files::save(&crate::zoo::resnet50()?, &model, SaveOptions::default())?;
     let build_time = t.elapsed();
-    let loaded = crate::load(&model)?;
-    crate::save(&loaded.model, &roundtrip, SaveOptions::default())?;
+    let loaded = crate::files::load(&model)?;
+    crate::files::save(&loaded.model, &roundtrip, SaveOptions::default())?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     if read(&model)? != read(&roundtrip)? {
         bail!("the round trip changed the file: lift and lower are not lossless");
@@ -70,10 +71,8 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
             report: Some(dir.join("report.int8.json")),
             external_data: false,
             options: Options {
-                quantize: Some(QuantOptions {
-                    random: Some(RANDOM_SAMPLES),
-                    ..QuantOptions::default()
-                }),
+                samples: random_samples(),
+                quantize: Some(QuantOptions::default()),
                 ..Options::default()
             },
         },
@@ -83,14 +82,12 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
             report: Some(dir.join("report.pruned-int8.json")),
             external_data: false,
             options: Options {
+                samples: random_samples(),
                 prune: Some(PruneOptions {
                     ratio: 0.3,
                     ..PruneOptions::default()
                 }),
-                quantize: Some(QuantOptions {
-                    random: Some(RANDOM_SAMPLES),
-                    ..QuantOptions::default()
-                }),
+                quantize: Some(QuantOptions::default()),
                 ..Options::default()
             },
         },
@@ -98,10 +95,18 @@ pub fn prepare(dir: &Path) -> Result<Demo> {
     })
 }
 
+/// The demo's calibration: random data, a demonstration whose ranges are not real.
+fn random_samples() -> SampleOptions {
+    SampleOptions {
+        random: Some(RANDOM_SAMPLES),
+        ..SampleOptions::default()
+    }
+}
+
 /// The median wall time of `runs` runs of the model at `path` in tract, batch 1, on seeded
 /// inputs, after one warm-up run.
 pub fn tract_latency(path: &Path, runs: usize) -> Result<Duration> {
-    let model = crate::load(path)?.model;
+    let model = crate::files::load(path)?.model;
     let binding = Binding::default();
     let specs = input_specs(&model, &binding)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);

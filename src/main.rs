@@ -8,12 +8,13 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use onnxsmith::check::{CheckOptions, InputSource, LossyLimits, Outcome, Rule, ScaledTolerance};
+use onnxsmith::lossy::images::Preprocess;
+use onnxsmith::lossy::SampleOptions;
 use onnxsmith::passes::prune::{Importance, PruneOptions, Scope};
-use onnxsmith::passes::quant::images::Preprocess;
 use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::Method;
 use onnxsmith::passes::quant::QuantOptions;
-use onnxsmith::passes::{pipeline, PipelineOptions};
+use onnxsmith::passes::{catalogue, PipelineOptions};
 use onnxsmith::report::{human_bytes, Report};
 use onnxsmith::runtime::Binding;
 use onnxsmith::{Options, Request, SaveOptions};
@@ -195,13 +196,6 @@ impl PruneArgs {
             round_to: self.prune_round_to,
             exclude: self.prune_exclude.clone(),
             compensate: !self.no_compensate,
-            calib: quant.calib.clone(),
-            preprocess: quant
-                .preprocess
-                .as_deref()
-                .map(Preprocess::parse)
-                .transpose()?,
-            samples: quant.calib_samples,
         }))
     }
 }
@@ -255,7 +249,7 @@ struct QuantArgs {
     #[arg(long, default_value_t = 99.99)]
     percentile: f64,
     /// At most this many samples calibrate.
-    #[arg(long, default_value_t = QuantOptions::default().samples)]
+    #[arg(long, default_value_t = SampleOptions::default().limit)]
     calib_samples: usize,
     /// The element type of quantized activations.
     #[arg(long, value_enum, default_value = "int8")]
@@ -308,18 +302,24 @@ impl QuantArgs {
                 CalibMethod::Percentile => Method::Percentile(self.percentile),
                 CalibMethod::Entropy => Method::Entropy,
             },
-            calib: self.calib.clone(),
-            random: self.calib_random,
-            samples: self.calib_samples,
             fallback: !self.no_fallback,
             equalize: !self.no_cle,
             bias_correction: !self.no_bias_correction,
+        }))
+    }
+
+    /// Where the samples of the lossy stages come from.
+    fn samples(&self) -> Result<SampleOptions> {
+        Ok(SampleOptions {
+            dir: self.calib.clone(),
+            random: self.calib_random,
+            limit: self.calib_samples,
             preprocess: self
                 .preprocess
                 .as_deref()
                 .map(Preprocess::parse)
                 .transpose()?,
-        }))
+        })
     }
 }
 
@@ -543,9 +543,7 @@ fn demo_summary(demo: &onnxsmith::demo::Demo, report: &Report) -> Result<()> {
 
 fn optimize(args: OptimizeArgs) -> Result<u8> {
     if args.list_passes {
-        for (i, p) in pipeline().iter().enumerate() {
-            println!("{:>2}. {:<22} {}", i + 1, p.id(), p.about());
-        }
+        print!("{}", list_passes());
         return Ok(0);
     }
     let (Some(input), Some(output)) = (args.input, args.output) else {
@@ -572,12 +570,33 @@ fn optimize(args: OptimizeArgs) -> Result<u8> {
             one_at_a_time: args.check_one_at_a_time,
             bisect: args.bisect,
             quiet: args.quiet,
+            samples: args.quant.samples()?,
             prune: args.prune.options(&args.quant)?,
             quantize: args.quant.options()?,
             exclude: args.quant.exclude.clone(),
         },
     };
     finish(&onnxsmith::optimize(&request)?)
+}
+
+/// Every stage of the pipeline with its reason, its preparation and its passes, numbered in
+/// the order they run.
+fn list_passes() -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    for stage in catalogue(PipelineOptions::default().fold_limit) {
+        s += &format!("{}: {}\n", stage.name, stage.reason);
+        if let Some(p) = &stage.prepare {
+            s += &format!("     {:<26} {} (prepares the stage)\n", p.id(), p.about());
+        }
+        for (pass, kind) in (stage.once.iter().map(|p| (p, "")))
+            .chain(stage.fixed_point.iter().map(|p| (p, " [cleanup]")))
+        {
+            i += 1;
+            s += &format!("{i:>3}. {:<26} {}{kind}\n", pass.id(), pass.about());
+        }
+    }
+    s
 }
 
 /// Prints a job's report; exit code 2 when its check failed.

@@ -10,6 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Progress(Option<ProgressBar>);
 
 impl Progress {
+    /// A display that shows nothing.
+    pub const fn silent() -> Progress {
+        Progress(None)
+    }
+
     pub fn new(quiet: bool) -> Progress {
         if quiet || !std::io::stderr().is_terminal() {
             return Progress(None);

@@ -21,6 +21,11 @@ use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 
 use crate::ir::{DType, Def, Dim, Graph, Model, NodeId, Tensor, Type};
 
+/// Threads that run tract at once: one per core of the machines we run on. Fixed rather than
+/// read from the machine, so that sums split between workers (calibration statistics, moment
+/// matrices) add up in the same order everywhere and results stay byte-identical.
+pub const WORKERS: usize = 2;
+
 /// Concrete values for symbolic dims: `--input-shape name:1x3x224x224` fixes an input's whole
 /// shape; any other symbol or unknown dim becomes `default_dim`, except spatial ones (dims after
 /// the first two of a rank >= 3 input) when `spatial_dims` is set.
@@ -977,5 +982,48 @@ impl Evaluator {
                     .ok_or_else(|| anyhow!("a folded value has a type ONNX cannot store"))
             })
             .collect()
+    }
+}
+
+/// tract plans of one model that also return `extra` values, one plan per set of input
+/// shapes: samples may differ in their dynamic dims.
+pub struct Plans<'a> {
+    model: &'a Model,
+    extra: &'a [String],
+    inputs: Vec<String>,
+    built: Vec<(Vec<Vec<usize>>, Runner)>,
+}
+
+impl<'a> Plans<'a> {
+    pub fn new(model: &'a Model, extra: &'a [String]) -> Result<Plans<'a>> {
+        let inputs = input_specs(model, &Binding::default())?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        Ok(Plans {
+            model,
+            extra,
+            inputs,
+            built: Vec::new(),
+        })
+    }
+
+    /// The `extra` values of the model run on `sample` (one value per input, in order).
+    pub fn extras(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
+        let at = match self.built.iter().position(|(s, _)| *s == shapes) {
+            Some(i) => i,
+            None => {
+                let mut binding = Binding::default();
+                for (name, shape) in self.inputs.iter().zip(&shapes) {
+                    binding.input_shapes.insert(name.clone(), shape.clone());
+                }
+                let runner = Runner::new(self.model, &binding, self.extra)?;
+                self.built.push((shapes, runner));
+                self.built.len() - 1
+            }
+        };
+        let mut out = self.built[at].1.run(sample)?;
+        Ok(out.split_off(out.len() - self.extra.len()))
     }
 }

@@ -14,7 +14,7 @@ use onnxsmith::check::{CheckOptions, Outcome, Reference};
 use onnxsmith::ir::{print::print_model, Model};
 use onnxsmith::onnx::proto::{type_proto::Value, ModelProto};
 use onnxsmith::optimize::{bisect, run_passes};
-use onnxsmith::passes::PipelineOptions;
+use onnxsmith::passes::{simplify_stage, PassContext, PipelineOptions};
 
 /// Share of graphs tract may fail to run before the generator counts as broken.
 const MAX_SKIPPED: f64 = 0.05;
@@ -58,7 +58,9 @@ fn one(proto: ModelProto) -> Verdict {
         Ok((Outcome::Unverified(why), _)) => Verdict::Skipped(why),
         Ok((Outcome::Checked(r), _)) if r.ok() => Verdict::Verified,
         Ok((Outcome::Checked(r), reference)) => {
-            let first = bisect(&original, &opts, &report.steps, &reference)
+            let stages = [simplify_stage(opts.fold_limit)];
+            let cx = PassContext::default();
+            let first = bisect(&original, &stages, &opts, &cx, &report.steps, &reference)
                 .map(|b| b.map_or("none found".into(), |(k, id)| format!("step {k}, {id}")));
             Verdict::Failed(format!(
                 "outputs differ (first bad pass: {})\n{}",

@@ -6,8 +6,8 @@ use anyhow::Result;
 use common::{assert_same_outputs, count_op, lift, model_with, node, run_passes};
 use onnxsmith::ir::{Graph, Model, NodeId, Patch};
 use onnxsmith::passes::{
-    pipeline, run_pipeline, run_stages, selected, Changed, Look, Pass, PassContext,
-    PipelineOptions, Refusal, Rewrite, Stage,
+    catalogue, run_pipeline, run_stages, selected, simplify_stage, Changed, Look, Pass,
+    PassContext, PipelineOptions, Prepare, Refusal, Rewrite, Stage,
 };
 
 #[test]
@@ -47,16 +47,27 @@ fn unknown_pass_names_are_an_error() {
 
 #[test]
 fn pass_ids_are_unique_and_selection_keeps_pipeline_order() {
-    let ids: Vec<&str> = pipeline().iter().map(|p| p.id()).collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), ids.len(), "{ids:?}");
+    // Every stage's cleanup is dead-code; every other pass belongs to one stage only.
+    let all = catalogue(PipelineOptions::default().fold_limit);
+    let mut ids: Vec<&str> = all
+        .iter()
+        .flat_map(|s| s.passes().map(|p| p.id()))
+        .filter(|&id| id != "dead-code")
+        .collect();
+    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        ["simplify", "prune", "compensate", "equalize", "quantize"]
+    );
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "{ids:?}");
     let opts = PipelineOptions {
         only: Some(vec!["dead-code".into(), "eliminate-identity".into()]),
         ..Default::default()
     };
-    let kept: Vec<&str> = selected(&opts)
+    let kept: Vec<&str> = selected(&opts, vec![simplify_stage(opts.fold_limit)])
         .unwrap()
         .iter()
         .flat_map(|s| s.fixed_point.iter().map(|p| p.id()))
@@ -102,19 +113,21 @@ impl Pass for ReplaceRelu {
 fn a_once_stage_reads_its_context_and_its_cleanup_runs_to_a_fixed_point() {
     let m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
     let opts = PipelineOptions::default();
-    let cleanup = selected(&PipelineOptions {
-        only: Some(vec!["eliminate-identity".into(), "dead-code".into()]),
-        ..Default::default()
-    })
+    let cleanup = selected(
+        &PipelineOptions {
+            only: Some(vec!["eliminate-identity".into(), "dead-code".into()]),
+            ..Default::default()
+        },
+        vec![simplify_stage(opts.fold_limit)],
+    )
     .unwrap()
     .into_iter()
     .flat_map(|s| s.fixed_point)
     .collect();
     let stages = [Stage {
-        name: "test",
-        reason: "a stage built by a test",
         once: vec![Box::new(ReplaceRelu)],
         fixed_point: cleanup,
+        ..Stage::new("test", "a stage built by a test")
     }];
     let mut cx = PassContext::new(false);
     cx.provide(Replacement("Abs"));
@@ -155,10 +168,8 @@ impl Rewrite for RefuseRelu {
 fn refusals_carry_the_rewrite_id_to_explain() {
     let mut m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
     let stages = [Stage {
-        name: "test",
-        reason: "a stage built by a test",
         once: vec![Box::new(RefuseRelu)],
-        fixed_point: Vec::new(),
+        ..Stage::new("test", "a stage built by a test")
     }];
     let mut cx = PassContext::new(true);
     let report = run_stages(&mut m, &stages, &PipelineOptions::default(), &mut cx).unwrap();
@@ -208,12 +219,77 @@ fn bisect_names_the_first_step_that_changes_the_numbers() {
         ..Default::default()
     };
     let reference = Reference::new(&m, &exact).unwrap();
-    let found = onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap();
-    assert_eq!(found, Some((2, "fuse-conv-bn")));
+    let stages = [simplify_stage(opts.fold_limit)];
+    let bisect = |reference| {
+        let cx = PassContext::default();
+        onnxsmith::optimize::bisect(&m, &stages, &opts, &cx, &report.steps, reference).unwrap()
+    };
+    assert_eq!(bisect(&reference), Some((2, "fuse-conv-bn")));
     // Within the rewrite tolerance nothing is wrong.
     let reference = Reference::new(&m, &CheckOptions::default()).unwrap();
-    assert_eq!(
-        onnxsmith::optimize::bisect(&m, &opts, &report.steps, &reference).unwrap(),
-        None
+    assert_eq!(bisect(&reference), None);
+}
+
+/// A preparation that counts its runs in what it provides.
+struct CountRuns;
+
+impl Prepare for CountRuns {
+    fn id(&self) -> &'static str {
+        "count-runs"
+    }
+    fn about(&self) -> &'static str {
+        "test preparation"
+    }
+    fn run(&self, _: &Model, cx: &mut PassContext) -> Result<()> {
+        let n = cx.get::<usize>().copied().unwrap_or(0);
+        cx.provide(n + 1);
+        Ok(())
+    }
+}
+
+/// A pass that leaves the model importing no opset for the operators it uses.
+struct DropOpsets;
+
+impl Pass for DropOpsets {
+    fn id(&self) -> &'static str {
+        "drop-opsets"
+    }
+    fn about(&self) -> &'static str {
+        "test pass that breaks the IR"
+    }
+    fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<Changed> {
+        *model = Model::new(model.graph.clone(), model.ir_version(), &[], "test");
+        Ok(Changed::Yes(1))
+    }
+}
+
+#[test]
+fn a_stage_prepares_once_and_its_passes_are_verified() {
+    let m = lift(model_with(vec![node("Relu", "relu", &["x"], &["y"])]));
+    let stage = || Stage {
+        prepare: Some(Box::new(CountRuns)),
+        once: vec![Box::new(DropOpsets)],
+        ..Stage::new("lossy", "a stage built by a test")
+    };
+    let opts = PipelineOptions {
+        verify_each: true,
+        ..Default::default()
+    };
+    let mut cx = PassContext::new(false);
+    let err = run_stages(&mut m.clone(), &[stage()], &opts, &mut cx).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("pass 'drop-opsets' broke the IR"),
+        "{err:#}"
     );
+    assert_eq!(cx.get::<usize>(), Some(&1));
+    // The context remembers that the stage was prepared: it is not prepared again.
+    let stage = Stage {
+        once: vec![Box::new(ReplaceRelu)],
+        ..stage()
+    };
+    cx.provide(Replacement("Abs"));
+    let report = run_stages(&mut m.clone(), &[stage], &opts, &mut cx).unwrap();
+    assert_eq!(cx.get::<usize>(), Some(&1), "prepared already");
+    assert_eq!(report.steps, ["replace-relu"]);
+    assert!(report.passes.iter().all(|p| p.id != "count-runs"));
 }

@@ -8,9 +8,11 @@ mod common;
 use common::{assert_same_outputs, before_after, bin, write_npy_values};
 use onnxsmith::check::{compare_models, CheckOptions, Outcome};
 use onnxsmith::ir::{Attr, DType, Dim, Model, Patch, Tensor, ValueId};
+use onnxsmith::lossy::SampleOptions;
 use onnxsmith::optimize::run_passes;
+use onnxsmith::passes::channels::weight_axes;
 use onnxsmith::passes::prune::groups::Edit;
-use onnxsmith::passes::prune::remove::{slice_axis, weight_axes, Plan};
+use onnxsmith::passes::prune::remove::{slice_axis, Plan};
 use onnxsmith::passes::prune::{self, BnScales, GroupReport, PruneOptions, Scope};
 use onnxsmith::passes::PipelineOptions;
 use onnxsmith::report::CheckStatus;
@@ -654,9 +656,12 @@ fn compensation_is_measurably_better_than_none() {
                     ratio: 0.5,
                     round_to: 2,
                     compensate,
-                    calib: Some(dir.path().to_path_buf()),
                     ..Default::default()
                 }),
+                samples: SampleOptions {
+                    dir: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                },
                 check: Some(CheckOptions {
                     rule: onnxsmith::check::Rule::Lossy(onnxsmith::check::LossyLimits {
                         min_cosine: 0.0,
@@ -971,9 +976,12 @@ fn compensation_finds_its_readers_when_nodes_have_no_names() {
                 prune: Some(PruneOptions {
                     ratio: 0.5,
                     round_to: 2,
-                    calib: Some(dir.path().to_path_buf()),
                     ..Default::default()
                 }),
+                samples: SampleOptions {
+                    dir: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                },
                 check: None,
                 ..Default::default()
             },

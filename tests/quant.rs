@@ -6,14 +6,16 @@ mod common;
 use std::path::Path;
 
 use common::{
-    attr_int, attr_ints, attr_str, bin, f32_info, f32_tensor, i64_tensor, lift, model_io, node,
-    values, write_npy, write_npy_values,
+    attr_int, attr_ints, attr_str, before_after, bin, f32_info, f32_tensor, i64_tensor, lift,
+    model_io, node, values, write_npy, write_npy_values,
 };
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
+use onnxsmith::lossy::SampleOptions;
 use onnxsmith::onnx::proto::ModelProto;
 use onnxsmith::passes::quant::qdq::{Activations, Placement};
 use onnxsmith::passes::quant::ranges::{Method, Stats};
 use onnxsmith::passes::quant::QuantOptions;
+use onnxsmith::passes::PipelineOptions;
 use onnxsmith::report::CheckStatus;
 use onnxsmith::{optimize_model, Options};
 
@@ -68,17 +70,44 @@ fn quantize_for(
     let opts = QuantOptions {
         activations,
         placement,
-        random: Some(16),
         ..Default::default()
     };
     quantize_with(m, opts, exclude)
 }
 
+/// `n` random calibration samples (and a quarter as many others held back).
+fn random(n: usize) -> SampleOptions {
+    SampleOptions {
+        random: Some(n),
+        ..Default::default()
+    }
+}
+
+/// The samples of directory `dir`.
+fn from_dir(dir: &Path) -> SampleOptions {
+    SampleOptions {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+/// Quantizes `m` calibrated on 16 random samples; the result must pass its check.
 fn quantize_with(m: &Model, opts: QuantOptions, exclude: &[&str]) -> onnxsmith::Optimized {
+    quantize_on(m, opts, random(16), exclude)
+}
+
+/// Quantizes `m` calibrated on `samples`; the result must pass its check.
+fn quantize_on(
+    m: &Model,
+    opts: QuantOptions,
+    samples: SampleOptions,
+    exclude: &[&str],
+) -> onnxsmith::Optimized {
     let done = optimize_model(
         m,
         &Options {
             quiet: true,
+            samples,
             quantize: Some(opts),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
@@ -382,7 +411,6 @@ fn a_quantized_conv_computes_what_its_scales_say() {
     let m = lift(p);
     // The bias as it is: its correction is checked on its own.
     let opts = QuantOptions {
-        random: Some(16),
         bias_correction: false,
         ..Default::default()
     };
@@ -700,11 +728,7 @@ fn ruined_by_its_weights() -> (Model, tempfile::TempDir) {
 #[test]
 fn the_fallback_returns_a_layer_its_int8_weights_ruin_to_float() {
     let (m, dir) = ruined_by_its_weights();
-    let opts = QuantOptions {
-        calib: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    };
-    let done = quantize_with(&m, opts, &[]);
+    let done = quantize_on(&m, QuantOptions::default(), from_dir(dir.path()), &[]);
     let q = done.report.quantization.as_ref().unwrap();
     assert_eq!(q.fallback, ["conv"], "{}", done.report.to_text());
     assert!(q.weights_only.is_empty(), "float activations did not pass");
@@ -722,8 +746,8 @@ fn without_the_fallback_a_ruined_result_is_refused() {
         &m,
         &Options {
             quiet: true,
+            samples: random(16),
             quantize: Some(QuantOptions {
-                random: Some(16),
                 fallback: false,
                 ..Default::default()
             }),
@@ -795,7 +819,7 @@ fn calibrates_on_images_with_a_preprocessing() {
 
 #[test]
 fn imagenet_preprocessing_normalizes_and_lays_out_channels() {
-    use onnxsmith::passes::quant::images::Preprocess;
+    use onnxsmith::lossy::images::Preprocess;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flat.png");
     image::RgbImage::from_pixel(6, 4, image::Rgb([255, 0, 128]))
@@ -1074,8 +1098,8 @@ fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
             &m,
             &Options {
                 quiet: true,
+                samples: from_dir(dir.path()),
                 quantize: Some(QuantOptions {
-                    calib: Some(dir.path().to_path_buf()),
                     bias_correction: correct,
                     ..Default::default()
                 }),
@@ -1257,7 +1281,6 @@ fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
         let opts = QuantOptions {
             activations,
             method: Method::Percentile(99.0),
-            random: Some(16),
             ..Default::default()
         };
         let done = quantize_with(&m, opts, &[]);
@@ -1303,7 +1326,6 @@ fn around_ops_a_chain_of_moves_is_read_and_read_from_at_one_scale() {
     let opts = QuantOptions {
         activations: Activations::Uint8,
         method: Method::Percentile(99.0),
-        random: Some(16),
         ..Default::default()
     };
     let done = quantize_with(&m, opts, &[]);
@@ -1330,12 +1352,11 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
         let opts = QuantOptions {
             activations: Activations::Uint8,
             method: Method::MinMax,
-            random: Some(8),
             ..Default::default()
         };
-        let samples = onnxsmith::passes::quant::samples(&m, &opts).unwrap();
+        let samples = onnxsmith::lossy::samples::read(&m, &random(8)).unwrap();
         let quiet = onnxsmith::progress::Progress::new(true);
-        let cal = onnxsmith::passes::quant::prepare(&m, &opts, &samples, &quiet).unwrap();
+        let cal = onnxsmith::passes::quant::calibration(&m, &opts, &samples, &quiet).unwrap();
         let (r, u) = (cal.ranges["r"], cal.ranges["p"]);
         if mode == "cubic" {
             assert!(u.0 < 0.0, "the cubic Resize overshoots: {u:?}");
@@ -1351,7 +1372,7 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
 fn search(needed: &[&str], tries: usize) -> (Option<Vec<String>>, Vec<Vec<String>>) {
     let ranked: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
     let mut tried = Vec::new();
-    let found = onnxsmith::passes::quant::fewest_float(&ranked, tries, 4, |float| {
+    let found = onnxsmith::lossy::search::fewest(&ranked, tries, 4, |float| {
         tried.push(float.to_vec());
         Ok(needed
             .iter()
@@ -1485,4 +1506,249 @@ fn for_openvino_only_op_inputs_and_residual_branches_are_quantized() {
     quantized.sort();
     assert_eq!(quantized, ["a", "c", "r", "x"]);
     assert_well_formed(g);
+}
+
+/// conv1 ─▶ Relu ─▶ r ─┬─▶ conv2 ─▶ c ─▶ Add(c, r) ─▶ Relu ─▶ GlobalAveragePool ─▶ Flatten ─▶ Gemm
+///                     └──────────────────┘
+/// Every placement rule has a place here: a residual Add, a value (r) read by two quantized
+/// ops, an average pool, a move (Flatten), a Gemm head.
+fn placement_net() -> Model {
+    lift(model_io(
+        vec![
+            conv1x1("conv1", "x", "W1", "c1"),
+            node("Relu", "relu1", &["c1"], &["r"]),
+            conv1x1("conv2", "r", "W2", "c"),
+            node("Add", "add", &["c", "r"], &["s"]),
+            node("Relu", "relu2", &["s"], &["a"]),
+            node("GlobalAveragePool", "gap", &["a"], &["p"]),
+            node("Flatten", "flat", &["p"], &["f"]),
+            node("Gemm", "fc", &["f", "Wf", "bf"], &["y"]),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2])],
+        vec![
+            f32_tensor("W1", &[4, 3, 1, 1], &values(12, 15)),
+            f32_tensor("W2", &[4, 4, 1, 1], &values(16, 16)),
+            f32_tensor("Wf", &[4, 2], &values(8, 17)),
+            f32_tensor("bf", &[2], &values(2, 18)),
+        ],
+    ))
+}
+
+/// The Q/DQ placement of each target on [`placement_net`], as a golden printout.
+fn placement_snapshot(placement: Placement) -> String {
+    let m = placement_net();
+    let opts = QuantOptions {
+        placement,
+        ..Default::default()
+    };
+    let done = quantize_with(&m, opts, &[]);
+    assert_well_formed(&done.model.graph);
+    before_after(&m, &done.model)
+}
+
+#[test]
+fn golden_placement_for_ort() {
+    insta::assert_snapshot!(placement_snapshot(Placement::AroundOps));
+}
+
+#[test]
+fn golden_placement_for_openvino() {
+    insta::assert_snapshot!(placement_snapshot(Placement::Joins));
+}
+
+#[test]
+fn golden_placement_for_tensorrt() {
+    insta::assert_snapshot!(placement_snapshot(Placement::Inputs));
+}
+
+/// Quantizes `m` on 16 random samples with the passes `pipeline` selects; the check is left
+/// to the caller.
+fn quantize_selected(
+    m: &Model,
+    pipeline: PipelineOptions,
+    exclude: &[&str],
+) -> onnxsmith::Optimized {
+    optimize_model(
+        m,
+        &Options {
+            quiet: true,
+            samples: random(16),
+            quantize: Some(QuantOptions::default()),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            pipeline,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The DequantizeLinear outputs of activations that more than one node reads.
+fn shared_pairs(g: &Graph) -> usize {
+    ops(g, "DequantizeLinear")
+        .into_iter()
+        .filter_map(|dq| g.node(dq).output(0))
+        .filter(|&v| g.value(v).uses().len() > 1)
+        .count()
+}
+
+#[test]
+fn disable_reaches_a_placement_rule() {
+    let m = placement_net();
+    let all = quantize_selected(&m, PipelineOptions::default(), &[]);
+    assert_eq!(shared_pairs(&all.model.graph), 0, "a pair per reader");
+    let without = quantize_selected(
+        &m,
+        PipelineOptions {
+            disable: vec!["quantize-pair-per-reader".into()],
+            ..Default::default()
+        },
+        &[],
+    );
+    assert!(
+        shared_pairs(&without.model.graph) > 0,
+        "r's pair is shared by conv2 and the Add"
+    );
+    assert!(!without
+        .report
+        .pipeline
+        .steps
+        .contains(&"quantize-pair-per-reader"));
+}
+
+#[test]
+fn passes_selects_lossy_passes_alone() {
+    let m = lift(model_io(
+        vec![
+            node("Identity", "id", &["x"], &["i"]),
+            conv1x1("conv", "i", "W", "y"),
+        ],
+        vec![f32_info("x", &[1, 3, 4, 4])],
+        vec![f32_info("y", &[1, 2, 4, 4])],
+        vec![f32_tensor("W", &[2, 3, 1, 1], &values(6, 3))],
+    ));
+    let done = quantize_selected(
+        &m,
+        PipelineOptions {
+            only: Some(vec!["quantize-qdq".into()]),
+            ..Default::default()
+        },
+        &[],
+    );
+    let g = &done.model.graph;
+    assert_eq!(ops(g, "Identity").len(), 1, "simplify's passes did not run");
+    assert!(dq_of(g, ops(g, "Conv")[0], 0).is_some(), "quantize-qdq ran");
+    assert_eq!(done.report.pipeline.steps, ["quantize-qdq"]);
+}
+
+#[test]
+fn stop_after_stops_inside_the_quantize_stage() {
+    let m = placement_net();
+    let all = quantize_selected(&m, PipelineOptions::default(), &[]);
+    let steps = &all.report.pipeline.steps;
+    let at = steps.iter().position(|&s| s == "quantize-qdq").unwrap() + 1;
+    let stopped = quantize_selected(
+        &m,
+        PipelineOptions {
+            stop_after: Some(at),
+            ..Default::default()
+        },
+        &[],
+    );
+    assert_eq!(stopped.report.pipeline.steps, steps[..at]);
+    let g = &stopped.model.graph;
+    assert!(dq_of(g, ops(g, "Conv")[0], 0).is_some(), "quantize-qdq ran");
+    // conv2's output reaches the Add through its pair; r, quantized as conv2's input, not yet.
+    let add = ops(g, "Add")[0];
+    assert!(dq_of(g, add, 0).is_some());
+    assert!(dq_of(g, add, 1).is_none(), "the residual rule did not run");
+}
+
+#[test]
+fn explain_says_why_a_lossy_pass_kept_an_op() {
+    let m = placement_net();
+    let done = quantize_selected(
+        &m,
+        PipelineOptions {
+            explain: true,
+            ..Default::default()
+        },
+        &["conv1", "add"],
+    );
+    let explain = &done.report.pipeline.explain;
+    for line in [
+        "quantize-qdq: kept Conv 'conv1': excluded by the user",
+        "quantize-residual-adds: kept Add 'add': excluded by the user",
+    ] {
+        assert!(
+            explain.iter().any(|e| e == line),
+            "{line} not in {explain:?}"
+        );
+    }
+}
+
+#[test]
+fn bisect_names_the_quantization_step_that_ruins_the_result() {
+    let m = ruined_by_one_scale();
+    let done = optimize_model(
+        &m,
+        &Options {
+            quiet: true,
+            bisect: true,
+            samples: random(16),
+            quantize: Some(QuantOptions {
+                fallback: false,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!done.report.passed());
+    assert_eq!(
+        done.report.bisect,
+        Some(onnxsmith::report::Bisect::FirstBadStep {
+            step: done
+                .report
+                .pipeline
+                .steps
+                .iter()
+                .position(|&s| s == "quantize-qdq")
+                .unwrap()
+                + 1,
+            pass: "quantize-qdq"
+        }),
+        "{}",
+        done.report.to_text()
+    );
+}
+
+#[test]
+fn list_passes_shows_every_stage_with_its_reason_and_passes() {
+    let out = bin().args(["optimize", "--list-passes"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "simplify: first:",
+        "prune: after simplify",
+        "compensate: right after pruning",
+        "equalize: before quantization",
+        "quantize: last:",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    for id in [
+        "plan-pruning",
+        "prune-channels",
+        "compensate-pruning",
+        "equalize-conv-pairs",
+        "calibrate",
+        "quantize-opset-13",
+        "quantize-qdq",
+        "quantize-residual-adds",
+        "quantize-average-pools",
+        "quantize-pair-per-reader",
+    ] {
+        assert!(text.contains(id), "{id} not in\n{text}");
+    }
 }

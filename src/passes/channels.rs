@@ -3,8 +3,19 @@
 //! BatchNormalization as the affine map it computes, per-channel constants, and the Conv that
 //! produces a value.
 
-use crate::ir::{DType, Graph, NodeId, Tensor, ValueId};
+use crate::ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
 use crate::passes::{shared_reads, Refusal};
+
+/// The axes of a Conv, ConvTranspose, Gemm or MatMul weight that hold its output and its input
+/// channels.
+pub fn weight_axes(node: &Node) -> (usize, usize) {
+    match node.op() {
+        "ConvTranspose" => (1, 0),
+        "Gemm" if node.attr_i("transB") == Some(1) => (0, 1),
+        "Gemm" | "MatMul" => (1, 0),
+        _ => (0, 1),
+    }
+}
 
 /// Where a convolution's output channels lie in its weight: a Conv's are the first axis; a
 /// ConvTranspose's are the second, repeated per group (its weight is [C_in, C_out / group, k...]).

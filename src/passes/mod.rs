@@ -20,19 +20,26 @@ pub mod channels;
 mod cleanup;
 mod fold;
 mod fuse;
+pub mod pipeline;
 pub mod prune;
 pub mod quant;
+pub mod union_find;
+
+pub use pipeline::{
+    catalogue, run_pipeline, run_stages, run_stages_watched, selected, simplify_stage, PassStat,
+    PipelineOptions, PipelineReport, Prepare, Rounds, Stage,
+};
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::ir::{print::print_model, verify::verify, Graph, Model, NodeId, Patch, Scope, ValueId};
+use crate::ir::{Graph, Model, NodeId, Patch, Scope, ValueId};
+use crate::progress::Progress;
 use crate::runtime::{infer_facts, Facts};
 
 /// Operators whose result differs from run to run: never merged, never folded.
@@ -64,18 +71,25 @@ impl Changed {
 }
 
 /// What a pipeline run shares with its passes: the explanations they record, tract's facts
-/// about the model as it is now, and whatever a stage is handed (calibration statistics, a
-/// pruning plan, ...), stored by type, plus the names and op types the user excluded. Open, so
-/// that tests and the library's callers can build one.
-#[derive(Default)]
+/// about the model as it is now, and whatever the job hands its stages (samples, options,
+/// calibration ranges, a pruning plan, the progress display), stored by type, plus the names
+/// and op types the user excluded. Open, so that tests and the library's callers can build
+/// one; cheap to [`fork`](PassContext::fork), so that a stage can run again with one thing
+/// changed.
+#[derive(Clone, Default)]
 pub struct PassContext {
     explain: Option<BTreeSet<String>>,
     /// Dropped whenever a pass changes the model.
     facts: Option<Rc<Facts>>,
-    provided: HashMap<TypeId, Box<dyn Any>>,
+    provided: HashMap<TypeId, Rc<dyn Any>>,
+    /// Stages whose preparation has run (or whose result a caller provided).
+    prepared: BTreeSet<&'static str>,
     /// Node names or op types no lossy stage may touch (`--exclude`).
     pub exclude: Vec<String>,
 }
+
+/// The progress display of a context that was given none.
+static SILENT: Progress = Progress::silent();
 
 impl PassContext {
     /// A context that keeps the reasons patterns did not fire when `explain` is set.
@@ -86,14 +100,37 @@ impl PassContext {
         }
     }
 
+    /// A copy sharing everything provided, without the facts (a fork runs on another model).
+    pub fn fork(&self) -> PassContext {
+        PassContext {
+            facts: None,
+            ..self.clone()
+        }
+    }
+
     /// Hands `value` to the passes that ask for a `T`.
     pub fn provide<T: Any>(&mut self, value: T) {
-        self.provided.insert(TypeId::of::<T>(), Box::new(value));
+        self.provided.insert(TypeId::of::<T>(), Rc::new(value));
     }
 
     /// The `T` the caller provided, if any.
     pub fn get<T: Any>(&self) -> Option<&T> {
         self.provided.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Whether stage `stage` needs no preparation: it ran, or the caller provided its result.
+    pub fn is_prepared(&self, stage: &str) -> bool {
+        self.prepared.contains(stage)
+    }
+
+    /// Records that what stage `stage` prepares is in the context.
+    pub fn mark_prepared(&mut self, stage: &'static str) {
+        self.prepared.insert(stage);
+    }
+
+    /// The progress display the job provided, or a silent one.
+    pub fn progress(&self) -> &Progress {
+        self.get::<Progress>().unwrap_or(&SILENT)
     }
 
     /// Whether the user excluded node `name` or its op type from lossy stages.
@@ -106,6 +143,11 @@ impl PassContext {
         self.facts
             .get_or_insert_with(|| Rc::new(infer_facts(model)))
             .clone()
+    }
+
+    /// Drops the facts: the model changed.
+    pub fn forget_facts(&mut self) {
+        self.facts = None;
     }
 
     /// Records why a pattern did not fire (kept only under `--explain`).
@@ -450,326 +492,6 @@ pub fn scalar(g: &Graph, v: Option<ValueId>) -> Option<f32> {
     (vals.len() == 1).then(|| vals[0])
 }
 
-/// One stage of the pipeline: passes that run once, in order, then passes run together to a
-/// fixed point (the stage's cleanup).
-pub struct Stage {
-    pub name: &'static str,
-    /// Why the stage stands where it does.
-    pub reason: &'static str,
-    pub once: Vec<Box<dyn Pass>>,
-    pub fixed_point: Vec<Box<dyn Pass>>,
-}
-
-impl Stage {
-    fn passes(&self) -> impl Iterator<Item = &dyn Pass> {
-        self.once
-            .iter()
-            .chain(&self.fixed_point)
-            .map(|p| p.as_ref())
-    }
-}
-
-/// The passes of the simplify fixed point, in order. Each place has its reason.
-fn simplify(fold_limit: u64) -> Vec<Box<dyn Pass>> {
-    vec![
-        // Constants first, so every later pattern finds them as initializers.
-        Box::new(cleanup::constant::ConstantToInitializer),
-        // Forwarding nodes next: removing them exposes each value's real producer to every
-        // pattern that follows.
-        Box::new(cleanup::identity::EliminateIdentity),
-        Box::new(cleanup::dropout::EliminateDropout),
-        Box::new(cleanup::noop::EliminateNoop),
-        // Chains of layout ops collapse to their last link; what becomes the identity is
-        // removed by eliminate-noop in the next round.
-        Box::new(cleanup::merge_transpose::MergeTransposes),
-        Box::new(cleanup::merge_reshape::MergeReshapes),
-        Box::new(cleanup::merge_squeeze::MergeSqueezes),
-        // One operand order for commutative ops, so that CSE sees equal nodes as equal.
-        Box::new(cleanup::commute::CommuteConstants),
-        // Merging equal constants and nodes before fusing means each pattern is seen once.
-        Box::new(cleanup::cse::Cse),
-        // Shape arithmetic folds before fusions so they see plain Reshapes.
-        Box::new(fold::reshape_target::FoldReshapeTarget),
-        // Static dims become constants, which constant folding then propagates.
-        Box::new(fold::shape::FoldShape),
-        // Constant subexpressions next: fusions then meet constants, not the ops computing them.
-        Box::new(fold::constant::FoldConstants { limit: fold_limit }),
-        // Conditions that folding made constant: the branch taken joins the graph, where the
-        // next round's folding reaches it.
-        Box::new(fold::constant_if::InlineConstantIf),
-        // Fusions work on the cleaned graph and leave their old constants for dead-code.
-        Box::new(fuse::conv_bn::FuseConvBn),
-        Box::new(fuse::gemm_bn::FuseGemmBn),
-        // Padding joins the Conv itself, so the Conv sits right after its producer again.
-        Box::new(fuse::pad_conv::FusePadConv),
-        // A scale of the input then reaches the Conv's weights.
-        Box::new(fuse::mul_conv::FuseMulConv),
-        // After BN fusion, so a Conv's own bias exists to absorb the Add.
-        Box::new(fuse::conv_mul::FuseConvMul),
-        Box::new(fuse::conv_add::FuseConvAdd),
-        Box::new(fuse::layer_norm::FuseLayerNorm),
-        Box::new(fuse::gelu::FuseGelu),
-        Box::new(fuse::matmul_add::FuseMatMulAdd),
-        // Last: everything above leaves unread nodes and initializers behind.
-        Box::new(cleanup::dce::DeadCode),
-    ]
-}
-
-/// The pipeline: its stages in order, each with its reason.
-pub fn stages(fold_limit: u64) -> Vec<Stage> {
-    vec![
-        // Every later stage works on the simplest equivalent graph: pruning and quantization
-        // see fused Conv+BN weights and constant shapes, and count what is really computed.
-        // Pruning (channels removed, then cleanup) and quantization (Q/DQ inserted from
-        // calibration ranges, then cleanup) follow it, once each, when asked for.
-        Stage {
-            name: "simplify",
-            reason: "rewrites that keep the outputs exact, run together to a fixed point",
-            once: Vec::new(),
-            fixed_point: simplify(fold_limit),
-        },
-    ]
-}
-
-/// Every pass of the pipeline, in order.
-pub fn pipeline() -> Vec<Box<dyn Pass>> {
-    stages(fold::constant::DEFAULT_FOLD_LIMIT)
-        .into_iter()
-        .flat_map(|s| s.once.into_iter().chain(s.fixed_point))
-        .collect()
-}
-
-#[derive(Clone, Debug)]
-pub struct PipelineOptions {
-    /// Run only these passes (in pipeline order).
-    pub only: Option<Vec<String>>,
-    pub disable: Vec<String>,
-    /// Stop after this many pass runs that changed the graph (to bisect a bad rewrite).
-    pub stop_after: Option<usize>,
-    /// Check the IR's invariants after every pass (always on in debug builds).
-    pub verify_each: bool,
-    pub explain: bool,
-    /// Bytes a folded constant may exceed its inputs by.
-    pub fold_limit: u64,
-}
-
-impl Default for PipelineOptions {
-    fn default() -> PipelineOptions {
-        PipelineOptions {
-            only: None,
-            disable: Vec::new(),
-            stop_after: None,
-            verify_each: false,
-            explain: false,
-            fold_limit: fold::constant::DEFAULT_FOLD_LIMIT,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PassStat {
-    pub id: &'static str,
-    pub stage: &'static str,
-    pub runs: usize,
-    pub rewrites: usize,
-    #[serde(serialize_with = "secs")]
-    pub time: Duration,
-}
-
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PipelineReport {
-    pub passes: Vec<PassStat>,
-    /// Every pass run that changed the graph, in order: the steps `--stop-after` counts.
-    pub steps: Vec<&'static str>,
-    /// Rounds of each stage's fixed point, by stage.
-    pub rounds: Vec<(&'static str, usize)>,
-    pub explain: Vec<String>,
-    /// What passes had to say once their stage was over.
-    pub notes: Vec<Note>,
-}
-
-impl PipelineReport {
-    /// Appends what a later run of stages on the same model did.
-    pub fn extend(&mut self, more: PipelineReport) {
-        self.passes.extend(more.passes);
-        self.steps.extend(more.steps);
-        self.rounds.extend(more.rounds);
-        self.explain.extend(more.explain);
-        self.notes.extend(more.notes);
-    }
-
-    /// What pass `id` had to say at the end of its stage.
-    pub fn note(&self, id: &str) -> Option<&Note> {
-        self.notes.iter().find(|n| n.pass == id)
-    }
-}
-
-/// Rounds before giving up on reaching a fixed point.
-const MAX_ROUNDS: usize = 32;
-
-/// The stages with only the passes `opts` selects, checking that every name it gives exists.
-pub fn selected(opts: &PipelineOptions) -> Result<Vec<Stage>> {
-    let all = stages(opts.fold_limit);
-    let known: Vec<&str> = all
-        .iter()
-        .flat_map(|s| s.passes().map(|p| p.id()))
-        .collect();
-    for name in opts.only.iter().flatten().chain(&opts.disable) {
-        if !known.contains(&name.as_str()) {
-            bail!("unknown pass '{name}' (known: {})", known.join(", "));
-        }
-    }
-    let keep = |id: &str| {
-        opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == id))
-            && !opts.disable.iter().any(|x| x == id)
-    };
-    Ok(all
-        .into_iter()
-        .map(|mut s| {
-            s.once.retain(|p| keep(p.id()));
-            s.fixed_point.retain(|p| keep(p.id()));
-            s
-        })
-        .collect())
-}
-
-/// Runs the passes `opts` selects, stage by stage.
-pub fn run_pipeline(model: &mut Model, opts: &PipelineOptions) -> Result<PipelineReport> {
-    let mut cx = PassContext::new(opts.explain);
-    run_stages(model, &selected(opts)?, opts, &mut cx)
-}
-
-/// One pass run and its bookkeeping.
-struct Runner<'a> {
-    opts: &'a PipelineOptions,
-    stats: Vec<PassStat>,
-    steps: Vec<&'static str>,
-}
-
-/// Why the pipeline stopped early.
-struct StopAfter;
-
-impl Runner<'_> {
-    fn run(
-        &mut self,
-        stage: &'static str,
-        pass: &dyn Pass,
-        model: &mut Model,
-        cx: &mut PassContext,
-    ) -> Result<Result<bool, StopAfter>> {
-        let paranoid = cfg!(debug_assertions);
-        let before = paranoid.then(|| digest(model));
-        let t = Instant::now();
-        let changed = pass
-            .run(model, cx)
-            .with_context(|| format!("pass '{}' failed", pass.id()))?;
-        let i = match self
-            .stats
-            .iter()
-            .position(|s| s.id == pass.id() && s.stage == stage)
-        {
-            Some(i) => i,
-            None => {
-                self.stats.push(PassStat {
-                    id: pass.id(),
-                    stage,
-                    runs: 0,
-                    rewrites: 0,
-                    time: Duration::ZERO,
-                });
-                self.stats.len() - 1
-            }
-        };
-        let stat = &mut self.stats[i];
-        stat.time += t.elapsed();
-        stat.runs += 1;
-        if self.opts.verify_each || paranoid {
-            verify(model).with_context(|| format!("pass '{}' broke the IR", pass.id()))?;
-        }
-        if let Some(before) = before {
-            let moved = digest(model) != before;
-            if moved != matches!(changed, Changed::Yes(_)) {
-                bail!(
-                    "pass '{}' reported {changed:?} but the graph {}",
-                    pass.id(),
-                    if moved { "changed" } else { "did not change" }
-                );
-            }
-        }
-        let Changed::Yes(n) = changed else {
-            return Ok(Ok(false));
-        };
-        cx.facts = None;
-        stat.rewrites += n;
-        self.steps.push(pass.id());
-        if self.opts.stop_after.is_some_and(|s| self.steps.len() >= s) {
-            return Ok(Err(StopAfter));
-        }
-        Ok(Ok(true))
-    }
-}
-
-/// Runs `stages` on `model` with the context `cx` (which a caller may have handed what its
-/// stages need).
-pub fn run_stages(
-    model: &mut Model,
-    stages: &[Stage],
-    opts: &PipelineOptions,
-    cx: &mut PassContext,
-) -> Result<PipelineReport> {
-    let mut runner = Runner {
-        opts,
-        stats: Vec::new(),
-        steps: Vec::new(),
-    };
-    let mut rounds = Vec::new();
-    let mut notes = Vec::new();
-    'stages: for stage in stages {
-        for pass in &stage.once {
-            if runner.run(stage.name, pass.as_ref(), model, cx)?.is_err() {
-                break 'stages;
-            }
-        }
-        let mut round = 0;
-        while !stage.fixed_point.is_empty() {
-            if round == MAX_ROUNDS {
-                bail!(
-                    "stage '{}' did not reach a fixed point in {MAX_ROUNDS} rounds; the last pass that changed the graph was '{}'",
-                    stage.name,
-                    runner.steps.last().copied().unwrap_or("none")
-                );
-            }
-            round += 1;
-            let mut changed = false;
-            for pass in &stage.fixed_point {
-                match runner.run(stage.name, pass.as_ref(), model, cx)? {
-                    Ok(c) => changed |= c,
-                    Err(StopAfter) => {
-                        rounds.push((stage.name, round));
-                        break 'stages;
-                    }
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        rounds.push((stage.name, round));
-        notes.extend(stage.passes().filter_map(|p| p.note(model, cx)));
-    }
-    Ok(PipelineReport {
-        passes: runner.stats,
-        steps: runner.steps,
-        rounds,
-        explain: cx.explained(),
-        notes,
-    })
-}
-
 /// Whether `f` holds for some node of `g` or of a subgraph inside it: lets a pass that needs
 /// tract's facts skip inferring them when its pattern cannot occur.
 pub fn any_node(g: &Graph, f: &dyn Fn(&Graph, NodeId) -> bool) -> bool {
@@ -781,10 +503,4 @@ pub fn any_node(g: &Graph, f: &dyn Fn(&Graph, NodeId) -> bool) -> bool {
                 .flat_map(|a| a.bodies())
                 .any(|b| any_node(b, f))
     })
-}
-
-fn digest(model: &Model) -> u64 {
-    let mut h = crate::ir::ContentHash::new();
-    h.write(print_model(model).as_bytes());
-    h.finish()
 }

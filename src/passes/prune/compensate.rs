@@ -18,9 +18,11 @@ use serde::Serialize;
 
 use super::groups::{Edit, Groups};
 use super::remove::{replace_input, Plan};
+use super::Unpruned;
 use crate::ir::{Model, NodeId, Patch, Tensor};
-use crate::passes::quant::calibrate::Plans;
-use crate::runtime::HostTensor;
+use crate::lossy::Samples;
+use crate::passes::{Changed, Pass, PassContext};
+use crate::runtime::{HostTensor, Plans, WORKERS};
 
 /// Readers with more inputs than this are corrected in their bias only: the moment matrix
 /// grows with the square of the inputs and its solve with the cube.
@@ -41,6 +43,41 @@ pub struct CompensationReport {
     pub refitted: usize,
     /// Readers left as they were, with why.
     pub skipped: Vec<(String, String)>,
+}
+
+/// `compensate-pruning`: each reader of removed channels takes in what they contributed,
+/// measured on the calibration [`Samples`] in the model the plan was made on ([`Unpruned`]):
+///
+/// ```text
+///   Conv(W[:, kept], b) ─▶ y            ⇒   Conv(W', b + Σ_removed W·E[x]) ─▶ y
+///   (W' refitted by least squares where the reader takes one input vector at a time)
+/// ```
+///
+/// Needs the prune stage's [`Plan`] and [`Unpruned`] model and the samples; without them it
+/// changes nothing. Main graph only, like pruning. Provides a [`CompensationReport`].
+pub struct Compensate;
+
+impl Pass for Compensate {
+    fn id(&self) -> &'static str {
+        "compensate-pruning"
+    }
+
+    fn about(&self) -> &'static str {
+        "fold the removed channels' mean contribution into their readers and refit them on the samples (when pruning has samples)"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed> {
+        let (Some(plan), Some(Unpruned(before)), Some(samples)) =
+            (cx.get::<Plan>(), cx.get::<Unpruned>(), cx.get::<Samples>())
+        else {
+            return Ok(Changed::No);
+        };
+        cx.progress().step("compensating for the removed channels");
+        let report = compensate(before, model, plan, &samples.calibration)?;
+        let changed = Changed::from_count(report.bias_corrected);
+        cx.provide(report);
+        Ok(changed)
+    }
 }
 
 /// The mean |x| per channel of one value of each group on `samples` (`None` for a group with
@@ -246,9 +283,6 @@ pub fn compensate(
     Ok(report)
 }
 
-/// Two workers, one per core of the machines we run on.
-const WORKERS: usize = 2;
-
 /// A reader's new weight (in its op's layout) and bias.
 struct Fit {
     wdims: Vec<i64>,
@@ -336,7 +370,7 @@ fn fit(before: &Model, r: &Reader) -> Option<Fit> {
     let (dims, w) = w0;
     let gemm = orig.is("Gemm");
     let trans_b = orig.attr_i("transB") == Some(1);
-    let (out_axis, in_axis) = super::remove::weight_axes(orig);
+    let (out_axis, in_axis) = crate::passes::channels::weight_axes(orig);
     let (outs, ins) = (dims[out_axis] as usize, dims[in_axis] as usize);
     if ins != r.width || r.count == 0.0 {
         return None;

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use crate::ir::{Graph, NodeId, ValueId};
+use crate::passes::union_find::UnionFind;
 use crate::runtime::Facts;
 
 /// A run of `len` channels of group `group`.
@@ -174,9 +175,9 @@ pub struct Groups {
     pub edits: Vec<Edit>,
 }
 
-/// A group being built: union-find parent, channels, producers, reason to leave it.
+/// A group being built (a class of `Walk::sets` once joined): channels, producers, reason to
+/// leave it.
 struct Raw {
-    parent: usize,
     channels: usize,
     producers: Vec<NodeId>,
     left: Option<String>,
@@ -188,6 +189,8 @@ struct Walk<'a> {
     /// The default-domain opset, which says where a Split keeps its sizes.
     opset: i64,
     raw: Vec<Raw>,
+    /// Groups joined into one, each class's data held by its root.
+    sets: UnionFind<usize>,
     layouts: HashMap<ValueId, Layout>,
     edits: Vec<Edit>,
 }
@@ -200,6 +203,7 @@ pub fn find(g: &Graph, facts: &Facts, opset: i64) -> Groups {
         facts,
         opset,
         raw: Vec::new(),
+        sets: UnionFind::new(),
         layouts: HashMap::new(),
         edits: Vec::new(),
     };
@@ -277,13 +281,8 @@ const POOL: &[&str] = &[
 ];
 
 impl Walk<'_> {
-    fn root(&mut self, mut i: usize) -> usize {
-        while self.raw[i].parent != i {
-            let p = self.raw[i].parent;
-            self.raw[i].parent = self.raw[p].parent;
-            i = p;
-        }
-        i
+    fn root(&mut self, i: usize) -> usize {
+        self.sets.root(i)
     }
 
     fn new_group(
@@ -294,7 +293,6 @@ impl Walk<'_> {
     ) -> usize {
         let id = self.raw.len();
         self.raw.push(Raw {
-            parent: id,
             channels,
             producers: producer.into_iter().collect(),
             left,
@@ -334,7 +332,7 @@ impl Walk<'_> {
             std::mem::take(&mut self.raw[rb].producers),
             self.raw[rb].left.take(),
         );
-        self.raw[rb].parent = ra;
+        self.sets.join(ra, rb);
         self.raw[ra].producers.extend(producers);
         if self.raw[ra].left.is_none() {
             self.raw[ra].left = left;

@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use self::groups::Groups;
 use self::remove::{Plan, PruneChannels};
-use super::{PassContext, PipelineOptions, PipelineReport, Stage};
+use super::{run_stages, selected, PassContext, PipelineOptions, PipelineReport, Prepare, Stage};
 use crate::ir::{Graph, Model, NodeId};
+use crate::lossy::Samples;
 use crate::runtime::{infer_facts, Facts, HostTensor};
 
 /// How channels are ranked.
@@ -54,14 +55,9 @@ pub struct PruneOptions {
     pub round_to: usize,
     /// Node names or op types whose channels stay.
     pub exclude: Vec<String>,
-    /// Fold the removed channels' contribution into the readers (needs samples).
+    /// Fold the removed channels' contribution into the readers (needs samples, which the
+    /// job hands the stage: see [`crate::lossy::Samples`]).
     pub compensate: bool,
-    /// A directory of calibration samples (as for quantization), for importance by
-    /// activation and for compensation; quantization's samples are used when it runs too.
-    pub calib: Option<std::path::PathBuf>,
-    pub preprocess: Option<crate::passes::quant::images::Preprocess>,
-    /// At most this many samples are used.
-    pub samples: usize,
 }
 
 impl Default for PruneOptions {
@@ -73,20 +69,69 @@ impl Default for PruneOptions {
             round_to: 8,
             exclude: Vec::new(),
             compensate: true,
-            calib: None,
-            preprocess: None,
-            samples: 100,
         }
     }
 }
 
-/// The pruning stage: channels removed once, then what they leave unread removed.
+/// The pruning stage: a plan made on the simplified model ([`PlanPruning`]), its channels
+/// removed once, then what they leave unread removed.
 pub fn stage() -> Stage {
     Stage {
-        name: "prune",
-        reason: "after simplify, so groups see fused weights and constant shapes; before quantization, which calibrates the pruned model",
+        prepare: Some(Box::new(PlanPruning)),
         once: vec![Box::new(PruneChannels)],
         fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+        ..Stage::new(
+            "prune",
+            "after simplify, so groups see fused weights and constant shapes; before quantization, which calibrates the pruned model",
+        )
+    }
+}
+
+/// The compensation stage: the readers of removed channels absorb what those channels
+/// contributed, measured on the samples ([`compensate::Compensate`]).
+pub fn compensate_stage() -> Stage {
+    Stage {
+        once: vec![Box::new(compensate::Compensate)],
+        fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+        ..Stage::new(
+            "compensate",
+            "right after pruning, measured on the model the plan was made on (when pruning has samples)",
+        )
+    }
+}
+
+/// The model a pruning plan was made on, where every channel still exists: what compensation
+/// measures, and what the report compares with.
+pub struct Unpruned(pub Model);
+
+/// The prune stage's preparation: finds the groups of the model as simplification left it,
+/// ranks their channels and chooses what each keeps ([`select`]), from the [`PruneOptions`],
+/// [`BnScales`] and (for importance by activation) [`Samples`] in the context. Provides the
+/// [`Plan`] its pass removes, the [`Selection`] for the report and the [`Unpruned`] model.
+pub struct PlanPruning;
+
+impl Prepare for PlanPruning {
+    fn id(&self) -> &'static str {
+        "plan-pruning"
+    }
+
+    fn about(&self) -> &'static str {
+        "find the channel groups, rank their channels, choose what each keeps"
+    }
+
+    fn run(&self, model: &Model, cx: &mut PassContext) -> Result<()> {
+        let opts = cx
+            .get::<PruneOptions>()
+            .ok_or_else(|| anyhow::anyhow!("pruning was not given its options"))?;
+        let samples = cx.get::<Samples>().map(|s| s.calibration.as_slice());
+        let bn = cx.get::<BnScales>().cloned().unwrap_or_default();
+        cx.progress().step("finding channel groups");
+        let chosen = select(model, opts, samples, &bn)?;
+        cx.provide(chosen.plan.clone());
+        cx.provide(chosen);
+        cx.provide(Unpruned(model.clone()));
+        cx.progress().step("removing channels");
+        Ok(())
     }
 }
 
@@ -153,6 +198,7 @@ pub struct PruneReport {
 }
 
 /// What [`select`] chose, and what it measured on the way.
+#[derive(Clone)]
 pub struct Selection {
     pub plan: Plan,
     pub groups: Vec<GroupReport>,
@@ -270,7 +316,7 @@ fn l1(g: &Graph, producers: &[NodeId], channels: usize) -> Vec<f64> {
         };
         let Some(w) = t.to_f32_vec() else { continue };
         let dims: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
-        let (axis, _) = remove::weight_axes(node);
+        let (axis, _) = crate::passes::channels::weight_axes(node);
         if dims.get(axis) != Some(&channels) {
             continue;
         }
@@ -350,12 +396,13 @@ fn choose(found: &Groups, scores: &[Vec<f64>], opts: &PruneOptions) -> Vec<Vec<u
         .collect()
 }
 
-/// The pruning stage on a copy of `model` with `plan`.
+/// The pruning stage on a copy of `model` with `plan` (no preparation).
 pub fn prune(model: &Model, plan: Plan, opts: &PipelineOptions) -> Result<(Model, PipelineReport)> {
     let mut cx = PassContext::new(opts.explain);
     cx.provide(plan);
+    cx.mark_prepared("prune");
     let mut out = model.clone();
-    let report = super::run_stages(&mut out, &[stage()], opts, &mut cx)?;
+    let report = run_stages(&mut out, &selected(opts, vec![stage()])?, opts, &mut cx)?;
     Ok((out, report))
 }
 

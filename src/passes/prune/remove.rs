@@ -15,7 +15,7 @@
 use anyhow::{anyhow, Result};
 
 use super::groups::{Edit, Groups, Layout, Sizes};
-use crate::ir::{Attr, Dim, Model, Node, NodeId, Patch, Slot, Tensor, Type};
+use crate::ir::{Attr, Dim, Model, NodeId, Patch, Slot, Tensor, Type};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// What to remove: the groups of the graph as it is, and the channels each group keeps.
@@ -61,17 +61,6 @@ impl Pass for PruneChannels {
     }
 }
 
-/// The axes of a Conv, ConvTranspose, Gemm or MatMul weight that hold its output and its input
-/// channels.
-pub fn weight_axes(node: &Node) -> (usize, usize) {
-    match node.op() {
-        "ConvTranspose" => (1, 0),
-        "Gemm" if node.attr_i("transB") == Some(1) => (0, 1),
-        "Gemm" | "MatMul" => (1, 0),
-        _ => (0, 1),
-    }
-}
-
 fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
     match edit {
         Edit::Out { node, group } => {
@@ -80,7 +69,7 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
             if keep.len() == channels {
                 return Ok(false);
             }
-            let (out, _) = weight_axes(p.graph().node(*node));
+            let (out, _) = crate::passes::channels::weight_axes(p.graph().node(*node));
             slice_input(p, *node, 1, out, keep)?;
             let bias = p.graph().node(*node).input(2);
             if let Some(b) = bias.and_then(|b| p.graph().value(b).constant()) {
@@ -116,7 +105,7 @@ fn apply(p: &mut Patch, plan: &Plan, edit: &Edit) -> Result<bool> {
             let Some(keep) = plan.kept(layout) else {
                 return Ok(false);
             };
-            let (_, input) = weight_axes(p.graph().node(*node));
+            let (_, input) = crate::passes::channels::weight_axes(p.graph().node(*node));
             slice_input(p, *node, 1, input, &keep)?;
         }
         Edit::Target {

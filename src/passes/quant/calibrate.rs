@@ -14,10 +14,7 @@ use anyhow::{Context, Result};
 use super::ranges::Stats;
 use crate::ir::Model;
 use crate::progress::Progress;
-use crate::runtime::{Binding, HostTensor, Runner};
-
-/// Workers: one per core of the machines we run on.
-const WORKERS: usize = 2;
+use crate::runtime::{Binding, HostTensor, Runner, WORKERS};
 
 /// A value calibration watches, and which of its channel sums to keep (for bias correction:
 /// axis 1 for a Conv's input, the last axis for a matrix product's).
@@ -195,48 +192,5 @@ impl Seen<'_> {
                 .step(&format!("calibrating: {done}/{} sample(s)", self.total));
         }
         Ok(out)
-    }
-}
-
-/// tract plans of one model that also return `extra` values, one plan per set of input
-/// shapes: samples may differ in their dynamic dims.
-pub struct Plans<'a> {
-    model: &'a Model,
-    extra: &'a [String],
-    inputs: Vec<String>,
-    built: Vec<(Vec<Vec<usize>>, Runner)>,
-}
-
-impl<'a> Plans<'a> {
-    pub fn new(model: &'a Model, extra: &'a [String]) -> Result<Plans<'a>> {
-        let inputs = crate::runtime::input_specs(model, &Binding::default())?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        Ok(Plans {
-            model,
-            extra,
-            inputs,
-            built: Vec::new(),
-        })
-    }
-
-    /// The `extra` values of the model run on `sample` (one value per input, in order).
-    pub fn extras(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
-        let at = match self.built.iter().position(|(s, _)| *s == shapes) {
-            Some(i) => i,
-            None => {
-                let mut binding = Binding::default();
-                for (name, shape) in self.inputs.iter().zip(&shapes) {
-                    binding.input_shapes.insert(name.clone(), shape.clone());
-                }
-                let runner = Runner::new(self.model, &binding, self.extra)?;
-                self.built.push((shapes, runner));
-                self.built.len() - 1
-            }
-        };
-        let mut out = self.built[at].1.run(sample)?;
-        Ok(out.split_off(out.len() - self.extra.len()))
     }
 }

@@ -1,0 +1,226 @@
+//! After a quantized result failed its check: the most sensitive ops are given back, through
+//! the shared search of [`crate::lossy::search`], until the result passes. Each candidate is
+//! the quantize stage run again through the pipeline, on the float model it was handed, with
+//! what it is given changed (ops that read float activations, ops excluded).
+
+use anyhow::Result;
+
+use super::stages::Lossy;
+use super::Job;
+use crate::check::{Outcome, Reference};
+use crate::ir::Model;
+use crate::lossy::search::{self, Restored};
+use crate::lossy::sensitivity::added_errors;
+use crate::lossy::Samples;
+use crate::passes::quant::qdq::{Calibration, Placement};
+use crate::passes::quant::{self, QuantOptions};
+use crate::passes::{run_stages, selected, PassContext, PipelineOptions, PipelineReport};
+use crate::report::CheckStatus;
+
+/// Runs the search when the quantized `result` failed its check and the options allow it;
+/// the result that passed, with `status` and the quantization report updated, if one did.
+pub fn restore(
+    job: &Job,
+    lossy: &mut Lossy,
+    pipeline: &PipelineReport,
+    result: &Model,
+    status: &mut CheckStatus,
+    reference: &Reference,
+    notes: &mut Vec<String>,
+) -> Result<Option<Model>> {
+    let (CheckStatus::Mismatch { report: failed }, Some(q)) =
+        (&*status, job.opts.quantize.as_ref())
+    else {
+        return Ok(None);
+    };
+    let (Some(float), Some(samples), Some(cal)) = (
+        lossy.before("quantize").cloned(),
+        lossy.cx.get::<Samples>(),
+        lossy.cx.get::<Calibration>().cloned(),
+    ) else {
+        return Ok(None);
+    };
+    if !q.fallback {
+        return Ok(None);
+    }
+    let progress = job.plan.cx.progress();
+    // Returning ops to float cannot undo what pruning lost.
+    if job.opts.prune.is_some() {
+        progress.step("checking the pruned float model");
+        if matches!(reference.check(&float)?, Outcome::Checked(r) if !r.ok()) {
+            notes.push("note: the pruned float model already fails the check: no op is returned to float; prune less or lower the limits".to_string());
+            return Ok(None);
+        }
+    }
+    let mut search = Search {
+        job,
+        q,
+        samples,
+        float,
+        cal,
+        report: lossy
+            .quantization
+            .take()
+            .expect("a quantized job has its report"),
+    };
+    let mut worst = failed.worst_cosine();
+    let mut failing = result.clone();
+    if let Some(plain) = unequalized(lossy, pipeline) {
+        match search.without_equalization(plain, reference, &mut worst)? {
+            Compared::Passed(m, s) => {
+                *status = s;
+                lossy.quantization = Some(search.report);
+                return Ok(Some(m));
+            }
+            Compared::Better(m) => failing = m,
+            Compared::Worse => {}
+        }
+    }
+    let found = search.give_back(&failing, reference)?;
+    let passed = found.map(|(m, s)| {
+        *status = s;
+        m
+    });
+    lossy.quantization = Some(search.report);
+    Ok(passed)
+}
+
+/// The model before equalization, when equalization changed it.
+fn unequalized(lossy: &Lossy, pipeline: &PipelineReport) -> Option<Model> {
+    let changed = pipeline.steps.contains(&"equalize-conv-pairs");
+    changed.then(|| lossy.before("equalize").cloned()).flatten()
+}
+
+/// What the search works from and reports into.
+struct Search<'a> {
+    job: &'a Job<'a>,
+    q: &'a QuantOptions,
+    samples: &'a Samples,
+    /// The float model the quantize stage was handed.
+    float: Model,
+    cal: Calibration,
+    report: quant::QuantReport,
+}
+
+/// How the model quantized without cross-layer equalization checked.
+enum Compared {
+    Passed(Model, CheckStatus),
+    Better(Model),
+    Worse,
+}
+
+impl Search<'_> {
+    /// Equalization evens out weight ranges but can uneven a per-tensor activation's
+    /// channels: once the result failed, the model without it is quantized too (calibrated
+    /// afresh), and the search goes on from whichever checked better.
+    fn without_equalization(
+        &mut self,
+        plain: Model,
+        reference: &Reference,
+        worst: &mut f64,
+    ) -> Result<Compared> {
+        let progress = self.job.plan.cx.progress();
+        progress.step("quantizing without cross-layer equalization, to compare");
+        let (candidate, cx) = self.quantize(&plain, None, &self.job.opts.exclude)?;
+        let outcome = reference.check(&candidate)?;
+        let Outcome::Checked(r) = &outcome else {
+            return Ok(Compared::Worse);
+        };
+        if r.worst_cosine() <= *worst {
+            return Ok(Compared::Worse);
+        }
+        *worst = r.worst_cosine();
+        self.report = quant::report(&plain, &candidate, self.q, self.samples, &cx);
+        self.report.equalization_dropped = true;
+        self.cal = cx.get::<Calibration>().cloned().expect("calibrated");
+        self.float = plain;
+        if r.ok() {
+            return Ok(Compared::Passed(candidate, CheckStatus::from(outcome)));
+        }
+        Ok(Compared::Better(candidate))
+    }
+
+    /// Ranks the quantized ops of `failing` by the error each adds, then searches each tier
+    /// (float activations with int8 weights, then wholly float; wholly float only for
+    /// TensorRT, which runs a layer in int8 only with both inputs quantized).
+    fn give_back(
+        &mut self,
+        failing: &Model,
+        reference: &Reference,
+    ) -> Result<Option<(Model, CheckStatus)>> {
+        let progress = self.job.plan.cx.progress();
+        progress.step("measuring each quantized op's error");
+        let measured = quant::measured(&self.float, failing)?;
+        let errors = added_errors(&self.float, failing, measured, &self.samples.held_back)?;
+        let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
+        let tiers = match self.q.placement {
+            Placement::Inputs => 1,
+            _ => 2,
+        };
+        let weights_only_tier = |tier: usize| tiers == 2 && tier == 0;
+        let mut tries = self.report.fallback_tries;
+        let found = search::restore(&ranked, tiers, &mut tries, |set, tier| {
+            let mut cal = self.cal.clone();
+            let mut exclude = self.job.opts.exclude.clone();
+            let what = if weights_only_tier(tier) {
+                cal.weights_only = set.to_vec();
+                "float activations"
+            } else {
+                exclude.extend(set.iter().cloned());
+                "float"
+            };
+            progress.step(&format!("trying {} sensitive op(s) in {what}", set.len()));
+            let (candidate, cx) = self.quantize(&self.float, Some(cal), &exclude)?;
+            let outcome = reference.check(&candidate)?;
+            Ok(matches!(&outcome, Outcome::Checked(r) if r.ok())
+                .then_some((candidate, outcome, cx)))
+        })?;
+        self.report.fallback_tries = tries;
+        self.report.layer_errors = errors;
+        let Some(Restored { set, found, .. }) = found else {
+            return Ok(None);
+        };
+        let (candidate, outcome, cx) = found;
+        self.record(&candidate, &cx, set);
+        Ok(Some((candidate, CheckStatus::from(outcome))))
+    }
+
+    /// The report of the candidate that passed, keeping what the search measured.
+    fn record(&mut self, candidate: &Model, cx: &PassContext, back: Vec<String>) {
+        let mut report = quant::report(&self.float, candidate, self.q, self.samples, cx);
+        report.layer_errors = std::mem::take(&mut self.report.layer_errors);
+        for (name, why) in &mut report.left_float {
+            if back.contains(name) {
+                *why = "returned to float: the check failed with it quantized".into();
+            }
+        }
+        report.fallback = back;
+        report.fallback_tries = self.report.fallback_tries;
+        report.equalization_dropped = self.report.equalization_dropped;
+        self.report = report;
+    }
+
+    /// The quantize stage, through the pipeline, on `float` with `cal` (or calibrated afresh)
+    /// and `exclude`; the result and the context it ran with.
+    fn quantize(
+        &self,
+        float: &Model,
+        cal: Option<Calibration>,
+        exclude: &[String],
+    ) -> Result<(Model, PassContext)> {
+        let mut cx = self.job.plan.cx.fork();
+        cx.exclude = exclude.to_vec();
+        if let Some(cal) = cal {
+            cx.provide(cal);
+            cx.mark_prepared("quantize");
+        }
+        let opts = PipelineOptions {
+            stop_after: None,
+            ..self.job.opts.pipeline.clone()
+        };
+        let stages = selected(&opts, vec![quant::stage()])?;
+        let mut model = float.clone();
+        run_stages(&mut model, &stages, &opts, &mut cx)?;
+        Ok((model, cx))
+    }
+}
