@@ -322,7 +322,7 @@ impl Report {
         };
         let mut s = String::new();
         if !q.quantized_enough {
-            s += "NOT QUANTIZED: fewer than half of the weight elements are int8\n";
+            s += "NOT QUANTIZED: fewer than half of the weight elements are in ops that compute in int8\n";
         }
         if q.random_calibration {
             s += "WARNING: calibrated on random data: the ranges are not those of real inputs\n";
@@ -333,38 +333,20 @@ impl Report {
         };
         writeln!(
             s,
-            "quantized {} op(s) ({:?} activations, {:?} ranges over {} sample(s), {checked}); int8 weights: {:.0}%",
+            "quantized {} op(s) ({:?} activations, {:?} ranges over {} sample(s), {checked}); weights in int8 ops: {:.0}%, stored int8: {:.0}%",
             q.quantized,
             q.activations,
             q.method,
             q.calibration_samples,
+            q.int8_compute_share * 100.0,
             q.int8_weight_share * 100.0
         )
         .unwrap();
-        for (name, why) in &q.left_float {
+        for (name, why) in q.left_float.iter().filter(|(n, _)| !q.fallback.contains(n)) {
             writeln!(s, "  left float: '{name}': {why}").unwrap();
         }
         if q.fallback_tries > 0 {
-            let (returned, what) = match q.weights_only.len() {
-                0 => (q.fallback.len(), "returned to float"),
-                n => (n, "read float activations (their weights int8)"),
-            };
-            writeln!(
-                s,
-                "  the check failed fully quantized; {returned} op(s) {what} after {} tr(ies), most sensitive first:",
-                q.fallback_tries
-            )
-            .unwrap();
-            for (name, err) in &q.layer_errors {
-                let back = if q.weights_only.contains(name) {
-                    "float activations"
-                } else if q.fallback.contains(name) {
-                    "float"
-                } else {
-                    "int8"
-                };
-                writeln!(s, "    {name:<40} error {err:.4}  {back}").unwrap();
-            }
+            s += &search_lines(q);
         }
         if q.equalization_dropped {
             s += "  cross-layer equalization left out: the result checked better without it\n";
@@ -474,7 +456,12 @@ impl Report {
             }
             None if self.quantization.is_some() => {
                 s += &self.quantization_lines();
-                s += "int8 loses too much here: keep sensitive ops float with --exclude NAME|OPTYPE, calibrate on more representative samples, or lower --min-cosine\n";
+                let searched = self.quantization.as_ref().is_some_and(|q| q.fallback_tries > 0);
+                s += if searched {
+                    "the result fails its check even with every quantized op given back to float: this is not an int8 problem (check the float model, the pruning, or the limits)\n"
+                } else {
+                    "int8 loses too much here: keep sensitive ops float with --exclude NAME|OPTYPE, calibrate on more representative samples, or lower --min-cosine\n"
+                };
             }
             None => s += "rerun with --bisect to find the pass responsible\n",
         }
@@ -622,4 +609,32 @@ impl Report {
             CheckStatus::Skipped => "not checked (--no-check)\n".to_string(),
         }
     }
+}
+
+/// What the search did after the fully quantized result failed its check: how many checks,
+/// what it gave back, and each measured op with the error it adds by itself and where it ended.
+fn search_lines(q: &crate::passes::quant::QuantReport) -> String {
+    let mut s = String::new();
+    let (returned, what) = match q.weights_only.len() {
+        0 => (q.fallback.len(), "returned to float"),
+        n => (n, "read float activations (their weights int8)"),
+    };
+    writeln!(
+        s,
+        "  the check failed fully quantized; {returned} op(s) {what} after {} check(s); each quantized op, most sensitive first:",
+        q.fallback_tries
+    )
+    .unwrap();
+    writeln!(s, "    {:<40} {:>9}  now", "op", "error").unwrap();
+    for (name, err) in &q.layer_errors {
+        let now = if q.weights_only.contains(name) {
+            "float activations, int8 weights: the check failed with its activations int8"
+        } else if q.fallback.contains(name) {
+            "float: the check failed with it quantized"
+        } else {
+            "int8"
+        };
+        writeln!(s, "    {name:<40} {err:>9.4}  {now}").unwrap();
+    }
+    s
 }

@@ -36,6 +36,9 @@ pub struct Binding {
     /// Sizes for free spatial dims, in order, the last one repeated: image models whose
     /// branches only line up at real image sizes need them larger than `default_dim`.
     pub spatial_dims: Vec<usize>,
+    /// The size for the free second dim of a rank-2 input ([batch, steps] token ids or
+    /// samples), when set.
+    pub sequence_dim: Option<usize>,
 }
 
 impl Default for Binding {
@@ -44,6 +47,7 @@ impl Default for Binding {
             input_shapes: HashMap::new(),
             default_dim: 1,
             spatial_dims: Vec::new(),
+            sequence_dim: None,
         }
     }
 }
@@ -76,6 +80,9 @@ impl Binding {
 
     /// The size a free dim at `axis` of a rank-`rank` input is bound to.
     fn free_dim(&self, axis: usize, rank: usize) -> usize {
+        if let (Some(n), 2, 1) = (self.sequence_dim, rank, axis) {
+            return n;
+        }
         match self.spatial_dims.as_slice() {
             [] => self.default_dim,
             sizes if rank >= 3 && axis >= 2 => sizes[(axis - 2).min(sizes.len() - 1)],
@@ -1010,6 +1017,11 @@ impl<'a> Plans<'a> {
 
     /// The `extra` values of the model run on `sample` (one value per input, in order).
     pub fn extras(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let mut out = self.run(sample)?;
+        Ok(out.split_off(out.len() - self.extra.len()))
+    }
+
+    fn run(&mut self, sample: &[HostTensor]) -> Result<Vec<HostTensor>> {
         let shapes: Vec<Vec<usize>> = sample.iter().map(|t| t.shape().to_vec()).collect();
         let at = match self.built.iter().position(|(s, _)| *s == shapes) {
             Some(i) => i,
@@ -1023,7 +1035,6 @@ impl<'a> Plans<'a> {
                 self.built.len() - 1
             }
         };
-        let mut out = self.built[at].1.run(sample)?;
-        Ok(out.split_off(out.len() - self.extra.len()))
+        self.built[at].1.run(sample)
     }
 }

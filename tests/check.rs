@@ -233,3 +233,149 @@ fn an_integer_input_fed_seeded_values_is_named_in_the_unverified_reason() {
         Outcome::Checked(r) if r.ok()
     ));
 }
+
+/// A tensor of `shape` from `f(index of each element)`, as one sample.
+fn tensor_from(shape: &[usize], f: impl Fn(usize) -> f32) -> HostTensor {
+    let n: usize = shape.iter().product();
+    let bytes: Vec<u8> = (0..n).flat_map(|i| f(i).to_le_bytes()).collect();
+    HostTensor::from_le_bytes(DType::F32, shape, &bytes).unwrap()
+}
+
+/// A pseudo-random value in [0, 1) for index `i` and seed `s`.
+fn hash01(i: usize, s: usize) -> f32 {
+    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (s as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((x >> 40) % 10_000) as f32 / 10_000.0
+}
+
+/// A YOLO-style head [1, 6, 64]: rows 0–3 box coordinates in pixels, rows 4–5 class scores in
+/// 0..1, for sample `s`; `scores` maps the float model's scores to the candidate's.
+fn head(s: usize, scores: &dyn Fn(f32) -> f32) -> HostTensor {
+    tensor_from(&[1, 6, 64], |i| {
+        let (row, cell) = (i / 64, i % 64);
+        if row < 4 {
+            50.0 + 300.0 * hash01(cell * 4 + row, s)
+        } else {
+            scores(hash01(cell * 2 + row, s + 100).powi(3))
+        }
+    })
+}
+
+#[test]
+fn destroyed_scores_fail_however_well_the_boxes_agree() {
+    let names = ["output0".to_string()];
+    let float: Vec<Vec<HostTensor>> = (0..16).map(|s| vec![head(s, &|v| v)]).collect();
+    // One int8 scale over boxes and scores: every score rounds to 0.
+    let ruined: Vec<Vec<HostTensor>> = (0..16).map(|s| vec![head(s, &|_| 0.0)]).collect();
+    let r = compare(&names, &float, &ruined, Rule::lossy());
+    let d = &r.outputs[0];
+    assert!(
+        d.cosine > 0.999,
+        "one cosine over the tensor hides it: {d:?}"
+    );
+    assert!(!d.ok, "{}", r.to_table());
+    let v = d.violation.as_deref().unwrap();
+    assert!(v.contains("axis 1 [4..5]"), "{v}");
+    assert_eq!(d.parts.len(), 2, "boxes and scores");
+    // Scores that keep their values (a little noise) pass.
+    let kept: Vec<Vec<HostTensor>> = (0..16)
+        .map(|s| vec![head(s, &|v| v * 1.01 + 0.001)])
+        .collect();
+    let r = compare(&names, &float, &kept, Rule::lossy());
+    assert!(r.ok(), "{}", r.to_table());
+}
+
+/// A [1, 12, 5] sequence of class scores for sample `s`: at each step a best class (0.6)
+/// ahead of a runner-up (0.45); where `flip` says, the two swap.
+fn sequence(s: usize, flip: &dyn Fn(usize, usize) -> bool) -> HostTensor {
+    tensor_from(&[1, 12, 5], |i| {
+        let (step, class) = (i / 5, i % 5);
+        let (best, next) = ((step + s) % 5, (step + s + 1) % 5);
+        let (best, next) = if flip(s, step) {
+            (next, best)
+        } else {
+            (best, next)
+        };
+        if class == best {
+            0.6
+        } else if class == next {
+            0.45
+        } else {
+            0.01
+        }
+    })
+}
+
+#[test]
+fn a_sequence_whose_steps_flip_fails_on_its_classes() {
+    let names = ["probs".to_string()];
+    let float: Vec<Vec<HostTensor>> = (0..16).map(|s| vec![sequence(s, &|_, _| false)]).collect();
+    // One step in four samples of sixteen changes class: a small share of the values.
+    let flipped: Vec<Vec<HostTensor>> = (0..16)
+        .map(|s| vec![sequence(s, &|s, step| s % 5 == 0 && step == 3)])
+        .collect();
+    let r = compare(&names, &float, &flipped, Rule::lossy());
+    let d = &r.outputs[0];
+    assert!(d.top1.unwrap() > 0.9, "{d:?}");
+    assert_eq!(d.sequences, Some(12.0 / 16.0));
+    assert!(
+        d.violation
+            .as_deref()
+            .is_some_and(|v| v.starts_with("sequences")),
+        "{}",
+        r.to_table()
+    );
+}
+
+#[test]
+fn the_worst_sample_counts_and_a_quiet_one_is_judged_in_the_whole() {
+    let names = ["y".to_string()];
+    let sample = |s: usize, scale: f32, noise: f32| {
+        vec![tensor_from(&[1, 64], |i| {
+            scale * (hash01(i, s) - 0.5) + noise * (hash01(i, s + 50) - 0.5)
+        })]
+    };
+    let float: Vec<Vec<HostTensor>> = (0..16).map(|s| sample(s, 1.0, 0.0)).collect();
+    // Fifteen samples agree closely; one is far off.
+    let one_bad: Vec<Vec<HostTensor>> = (0..16)
+        .map(|s| sample(s, 1.0, if s == 7 { 0.35 } else { 0.01 }))
+        .collect();
+    let r = compare(&names, &float, &one_bad, Rule::lossy());
+    let d = &r.outputs[0];
+    assert!(d.cosine > 0.99, "the mean hides it: {d:?}");
+    assert!(
+        d.violation
+            .as_deref()
+            .is_some_and(|v| v.starts_with("worst sample")),
+        "{}",
+        r.to_table()
+    );
+    // A near-silent sample with relatively large noise is not judged on its own.
+    let quiet = |s: usize| if s == 7 { 0.01 } else { 1.0 };
+    let float: Vec<Vec<HostTensor>> = (0..16).map(|s| sample(s, quiet(s), 0.0)).collect();
+    let noisy: Vec<Vec<HostTensor>> = (0..16)
+        .map(|s| {
+            vec![tensor_from(&[1, 64], |i| {
+                quiet(s) * (hash01(i, s) - 0.5) + 0.01 * (hash01(i, s + 50) - 0.5)
+            })]
+        })
+        .collect();
+    let r = compare(&names, &float, &noisy, Rule::lossy());
+    assert!(r.ok(), "{}", r.to_table());
+}
+
+#[test]
+fn values_of_one_scale_are_one_part() {
+    // Four channels within 16x of each other: no parts, whatever their sizes.
+    let names = ["y".to_string()];
+    let t = |s: usize| {
+        vec![tensor_from(&[1, 4, 8], |i| {
+            let c = i / 8;
+            (1 << (c as i32)) as f32 * (hash01(i, s) - 0.5)
+        })]
+    };
+    let float: Vec<Vec<HostTensor>> = (0..4).map(t).collect();
+    let r = compare(&names, &float, &float, Rule::lossy());
+    assert!(r.outputs[0].parts.is_empty(), "{:?}", r.outputs[0].parts);
+    assert!(r.ok());
+}

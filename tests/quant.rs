@@ -96,6 +96,22 @@ fn quantize_with(m: &Model, opts: QuantOptions, exclude: &[&str]) -> onnxsmith::
     quantize_on(m, opts, random(16), exclude)
 }
 
+/// Quantizes `m` calibrated on 16 random samples, unchecked: for tests of where Q/DQ go, on
+/// fixtures whose accuracy at an aggressive percentile is beside the point.
+fn quantize_unchecked(m: &Model, opts: QuantOptions) -> onnxsmith::Optimized {
+    optimize_model(
+        m,
+        &Options {
+            quiet: true,
+            check: None,
+            samples: random(16),
+            quantize: Some(opts),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Quantizes `m` calibrated on `samples`; the result must pass its check.
 fn quantize_on(
     m: &Model,
@@ -373,6 +389,25 @@ fn for_tensorrt_q_dq_sit_on_op_inputs_only() {
             .iter()
             .all(|u| !g.node(u.node).is("QuantizeLinear")));
     }
+    // TensorRT parses a DequantizeLinear only of an activation type: int8 with zero point 0,
+    // never an int32 bias.
+    for n in ops(g, "DequantizeLinear")
+        .into_iter()
+        .chain(ops(g, "QuantizeLinear"))
+    {
+        let zp = constant_of(g, n, 2);
+        assert_eq!(zp.dtype(), DType::I8, "only int8 is quantized");
+        assert!(
+            zp.raw_bytes().unwrap().iter().all(|&b| b == 0),
+            "zero point 0"
+        );
+    }
+    for n in ops(g, "Conv").into_iter().chain(ops(g, "Gemm")) {
+        if let Some(b) = g.node(n).input(2) {
+            let b = g.value(b).constant().expect("a float bias initializer");
+            assert_eq!(b.dtype(), DType::F32);
+        }
+    }
     assert_well_formed(g);
 }
 
@@ -616,8 +651,8 @@ fn ruined_by_one_scale_through(
     nodes.push(b);
     lift(model_io(
         nodes,
-        vec![f32_info("x", &[1, 2, 4, 4])],
-        vec![f32_info("y", &[1, 1, 4, 4])],
+        vec![f32_info("x", &[1, 2, 16, 16])],
+        vec![f32_info("y", &[1, 1, 16, 16])],
         vec![
             f32_tensor("WA", &[2, 2, 1, 1], &[1.0, 0.0, 0.0, 1.0]),
             f32_tensor("bA", &[2], &[1000.0, 0.0]),
@@ -1283,7 +1318,7 @@ fn around_ops_a_maxpool_between_quantized_convs_moves_one_scale() {
             method: Method::Percentile(99.0),
             ..Default::default()
         };
-        let done = quantize_with(&m, opts, &[]);
+        let done = quantize_unchecked(&m, opts);
         let g = &done.model.graph;
         let pool = ops(g, "MaxPool")[0];
         let conv2 = ops(g, "Conv")[1];
@@ -1328,7 +1363,7 @@ fn around_ops_a_chain_of_moves_is_read_and_read_from_at_one_scale() {
         method: Method::Percentile(99.0),
         ..Default::default()
     };
-    let done = quantize_with(&m, opts, &[]);
+    let done = quantize_unchecked(&m, opts);
     let g = &done.model.graph;
     let params = |n, slot| {
         let dq = dq_of(g, n, slot).expect("read through a DQ");
@@ -1367,16 +1402,16 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
     }
 }
 
-/// `fewest_float` against a check that passes when the ops in `needed` are float: the set it
-/// settles on and the sets it tried, in order.
-fn search(needed: &[&str], tries: usize) -> (Option<Vec<String>>, Vec<Vec<String>>) {
+/// The search against a check that passes when the ops in `needed` are given back: the set
+/// it settles on and the sets it tried, in order.
+fn search(needed: &[&str]) -> (Option<Vec<String>>, Vec<Vec<String>>) {
     let ranked: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
     let mut tried = Vec::new();
-    let found = onnxsmith::lossy::search::fewest(&ranked, tries, 4, |float| {
-        tried.push(float.to_vec());
+    let found = onnxsmith::lossy::search::fewest(&ranked, 4, |back| {
+        tried.push(back.to_vec());
         Ok(needed
             .iter()
-            .all(|n| float.iter().any(|f| f == n))
+            .all(|n| back.iter().any(|f| f == n))
             .then_some(()))
     })
     .unwrap();
@@ -1384,23 +1419,38 @@ fn search(needed: &[&str], tries: usize) -> (Option<Vec<String>>, Vec<Vec<String
 }
 
 #[test]
-fn the_fallback_returns_ops_its_doubling_overshot_to_int8() {
-    // c is the op int8 ruins, ranked third: doubling reaches a..d, then d, b and a go back.
-    let (found, tried) = search(&["c"], 6);
+fn the_search_bisects_the_ranking_then_puts_back_what_it_overshot() {
+    // c is the op int8 ruins, ranked third: all five pass, the bisection settles on a..c,
+    // then b and a go back (c cannot).
+    let (found, tried) = search(&["c"]);
     assert_eq!(found, Some(vec!["c".to_string()]));
     let sizes: Vec<usize> = tried.iter().map(Vec::len).collect();
-    assert_eq!(sizes, [1, 2, 4, 3, 2, 2, 1], "{tried:?}");
-    // The most sensitive op alone suffices: nothing to put back.
-    let (found, tried) = search(&["a"], 6);
-    assert_eq!((found, tried.len()), (Some(vec!["a".to_string()]), 1));
+    assert_eq!(sizes, [5, 2, 3, 2, 2, 1], "{tried:?}");
+    // The most sensitive op alone suffices: found by halving, nothing to put back.
+    let (found, tried) = search(&["a"]);
+    assert_eq!(found, Some(vec!["a".to_string()]));
+    assert_eq!(tried.iter().map(Vec::len).collect::<Vec<_>>(), [5, 2, 1]);
     // Two ops needed together stay together.
-    let (found, _) = search(&["b", "d"], 6);
+    let (found, _) = search(&["b", "d"]);
     assert_eq!(found, Some(vec!["b".to_string(), "d".to_string()]));
-    // A check nothing passes ends the search within its tries, having tried every op.
-    let (found, tried) = search(&["z"], 6);
-    assert_eq!((found, tried.last().map(Vec::len)), (None, Some(5)));
-    let (_, tried) = search(&["z"], 2);
-    assert_eq!(tried.len(), 2);
+    // A check that fails with every op given back ends the search at once.
+    let (found, tried) = search(&["z"]);
+    assert_eq!((found, tried.len()), (None, 1));
+}
+
+#[test]
+fn the_search_costs_a_check_per_halving_of_a_long_ranking() {
+    let ranked: Vec<String> = (0..1000).map(|i| format!("op{i:04}")).collect();
+    let mut checks = 0;
+    // Ops ranked 0..=370 must be given back (the ranking is right here).
+    let found = onnxsmith::lossy::search::fewest(&ranked, 4, |back| {
+        checks += 1;
+        Ok((back.len() > 370).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(found.map(|(s, _)| s.len()), Some(371));
+    // One for all of them, ten halvings, four tries to put an op back (each refused).
+    assert_eq!(checks, 1 + 10 + 4);
 }
 
 #[test]

@@ -67,7 +67,7 @@ pub use graph::{
 pub use patch::{type_clash, Patch};
 pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 
@@ -152,6 +152,68 @@ impl Model {
         Model::from_proto(ModelProto {
             graph: Some(graph),
             ..self.rest.clone()
+        })
+    }
+
+    /// A model of this one's envelope holding node `n` of its main graph alone: its constant
+    /// inputs as initializers, the others as graph inputs of `types` (in input order), its
+    /// outputs as graph outputs. What an op computes on given inputs, run by itself.
+    pub fn of_node(&self, n: NodeId, types: &[Type]) -> Result<Model> {
+        let g = &self.graph;
+        let node = g.node(n);
+        let mut b = GraphBuilder::new(node.name());
+        let mut inputs = Vec::new();
+        let mut types = types.iter();
+        for v in node.inputs() {
+            let Some(v) = *v else {
+                inputs.push(None);
+                continue;
+            };
+            let value = g.value(v);
+            if let Some(found) = b.graph().find(value.name()) {
+                inputs.push(Some(found));
+                continue;
+            }
+            let made = match value.constant() {
+                Some(t) => b.initializer(value.name(), t.clone())?,
+                None => {
+                    let ty = types.next().cloned().with_context(|| {
+                        format!(
+                            "no type given for '{}', read by '{}'",
+                            value.name(),
+                            node.name()
+                        )
+                    })?;
+                    b.input(value.name(), ValueInfo::of(ty))?
+                }
+            };
+            inputs.push(Some(made));
+        }
+        let outputs: Vec<String> = (node.outputs().iter())
+            .map(|o| o.map_or(String::new(), |o| g.value(o).name().to_string()))
+            .collect();
+        let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        let m = b.node(
+            node.op(),
+            node.domain(),
+            node.name(),
+            &inputs,
+            &names,
+            node.attrs().to_vec(),
+        )?;
+        for (slot, o) in node.outputs().iter().enumerate() {
+            let (Some(o), Some(made)) = (o, b.graph().node(m).output(slot)) else {
+                continue;
+            };
+            let info = g.value(*o).info().cloned().unwrap_or_else(|| ValueInfo {
+                ty: g.ty(*o).cloned(),
+                rest: Default::default(),
+            });
+            b.output(made, info);
+        }
+        Ok(Model {
+            graph: b.finish(),
+            rest: self.rest.clone(),
         })
     }
 

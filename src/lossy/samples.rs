@@ -54,27 +54,36 @@ pub struct Samples {
     pub random: bool,
 }
 
-/// The samples `opts` names for `model`: from a directory, every fifth one (at least one,
-/// when there are two or more) held back for the check and the rest (at most `opts.limit`)
-/// for calibration; random ones, `opts.random` for calibration and a quarter as many others
-/// for the check.
+/// Samples held back for the check where the set allows it: fewer let a result pass on the
+/// inputs it happened to see and fail on the next ones of the same kind.
+pub const MIN_HELD_BACK: usize = 16;
+
+/// How many of `n` samples are held back: at least [`MIN_HELD_BACK`] and a fifth, but never
+/// more than half (calibration needs its share too).
+pub fn held_back_count(n: usize) -> usize {
+    MIN_HELD_BACK.max(n.div_ceil(5)).min(n / 2)
+}
+
+/// The samples `opts` names for `model`: from a directory, [`held_back_count`] of them,
+/// spread evenly over the files in name order, held back for the check and the rest (at most
+/// `opts.limit`) for calibration; random ones, `opts.random` for calibration and a quarter as
+/// many others (at least [`MIN_HELD_BACK`]) for the check, their free dims bound to the sizes
+/// real inputs have ([`realistic_binding`]).
 pub fn read(model: &Model, opts: &SampleOptions) -> Result<Samples> {
-    let specs = input_specs(model, &Binding::default())?;
     if let Some(dir) = &opts.dir {
+        let specs = input_specs(model, &Binding::default())?;
         let all = read_dir(
             dir,
             &specs,
             &declared(model, &specs),
             opts.preprocess.as_ref(),
         )?;
-        let held = if all.len() >= 2 {
-            all.len().div_ceil(5)
-        } else {
-            0
-        };
+        let n = all.len();
+        let held = held_back_count(n);
         let (mut calibration, mut held_back) = (Vec::new(), Vec::new());
         for (i, s) in all.into_iter().enumerate() {
-            if i % 5 == 4 && held_back.len() < held {
+            // Sample i is held back where the running share of held-back samples steps up.
+            if (i + 1) * held / n > i * held / n {
                 held_back.push(s);
             } else if calibration.len() < opts.limit.max(1) {
                 calibration.push(s);
@@ -92,6 +101,7 @@ pub fn read(model: &Model, opts: &SampleOptions) -> Result<Samples> {
     let Some(n) = opts.random else {
         bail!("quantization needs calibration data: --calib DIR (or --calib-random N, whose ranges are not real)");
     };
+    let specs = input_specs(model, &realistic_binding(model))?;
     let random = |count: usize, seed: u64| -> Result<Vec<Vec<HostTensor>>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         (0..count)
@@ -105,9 +115,41 @@ pub fn read(model: &Model, opts: &SampleOptions) -> Result<Samples> {
     };
     Ok(Samples {
         calibration: random(n.max(1), 1)?,
-        held_back: random(n.div_ceil(4).max(1), 2)?,
+        held_back: random(n.div_ceil(4).max(MIN_HELD_BACK), 2)?,
         random: true,
     })
+}
+
+/// Free spatial dims of image inputs, when nothing else says, are bound to this size: a
+/// classifier checked on 1×1 images proves nothing.
+const IMAGE_SIZE: usize = 224;
+
+/// Free sequence dims (the second of a [batch, steps] input) are bound to this length: a text
+/// encoder checked on one token proves nothing.
+const SEQUENCE_LENGTH: usize = 128;
+
+/// The binding of free dims for inputs made up rather than read: spatial dims at the size the
+/// model's `imgsz` metadata names (as detector exports write it), else [`IMAGE_SIZE`];
+/// sequence dims at [`SEQUENCE_LENGTH`]; batch dims at 1.
+pub fn realistic_binding(model: &Model) -> Binding {
+    let hint: Vec<usize> = model
+        .metadata("imgsz")
+        .map(|v| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|d| d.parse::<usize>().ok())
+                .filter(|&d| d > 0)
+                .collect()
+        })
+        .unwrap_or_default();
+    Binding {
+        spatial_dims: if hint.is_empty() {
+            vec![IMAGE_SIZE]
+        } else {
+            hint
+        },
+        sequence_dim: Some(SEQUENCE_LENGTH),
+        ..Binding::default()
+    }
 }
 
 /// The samples of a directory: `.npy` files (one array, for a model of one input) or `.npz`

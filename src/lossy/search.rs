@@ -1,13 +1,18 @@
-//! The search for the result that gives back the fewest ops and passes its check: ops ranked
-//! by the error they add (see [`super::sensitivity`]), a growing set of the most sensitive
-//! given back (to float activations, to float, to f32: the stage's tiers, mildest first) until
-//! a set passes, then each op of that set taken back where the check still passes. Every try
-//! is one candidate built by the stage and one check in tract.
+//! The search for the result that gives back the fewest ops and passes its check. Ops are
+//! ranked by the error each adds by itself (see [`super::sensitivity`]); a stage gives an op
+//! back in one of its tiers, mildest first (int8: float activations with int8 weights, then
+//! wholly float; fp16: f32). In each tier:
+//!
+//! 1. every ranked op given back: when even that fails, the tier cannot pass;
+//! 2. a bisection over the ranking for the fewest most-sensitive ops that pass: the first k
+//!    ops for the smallest k found, one check per halving;
+//! 3. each op of that set taken back, least sensitive first, where the check still passes
+//!    (the ranking is a guess: an op ranked high may not matter).
+//!
+//! So a tier costs 1 + ⌈log₂ n⌉ checks plus at most [`PUT_BACK`]; each check is one candidate
+//! built by the stage and run in tract.
 
 use anyhow::Result;
-
-/// Sets tried, per tier, before the search gives up.
-pub const TRIES: usize = 6;
 
 /// Once a set passes, at most this many of its ops are tried back.
 pub const PUT_BACK: usize = 4;
@@ -23,8 +28,8 @@ pub struct Restored<T> {
 
 /// Searches each of `tiers` tiers in turn, mildest first, for the fewest of `ranked` (most
 /// sensitive first) to give back: `attempt(set, tier)` builds and checks a candidate, and
-/// returns what it made when it passed. `None` when no tier has a set that passes; `tries`
-/// counts attempts either way.
+/// returns what it made when it passed. `None` when no tier passes even with every op given
+/// back; `tries` counts attempts either way.
 pub fn restore<T>(
     ranked: &[String],
     tiers: usize,
@@ -32,7 +37,7 @@ pub fn restore<T>(
     mut attempt: impl FnMut(&[String], usize) -> Result<Option<T>>,
 ) -> Result<Option<Restored<T>>> {
     for tier in 0..tiers {
-        let found = fewest(ranked, TRIES, PUT_BACK, |set| {
+        let found = fewest(ranked, PUT_BACK, |set| {
             *tries += 1;
             attempt(set, tier)
         })?;
@@ -48,31 +53,30 @@ pub fn restore<T>(
     Ok(None)
 }
 
-/// The fewest of `ranked` (op names, most sensitive first) to keep in float for `passes` to
-/// hold: the 1, 2, 4, ... most sensitive until a set passes (at most `tries` sets), then each
-/// op of that set back in int8, least sensitive first, wherever it still passes (at most
-/// `put_back` more tries: doubling overshoots). The set, and what `passes` returned for it.
+/// The fewest of `ranked` (most sensitive first) for which `passes` holds, given that it does
+/// not hold for none of them: all of them first (`None` if that fails), then a bisection for
+/// the shortest passing prefix, then up to `put_back` ops of it taken back, least sensitive
+/// first, wherever `passes` still holds. The set, and what `passes` returned for it.
 pub fn fewest<T>(
     ranked: &[String],
-    tries: usize,
     put_back: usize,
     mut passes: impl FnMut(&[String]) -> Result<Option<T>>,
 ) -> Result<Option<(Vec<String>, T)>> {
-    let mut found = None;
-    for attempt in 0..tries {
-        let count = (1usize << attempt).min(ranked.len());
-        if let Some(t) = passes(&ranked[..count])? {
-            found = Some((ranked[..count].to_vec(), t));
-            break;
-        }
-        if count == ranked.len() {
-            break;
-        }
-    }
-    let Some((mut set, mut passed)) = found else {
+    let Some(all) = passes(ranked)? else {
         return Ok(None);
     };
-    // One op alone in float is the least there is: with none, the result already failed.
+    // Invariant: the first `lo` fail (none of them: the result that failed), the first `hi`
+    // pass, with what `passes` returned for them.
+    let (mut lo, mut hi, mut passed) = (0, ranked.len(), all);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match passes(&ranked[..mid])? {
+            Some(t) => (hi, passed) = (mid, t),
+            None => lo = mid,
+        }
+    }
+    let mut set = ranked[..hi].to_vec();
+    // One op alone is the least there is: with none, the result already failed.
     let candidates: Vec<String> = set.iter().rev().cloned().collect();
     for name in candidates.iter().take(put_back) {
         if set.len() == 1 {

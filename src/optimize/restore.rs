@@ -10,7 +10,7 @@ use super::Job;
 use crate::check::{Outcome, Reference};
 use crate::ir::Model;
 use crate::lossy::search::{self, Restored};
-use crate::lossy::sensitivity::added_errors;
+use crate::lossy::sensitivity::local_errors;
 use crate::lossy::Samples;
 use crate::passes::quant::qdq::{Calibration, Placement};
 use crate::passes::quant::{self, QuantOptions};
@@ -150,8 +150,8 @@ impl Search<'_> {
     ) -> Result<Option<(Model, CheckStatus)>> {
         let progress = self.job.plan.cx.progress();
         progress.step("measuring each quantized op's error");
-        let measured = quant::measured(&self.float, failing)?;
-        let errors = added_errors(&self.float, failing, measured, &self.samples.held_back)?;
+        let measured = quant::measured(&self.float, failing);
+        let errors = local_errors(&self.float, failing, measured, &self.samples.held_back)?;
         let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
         let tiers = match self.q.placement {
             Placement::Inputs => 1,

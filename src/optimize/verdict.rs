@@ -13,6 +13,7 @@ use super::stages::Transformed;
 use super::{Job, Options};
 use crate::check::{both_at_once_fit, CheckOptions, Feed, InputSource, Outputs, Reference, Rule};
 use crate::ir::Model;
+use crate::lossy::samples::MIN_HELD_BACK;
 use crate::lossy::Samples;
 use crate::progress::Progress;
 use crate::report::Summary;
@@ -55,6 +56,15 @@ pub fn transform_and_check<S: Send>(
     let check = job.check.as_ref();
     let feed = check.map(|c| Feed::new(job.original, c)).transpose()?;
     let mut notes = Vec::new();
+    if let (true, Some(s)) = (job.check.is_some() && job.opts.lossy(), job.plan.samples()) {
+        if s.held_back.len() < MIN_HELD_BACK {
+            notes.push(format!(
+                "note: the result was checked on {} held-back sample(s), fewer than {MIN_HELD_BACK}: a verdict on so few is weak; give at least {} samples",
+                s.held_back.len(),
+                2 * MIN_HELD_BACK
+            ));
+        }
+    }
     let fits = both_at_once_fit(Summary::of(job.original).param_bytes());
     let one_at_a_time = check.is_some() && (job.opts.one_at_a_time || !fits);
     if one_at_a_time && !job.opts.one_at_a_time {

@@ -26,11 +26,10 @@ use self::ranges::Method;
 use super::{
     run_stages, selected, PassContext, PipelineOptions, PipelineReport, Prepare, Rounds, Stage,
 };
-use crate::ir::{DType, Graph, Model};
-use crate::lossy::sensitivity::Measured;
+use crate::ir::{DType, Graph, Model, NodeId};
+use crate::lossy::sensitivity::Local;
 use crate::lossy::Samples;
 use crate::progress::Progress;
-use crate::runtime::{input_specs, Binding};
 
 /// How to quantize.
 #[derive(Clone, Debug)]
@@ -170,10 +169,15 @@ pub struct QuantReport {
     pub quantized: usize,
     /// Each quantizable op left in float, with why.
     pub left_float: Vec<(String, String)>,
-    /// Whether at least half of the quantizable weight elements are int8: a model that passes
-    /// only by staying float has not been quantized.
+    /// Whether at least half of the quantizable weight elements are in ops that compute in
+    /// int8 (weight and activation): a model that passes only by staying float, or by keeping
+    /// int8 weights that ops dequantize to run in float, has not been quantized.
     pub quantized_enough: bool,
-    /// Share of the Conv/ConvTranspose/Gemm/MatMul weight elements stored as int8.
+    /// Share of the Conv/ConvTranspose/Gemm/MatMul weight elements in ops whose weight and
+    /// activation are int8: what runs faster.
+    pub int8_compute_share: f64,
+    /// Share of those weight elements stored as int8, weight-only ops included: what is
+    /// smaller.
     pub int8_weight_share: f64,
     /// Subgraph bodies hold quantizable ops, which stay float.
     pub bodies_left_float: bool,
@@ -308,36 +312,34 @@ fn watched(g: &Graph, opts: &QuantOptions) -> Vec<calibrate::Watch> {
         .collect()
 }
 
-/// The quantized ops of `quantized` whose error [`crate::lossy::sensitivity`] can measure
-/// against `float`: each op that reads its weight through a DQ, with its output and the float
-/// value its quantized input was read from (x ─▶ Q ─▶ DQ ─▶ op), where both models compute them
-/// (a graph input carries no error).
-pub fn measured(float: &Model, quantized: &Model) -> Result<Vec<Measured>> {
-    let g = &quantized.graph;
-    let inputs: Vec<String> = input_specs(quantized, &Binding::default())?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let known = |v: &str| float.graph.find(v).is_some() && g.find(v).is_some();
-    Ok(g.node_ids()
+/// The quantized ops of `quantized` (those reading their weight through a DQ) as
+/// [`crate::lossy::sensitivity`] measures them against `float`: the values each reads before
+/// rounding (the float node's non-constant inputs, which the quantized model computes under
+/// the same names ahead of their Q), and the value it writes.
+pub fn measured(float: &Model, quantized: &Model) -> Vec<Local> {
+    let (f, g) = (&float.graph, &quantized.graph);
+    let by_name: HashMap<&str, NodeId> = f.node_ids().map(|n| (f.node(n).name(), n)).collect();
+    let mut ops: Vec<Local> = g
+        .node_ids()
         .filter(|&n| qdq::quantizable(g, n))
         .filter(|&n| g.node(n).input(1).is_some_and(|w| pairs::dequantized(g, w)))
         .filter_map(|n| {
-            let node = g.node(n);
-            let output = g.value(node.output(0)?).name().to_string();
-            let input = node
-                .input(0)
-                .and_then(|x| pairs::pair_source(g, x))
-                .map(|x| g.value(x).name().to_string())
-                .filter(|x| !inputs.contains(x) && known(x));
-            Some(Measured {
+            let node = f.node(*by_name.get(g.node(n).name())?);
+            let inputs: Vec<String> = (node.inputs().iter().flatten())
+                .filter(|&&v| f.value(v).constant().is_none())
+                .map(|&v| f.value(v).name().to_string())
+                .collect();
+            let output = f.value(node.output(0)?).name().to_string();
+            let known = inputs.iter().chain([&output]).all(|v| g.find(v).is_some());
+            known.then(|| Local {
                 op: node.name().to_string(),
+                inputs,
                 output,
-                input,
             })
         })
-        .filter(|m| known(&m.output))
-        .collect())
+        .collect();
+    ops.sort();
+    ops
 }
 
 /// The report of the stage on `before` (the float model it was handed) and `after`.
@@ -349,7 +351,7 @@ pub fn report(
     cx: &PassContext,
 ) -> QuantReport {
     let planned = plan(before, cx);
-    let share = int8_share(&after.graph);
+    let share = Int8Share::of(&after.graph);
     let weights_only = cx
         .get::<Calibration>()
         .map(|c| c.weights_only.clone())
@@ -374,8 +376,9 @@ pub fn report(
             .filter(|(n, w)| w.is_ok() && !weights_only.iter().any(|o| o == g.node(*n).name()))
             .count(),
         left_float,
-        quantized_enough: share >= 0.5,
-        int8_weight_share: share,
+        quantized_enough: share.compute() >= 0.5,
+        int8_compute_share: share.compute(),
+        int8_weight_share: share.stored(),
         bodies_left_float: bodies_hold_quantizable(g),
         layer_errors: Vec::new(),
         fallback: Vec::new(),
@@ -386,34 +389,66 @@ pub fn report(
     }
 }
 
-/// Share of the weight elements of quantizable ops stored as int8 (read through a
-/// DequantizeLinear of an int8 constant).
-fn int8_share(g: &Graph) -> f64 {
-    let (mut int8, mut all) = (0u64, 0u64);
-    for n in g.node_ids().filter(|&n| qdq::quantizable(g, n)) {
-        let Some(w) = g.node(n).input(1) else {
-            continue;
-        };
-        if let Some(t) = g.value(w).constant() {
-            all += t.len();
-            continue;
-        }
-        let stored = g
-            .producer(w)
-            .filter(|&p| g.node(p).is("DequantizeLinear"))
-            .and_then(|p| g.node(p).input(0))
-            .and_then(|q| g.value(q).constant());
-        if let Some(t) = stored {
-            all += t.len();
+/// Weight elements of the quantizable ops, of the graph and its bodies: all of them, those
+/// stored as int8 (read through a DequantizeLinear of an int8 constant), and of those the ones
+/// whose op also reads its activation through a pair (an op that computes in int8).
+#[derive(Default)]
+struct Int8Share {
+    all: u64,
+    stored: u64,
+    computed: u64,
+}
+
+impl Int8Share {
+    fn of(g: &Graph) -> Int8Share {
+        let mut share = Int8Share::default();
+        share.add(g);
+        share
+    }
+
+    fn add(&mut self, g: &Graph) {
+        for n in g.node_ids() {
+            for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+                self.add(body);
+            }
+            let Some(w) = g.node(n).input(1).filter(|_| qdq::quantizable(g, n)) else {
+                continue;
+            };
+            if let Some(t) = g.value(w).constant() {
+                self.all += t.len();
+                continue;
+            }
+            let stored = g
+                .producer(w)
+                .filter(|&p| g.node(p).is("DequantizeLinear"))
+                .and_then(|p| g.node(p).input(0))
+                .and_then(|q| g.value(q).constant());
+            let Some(t) = stored else { continue };
+            self.all += t.len();
             if t.dtype() == DType::I8 {
-                int8 += t.len();
+                self.stored += t.len();
+                let x = g.node(n).input(0);
+                if x.is_some_and(|x| pairs::pair_source(g, x).is_some()) {
+                    self.computed += t.len();
+                }
             }
         }
     }
-    if all == 0 {
-        0.0
-    } else {
-        int8 as f64 / all as f64
+
+    fn share(&self, part: u64) -> f64 {
+        if self.all == 0 {
+            0.0
+        } else {
+            part as f64 / self.all as f64
+        }
+    }
+
+    fn compute(&self) -> f64 {
+        self.share(self.computed)
+    }
+
+    fn stored(&self) -> f64 {
+        self.share(self.stored)
     }
 }
 

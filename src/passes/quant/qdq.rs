@@ -25,6 +25,8 @@
 //!
 //! An op the check's fallback names in [`Calibration::weights_only`] keeps int8 weights and
 //! reads and writes float activations (its bias stays float, shifted by bias correction).
+//! For TensorRT (`--target tensorrt`) every bias stays float: its ONNX parser refuses a
+//! DequantizeLinear of an int32 bias ("only activation types allowed as input to this layer").
 //!
 //! Refuses (the op stays float, with the reason in the quantization report): ops the user
 //! excluded by name or op type; an activation without a calibrated range or that is not f32;
@@ -434,7 +436,11 @@ fn quantize_layer(
         patch.set_input(l.node, 0, Some(dq_x));
         quantize_output(patch, l.node, cal, kept_float)?;
     }
-    let s_x = act.map(|(_, s)| s);
+    // TensorRT's parser accepts a DequantizeLinear only of an activation type: its biases
+    // stay float.
+    let s_x = act
+        .map(|(_, s)| s)
+        .filter(|_| cal.placement != Placement::Inputs);
     quantize_bias(patch, l, &base, s_x, &scales, shift.as_deref())
 }
 

@@ -19,6 +19,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+mod judge;
+
+pub use judge::{OutputDiff, PartDiff, PART_AXIS_MAX, PART_GAP};
+
 use crate::ir::{DType, Model};
 use crate::runtime::{
     feedable_inputs, has_free_spatial_dims, input_specs, Binding, HostTensor, InputSpec, Runner,
@@ -144,24 +148,6 @@ impl Default for CheckOptions {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct OutputDiff {
-    pub name: String,
-    pub max_abs: f64,
-    pub max_rel: f64,
-    pub cosine: f64,
-    /// Share of rows whose argmax agrees, for [batch, classes] outputs.
-    pub top1: Option<f64>,
-    pub ok: bool,
-    /// Set when the outputs cannot be compared element by element (shape or type differ).
-    pub mismatch: Option<String>,
-    /// The limit of the rule this output broke, when it broke one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub violation: Option<String>,
-    /// What atol and max error are multiplied by: the output's largest magnitude, at least 1.
-    pub scale: f64,
-}
-
 /// A model input and the shape a check ran it with.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InputShape {
@@ -224,11 +210,25 @@ impl CheckReport {
         self.outputs.iter().all(|o| o.ok)
     }
 
-    /// The lowest cosine over the outputs (0 for one that could not be compared).
+    /// The lowest cosine over the outputs, their parts and their samples (0 for an output
+    /// that could not be compared): how far the worst of what the check judges is from 1.
     pub fn worst_cosine(&self) -> f64 {
         self.outputs
             .iter()
-            .map(|o| if o.mismatch.is_some() { 0.0 } else { o.cosine })
+            .map(|o| {
+                if o.mismatch.is_some() {
+                    return 0.0;
+                }
+                let parts = o
+                    .parts
+                    .iter()
+                    .flat_map(|p| [Some(p.cosine), p.worst_sample]);
+                std::iter::once(Some(o.cosine))
+                    .chain(std::iter::once(o.worst_sample))
+                    .chain(parts)
+                    .flatten()
+                    .fold(f64::INFINITY, f64::min)
+            })
             .fold(f64::INFINITY, f64::min)
     }
 
@@ -248,14 +248,13 @@ impl CheckReport {
         let mut s = String::new();
         writeln!(
             s,
-            "{:<28} {:>11} {:>11} {:>10} {:>7} {:>9}  verdict",
-            "output", "max abs", "max rel", "cosine", "top-1", "scale"
+            "{:<28} {:>11} {:>11} {:>10} {:>10} {:>7} {:>7} {:>9}  verdict",
+            "output", "max abs", "max rel", "cosine", "worst", "top-1", "seqs", "scale"
         )
         .unwrap();
+        let share = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
+        let cos = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.6}"));
         for o in &self.outputs {
-            let top1 = o
-                .top1
-                .map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
             let verdict = match (&o.mismatch, &o.violation, o.ok) {
                 (Some(m), _, _) => format!("MISMATCH ({m})"),
                 (None, _, true) => "ok".to_string(),
@@ -264,10 +263,28 @@ impl CheckReport {
             };
             writeln!(
                 s,
-                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>7} {:>9.3}  {verdict}",
-                o.name, o.max_abs, o.max_rel, o.cosine, top1, o.scale
+                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>10} {:>7} {:>7} {:>9.3}  {verdict}",
+                o.name,
+                o.max_abs,
+                o.max_rel,
+                o.cosine,
+                cos(o.worst_sample),
+                share(o.top1),
+                share(o.sequences),
+                o.scale
             )
             .unwrap();
+            for p in &o.parts {
+                writeln!(
+                    s,
+                    "  part {:<22} {:>35.6} {:>10} {:>7}",
+                    p.label,
+                    p.cosine,
+                    cos(p.worst_sample),
+                    share(p.top1)
+                )
+                .unwrap();
+            }
         }
         if !self.inputs.shapes.is_empty() {
             writeln!(s, "inputs: {}", self.inputs.describe()).unwrap();
@@ -617,21 +634,9 @@ pub fn compare(
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut acc = Acc::default();
-            let mut mismatch = None;
-            for (e, g) in expected.iter().zip(got) {
-                let (e, g) = (&e[i], &g[i]);
-                if e.shape() != g.shape() {
-                    mismatch = Some(format!("shape {:?} vs {:?}", e.shape(), g.shape()));
-                    continue;
-                }
-                match (e.to_f64(), g.to_f64()) {
-                    (Some(ev), Some(gv)) => acc.add(&ev, &gv, e.shape(), &rule),
-                    _ if e.same_as(g) => {}
-                    _ => mismatch = Some("non-numeric values differ".into()),
-                }
-            }
-            acc.finish(name, mismatch, &rule)
+            let e: Vec<&HostTensor> = expected.iter().map(|s| &s[i]).collect();
+            let g: Vec<&HostTensor> = got.iter().map(|s| &s[i]).collect();
+            judge::judge(name, &e, &g, &rule)
         })
         .collect();
     CheckReport {
@@ -640,125 +645,4 @@ pub fn compare(
         inputs: BoundInputs::default(),
         outputs,
     }
-}
-
-#[derive(Default)]
-struct Acc {
-    scale: f64,
-    max_abs: f64,
-    max_rel: f64,
-    dot: f64,
-    ee: f64,
-    gg: f64,
-    values: usize,
-    /// Values past the scaled tolerance, under the exact rule.
-    violations: usize,
-    rows: usize,
-    rows_agree: usize,
-    classified: bool,
-}
-
-impl Acc {
-    fn add(&mut self, e: &[f64], g: &[f64], shape: &[usize], rule: &Rule) {
-        // An element passes when |a - b| <= atol * max(1, scale) + rtol * |a|, where scale is the
-        // largest finite magnitude in this output: fp32 rounding differences (a fused weight,
-        // a reordered sum) are relative to the values that flow through the network, so a
-        // logit near zero next to logits of 25 carries the error of 25, not of 0.
-        let scale = e
-            .iter()
-            .filter(|x| x.is_finite())
-            .fold(1.0f64, |m, x| m.max(x.abs()));
-        self.scale = self.scale.max(scale);
-        self.values += e.len();
-        for (&x, &y) in e.iter().zip(g) {
-            if x.is_nan() && y.is_nan() || x == y {
-                self.dot += if x.is_finite() { x * y } else { 0.0 };
-                self.ee += if x.is_finite() { x * x } else { 0.0 };
-                self.gg += if y.is_finite() { y * y } else { 0.0 };
-                continue;
-            }
-            let d = (x - y).abs();
-            let d = if d.is_nan() { f64::INFINITY } else { d };
-            self.max_abs = self.max_abs.max(d);
-            self.max_rel = self.max_rel.max(d / x.abs().max(f64::MIN_POSITIVE));
-            if let Rule::Exact(tol) = rule {
-                if d > tol.atol * scale + tol.rtol * x.abs() {
-                    self.violations += 1;
-                }
-            }
-            self.dot += x * y;
-            self.ee += x * x;
-            self.gg += y * y;
-        }
-        if let [rows, classes] = shape {
-            if *classes > 1 {
-                self.classified = true;
-                for r in 0..*rows {
-                    let row = |v: &[f64]| argmax(&v[r * classes..(r + 1) * classes]);
-                    self.rows += 1;
-                    if row(e) == row(g) {
-                        self.rows_agree += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(self, name: &str, mismatch: Option<String>, rule: &Rule) -> OutputDiff {
-        let cosine = if self.ee == 0.0 && self.gg == 0.0 {
-            1.0
-        } else {
-            self.dot / (self.ee.sqrt() * self.gg.sqrt()).max(f64::MIN_POSITIVE)
-        };
-        let top1 = self
-            .classified
-            .then(|| self.rows_agree as f64 / self.rows.max(1) as f64);
-        let violation = match rule {
-            Rule::Exact(_) => (self.violations > 0).then(|| {
-                format!(
-                    "{} of {} values past the tolerance",
-                    self.violations, self.values
-                )
-            }),
-            // NaN fails every limit: a result that computes NaN where the original did not is
-            // not close to it.
-            Rule::Lossy(l) => {
-                let error = self.max_abs / self.scale.max(1.0);
-                if cosine.is_nan() || cosine < l.min_cosine {
-                    Some(format!("cosine {cosine:.6} < {}", l.min_cosine))
-                } else if let Some(t) = top1.filter(|t| *t < l.min_top1) {
-                    Some(format!(
-                        "top-1 {:.1}% < {:.1}%",
-                        t * 100.0,
-                        l.min_top1 * 100.0
-                    ))
-                } else {
-                    l.max_error
-                        .filter(|&m| error.is_nan() || error > m)
-                        .map(|m| format!("max error {error:.3e} * scale > {m:e}"))
-                }
-            }
-        };
-        OutputDiff {
-            name: name.to_string(),
-            max_abs: self.max_abs,
-            max_rel: self.max_rel,
-            cosine,
-            top1,
-            ok: violation.is_none() && mismatch.is_none(),
-            mismatch,
-            violation,
-            scale: self.scale,
-        }
-    }
-}
-
-fn argmax(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
