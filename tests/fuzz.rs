@@ -191,8 +191,8 @@ fn exercise(bytes: Vec<u8>) -> usize {
 }
 
 /// Writes the seed corpus of the coverage-guided fuzzers (fuzz/seeds/): the two models above,
-/// the external-data model below and a few random valid graphs, which between them hold most
-/// ops the passes rewrite.
+/// the external-data models below (one that loads, one whose locations are all refused) and a
+/// few random valid graphs, which between them hold most ops the passes rewrite.
 /// `ONNXSMITH_FUZZ_SEEDS=fuzz/seeds cargo test --test fuzz write_fuzz_seeds -- --ignored`
 #[test]
 #[ignore]
@@ -203,7 +203,13 @@ fn write_fuzz_seeds() {
         .map(String::from)
         .into_iter()
         .zip(seeds())
-        .chain([("external".to_string(), external_seed())]);
+        .chain([
+            ("external".to_string(), external_seed()),
+            (
+                "external-refused".to_string(),
+                external_seed_reading(REFUSED),
+            ),
+        ]);
     let generated = GENERATED_SEEDS
         .iter()
         .map(|&s| (format!("graph-{s}"), gen::graph(s).encode_to_vec()));
@@ -329,6 +335,16 @@ fn a_conv_inside_a_constant_cone_is_not_evaluated_with_it() {
 /// directory link that stay inside, and from a Constant's attribute; its locations name files
 /// of `common::external_dir`, which the `load` fuzz target lays out and resolves them against.
 fn external_seed() -> Vec<u8> {
+    external_seed_reading(["w.bin", "alias.bin", "d/w.bin", "sub/w.bin"])
+}
+
+/// Locations of `common::external_dir` that are refused: a FIFO, a chain of links leading
+/// outside, a directory link leading outside, a link to a device.
+const REFUSED: [&str; 4] = ["pipe", "hop.bin", "up/secret.bin", "zero"];
+
+/// The model of [`external_seed`] with its three initializers and its Constant read from
+/// `locations`.
+fn external_seed_reading(locations: [&str; 4]) -> Vec<u8> {
     let at = |name: &str, location: &str, offset: u64| {
         common::external_tensor(name, 1, &[4], location, offset, 16)
     };
@@ -338,7 +354,7 @@ fn external_seed() -> Vec<u8> {
         .push(onnxsmith::onnx::proto::AttributeProto {
             name: "value".into(),
             r#type: 4,
-            t: Some(at("", "sub/w.bin", 256)),
+            t: Some(at("", locations[3], 256)),
             ..Default::default()
         });
     model_io(
@@ -352,9 +368,9 @@ fn external_seed() -> Vec<u8> {
         vec![f32_info("x", &[4])],
         vec![f32_info("y", &[4])],
         vec![
-            at("a", "w.bin", 0),
-            at("b", "alias.bin", 64),
-            at("c", "d/w.bin", 128),
+            at("a", locations[0], 0),
+            at("b", locations[1], 64),
+            at("c", locations[2], 128),
         ],
     )
     .encode_to_vec()
@@ -425,6 +441,10 @@ fn external_references_resolve_inside_or_are_refused() {
         3,
         "the seed loads and optimizes"
     );
+    let bytes = external_seed_reading(REFUSED);
+    let mut proto = onnxsmith::onnx::decode_model(bytes.into(), "seed").unwrap();
+    let e = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir).unwrap_err();
+    assert!(format!("{e:#}").contains("'pipe' resolves to"), "{e:#}");
     let (mut resolved, mut refused, mut panics) = (0, 0, Vec::new());
     for case in 0..2000u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(case);
