@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{bin, f32_info, model_with, node};
 use onnxsmith::onnx::proto::{
@@ -256,7 +256,7 @@ fn facts_tract_cannot_infer_leave_stderr_to_warnings() {
 }
 
 /// A model whose single initializer lives in `w.bin` at `offset` with `length` bytes.
-fn external_model(dir: &Path, offset: &str, length: &str) -> std::path::PathBuf {
+fn external_model(dir: &Path, offset: &str, length: &str) -> PathBuf {
     let mut m = model_with(vec![node("Add", "add", &["x", "w"], &["y"])]);
     let g = m.graph.as_mut().unwrap();
     let entry = |k: &str, v: &str| StringStringEntryProto {
@@ -339,4 +339,247 @@ fn usage_errors_exit_1() {
     let out = bin().args(["convert", "only-input.onnx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output"));
+}
+
+/// External data reached through symbolic links and special files (`common::external_dir`
+/// lays out the model's directory). Nothing outside the model's directory is ever read,
+/// nothing but a regular file is opened for reading, and a refused model writes nothing.
+#[cfg(unix)]
+mod external_links {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::common::{bin, external_dir, external_tensor, model_with, node};
+    use onnxsmith::onnx::proto::ModelProto;
+    use prost::Message;
+
+    /// A fresh external_dir layout: (its root, kept alive; ROOT/model canonical).
+    fn layout() -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let model_dir = external_dir::make(root.path()).canonicalize().unwrap();
+        (root, model_dir)
+    }
+
+    /// Writes `model_dir/m.onnx`, whose initializer `w` (f32 [2, 3]) is the first 24 bytes of
+    /// `location`.
+    fn model_reading(model_dir: &Path, location: &str) -> PathBuf {
+        let mut m = model_with(vec![node("Add", "add", &["x", "w"], &["y"])]);
+        m.graph.as_mut().unwrap().initializer.push(external_tensor(
+            "w",
+            1,
+            &[2, 3],
+            location,
+            0,
+            24,
+        ));
+        let p = model_dir.join("m.onnx");
+        std::fs::write(&p, m.encode_to_vec()).unwrap();
+        p
+    }
+
+    /// Runs `cmd`, failing the test if it has not finished within a minute (a FIFO opened
+    /// for reading would wait for a writer for ever). Returns (exit code, stderr).
+    fn run_bounded(mut cmd: Command) -> (i32, String) {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{cmd:?} was still running after a minute");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.code().expect("killed by a signal"), err)
+    }
+
+    /// `inspect`, `convert` and `optimize --no-check` all refuse `model` with exit 1 and a
+    /// message that names the model file and contains `needle`; neither writes anything.
+    fn assert_refused_everywhere(model: &Path, needle: &str) {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.onnx");
+        let mut inspect = bin();
+        inspect.arg("inspect").arg(model);
+        let mut convert = bin();
+        convert.arg("convert").arg(model).arg("-o").arg(&out);
+        let mut optimize = bin();
+        optimize
+            .args(["optimize", "--no-check", "-q", "-o"])
+            .arg(&out)
+            .arg(model);
+        for cmd in [inspect, convert, optimize] {
+            let what = format!("{cmd:?}");
+            let (code, err) = run_bounded(cmd);
+            assert_eq!(code, 1, "{what}: expected exit 1: {err}");
+            assert!(
+                err.contains(needle),
+                "{what}: expected {needle:?} in: {err}"
+            );
+            assert!(err.contains(&*model.to_string_lossy()), "{what}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+            let written: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+            assert!(written.is_empty(), "{what} wrote {written:?}");
+        }
+    }
+
+    fn outside(location: &str, resolved: &Path, model_dir: &Path) -> String {
+        format!(
+            "tensor 'w': external-data location '{location}' resolves to {}, outside the model's directory {}: refused",
+            resolved.display(),
+            model_dir.display()
+        )
+    }
+
+    #[test]
+    fn a_file_link_leading_outside_is_refused() {
+        let (_root, model_dir) = layout();
+        let secret = model_dir.parent().unwrap().join("secret.bin");
+        // outside.bin links straight out; hop.bin links to outside.bin, a link inside.
+        for location in ["outside.bin", "hop.bin"] {
+            let m = model_reading(&model_dir, location);
+            assert_refused_everywhere(&m, &outside(location, &secret, &model_dir));
+        }
+    }
+
+    #[test]
+    fn a_directory_link_leading_outside_is_refused() {
+        let (_root, model_dir) = layout();
+        let secret = model_dir.parent().unwrap().join("secret.bin");
+        let m = model_reading(&model_dir, "up/secret.bin");
+        assert_refused_everywhere(&m, &outside("up/secret.bin", &secret, &model_dir));
+        let m = model_reading(&model_dir, "./up/secret.bin");
+        assert_refused_everywhere(&m, &outside("./up/secret.bin", &secret, &model_dir));
+    }
+
+    #[test]
+    fn a_device_is_refused_by_link_or_by_absolute_path() {
+        let (_root, model_dir) = layout();
+        let m = model_reading(&model_dir, "zero");
+        assert_refused_everywhere(&m, &outside("zero", Path::new("/dev/zero"), &model_dir));
+        let m = model_reading(&model_dir, "/dev/zero");
+        assert_refused_everywhere(
+            &m,
+            "tensor 'w': external-data location '/dev/zero' must be a relative path inside the model's directory",
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let (_root, model_dir) = layout();
+        let m = model_reading(&model_dir, "pipe");
+        assert_refused_everywhere(
+            &m,
+            &format!(
+                "tensor 'w': external-data location 'pipe' resolves to {}, a FIFO, not a regular file: refused",
+                model_dir.join("pipe").display()
+            ),
+        );
+    }
+
+    #[test]
+    fn a_directory_is_refused() {
+        let (_root, model_dir) = layout();
+        for (location, resolved) in [("sub", "sub"), ("d", "sub"), (".", "")] {
+            let m = model_reading(&model_dir, location);
+            let resolved = if resolved.is_empty() {
+                model_dir.clone()
+            } else {
+                model_dir.join(resolved)
+            };
+            assert_refused_everywhere(
+                &m,
+                &format!(
+                    "tensor 'w': external-data location '{location}' resolves to {}, a directory, not a regular file: refused",
+                    resolved.display()
+                ),
+            );
+        }
+    }
+
+    /// A link whose target lies inside the model's directory is followed: it reads nothing the
+    /// model could not name directly. What counts is where the path ends up, so even a way out
+    /// and back in (`up/model/...`) is accepted.
+    #[test]
+    fn a_link_that_stays_inside_is_followed() {
+        let (_root, model_dir) = layout();
+        let w = std::fs::read(model_dir.join("w.bin")).unwrap();
+        let sub_w = std::fs::read(model_dir.join("sub/w.bin")).unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.onnx");
+        for (location, bytes) in [
+            ("alias.bin", &w),
+            ("d/w.bin", &sub_w),
+            ("up/model/w.bin", &w),
+        ] {
+            let m = model_reading(&model_dir, location);
+            let mut cmd = bin();
+            cmd.arg("convert").arg(&m).arg("-o").arg(&out);
+            let (code, err) = run_bounded(cmd);
+            assert_eq!(code, 0, "{location}: {err}");
+            let written = ModelProto::decode(&*std::fs::read(&out).unwrap()).unwrap();
+            let t = &written.graph.unwrap().initializer[0];
+            assert_eq!(&t.raw_data[..], &bytes[..24], "{location}");
+        }
+    }
+
+    /// The output and its `.data` file are written beside their paths and renamed over them:
+    /// a symbolic link there is replaced by the new file, and what it pointed to is untouched.
+    #[test]
+    fn an_output_or_data_path_that_is_a_link_is_replaced_not_written_through() {
+        let (_root, model_dir) = layout();
+        // 1 KiB or more, so --external-data moves it to out.onnx.data.
+        let mut m = model_with(vec![node("Add", "add", &["x", "w"], &["y"])]);
+        m.graph.as_mut().unwrap().input[0] = super::f32_info("x", &[2, 256]);
+        m.graph.as_mut().unwrap().output[0] = super::f32_info("y", &[2, 256]);
+        m.graph.as_mut().unwrap().initializer.push(external_tensor(
+            "w",
+            1,
+            &[2, 256],
+            "w.bin",
+            0,
+            2048,
+        ));
+        let input = model_dir.join("big.onnx");
+        std::fs::write(&input, m.encode_to_vec()).unwrap();
+        let victims = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.onnx");
+        let out_data = out_dir.path().join("out.onnx.data");
+        for command in ["convert", "optimize"] {
+            for link in [&out, &out_data] {
+                let victim = victims.path().join("victim");
+                std::fs::write(&victim, b"keep me").unwrap();
+                let _ = std::fs::remove_file(link);
+                std::os::unix::fs::symlink(&victim, link).unwrap();
+                let mut cmd = bin();
+                match command {
+                    "convert" => cmd.arg("convert"),
+                    _ => cmd.args(["optimize", "--no-check", "-q"]),
+                };
+                cmd.arg(&input).arg("--external-data").arg("-o").arg(&out);
+                let (code, err) = run_bounded(cmd);
+                assert_eq!(code, 0, "{command}, {}: {err}", link.display());
+                assert_eq!(std::fs::read(&victim).unwrap(), b"keep me", "{command}");
+                for p in [&out, &out_data] {
+                    let kind = std::fs::symlink_metadata(p).unwrap().file_type();
+                    assert!(kind.is_file(), "{command}: {} is {kind:?}", p.display());
+                }
+                let back = onnxsmith::load(&out).unwrap();
+                assert_eq!(
+                    back.external_files,
+                    std::slice::from_ref(&out_data),
+                    "{command}"
+                );
+            }
+        }
+    }
 }

@@ -190,15 +190,26 @@ fn exercise(bytes: Vec<u8>) -> usize {
     3
 }
 
-/// Writes the seed corpus of the coverage-guided fuzzers (fuzz/seeds/): the two models above
-/// and a few random valid graphs, which between them hold most ops the passes rewrite.
+/// Writes the seed corpus of the coverage-guided fuzzers (fuzz/seeds/): the two models above,
+/// the external-data models below (one that loads, one whose locations are all refused) and a
+/// few random valid graphs, which between them hold most ops the passes rewrite.
 /// `ONNXSMITH_FUZZ_SEEDS=fuzz/seeds cargo test --test fuzz write_fuzz_seeds -- --ignored`
 #[test]
 #[ignore]
 fn write_fuzz_seeds() {
     let dir = std::path::PathBuf::from(std::env::var("ONNXSMITH_FUZZ_SEEDS").expect("a directory"));
     std::fs::create_dir_all(&dir).unwrap();
-    let named = ["conv_bn", "if"].map(String::from).into_iter().zip(seeds());
+    let named = ["conv_bn", "if"]
+        .map(String::from)
+        .into_iter()
+        .zip(seeds())
+        .chain([
+            ("external".to_string(), external_seed()),
+            (
+                "external-refused".to_string(),
+                external_seed_reading(REFUSED),
+            ),
+        ]);
     let generated = GENERATED_SEEDS
         .iter()
         .map(|&s| (format!("graph-{s}"), gen::graph(s).encode_to_vec()));
@@ -318,4 +329,154 @@ fn a_conv_inside_a_constant_cone_is_not_evaluated_with_it() {
         .map(|n| m.graph.node(n).op().to_string())
         .collect();
     assert_eq!(ops, ["Conv"], "the Mul folds, the Conv stays");
+}
+
+/// A model whose tensors are all external data, reached directly, through a link and a
+/// directory link that stay inside, and from a Constant's attribute; its locations name files
+/// of `common::external_dir`, which the `load` fuzz target lays out and resolves them against.
+fn external_seed() -> Vec<u8> {
+    external_seed_reading(["w.bin", "alias.bin", "d/w.bin", "sub/w.bin"])
+}
+
+/// Locations of `common::external_dir` that are refused: a FIFO, a chain of links leading
+/// outside, a directory link leading outside, a link to a device.
+const REFUSED: [&str; 4] = ["pipe", "hop.bin", "up/secret.bin", "zero"];
+
+/// The model of [`external_seed`] with its three initializers and its Constant read from
+/// `locations`.
+fn external_seed_reading(locations: [&str; 4]) -> Vec<u8> {
+    let at = |name: &str, location: &str, offset: u64| {
+        common::external_tensor(name, 1, &[4], location, offset, 16)
+    };
+    let mut constant = node("Constant", "k", &[], &["k"]);
+    constant
+        .attribute
+        .push(onnxsmith::onnx::proto::AttributeProto {
+            name: "value".into(),
+            r#type: 4,
+            t: Some(at("", locations[3], 256)),
+            ..Default::default()
+        });
+    model_io(
+        vec![
+            node("Add", "add_a", &["x", "a"], &["t1"]),
+            node("Mul", "mul_b", &["t1", "b"], &["t2"]),
+            node("Sub", "sub_c", &["t2", "c"], &["t3"]),
+            constant,
+            node("Add", "add_k", &["t3", "k"], &["y"]),
+        ],
+        vec![f32_info("x", &[4])],
+        vec![f32_info("y", &[4])],
+        vec![
+            at("a", locations[0], 0),
+            at("b", locations[1], 64),
+            at("c", locations[2], 128),
+        ],
+    )
+    .encode_to_vec()
+}
+
+/// Locations worth trying against `common::external_dir`: files inside, links that stay
+/// inside, links and paths that lead out, special files, and names that are not there.
+const LOCATIONS: &[&str] = &[
+    "w.bin",
+    "sub/w.bin",
+    "alias.bin",
+    "d/w.bin",
+    "up/model/w.bin",
+    "./w.bin",
+    "outside.bin",
+    "hop.bin",
+    "up/secret.bin",
+    "up",
+    "zero",
+    "pipe",
+    "sub",
+    ".",
+    "",
+    "/dev/zero",
+    "../secret.bin",
+    "d/../w.bin",
+    "missing.bin",
+];
+
+/// Points one external tensor of `seed` at a random location, offset and length.
+fn damage_external(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut m = ModelProto::decode(seed).expect("seeds decode");
+    let g = m.graph.as_mut().unwrap();
+    let constant = g.node[3].attribute[0].t.as_mut().unwrap();
+    let mut tensors: Vec<_> = g.initializer.iter_mut().collect();
+    tensors.push(constant);
+    let t = tensors.swap_remove(rng.random_range(0..tensors.len()));
+    t.external_data[0].value = LOCATIONS[rng.random_range(0..LOCATIONS.len())].into();
+    match rng.random_range(0..4) {
+        0 => t.external_data[1].value = rng.random_range(0..4200u64).to_string(),
+        1 => t.external_data.truncate(1),
+        2 => t.external_data[2].value = "-1".into(),
+        _ => {}
+    }
+    m.encode_to_vec()
+}
+
+/// Damaged external references resolve to files inside the model's directory or are refused
+/// with a message, never a panic; nothing outside is read and a FIFO is never waited on (the
+/// test would hang). Half the cases change the references, half the bytes of the model.
+#[test]
+#[cfg(unix)]
+fn external_references_resolve_inside_or_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let model_dir = common::external_dir::make(root.path())
+        .canonicalize()
+        .unwrap();
+    let seed = external_seed();
+    let mut proto = onnxsmith::onnx::decode_model(seed.clone().into(), "seed").unwrap();
+    let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir).unwrap();
+    assert_eq!(
+        files.len(),
+        4,
+        "the seed reads its four locations: {files:?}"
+    );
+    assert_eq!(
+        exercise(proto.encode_to_vec()),
+        3,
+        "the seed loads and optimizes"
+    );
+    let bytes = external_seed_reading(REFUSED);
+    let mut proto = onnxsmith::onnx::decode_model(bytes.into(), "seed").unwrap();
+    let e = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir).unwrap_err();
+    assert!(format!("{e:#}").contains("'pipe' resolves to"), "{e:#}");
+    let (mut resolved, mut refused, mut panics) = (0, 0, Vec::new());
+    for case in 0..2000u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(case);
+        let bytes = if case % 2 == 0 {
+            damage_external(&seed, &mut rng)
+        } else {
+            mutate(&seed, &mut rng)
+        };
+        let Ok(mut proto) = onnxsmith::onnx::decode_model(bytes.into(), "fuzz") else {
+            continue;
+        };
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir)?;
+            let _ = Model::from_proto(proto.clone()).map(|m| m.to_proto());
+            anyhow::Ok(files)
+        }));
+        match run {
+            Err(_) => panics.push(case),
+            Ok(Ok(files)) => {
+                resolved += 1;
+                for f in files {
+                    let real = f.canonicalize().unwrap();
+                    assert!(real.starts_with(&model_dir), "case {case} read {f:?}");
+                    assert!(real.is_file(), "case {case} read {f:?}");
+                }
+            }
+            Ok(Err(e)) => {
+                refused += format!("{e:#}").contains("refused") as usize;
+            }
+        }
+    }
+    eprintln!("external: {resolved} resolved, {refused} refused for where they lead");
+    assert!(panics.is_empty(), "cases that panicked: {panics:?}");
+    assert!(resolved > 100 && refused > 100, "{resolved} {refused}");
 }

@@ -28,6 +28,11 @@ impl AsRef<[u8]> for Shared {
 /// Maps a whole file. An empty file yields empty bytes (mapping zero bytes is an error on Linux).
 pub fn map_file(path: &Path) -> Result<Bytes> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    map_opened(&file, path)
+}
+
+/// Maps the whole of `file`, already open; `path` names it in errors.
+pub fn map_opened(file: &File, path: &Path) -> Result<Bytes> {
     let len = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?
@@ -38,7 +43,7 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     // SAFETY: the mapping is read-only. As with every tool that maps its input, a file truncated
     // by another process while we read it is outside what we can defend against.
     let map = Arc::new(
-        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?,
+        unsafe { Mmap::map(file) }.with_context(|| format!("cannot map {}", path.display()))?,
     );
     let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
     live.retain(|m| m.strong_count() > 0);

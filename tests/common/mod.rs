@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
+pub mod external_dir;
+
 /// The ONNX backend test corpus, when fetched by `fixtures/onnx-tests/fetch.sh`. In CI its
 /// absence is an error, since the CI script fetches it; elsewhere the caller skips.
 pub fn corpus_dir() -> Option<PathBuf> {
@@ -524,5 +527,34 @@ pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]
     };
     for dims in runs {
         assert_same_outputs(&alone(before, dims), &alone(after, dims));
+    }
+}
+
+/// A tensor of `data_type` and `dims` whose bytes are in the file `location`, from `offset`,
+/// `length` bytes.
+pub fn external_tensor(
+    name: &str,
+    data_type: i32,
+    dims: &[i64],
+    location: &str,
+    offset: u64,
+    length: u64,
+) -> onnxsmith::onnx::proto::TensorProto {
+    use onnxsmith::onnx::proto::{tensor_proto::DataLocation, StringStringEntryProto};
+    let entry = |k: &str, v: String| StringStringEntryProto {
+        key: k.into(),
+        value: v,
+    };
+    onnxsmith::onnx::proto::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type,
+        data_location: DataLocation::External as i32,
+        external_data: vec![
+            entry("location", location.into()),
+            entry("offset", offset.to_string()),
+            entry("length", length.to_string()),
+        ],
+        ..Default::default()
     }
 }
