@@ -531,6 +531,44 @@ mod external_links {
         }
     }
 
+    /// A model file that is itself a link (a Hugging Face cache: `snapshots/rev/m.onnx` leads
+    /// into `blobs/`, and so does its data) reads data beside the file it leads to; data that
+    /// leads anywhere else is still refused.
+    #[test]
+    fn a_model_that_is_a_link_reads_data_beside_the_file_it_leads_to() {
+        use std::os::unix::fs::symlink;
+        let (root, model_dir) = layout();
+        let blobs = root.path().join("blobs");
+        let snapshot = root.path().join("snapshots/rev");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::copy(model_dir.join("w.bin"), blobs.join("h2")).unwrap();
+        let m = model_reading(&model_dir, "m.onnx_data");
+        std::fs::copy(&m, blobs.join("h1")).unwrap();
+        symlink(blobs.join("h1"), snapshot.join("m.onnx")).unwrap();
+        symlink(blobs.join("h2"), snapshot.join("m.onnx_data")).unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let mut cmd = bin();
+        let out = out_dir.path().join("out.onnx");
+        cmd.arg("convert")
+            .arg(snapshot.join("m.onnx"))
+            .arg("-o")
+            .arg(&out);
+        let (code, err) = run_bounded(cmd);
+        assert_eq!(code, 0, "{err}");
+        // Data beside neither the link nor the file it leads to stays out of reach.
+        std::fs::remove_file(snapshot.join("m.onnx_data")).unwrap();
+        symlink(root.path().join("secret.bin"), snapshot.join("m.onnx_data")).unwrap();
+        let mut cmd = bin();
+        cmd.arg("convert")
+            .arg(snapshot.join("m.onnx"))
+            .arg("-o")
+            .arg(&out);
+        let (code, err) = run_bounded(cmd);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("outside the model's directory"), "{err}");
+    }
+
     /// The output and its `.data` file are written beside their paths and renamed over them:
     /// a symbolic link there is replaced by the new file, and what it pointed to is untouched.
     #[test]

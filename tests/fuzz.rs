@@ -430,7 +430,7 @@ fn external_references_resolve_inside_or_are_refused() {
         .unwrap();
     let seed = external_seed();
     let mut proto = onnxsmith::onnx::decode_model(seed.clone().into(), "seed").unwrap();
-    let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir).unwrap();
+    let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir, None).unwrap();
     assert_eq!(
         files.len(),
         4,
@@ -443,7 +443,7 @@ fn external_references_resolve_inside_or_are_refused() {
     );
     let bytes = external_seed_reading(REFUSED);
     let mut proto = onnxsmith::onnx::decode_model(bytes.into(), "seed").unwrap();
-    let e = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir).unwrap_err();
+    let e = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir, None).unwrap_err();
     assert!(format!("{e:#}").contains("'pipe' resolves to"), "{e:#}");
     let (mut resolved, mut refused, mut panics) = (0, 0, Vec::new());
     for case in 0..2000u64 {
@@ -457,7 +457,7 @@ fn external_references_resolve_inside_or_are_refused() {
             continue;
         };
         let run = catch_unwind(AssertUnwindSafe(|| {
-            let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir)?;
+            let files = onnxsmith::onnx::resolve_external_data(&mut proto, &model_dir, None)?;
             let _ = Model::from_proto(proto.clone()).map(|m| m.to_proto());
             anyhow::Ok(files)
         }));

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut proto) = decode_model(data.to_vec().into(), "fuzz input") else {
         return;
     };
-    let Ok(files) = resolve_external_data(&mut proto, model_dir()) else {
+    let Ok(files) = resolve_external_data(&mut proto, model_dir(), None) else {
         return;
     };
     for f in files {

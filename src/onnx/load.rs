@@ -21,7 +21,13 @@ pub fn load_model(path: &Path) -> Result<(ModelProto, Vec<PathBuf>)> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let files = resolve_external_data(&mut model, dir)
+    // A model file that is a link (a Hugging Face cache's snapshot entry, pointing into its
+    // blobs) keeps its data beside the file it leads to: that directory is allowed too.
+    let real_dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let files = resolve_external_data(&mut model, dir, real_dir.as_deref())
         .with_context(|| format!("{}: cannot resolve external data", path.display()))?;
     Ok((model, files))
 }
@@ -53,16 +59,22 @@ pub fn decode_model(bytes: Bytes, what: &str) -> Result<ModelProto> {
 /// `dir` (the model's directory). Returns the files read, as `dir` joined with each location.
 ///
 /// A location is a path relative to `dir` that must resolve, symbolic links followed, to a
-/// regular file inside `dir`: a model is untrusted input, and a link in a downloaded archive
-/// (tar keeps them) could otherwise make us copy any file on the machine into the output.
-/// A link that stays inside `dir` is followed, since it reads nothing the model could not name
-/// directly. A file with several hard links is read too: a hard link is the file itself, not a
+/// regular file inside `dir` (or inside `real_dir`, the directory the model file itself
+/// resolves to, when it is a link): a model is untrusted input, and a link in a downloaded
+/// archive (tar keeps them) could otherwise make us copy any file on the machine into the
+/// output. A link that stays inside is followed, since it reads nothing the model could not
+/// name directly; the model file's own directory is as trusted as the file the user named. A file with several hard links is read too: a hard link is the file itself, not a
 /// path looked up when read, and Linux (`protected_hardlinks`, on by default) lets one be made
 /// only to a file its maker owns or may read and write.
-pub fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn resolve_external_data(
+    model: &mut ModelProto,
+    dir: &Path,
+    real_dir: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
     let mut files = ExternalFiles {
         dir,
         canonical_dir: None,
+        real_dir,
         files: HashMap::new(),
     };
     for_each_tensor(model, &mut |t| resolve_tensor(t, &mut files))?;
@@ -77,6 +89,8 @@ struct ExternalFiles<'a> {
     /// `dir` with every symbolic link resolved, found on first use: each location must resolve
     /// to a path under it.
     canonical_dir: Option<PathBuf>,
+    /// The directory the model file resolves to, when it is a link.
+    real_dir: Option<&'a Path>,
     /// location → its bytes
     files: HashMap<String, Bytes>,
 }
@@ -111,7 +125,9 @@ impl ExternalFiles<'_> {
         let unreadable =
             || format!("tensor '{name}': external-data file '{location}' is missing or unreadable");
         let path = self.dir.join(rel).canonicalize().with_context(unreadable)?;
-        if !path.starts_with(&canonical_dir) {
+        let inside =
+            path.starts_with(&canonical_dir) || self.real_dir.is_some_and(|r| path.starts_with(r));
+        if !inside {
             bail!(
                 "tensor '{name}': external-data location '{location}' resolves to {}, outside the model's directory {}: refused",
                 path.display(),
