@@ -165,6 +165,13 @@ pub struct BoundInputs {
     /// Why the original could not run with free dims bound to 1, when larger ones were used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_binding_failed: Option<String>,
+    /// Sets of other shapes than the first's (the samples' dynamic dims differ).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub other_shapes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl BoundInputs {
@@ -175,6 +182,14 @@ impl BoundInputs {
             .map(|i| format!("{} {}", i.name, dims_text(&i.shape)))
             .collect::<Vec<_>>()
             .join(", ");
+        if self.other_shapes > 0 {
+            write!(
+                s,
+                " (the first sample's; {} other shape(s))",
+                self.other_shapes
+            )
+            .unwrap();
+        }
         if let Some(why) = &self.first_binding_failed {
             write!(
                 s,
@@ -374,10 +389,18 @@ impl Feed {
                     .insert(s.name.clone(), t.shape().to_vec());
             }
         }
+        let mut distinct: Vec<Vec<&[usize]>> = given
+            .iter()
+            .map(|set| set.iter().map(|t| t.shape()).collect())
+            .collect();
+        distinct.sort();
+        distinct.dedup();
         let inputs = BoundInputs {
             shapes: shapes_of(&input_specs(model, &binding)?),
+            other_shapes: distinct.len().saturating_sub(1),
             ..Default::default()
         };
+        drop(distinct);
         Ok(Feed {
             binding,
             sets: Ok(given),
@@ -409,7 +432,7 @@ impl Feed {
         let inputs = BoundInputs {
             shapes: shapes_of(&specs),
             spatial_dims: binding.spatial_dims.clone(),
-            first_binding_failed: None,
+            ..BoundInputs::default()
         };
         Feed {
             binding,
@@ -419,32 +442,80 @@ impl Feed {
         }
     }
 
-    /// Runs `model` in tract on every input set.
+    /// Runs `model` in tract on every input set. Sets of one shape share a plan, split between
+    /// the workers; sets whose dynamic dims differ (text lines of different widths, sentences
+    /// of different lengths) get a plan per shape, each worker taking whole shapes.
     pub fn run(&self, model: &Model) -> Result<Outputs> {
         let sets = self.sets.as_ref().map_err(|e| e.clone())?;
-        let runner = Runner::new(model, &self.binding, &[])?;
-        // The sets split between the workers, which share the plan.
-        let half = sets.len().div_ceil(WORKERS).max(1);
-        let values = std::thread::scope(|s| {
-            let runner = &runner;
-            let halves: Vec<_> = sets
-                .chunks(half)
-                .map(|part| s.spawn(move || part.iter().map(|set| runner.run(set)).collect()))
-                .collect();
-            halves
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a tract worker panicked")))
+        let mut groups: Vec<(Vec<&[usize]>, Vec<usize>)> = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            let shapes: Vec<&[usize]> = set.iter().map(|t| t.shape()).collect();
+            match groups.iter_mut().find(|(s, _)| *s == shapes) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((shapes, vec![i])),
+            }
+        }
+        let plan = |shapes: &[&[usize]]| -> Result<Runner> {
+            let mut binding = self.binding.clone();
+            for (spec, shape) in input_specs(model, &self.binding)?.iter().zip(shapes) {
+                binding
+                    .input_shapes
+                    .insert(spec.name.clone(), shape.to_vec());
+            }
+            Runner::new(model, &binding, &[])
+        };
+        let mut values: Vec<Option<Vec<HostTensor>>> = vec![None; sets.len()];
+        let mut names = Vec::new();
+        let jobs: Vec<Vec<(Vec<usize>, &[&[usize]])>> = match groups.as_slice() {
+            // One shape, the usual case: its sets split between the workers, one plan shared.
+            [(shapes, members)] => {
+                let runner = plan(shapes)?;
+                names = runner.outputs.clone();
+                let chunk = members.len().div_ceil(WORKERS).max(1);
+                let parts: Vec<&[usize]> = members.chunks(chunk).collect();
+                let done: Vec<Vec<Vec<HostTensor>>> = in_workers(&parts, |part| {
+                    part.iter().map(|&i| runner.run(&sets[i])).collect()
+                })?;
+                for (part, outs) in parts.iter().zip(done) {
+                    for (&i, out) in part.iter().zip(outs) {
+                        values[i] = Some(out);
+                    }
+                }
+                Vec::new()
+            }
+            _ => (0..WORKERS)
+                .map(|w| {
+                    (groups.iter().skip(w).step_by(WORKERS))
+                        .map(|(shapes, members)| (members.clone(), shapes.as_slice()))
+                        .collect()
                 })
-                .collect::<Result<Vec<Vec<_>>>>()
-        })?
-        .into_iter()
-        .flatten()
-        .collect();
+                .collect(),
+        };
+        if !jobs.is_empty() {
+            let done = in_workers(&jobs, |job| {
+                let mut out = Vec::new();
+                for (members, shapes) in job {
+                    let runner = plan(shapes)?;
+                    let outs: Vec<Vec<HostTensor>> = (members.iter())
+                        .map(|&i| runner.run(&sets[i]))
+                        .collect::<Result<_>>()?;
+                    out.push((members.clone(), outs, runner.outputs));
+                }
+                Ok(out)
+            })?;
+            for (members, outs, outputs) in done.into_iter().flatten() {
+                names = outputs;
+                for (i, out) in members.into_iter().zip(outs) {
+                    values[i] = Some(out);
+                }
+            }
+        }
         Ok(Outputs {
-            names: runner.outputs,
-            values,
+            names,
+            values: values
+                .into_iter()
+                .map(|v| v.expect("every set ran"))
+                .collect(),
         })
     }
 
@@ -475,6 +546,23 @@ impl Feed {
             })
             .collect()
     }
+}
+
+/// Runs `work` on each of `jobs` on a thread of its own; the results in order.
+fn in_workers<J: Sync, T: Send>(
+    jobs: &[J],
+    work: impl Fn(&J) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.iter().map(|j| s.spawn(|| work(j))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a tract worker panicked")))
+            })
+            .collect()
+    })
 }
 
 fn shapes_of(specs: &[InputSpec]) -> Vec<InputShape> {
