@@ -78,8 +78,11 @@ def optimize(
         return _optimize_path(os.fspath(model), output, flags)
     data, from_string = _serialized(model)
     out = None if output is None else os.fspath(output)
-    result, outcome = _native.optimize_bytes(data, out, flags)
+    # The job takes the model out of the list: holding no other reference to it, it can free the
+    # serialized model once the result no longer reads it.
+    boxed = [data]
     del data
+    result, outcome = _native.optimize_bytes(boxed, out, flags)
     report = _finish(outcome)
     if out is not None:
         return out, report

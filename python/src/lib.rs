@@ -4,6 +4,7 @@
 //! and default is the CLI's. Jobs run with the GIL released.
 
 use std::ffi::OsString;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -12,12 +13,12 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use onnxsmith::cli::{parse_optimize, OptimizeCommand};
 use onnxsmith::ir::Model;
 use onnxsmith::onnx::proto::tensor_proto::DataLocation;
-use onnxsmith::onnx::proto::ModelProto;
+use onnxsmith::onnx::proto::{AttributeProto, ModelProto, NodeProto};
 use onnxsmith::report::Report;
 use onnxsmith::{ExternalData, SaveOptions};
 
@@ -67,13 +68,19 @@ fn optimize_file(py: Python<'_>, args: Vec<String>) -> PyResult<Outcome> {
 /// The `optimize` job on a serialized model, with the options of `optimize` flags `args`.
 /// The result goes to `output` when given (its external data as the CLI writes it), else it
 /// comes back serialized. Nothing comes back or is written when the check failed.
+///
+/// The model comes as the one item of the list `boxed`, which the job empties: where the caller
+/// holds no other reference, the serialized model is freed as soon as the result no longer
+/// reads it, before the result is encoded.
 #[pyfunction]
 fn optimize_bytes<'py>(
     py: Python<'py>,
-    data: PyBackedBytes,
+    boxed: Bound<'py, PyList>,
     output: Option<PathBuf>,
     args: Vec<String>,
 ) -> PyResult<(Option<Bound<'py, PyBytes>>, Outcome)> {
+    let data: PyBackedBytes = boxed.get_item(0)?.extract()?;
+    boxed.del_item(0)?;
     let command = parse_optimize(args).map_err(error)?;
     if command.external_data && output.is_none() {
         return Err(Error::new_err(
@@ -97,6 +104,7 @@ fn job_in_memory(
     output: Option<&Path>,
     command: &OptimizeCommand,
 ) -> anyhow::Result<(Option<ModelProto>, Report)> {
+    let input = data.as_ptr_range();
     let mut proto = onnxsmith::onnx::decode_model(Bytes::from_owner(data), "the model")?;
     refuse_external_data(&mut proto)?;
     let model = Model::from_proto(proto)?;
@@ -120,7 +128,12 @@ fn job_in_memory(
                 report.output = Some(path.to_path_buf());
                 report.after = report.after.with_file(path)?;
             }
-            None => result = Some(done.model.to_proto()?),
+            None => {
+                let mut proto = done.model.to_proto()?;
+                drop(done.model);
+                own_bytes(&mut proto, input)?;
+                result = Some(proto);
+            }
         }
     }
     if let Some(path) = &command.report {
@@ -131,6 +144,55 @@ fn job_in_memory(
         })?;
     }
     Ok((result, report))
+}
+
+/// Copies onto the heap every byte field of `proto` that is a slice of the serialized input (at
+/// `input`), so that nothing holds the input any longer. Else, where rewrites replaced most
+/// weights (each Conv taking its BatchNormalization), the input, the new weights and the
+/// encoded result would all be held at once.
+fn own_bytes(proto: &mut ModelProto, input: Range<*const u8>) -> anyhow::Result<()> {
+    let mut own = |b: &mut Bytes| {
+        if input.contains(&b.as_ptr()) {
+            *b = Bytes::copy_from_slice(b);
+        }
+    };
+    onnxsmith::onnx::for_each_tensor(proto, &mut |t| {
+        own(&mut t.raw_data);
+        t.string_data.iter_mut().for_each(&mut own);
+        Ok(())
+    })?;
+    let graphs = proto.graph.iter_mut().chain(
+        proto
+            .training_info
+            .iter_mut()
+            .flat_map(|t| t.initialization.iter_mut().chain(t.algorithm.iter_mut())),
+    );
+    for g in graphs {
+        own_attributes(&mut g.node, &mut own);
+    }
+    for f in &mut proto.functions {
+        own_attributes(&mut f.node, &mut own);
+        for a in &mut f.attribute_proto {
+            own_attribute(a, &mut own);
+        }
+    }
+    Ok(())
+}
+
+/// The string attributes of `nodes`, and of the nodes of their subgraphs (tensor attributes
+/// are [`onnxsmith::onnx::for_each_tensor`]'s).
+fn own_attributes(nodes: &mut [NodeProto], own: &mut impl FnMut(&mut Bytes)) {
+    for a in nodes.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+        own_attribute(a, own);
+    }
+}
+
+fn own_attribute(a: &mut AttributeProto, own: &mut impl FnMut(&mut Bytes)) {
+    own(&mut a.s);
+    a.strings.iter_mut().for_each(&mut *own);
+    for g in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+        own_attributes(&mut g.node, own);
+    }
 }
 
 /// Tensors in external files cannot be reached from a model in memory: their paths are

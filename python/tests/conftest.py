@@ -19,7 +19,8 @@ def conv_bn_model(outputs=("y",)):
         return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
 
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        # A string attribute too: its bytes are copied out of the serialized input.
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], auto_pad="NOTSET"),
         helper.make_node(
             "BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-5
         ),
