@@ -7,6 +7,7 @@
 //! [`optimize_model`] (in memory). Every command of the CLI is one call here.
 
 pub mod check;
+pub mod cli;
 pub mod demo;
 pub mod files;
 pub mod ir;

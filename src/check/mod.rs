@@ -447,68 +447,61 @@ impl Feed {
     /// of different lengths) get a plan per shape, each worker taking whole shapes.
     pub fn run(&self, model: &Model) -> Result<Outputs> {
         let sets = self.sets.as_ref().map_err(|e| e.clone())?;
-        let mut groups: Vec<(Vec<&[usize]>, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<ShapeGroup> = Vec::new();
         for (i, set) in sets.iter().enumerate() {
             let shapes: Vec<&[usize]> = set.iter().map(|t| t.shape()).collect();
-            match groups.iter_mut().find(|(s, _)| *s == shapes) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((shapes, vec![i])),
+            match groups.iter_mut().find(|g| g.shapes == shapes) {
+                Some(g) => g.members.push(i),
+                None => groups.push(ShapeGroup {
+                    shapes,
+                    members: vec![i],
+                }),
             }
         }
-        let plan = |shapes: &[&[usize]]| -> Result<Runner> {
+        let plan = |g: &ShapeGroup| -> Result<Runner> {
             let mut binding = self.binding.clone();
-            for (spec, shape) in input_specs(model, &self.binding)?.iter().zip(shapes) {
+            for (spec, shape) in input_specs(model, &self.binding)?.iter().zip(&g.shapes) {
                 binding
                     .input_shapes
                     .insert(spec.name.clone(), shape.to_vec());
             }
             Runner::new(model, &binding, &[])
         };
-        let mut values: Vec<Option<Vec<HostTensor>>> = vec![None; sets.len()];
-        let mut names = Vec::new();
-        let jobs: Vec<Vec<(Vec<usize>, &[&[usize]])>> = match groups.as_slice() {
-            // One shape, the usual case: its sets split between the workers, one plan shared.
-            [(shapes, members)] => {
-                let runner = plan(shapes)?;
-                names = runner.outputs.clone();
-                let chunk = members.len().div_ceil(WORKERS).max(1);
-                let parts: Vec<&[usize]> = members.chunks(chunk).collect();
-                let done: Vec<Vec<Vec<HostTensor>>> = in_workers(&parts, |part| {
-                    part.iter().map(|&i| runner.run(&sets[i])).collect()
+        // One shape, the usual case: its sets split between the workers, one plan shared.
+        // Several: each worker takes whole shapes, planning one at a time.
+        let (names, done): (Vec<String>, Vec<Vec<(usize, Vec<HostTensor>)>>) =
+            if let [group] = groups.as_slice() {
+                let runner = plan(group)?;
+                let chunk = group.members.len().div_ceil(WORKERS).max(1);
+                let parts: Vec<&[usize]> = group.members.chunks(chunk).collect();
+                let done = in_workers(&parts, |part| {
+                    part.iter()
+                        .map(|&i| Ok((i, runner.run(&sets[i])?)))
+                        .collect::<Result<Vec<_>>>()
                 })?;
-                for (part, outs) in parts.iter().zip(done) {
-                    for (&i, out) in part.iter().zip(outs) {
-                        values[i] = Some(out);
+                (runner.outputs, done)
+            } else {
+                let shares: Vec<Vec<&ShapeGroup>> = (0..WORKERS)
+                    .map(|w| groups.iter().skip(w).step_by(WORKERS).collect())
+                    .collect();
+                let done = in_workers(&shares, |share| {
+                    let (mut out, mut names) = (Vec::new(), Vec::new());
+                    for g in share {
+                        let runner = plan(g)?;
+                        for &i in &g.members {
+                            out.push((i, runner.run(&sets[i])?));
+                        }
+                        names = runner.outputs;
                     }
-                }
-                Vec::new()
-            }
-            _ => (0..WORKERS)
-                .map(|w| {
-                    (groups.iter().skip(w).step_by(WORKERS))
-                        .map(|(shapes, members)| (members.clone(), shapes.as_slice()))
-                        .collect()
-                })
-                .collect(),
-        };
-        if !jobs.is_empty() {
-            let done = in_workers(&jobs, |job| {
-                let mut out = Vec::new();
-                for (members, shapes) in job {
-                    let runner = plan(shapes)?;
-                    let outs: Vec<Vec<HostTensor>> = (members.iter())
-                        .map(|&i| runner.run(&sets[i]))
-                        .collect::<Result<_>>()?;
-                    out.push((members.clone(), outs, runner.outputs));
-                }
-                Ok(out)
-            })?;
-            for (members, outs, outputs) in done.into_iter().flatten() {
-                names = outputs;
-                for (i, out) in members.into_iter().zip(outs) {
-                    values[i] = Some(out);
-                }
-            }
+                    Ok((out, names))
+                })?;
+                let names = done.iter().map(|(_, n)| n).find(|n| !n.is_empty()).cloned();
+                let done = done.into_iter().map(|(out, _)| out).collect();
+                (names.unwrap_or_default(), done)
+            };
+        let mut values: Vec<Option<Vec<HostTensor>>> = vec![None; sets.len()];
+        for (i, out) in done.into_iter().flatten() {
+            values[i] = Some(out);
         }
         Ok(Outputs {
             names,
@@ -546,6 +539,12 @@ impl Feed {
             })
             .collect()
     }
+}
+
+/// Input sets of one shape, by their indices: one tract plan runs them all.
+struct ShapeGroup<'a> {
+    shapes: Vec<&'a [usize]>,
+    members: Vec<usize>,
 }
 
 /// Runs `work` on each of `jobs` on a thread of its own; the results in order.

@@ -11,6 +11,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+pub use external::for_each_tensor;
 pub use load::{decode_model, load_model, resolve_external_data};
 pub use mapping::forget_resident;
 pub use save::{stage_model, write_atomic, ExternalData, SaveOptions, Staged};
