@@ -469,36 +469,35 @@ impl Feed {
         };
         // One shape, the usual case: its sets split between the workers, one plan shared.
         // Several: each worker takes whole shapes, planning one at a time.
-        let (names, done): (Vec<String>, Vec<Vec<(usize, Vec<HostTensor>)>>) =
-            if let [group] = groups.as_slice() {
-                let runner = plan(group)?;
-                let chunk = group.members.len().div_ceil(WORKERS).max(1);
-                let parts: Vec<&[usize]> = group.members.chunks(chunk).collect();
-                let done = in_workers(&parts, |part| {
-                    part.iter()
-                        .map(|&i| Ok((i, runner.run(&sets[i])?)))
-                        .collect::<Result<Vec<_>>>()
-                })?;
-                (runner.outputs, done)
-            } else {
-                let shares: Vec<Vec<&ShapeGroup>> = (0..WORKERS)
-                    .map(|w| groups.iter().skip(w).step_by(WORKERS).collect())
-                    .collect();
-                let done = in_workers(&shares, |share| {
-                    let (mut out, mut names) = (Vec::new(), Vec::new());
-                    for g in share {
-                        let runner = plan(g)?;
-                        for &i in &g.members {
-                            out.push((i, runner.run(&sets[i])?));
-                        }
-                        names = runner.outputs;
+        let (names, done): (Vec<String>, Vec<Vec<Ran>>) = if let [group] = groups.as_slice() {
+            let runner = plan(group)?;
+            let chunk = group.members.len().div_ceil(WORKERS).max(1);
+            let parts: Vec<&[usize]> = group.members.chunks(chunk).collect();
+            let done = in_workers(&parts, |part| {
+                part.iter()
+                    .map(|&i| Ok((i, runner.run(&sets[i])?)))
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            (runner.outputs, done)
+        } else {
+            let shares: Vec<Vec<&ShapeGroup>> = (0..WORKERS)
+                .map(|w| groups.iter().skip(w).step_by(WORKERS).collect())
+                .collect();
+            let done = in_workers(&shares, |share| {
+                let (mut out, mut names) = (Vec::new(), Vec::new());
+                for g in share {
+                    let runner = plan(g)?;
+                    for &i in &g.members {
+                        out.push((i, runner.run(&sets[i])?));
                     }
-                    Ok((out, names))
-                })?;
-                let names = done.iter().map(|(_, n)| n).find(|n| !n.is_empty()).cloned();
-                let done = done.into_iter().map(|(out, _)| out).collect();
-                (names.unwrap_or_default(), done)
-            };
+                    names = runner.outputs;
+                }
+                Ok((out, names))
+            })?;
+            let names = done.iter().map(|(_, n)| n).find(|n| !n.is_empty()).cloned();
+            let done = done.into_iter().map(|(out, _)| out).collect();
+            (names.unwrap_or_default(), done)
+        };
         let mut values: Vec<Option<Vec<HostTensor>>> = vec![None; sets.len()];
         for (i, out) in done.into_iter().flatten() {
             values[i] = Some(out);
@@ -540,6 +539,9 @@ impl Feed {
             .collect()
     }
 }
+
+/// An input set's index and the outputs the model computed on it.
+type Ran = (usize, Vec<HostTensor>);
 
 /// Input sets of one shape, by their indices: one tract plan runs them all.
 struct ShapeGroup<'a> {
