@@ -218,8 +218,8 @@ def run_tool(cmd, timeout):
     return time.perf_counter() - t, p.returncode, (lines[-1] if lines else "")[:160]
 
 
-def tools(exe, calib, count, ablations):
-    """(label, whether it is ours, cmd(src, dst, report))."""
+def tools(exe, calib, count, ablations, ours_only=False):
+    """(label, whether it is ours, cmd(src, dst, report)); ours alone with `ours_only`."""
     ours = [exe, "optimize", "-q", "--quantize", "int8", "--calib", str(calib), "--calib-samples", str(count)]
     variants = [("onnxsmith (default)", [])]
     if ablations:
@@ -228,6 +228,8 @@ def tools(exe, calib, count, ablations):
     out = [(label, True, lambda s, d, r, extra=extra: ours + extra + ["--report", str(r), str(s), "-o", str(d)])
            for label, extra in variants]
     py = sys.executable
+    if ours_only:
+        return out
     out += [
         ("ORT quantize_static S8S8", False, lambda s, d, r: [py, "-c", ORT_QUANTIZE, str(s), str(d), str(calib), "s8"]),
         ("ORT quantize_static U8S8", False, lambda s, d, r: [py, "-c", ORT_QUANTIZE, str(s), str(d), str(calib), "u8"]),
@@ -243,7 +245,7 @@ def have_nncf():
 # ------------------------------------------------------------------------------ evaluating
 
 
-def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log):
+def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, ours_only=False):
     task = SPECS[name]
     calib_count = int(round(calib_count * task.calib_times))
     eval_count = int(round(eval_count * task.eval_times))
@@ -261,7 +263,7 @@ def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log):
     ref = task.outputs(ort_session(src), eval_in)
     log(f"{name}: {calib_count} calibration and {len(ref)} evaluation samples made in {time.perf_counter() - t:.0f} s")
     rows = []
-    for label, is_ours, cmd in tools(exe, calib, calib_count, ablations):
+    for label, is_ours, cmd in tools(exe, calib, calib_count, ablations, ours_only):
         if label == "NNCF" and not have_nncf():
             rows.append(dict(label=label, note="not installed"))
             continue
@@ -400,13 +402,13 @@ def summary(results):
     return lines + [""]
 
 
-def results_for(names, calib, eval_count, exe, ablations=False, timeout=600, log=print):
+def results_for(names, calib, eval_count, exe, ablations=False, timeout=600, log=print, ours_only=False):
     """Each named model evaluated, in order (seeded by its name alone, so a subset, or a longer
     list of models, gives each the same data)."""
     results = []
     for name in names:
         rng = np.random.default_rng(zlib.crc32(name.encode()))
-        results.append(evaluate(name, calib, eval_count, exe, rng, ablations, timeout, log))
+        results.append(evaluate(name, calib, eval_count, exe, rng, ablations, timeout, log, ours_only))
         log(section(results[-1:], ablations=ablations))
     shutil.rmtree(WORK, ignore_errors=True)
     return results
@@ -432,10 +434,11 @@ def main():
     ap.add_argument("--timeout", type=int, default=600, help="seconds a tool may take on one model")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--ours-only", action="store_true", help="run onnxsmith alone (a quick look; not for --write)")
     args = ap.parse_args()
     t = time.perf_counter()
     results = results_for(args.models.split(","), args.calib, args.eval, args.exe or binary(), args.ablations,
-                          args.timeout, log=lambda s: print(s, flush=True))
+                          args.timeout, log=lambda s: print(s, flush=True), ours_only=args.ours_only)
     total = time.perf_counter() - t
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

@@ -351,9 +351,6 @@ impl Report {
         if q.equalization_dropped {
             s += "  cross-layer equalization left out: the result checked better without it\n";
         }
-        if q.bodies_left_float {
-            s += "  subgraph bodies are left in float\n";
-        }
         s
     }
 
@@ -621,11 +618,11 @@ fn search_lines(q: &crate::passes::quant::QuantReport) -> String {
     };
     writeln!(
         s,
-        "  the check failed fully quantized; {returned} op(s) {what} after {} check(s); each quantized op, most sensitive first:",
+        "  the check failed fully quantized; {returned} op(s) {what} after {} check(s); each quantized op, most sensitive first (error: how far it alone takes the outputs, 1 - worst cosine):",
         q.fallback_tries
     )
     .unwrap();
-    writeln!(s, "    {:<40} {:>9}  now", "op", "error").unwrap();
+    writeln!(s, "    {:<40} {:>10}  now", "op", "error").unwrap();
     for (name, err) in &q.layer_errors {
         let now = if q.weights_only.contains(name) {
             "float activations, int8 weights: the check failed with its activations int8"
@@ -634,7 +631,7 @@ fn search_lines(q: &crate::passes::quant::QuantReport) -> String {
         } else {
             "int8"
         };
-        writeln!(s, "    {name:<40} {err:>9.4}  {now}").unwrap();
+        writeln!(s, "    {name:<40} {err:>10.3e}  {now}").unwrap();
     }
     s
 }

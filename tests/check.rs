@@ -285,10 +285,10 @@ fn destroyed_scores_fail_however_well_the_boxes_agree() {
     assert!(r.ok(), "{}", r.to_table());
 }
 
-/// A [1, 12, 5] sequence of class scores for sample `s`: at each step a best class (0.6)
+/// A [1, 40, 5] sequence of class scores for sample `s`: at each step a best class (0.6)
 /// ahead of a runner-up (0.45); where `flip` says, the two swap.
 fn sequence(s: usize, flip: &dyn Fn(usize, usize) -> bool) -> HostTensor {
-    tensor_from(&[1, 12, 5], |i| {
+    tensor_from(&[1, 40, 5], |i| {
         let (step, class) = (i / 5, i % 5);
         let (best, next) = ((step + s) % 5, (step + s + 1) % 5);
         let (best, next) = if flip(s, step) {
@@ -378,4 +378,34 @@ fn values_of_one_scale_are_one_part() {
     let r = compare(&names, &float, &float, Rule::lossy());
     assert!(r.outputs[0].parts.is_empty(), "{:?}", r.outputs[0].parts);
     assert!(r.ok());
+}
+
+#[test]
+fn a_tail_of_errors_fails_on_the_worst_of_a_hundred_expected() {
+    // Sixteen samples: twelve nearly exact, four whose error grows to 1 - cos = 0.009. Each one
+    // passes (worst 0.991), but a tail that long reaches past 0.01 within a hundred samples.
+    let names = ["y".to_string()];
+    let errors = [0.003, 0.005, 0.007, 0.009];
+    let float: Vec<Vec<HostTensor>> = (0..16)
+        .map(|_| vec![tensor_from(&[1, 2], |i| [1.0, 0.0][i])])
+        .collect();
+    let got: Vec<Vec<HostTensor>> = (0..16)
+        .map(|s| {
+            let e: f64 = if s < 12 { 1e-6 } else { errors[s - 12] };
+            // cos = 1 / sqrt(1 + r²) = 1 - e.
+            let r = ((1.0 / (1.0 - e)).powi(2) - 1.0).sqrt() as f32;
+            vec![tensor_from(&[1, 2], |i| [1.0, r][i])]
+        })
+        .collect();
+    let r = compare(&names, &float, &got, Rule::lossy());
+    let d = &r.outputs[0];
+    assert!(d.worst_sample.unwrap() > 0.99, "{}", r.to_table());
+    assert!(d.expected_worst.unwrap() < 0.99, "{}", r.to_table());
+    assert!(
+        d.violation
+            .as_deref()
+            .is_some_and(|v| v.contains("worst of 100")),
+        "{}",
+        r.to_table()
+    );
 }

@@ -12,7 +12,8 @@
 //! - **Classes at every position.** The argmax along the class axis agrees at every position
 //!   where the original is confident: rows of a [batch, classes] output, steps of a
 //!   [batch, steps, classes] sequence, pixels of a [batch, classes, h, w] map, cells of a part.
-//!   A sequence output also counts the samples whose whole sequence of classes agrees.
+//!   A sequence output also counts the samples whose sequence of labels agrees: the classes at
+//!   its confident steps with repeats collapsed (boundaries may move, labels may not).
 
 use serde::Serialize;
 
@@ -46,10 +47,15 @@ pub struct OutputDiff {
     /// The lowest cosine of a single sample (lossy rule).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_sample: Option<f64>,
+    /// The cosine expected of the worst of a hundred samples of the same kind, estimated from
+    /// the spread of the samples' errors (lossy rule, from 8 samples on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_worst: Option<f64>,
     /// Share of positions whose argmax agrees: rows of [batch, classes], and, under the lossy
     /// rule, the confident positions of sequences, maps and parts.
     pub top1: Option<f64>,
-    /// Share of samples whose sequence of classes agrees at every confident step.
+    /// Share of samples whose sequence of labels (the classes at confident steps, repeats
+    /// collapsed) agrees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequences: Option<f64>,
     /// The parts an axis splits into, each judged at its own scale (lossy rule).
@@ -72,6 +78,7 @@ pub struct PartDiff {
     pub label: String,
     pub cosine: f64,
     pub worst_sample: Option<f64>,
+    pub expected_worst: Option<f64>,
     /// Share of confident positions whose argmax along the axis, within the part, agrees.
     pub top1: Option<f64>,
 }
@@ -184,6 +191,7 @@ impl Acc {
             max_rel: self.max_rel,
             cosine,
             worst_sample: None,
+            expected_worst: None,
             top1: None,
             sequences: None,
             parts: Vec::new(),
@@ -224,7 +232,7 @@ fn row_agreement(pairs: &[Pair]) -> Option<f64> {
 /// the classes at confident positions; the first limit broken becomes the violation.
 fn lossy(d: &mut OutputDiff, pairs: &[Pair], limits: &LossyLimits) {
     let all = |_: usize| true;
-    d.worst_sample = worst_sample(pairs, None, &all);
+    (d.worst_sample, d.expected_worst) = worst_sample(pairs, None, &all);
     d.parts = parts(pairs);
     if d.parts.is_empty() {
         if let Some(axis) = class_axis(pairs) {
@@ -233,47 +241,54 @@ fn lossy(d: &mut OutputDiff, pairs: &[Pair], limits: &LossyLimits) {
             d.sequences = sequences.filter(|_| axis == 2 && pairs[0].shape.len() == 3);
         }
     }
-    if d.violation.is_some() {
-        return;
+    if d.violation.is_none() {
+        d.violation = violation(d, limits);
     }
+}
+
+/// The first limit of `limits` that `d` breaks beyond its overall cosine: its worst sample
+/// (seen, then expected of a hundred), its parts, its classes, its sequences, its max error.
+fn violation(d: &OutputDiff, limits: &LossyLimits) -> Option<String> {
     let min = limits.min_cosine;
-    let low = |c: f64| c.is_nan() || c < min;
+    let low = |c: &f64| c.is_nan() || *c < min;
+    let share = |t: f64| format!("{:.1}% < {:.1}%", t * 100.0, limits.min_top1 * 100.0);
+    let few = |t: &f64| *t < limits.min_top1;
+    if let Some(w) = d.worst_sample.filter(low) {
+        return Some(format!("worst sample cosine {w:.6} < {min}"));
+    }
+    if let Some(w) = d.expected_worst.filter(low) {
+        return Some(format!(
+            "the worst of 100 samples like these would reach cosine {w:.6} < {min}"
+        ));
+    }
+    for p in &d.parts {
+        if low(&p.cosine) {
+            return Some(format!("{} cosine {:.6} < {min}", p.label, p.cosine));
+        }
+        if let Some(w) = p.worst_sample.filter(low) {
+            return Some(format!("{} worst sample cosine {w:.6} < {min}", p.label));
+        }
+        if let Some(w) = p.expected_worst.filter(low) {
+            return Some(format!(
+                "{}: the worst of 100 samples would reach cosine {w:.6} < {min}",
+                p.label
+            ));
+        }
+    }
+    if let Some(t) = d.top1.filter(few) {
+        return Some(format!("top-1 {}", share(t)));
+    }
+    if let Some((p, t)) = d.parts.iter().find_map(|p| Some((p, p.top1.filter(few)?))) {
+        return Some(format!("{} top-1 {}", p.label, share(t)));
+    }
+    if let Some(s) = d.sequences.filter(few) {
+        return Some(format!("sequences {}", share(s)));
+    }
     let error = d.max_abs / d.scale.max(1.0);
-    d.violation = if let Some(w) = d.worst_sample.filter(|&w| low(w)) {
-        Some(format!("worst sample cosine {w:.6} < {min}"))
-    } else if let Some(p) = d.parts.iter().find(|p| low(p.cosine)) {
-        Some(format!("{} cosine {:.6} < {min}", p.label, p.cosine))
-    } else if let Some((p, w)) =
-        (d.parts.iter()).find_map(|p| Some((p, p.worst_sample.filter(|&w| low(w))?)))
-    {
-        Some(format!("{} worst sample cosine {w:.6} < {min}", p.label))
-    } else if let Some(t) = d.top1.filter(|&t| t < limits.min_top1) {
-        Some(format!(
-            "top-1 {:.1}% < {:.1}%",
-            t * 100.0,
-            limits.min_top1 * 100.0
-        ))
-    } else if let Some((p, t)) =
-        (d.parts.iter()).find_map(|p| Some((p, p.top1.filter(|&t| t < limits.min_top1)?)))
-    {
-        Some(format!(
-            "{} top-1 {:.1}% < {:.1}%",
-            p.label,
-            t * 100.0,
-            limits.min_top1 * 100.0
-        ))
-    } else if let Some(s) = d.sequences.filter(|&s| s < limits.min_top1) {
-        Some(format!(
-            "sequences {:.1}% < {:.1}%",
-            s * 100.0,
-            limits.min_top1 * 100.0
-        ))
-    } else {
-        limits
-            .max_error
-            .filter(|&m| error.is_nan() || error > m)
-            .map(|m| format!("max error {error:.3e} * scale > {m:e}"))
-    };
+    limits
+        .max_error
+        .filter(|&m| error.is_nan() || error > m)
+        .map(|m| format!("max error {error:.3e} * scale > {m:e}"))
 }
 
 /// Where along `axis` (of extent `k`) element `i` of a tensor of `shape` lies.
@@ -283,8 +298,14 @@ fn index_on(shape: &[usize], axis: usize, i: usize) -> usize {
 }
 
 /// The lowest cosine of one sample, over the elements `keep` accepts of `axis` (or all),
-/// among samples carrying at least [`QUIET_SAMPLE`] of the typical sample's norm.
-fn worst_sample(pairs: &[Pair], axis: Option<usize>, keep: &dyn Fn(usize) -> bool) -> Option<f64> {
+/// among samples carrying at least [`QUIET_SAMPLE`] of the typical sample's norm; and, from
+/// [`TAIL_SAMPLES`] such samples on, the cosine expected of the worst of a hundred
+/// ([`expected_worst`]).
+fn worst_sample(
+    pairs: &[Pair],
+    axis: Option<usize>,
+    keep: &dyn Fn(usize) -> bool,
+) -> (Option<f64>, Option<f64>) {
     let sums: Vec<(f64, f64, f64)> = pairs
         .iter()
         .map(|p| {
@@ -298,13 +319,42 @@ fn worst_sample(pairs: &[Pair], axis: Option<usize>, keep: &dyn Fn(usize) -> boo
         })
         .collect();
     if sums.len() < 2 {
-        return None;
+        return (None, None);
     }
     let typical = (sums.iter().map(|s| s.1).sum::<f64>() / sums.len() as f64).sqrt();
-    sums.iter()
+    let cosines: Vec<f64> = sums
+        .iter()
         .filter(|s| s.1.sqrt() >= QUIET_SAMPLE * typical && typical > 0.0)
         .map(|s| cosine(s.0, s.1, s.2))
-        .reduce(f64::min)
+        .collect();
+    let worst = cosines.iter().copied().reduce(f64::min);
+    (worst, expected_worst(&cosines))
+}
+
+/// Samples from which the tail of their errors is estimated.
+const TAIL_SAMPLES: usize = 8;
+
+/// How rare a sample the expected worst stands for: the worst of a hundred.
+const TAIL_SHARE: f64 = 0.01;
+
+/// The cosine the worst of a hundred samples like these is expected to have, so that a check
+/// on 16 held-back samples speaks for the next hundred inputs of the same kind, which its
+/// worst sample alone does not. The errors 1 − cosine above the k-th largest (k a quarter of
+/// the samples, at least 4) are taken as an exponential tail, whose mean excess β gives the
+/// quantile u + β · ln(k / (n · 0.01)); never better than the worst seen. `None` below
+/// [`TAIL_SAMPLES`] samples.
+fn expected_worst(cosines: &[f64]) -> Option<f64> {
+    let n = cosines.len();
+    if n < TAIL_SAMPLES || cosines.iter().any(|c| c.is_nan()) {
+        return None;
+    }
+    let mut errors: Vec<f64> = cosines.iter().map(|c| (1.0 - c).max(0.0)).collect();
+    errors.sort_by(|a, b| b.total_cmp(a));
+    let k = (n / 4).max(4).min(n - 1);
+    let threshold = errors[k];
+    let excess = errors[..k].iter().map(|e| e - threshold).sum::<f64>() / k as f64;
+    let reach = (k as f64 / (n as f64 * TAIL_SHARE)).ln().max(0.0);
+    Some(1.0 - (threshold + excess * reach).max(errors[0]))
 }
 
 /// The parts the output's short axes split into by magnitude, each judged: its cosine over
@@ -331,10 +381,12 @@ fn parts(pairs: &[Pair]) -> Vec<PartDiff> {
             let top1 = (group.len() > 1)
                 .then(|| agreement(pairs, axis, &keep).0)
                 .flatten();
+            let (worst, expected) = worst_sample(pairs, Some(axis), &keep);
             out.push(PartDiff {
                 label: format!("axis {axis} {}", ranges(&group)),
                 cosine: cosine(dot, ee, gg),
-                worst_sample: worst_sample(pairs, Some(axis), &keep),
+                worst_sample: worst,
+                expected_worst: expected,
                 top1,
             });
         }
@@ -435,8 +487,8 @@ fn agreement(
         if entries.len() < 2 {
             continue;
         }
-        let mut counted = 0;
-        let mut all = true;
+        // The classes at the confident positions, in order, in both models.
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
         for o in 0..outer {
             for i in 0..inner {
                 let at = |c: usize| o * k * inner + c * inner + i;
@@ -444,21 +496,33 @@ fn agreement(
                 if lead < CONFIDENT_MARGIN * scale {
                     continue;
                 }
-                let (got, _) = top_two(&entries, |c| p.g[at(c)]);
-                counted += 1;
-                let same = got == best;
-                agree += usize::from(same);
-                all &= same;
+                let (g, _) = top_two(&entries, |c| p.g[at(c)]);
+                agree += usize::from(g == best);
+                expected.push(best);
+                got.push(g);
             }
         }
-        positions += counted;
-        if counted > 0 {
+        positions += expected.len();
+        if !expected.is_empty() {
             samples += 1;
-            whole += usize::from(all);
+            whole += usize::from(runs(&expected) == runs(&got));
         }
     }
     let share = |a: usize, n: usize| (n > 0).then(|| a as f64 / n as f64);
     (share(agree, positions), share(whole, samples))
+}
+
+/// `classes` with each run of repeats collapsed to one: the labels of a sequence in order,
+/// whatever their boundaries (a step moved from one label to the next changes nothing, a
+/// label that appears, vanishes or changes does).
+fn runs(classes: &[usize]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for &c in classes {
+        if out.last() != Some(&c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The entry of `entries` with the largest value, and by how much it leads the second.

@@ -263,8 +263,8 @@ impl CheckReport {
         let mut s = String::new();
         writeln!(
             s,
-            "{:<28} {:>11} {:>11} {:>10} {:>10} {:>7} {:>7} {:>9}  verdict",
-            "output", "max abs", "max rel", "cosine", "worst", "top-1", "seqs", "scale"
+            "{:<28} {:>11} {:>11} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9}  verdict",
+            "output", "max abs", "max rel", "cosine", "worst", "1 in 100", "top-1", "seqs", "scale"
         )
         .unwrap();
         let share = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
@@ -278,12 +278,13 @@ impl CheckReport {
             };
             writeln!(
                 s,
-                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>10} {:>7} {:>7} {:>9.3}  {verdict}",
+                "{:<28} {:>11.3e} {:>11.3e} {:>10.6} {:>10} {:>10} {:>7} {:>7} {:>9.3}  {verdict}",
                 o.name,
                 o.max_abs,
                 o.max_rel,
                 o.cosine,
                 cos(o.worst_sample),
+                cos(o.expected_worst),
                 share(o.top1),
                 share(o.sequences),
                 o.scale
@@ -292,10 +293,11 @@ impl CheckReport {
             for p in &o.parts {
                 writeln!(
                     s,
-                    "  part {:<22} {:>35.6} {:>10} {:>7}",
+                    "  part {:<22} {:>35.6} {:>10} {:>10} {:>7}",
                     p.label,
                     p.cosine,
                     cos(p.worst_sample),
+                    cos(p.expected_worst),
                     share(p.top1)
                 )
                 .unwrap();
@@ -658,6 +660,28 @@ impl Reference {
     /// The inputs the original ran on.
     pub fn feed(&self) -> &Feed {
         &self.feed
+    }
+
+    /// This reference on its first `n` input sets only, without running the original again:
+    /// a cheaper check for many candidates that only need to be told apart.
+    pub fn first(&self, n: usize) -> Reference {
+        let mut feed = self.feed.clone();
+        if let Ok(sets) = feed.sets.as_mut() {
+            sets.truncate(n);
+        }
+        let outputs = self
+            .outputs
+            .as_ref()
+            .map_err(Clone::clone)
+            .map(|o| Outputs {
+                names: o.names.clone(),
+                values: o.values.iter().take(n).cloned().collect(),
+            });
+        Reference {
+            rule: self.rule,
+            feed,
+            outputs,
+        }
     }
 
     /// Runs `candidate` on the reference inputs and compares.

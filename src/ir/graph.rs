@@ -999,6 +999,27 @@ impl Graph {
         body.with_context(|| format!("node '{}' has no subgraph '{attr}'", node.name))
     }
 
+    /// Runs `f` on the subgraph held by attribute `attr` of `n` (a graph-valued attribute's
+    /// only graph), then keeps `n`'s captures in step with what its subgraphs still read:
+    /// how a pass edits one body it chose (through a [`crate::ir::Patch`] on it).
+    pub fn edit_body<T>(
+        &mut self,
+        n: NodeId,
+        attr: &str,
+        f: impl FnOnce(&mut Graph) -> Result<T>,
+    ) -> Result<T> {
+        let name = self.dag[n.0].name.clone();
+        let body = self.dag[n.0]
+            .attrs
+            .iter_mut()
+            .find(|a| a.name() == attr && a.value == AttrValue::Graph)
+            .and_then(|a| a.bodies.first_mut())
+            .with_context(|| format!("node '{name}' has no subgraph '{attr}'"))?;
+        let out = f(body)?;
+        self.sync_captures(n);
+        Ok(out)
+    }
+
     /// Runs `f` on this graph and, first, on every subgraph inside it (innermost first),
     /// keeping each node's captures in step with what its subgraphs still read. `f` edits
     /// through a [`crate::ir::Patch`]; its counts are summed.

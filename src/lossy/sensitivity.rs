@@ -1,13 +1,58 @@
-//! How much error each op of a lossy result adds by itself: the result runs on the samples
-//! with each op's inputs and output exposed, and each op of the model it was made from runs
-//! alone on exactly those inputs (as it was, in float), so that what upstream ops already
-//! lost is not charged to it. The op's error is the relative L2 difference of the two
-//! outputs over the samples: every op measured, none at zero by subtraction.
+//! How much each op of a lossy result costs, measured two ways:
+//!
+//! - [`output_impacts`]: each op made lossy alone, the rest of the model as it was, judged at
+//!   the model's outputs by the check's own measure (the worst cosine over outputs, their
+//!   parts and samples) on a few samples. What the check sees, so the ranking the search
+//!   bisects over is the right one even where an op's own error says little (a last class
+//!   convolution whose small logit error a sigmoid turns into lost detections). A candidate
+//!   and a short run per op.
+//! - [`local_errors`]: the result runs on the samples with each op's inputs and output
+//!   exposed, and each op of the model it was made from runs alone on exactly those inputs,
+//!   so that what upstream ops already lost is not charged to it: the relative L2 difference
+//!   of the two outputs. One run of the result for all ops: for models with too many ops to
+//!   build a candidate for each.
 
 use anyhow::Result;
 
+use crate::check::{Outcome, Reference};
 use crate::ir::{Dim, Model, NodeId, Type};
+use crate::progress::Progress;
 use crate::runtime::{input_specs, Binding, HostTensor, Plans, Runner};
+
+/// Samples each op's impact is judged on: enough to see a destroyed part, few enough that
+/// measuring n ops costs about as much as n/4 checks.
+pub const IMPACT_SAMPLES: usize = 4;
+
+/// Rankings of more ops than this use [`local_errors`]: each op's impact costs a candidate.
+pub const IMPACT_MAX_OPS: usize = 256;
+
+/// How far from the original each op takes the outputs when it alone is made lossy:
+/// `alone(op)` builds that candidate; the impact is 1 − the worst cosine the check sees on
+/// the first [`IMPACT_SAMPLES`] of `reference`'s samples. Worst first (ties by name).
+pub fn output_impacts(
+    ops: &[String],
+    reference: &Reference,
+    progress: &Progress,
+    mut alone: impl FnMut(&str) -> Result<Model>,
+) -> Result<Vec<(String, f64)>> {
+    let few = reference.first(IMPACT_SAMPLES);
+    let mut impacts = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        progress.step(&format!(
+            "measuring each op's impact: {}/{}",
+            i + 1,
+            ops.len()
+        ));
+        let impact = match few.check(&alone(op)?)? {
+            Outcome::Checked(r) => (1.0 - r.worst_cosine()).max(0.0),
+            // A candidate tract cannot run is as far from the original as can be.
+            Outcome::Unverified(_) => 1.0,
+        };
+        impacts.push((op.clone(), if impact.is_nan() { 1.0 } else { impact }));
+    }
+    impacts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(impacts)
+}
 
 /// An op to measure: its name (in both models), the values it reads in the result as they
 /// were before the result rounded them (x of x ─▶ Q ─▶ DQ ─▶ op, in the order of the op's

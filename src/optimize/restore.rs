@@ -10,7 +10,7 @@ use super::Job;
 use crate::check::{Outcome, Reference};
 use crate::ir::Model;
 use crate::lossy::search::{self, Restored};
-use crate::lossy::sensitivity::local_errors;
+use crate::lossy::sensitivity::{local_errors, output_impacts, IMPACT_MAX_OPS};
 use crate::lossy::Samples;
 use crate::passes::quant::qdq::{Calibration, Placement};
 use crate::passes::quant::{self, QuantOptions};
@@ -150,26 +150,20 @@ impl Search<'_> {
     ) -> Result<Option<(Model, CheckStatus)>> {
         let progress = self.job.plan.cx.progress();
         progress.step("measuring each quantized op's error");
-        let measured = quant::measured(&self.float, failing);
-        let errors = local_errors(&self.float, failing, measured, &self.samples.held_back)?;
+        let errors = self.sensitivity(failing, reference)?;
         let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
-        let tiers = match self.q.placement {
-            Placement::Inputs => 1,
-            _ => 2,
-        };
-        let weights_only_tier = |tier: usize| tiers == 2 && tier == 0;
+        // TensorRT runs a layer in int8 only with both inputs quantized: no mild way there.
+        let mild = self.q.placement != Placement::Inputs;
         let mut tries = self.report.fallback_tries;
-        let found = search::restore(&ranked, tiers, &mut tries, |set, tier| {
-            let mut cal = self.cal.clone();
+        let found = search::restore(&ranked, mild, &mut tries, |mild, whole| {
+            let cal = self.cal.clone().with_weights_only(mild);
             let mut exclude = self.job.opts.exclude.clone();
-            let what = if weights_only_tier(tier) {
-                cal.weights_only = set.to_vec();
-                "float activations"
-            } else {
-                exclude.extend(set.iter().cloned());
-                "float"
-            };
-            progress.step(&format!("trying {} sensitive op(s) in {what}", set.len()));
+            exclude.extend(whole.iter().cloned());
+            progress.step(&format!(
+                "trying {} op(s) with float activations and {} in float",
+                mild.len(),
+                whole.len()
+            ));
             let (candidate, cx) = self.quantize(&self.float, Some(cal), &exclude)?;
             let outcome = reference.check(&candidate)?;
             Ok(matches!(&outcome, Outcome::Checked(r) if r.ok())
@@ -177,12 +171,33 @@ impl Search<'_> {
         })?;
         self.report.fallback_tries = tries;
         self.report.layer_errors = errors;
-        let Some(Restored { set, found, .. }) = found else {
+        let Some(Restored {
+            mild, whole, found, ..
+        }) = found
+        else {
             return Ok(None);
         };
         let (candidate, outcome, cx) = found;
-        self.record(&candidate, &cx, set);
+        self.record(&candidate, &cx, [mild, whole].concat());
         Ok(Some((candidate, CheckStatus::from(outcome))))
+    }
+
+    /// Each quantized op of `failing` with what it costs: its impact at the outputs when it
+    /// alone is quantized, or, for models of very many ops, the error it adds by itself.
+    fn sensitivity(&self, failing: &Model, reference: &Reference) -> Result<Vec<(String, f64)>> {
+        let ops = quant::quantized_ops(failing);
+        if ops.len() > IMPACT_MAX_OPS {
+            let measured = quant::measured(&self.float, failing);
+            return local_errors(&self.float, failing, measured, &self.samples.held_back);
+        }
+        let progress = self.job.plan.cx.progress();
+        output_impacts(&ops, reference, progress, |op| {
+            let mut exclude = self.job.opts.exclude.clone();
+            exclude.extend(ops.iter().filter(|o| *o != op).cloned());
+            Ok(self
+                .quantize(&self.float, Some(self.cal.clone()), &exclude)?
+                .0)
+        })
     }
 
     /// The report of the candidate that passed, keeping what the search measured.

@@ -21,15 +21,16 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use self::qdq::{plan, Activations, Calibration, InsertQdq, Placement};
+use self::qdq::{plan, Activations, BodyCalibration, Calibration, InsertQdq, Placement};
 use self::ranges::Method;
 use super::{
     run_stages, selected, PassContext, PipelineOptions, PipelineReport, Prepare, Rounds, Stage,
 };
-use crate::ir::{DType, Graph, Model, NodeId};
+use crate::ir::{DType, Dim, Graph, Model, NodeId, Type, ValueId};
 use crate::lossy::sensitivity::Local;
 use crate::lossy::Samples;
 use crate::progress::Progress;
+use crate::runtime::{input_specs, Binding, HostTensor, Plans};
 
 /// How to quantize.
 #[derive(Clone, Debug)]
@@ -179,8 +180,6 @@ pub struct QuantReport {
     /// Share of those weight elements stored as int8, weight-only ops included: what is
     /// smaller.
     pub int8_weight_share: f64,
-    /// Subgraph bodies hold quantizable ops, which stay float.
-    pub bodies_left_float: bool,
     /// Each quantized op's measured error, the relative L2 error (against the float model,
     /// on the held-back samples) it adds to what its input already had, worst first;
     /// measured when the check failed and the fallback searched.
@@ -244,7 +243,128 @@ pub fn calibration(
         placement: opts.placement,
         means,
         weights_only: Vec::new(),
+        bodies: body_calibrations(model, opts, samples, progress)?,
     })
+}
+
+/// Each If body that holds quantizable ops, calibrated on what it really sees: the model
+/// runs with each If's condition and the outer values its bodies read exposed, and each
+/// sample's captured values feed the branch that sample takes, run as a model of its own
+/// (and so on, for bodies within). A branch no sample takes is not calibrated, and stays
+/// float. Loop bodies are not: tract cannot run a Loop.
+fn body_calibrations(
+    model: &Model,
+    opts: &QuantOptions,
+    samples: &Samples,
+    progress: &Progress,
+) -> Result<Vec<BodyCalibration>> {
+    let g = &model.graph;
+    let holders: Vec<NodeId> = g
+        .node_ids()
+        .filter(|&n| g.node(n).is("If") && holds_quantizable(g, n))
+        .collect();
+    if holders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fed: Vec<String> = input_specs(model, &Binding::default())?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let mut names: Vec<String> = holders
+        .iter()
+        .flat_map(|&n| {
+            g.node(n)
+                .input(0)
+                .into_iter()
+                .chain(g.node(n).captures().iter().copied())
+        })
+        .map(|v| g.value(v).name().to_string())
+        .filter(|v| !fed.contains(v))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut plans = Plans::new(model, &names)?;
+    // Per (holder, branch): the captured values of each sample that took it.
+    let mut taken: HashMap<(NodeId, &str), Vec<Vec<HostTensor>>> = HashMap::new();
+    for sample in &samples.calibration {
+        let values = plans.extras(sample)?;
+        let value = |v: ValueId| -> HostTensor {
+            let name = g.value(v).name();
+            match fed.iter().position(|f| f == name) {
+                Some(i) => sample[i].clone(),
+                None => values[names.binary_search_by(|m| m.as_str().cmp(name)).unwrap()].clone(),
+            }
+        };
+        for &n in &holders {
+            let node = g.node(n);
+            let cond = node.input(0).map(value).and_then(|t| t.to_f64());
+            let Some(&[c]) = cond.as_deref() else {
+                continue;
+            };
+            let branch = if c != 0.0 {
+                "then_branch"
+            } else {
+                "else_branch"
+            };
+            let body = node.attr(branch).and_then(|a| a.bodies().next());
+            let Some(body) = body else { continue };
+            let captured = body.captures().iter().map(|&v| {
+                let name = body.value(v).name();
+                let outer = g.find(name).expect("a capture names an outer value");
+                value(outer)
+            });
+            taken
+                .entry((n, branch))
+                .or_default()
+                .push(captured.collect());
+        }
+    }
+    let mut out = Vec::new();
+    let mut keys: Vec<_> = taken.into_iter().collect();
+    keys.sort_by_key(|((n, b), _)| (*n, *b));
+    for ((n, branch), body_samples) in keys {
+        let node = g.node(n);
+        let body = node
+            .attr(branch)
+            .and_then(|a| a.bodies().next())
+            .expect("found above");
+        let types: Vec<(String, Type)> = body
+            .captures()
+            .iter()
+            .zip(&body_samples[0])
+            .map(|(&v, t)| {
+                let dims = vec![Dim::Unknown; t.shape().len()];
+                let dtype = t.dtype().unwrap_or(DType::F32);
+                (body.value(v).name().to_string(), Type::tensor(dtype, dims))
+            })
+            .collect();
+        let inner = model.of_body(body, &[], &types)?;
+        let inner_samples = Samples {
+            calibration: body_samples,
+            held_back: Vec::new(),
+            random: samples.random,
+        };
+        progress.step(&format!(
+            "calibrating the body {branch} of '{}'",
+            node.name()
+        ));
+        out.push(BodyCalibration {
+            node: node.name().to_string(),
+            attr: branch.to_string(),
+            cal: calibration(&inner, opts, &inner_samples, progress)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a body of node `n` holds a quantizable op, at any depth.
+fn holds_quantizable(g: &Graph, n: NodeId) -> bool {
+    fn any(b: &Graph) -> bool {
+        b.node_ids().any(|m| {
+            qdq::quantizable(b, m) || b.node(m).attrs().iter().flat_map(|a| a.bodies()).any(any)
+        })
+    }
+    g.node(n).attrs().iter().flat_map(|a| a.bodies()).any(any)
 }
 
 /// The values calibration watches: the quantizable ops' inputs (and a Concat's inputs before
@@ -342,6 +462,26 @@ pub fn measured(float: &Model, quantized: &Model) -> Vec<Local> {
     ops
 }
 
+/// The names of the ops of `quantized` that read their weight through a DQ, in the main graph
+/// and in its bodies, sorted.
+pub fn quantized_ops(quantized: &Model) -> Vec<String> {
+    fn walk(g: &Graph, out: &mut Vec<String>) {
+        for n in g.node_ids() {
+            let node = g.node(n);
+            if qdq::quantizable(g, n) && node.input(1).is_some_and(|w| pairs::dequantized(g, w)) {
+                out.push(node.name().to_string());
+            }
+            for body in node.attrs().iter().flat_map(|a| a.bodies()) {
+                walk(body, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&quantized.graph, &mut out);
+    out.sort();
+    out
+}
+
 /// The report of the stage on `before` (the float model it was handed) and `after`.
 pub fn report(
     before: &Model,
@@ -356,13 +496,9 @@ pub fn report(
         .get::<Calibration>()
         .map(|c| c.weights_only.clone())
         .unwrap_or_default();
-    let g = &before.graph;
     let left_float = planned
         .iter()
-        .filter_map(|(n, why)| {
-            why.err()
-                .map(|w| (g.node(*n).name().to_string(), w.to_string()))
-        })
+        .filter_map(|(n, why)| why.err().map(|w| (n.clone(), w.to_string())))
         .collect();
     QuantReport {
         method: opts.method,
@@ -373,13 +509,12 @@ pub fn report(
         random_calibration: samples.random,
         quantized: planned
             .iter()
-            .filter(|(n, w)| w.is_ok() && !weights_only.iter().any(|o| o == g.node(*n).name()))
+            .filter(|(n, w)| w.is_ok() && !weights_only.contains(n))
             .count(),
         left_float,
         quantized_enough: share.compute() >= 0.5,
         int8_compute_share: share.compute(),
         int8_weight_share: share.stored(),
-        bodies_left_float: bodies_hold_quantizable(g),
         layer_errors: Vec::new(),
         fallback: Vec::new(),
         weights_only,
@@ -450,14 +585,4 @@ impl Int8Share {
     fn stored(&self) -> f64 {
         self.share(self.stored)
     }
-}
-
-fn bodies_hold_quantizable(g: &Graph) -> bool {
-    g.node_ids().any(|n| {
-        g.node(n)
-            .attrs()
-            .iter()
-            .flat_map(|a| a.bodies())
-            .any(|b| b.node_ids().any(|m| qdq::quantizable(b, m)) || bodies_hold_quantizable(b))
-    })
 }

@@ -11,13 +11,13 @@
 //! points) and then merges Qs whose inputs are the same. A value read by two quantized ops (a
 //! block input, read by a Conv and a residual Add) would otherwise leave both in float: on
 //! ResNet-50, 20 of its 53 Convs. Only for `--target ort` with int8 activations (uint8 pairs
-//! need no conversion); last in the quantize stage, once every pair exists. Main graph only.
+//! need no conversion); last in the quantize stage, once every pair exists; in calibrated bodies too.
 
 use anyhow::Result;
 
 use super::pairs::{add_pair, pair_source};
-use super::qdq::{Activations, Calibration, Placement};
-use crate::ir::{Model, Patch, Slot, ValueId};
+use super::qdq::{for_each_calibrated, Activations, Calibration, Placement};
+use crate::ir::{Graph, Model, Patch, Slot, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
 
 pub struct PairPerReader;
@@ -38,28 +38,33 @@ impl Pass for PairPerReader {
         if cal.placement != Placement::AroundOps || cal.activations != Activations::Int8 {
             return Ok(Changed::No);
         }
-        let g = &model.graph;
-        let mut pairs: Vec<ValueId> = g
-            .node_ids()
-            .filter(|&n| g.node(n).is("DequantizeLinear"))
-            .filter_map(|n| g.node(n).output(0))
-            .filter(|&v| pair_source(g, v).is_some())
-            .collect();
-        pairs.sort();
-        let mut patch = Patch::new(&mut model.graph);
-        for dq_out in pairs {
-            let g = patch.graph();
-            let Some(x) = pair_source(g, dq_out) else {
-                continue;
-            };
-            let extra: Vec<_> = g.value(dq_out).uses().iter().skip(1).copied().collect();
-            for u in extra {
-                if let Slot::Input(slot) = u.slot {
-                    let (own, _) = add_pair(&mut patch, x, cal, true)?;
-                    patch.set_input(u.node, slot, Some(own));
-                }
+        let done = for_each_calibrated(&mut model.graph, cal, &mut |g, cal| apart(g, cal))?;
+        Ok(Changed::from_count(done))
+    }
+}
+
+/// Gives each extra reader of a pair in graph `g` a pair of its own.
+fn apart(g: &mut Graph, cal: &Calibration) -> Result<usize> {
+    let mut pairs: Vec<ValueId> = g
+        .node_ids()
+        .filter(|&n| g.node(n).is("DequantizeLinear"))
+        .filter_map(|n| g.node(n).output(0))
+        .filter(|&v| pair_source(g, v).is_some())
+        .collect();
+    pairs.sort();
+    let mut patch = Patch::new(g);
+    for dq_out in pairs {
+        let g = patch.graph();
+        let Some(x) = pair_source(g, dq_out) else {
+            continue;
+        };
+        let extra: Vec<_> = g.value(dq_out).uses().iter().skip(1).copied().collect();
+        for u in extra {
+            if let Slot::Input(slot) = u.slot {
+                let (own, _) = add_pair(&mut patch, x, cal, true)?;
+                patch.set_input(u.node, slot, Some(own));
             }
         }
-        Ok(Changed::from_count(patch.commit()?))
     }
+    patch.commit()
 }

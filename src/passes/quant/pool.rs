@@ -15,8 +15,8 @@
 use anyhow::Result;
 
 use super::pairs::{dequantized, kept_float, quantize_output};
-use super::qdq::{Calibration, Placement};
-use crate::ir::{Model, NodeId, Patch};
+use super::qdq::{for_each_calibrated, Calibration, Placement};
+use crate::ir::{Graph, Model, NodeId, Patch};
 use crate::passes::{Changed, Pass, PassContext};
 
 /// The average pools, whose outputs lie between their inputs' values (or 0, for padding).
@@ -40,31 +40,35 @@ impl Pass for QuantizeAveragePools {
         if cal.placement != Placement::AroundOps {
             return Ok(Changed::No);
         }
-        let g = &model.graph;
-        let order = g.topo_order().unwrap_or_default();
-        let pools: Vec<NodeId> = order
-            .into_iter()
-            .filter(|&n| {
-                let node = g.node(n);
-                POOLS.iter().any(|op| node.is(op))
-                    && node.input(0).is_some_and(|x| dequantized(g, x))
-            })
-            .collect();
-        let mut quantized = Vec::new();
-        for n in pools {
-            let node = g.node(n);
-            if cx.excluded(node.name(), node.op()) {
-                let (name, op) = (node.name().to_string(), node.op().to_string());
-                cx.refuse(self.id(), &name, &op, "excluded by the user");
-            } else {
-                quantized.push(n);
-            }
-        }
-        let kept_float = kept_float(g);
-        let mut patch = Patch::new(&mut model.graph);
-        for n in quantized {
-            quantize_output(&mut patch, n, &cal, &kept_float)?;
-        }
-        Ok(Changed::from_count(patch.commit()?))
+        let done = for_each_calibrated(&mut model.graph, &cal, &mut |g, cal| pools(g, cal, cx))?;
+        Ok(Changed::from_count(done))
     }
+}
+
+/// Quantizes the average pools of graph `g` that read a DQ.
+fn pools(g: &mut Graph, cal: &Calibration, cx: &mut PassContext) -> Result<usize> {
+    let order = g.topo_order().unwrap_or_default();
+    let pools: Vec<NodeId> = order
+        .into_iter()
+        .filter(|&n| {
+            let node = g.node(n);
+            POOLS.iter().any(|op| node.is(op)) && node.input(0).is_some_and(|x| dequantized(g, x))
+        })
+        .collect();
+    let mut quantized = Vec::new();
+    for n in pools {
+        let node = g.node(n);
+        if cx.excluded(node.name(), node.op()) {
+            let (name, op) = (node.name().to_string(), node.op().to_string());
+            cx.refuse("quantize-average-pools", &name, &op, "excluded by the user");
+        } else {
+            quantized.push(n);
+        }
+    }
+    let kept_float = kept_float(g);
+    let mut patch = Patch::new(g);
+    for n in quantized {
+        quantize_output(&mut patch, n, cal, &kept_float)?;
+    }
+    patch.commit()
 }

@@ -86,6 +86,46 @@ pub struct Calibration {
     /// first step, since one scale over an activation is what int8 loses most on, and
     /// per-channel weights rarely.
     pub weights_only: Vec<String>,
+    /// The subgraph bodies calibrated on the values they really see, each with its own
+    /// ranges (a body's values have names of their own, and two branches may share some).
+    pub bodies: Vec<BodyCalibration>,
+}
+
+/// The calibration of the body held by attribute `attr` of node `node`.
+#[derive(Clone)]
+pub struct BodyCalibration {
+    pub node: String,
+    pub attr: String,
+    pub cal: Calibration,
+}
+
+impl Calibration {
+    /// This calibration with `ops` reading float activations (their weights int8), in the
+    /// main graph and in every body.
+    pub fn with_weights_only(mut self, ops: &[String]) -> Calibration {
+        self.weights_only = ops.to_vec();
+        for b in &mut self.bodies {
+            b.cal = b.cal.clone().with_weights_only(ops);
+        }
+        self
+    }
+}
+
+/// Runs `f` on `g` with `cal` and, first, on every body `cal` calibrated, with its own
+/// calibration: how each quantize pass reaches the bodies. Returns the edits summed.
+pub fn for_each_calibrated(
+    g: &mut Graph,
+    cal: &Calibration,
+    f: &mut dyn FnMut(&mut Graph, &Calibration) -> Result<usize>,
+) -> Result<usize> {
+    let mut done = 0;
+    for b in &cal.bodies {
+        let holder = g.node_ids().find(|&n| g.node(n).name() == b.node);
+        if let Some(n) = holder {
+            done += g.edit_body(n, &b.attr, |body| for_each_calibrated(body, &b.cal, f))?;
+        }
+    }
+    Ok(done + f(g, cal)?)
 }
 
 /// An activation's mean per index of axis 1 (a Conv input's channels) and of its last axis
@@ -215,26 +255,71 @@ fn layer(
     })
 }
 
-/// Each quantizable op of the main graph and whether it will be quantized (`Ok`) or why not.
-pub fn plan(model: &Model, cx: &PassContext) -> Vec<(NodeId, Result<(), &'static str>)> {
+/// Each quantizable op of the model, in the main graph and in its bodies, by name, and
+/// whether it will be quantized (`Ok`) or why not: an op in a body no calibration sample
+/// reached stays float, and says so.
+pub fn plan(model: &Model, cx: &PassContext) -> Vec<(String, Result<(), &'static str>)> {
     let Some(cal) = cx.get::<Calibration>() else {
         return Vec::new();
     };
-    matched(model, cal, cx)
-        .into_iter()
-        .map(|(n, l)| (n, l.map(|_| ())))
-        .collect()
+    let mut out = Vec::new();
+    plan_graph(
+        &model.graph,
+        Some(cal),
+        model.opset("").unwrap_or(1),
+        cx,
+        &mut out,
+    );
+    out
 }
 
-/// Each quantizable op of the main graph, in topological order, with its match or why it
-/// stays float.
+fn plan_graph(
+    g: &Graph,
+    cal: Option<&Calibration>,
+    opset: i64,
+    cx: &PassContext,
+    out: &mut Vec<(String, Result<(), &'static str>)>,
+) {
+    match cal {
+        Some(cal) => out.extend(
+            matched(g, opset, cal, cx)
+                .into_iter()
+                .map(|(n, l)| (g.node(n).name().to_string(), l.map(|_| ()))),
+        ),
+        None => out.extend(
+            (g.node_ids().filter(|&n| quantizable(g, n)))
+                .map(|n| (g.node(n).name().to_string(), Err(UNCALIBRATED))),
+        ),
+    }
+    for n in g.node_ids() {
+        let node = g.node(n);
+        for a in node.attrs() {
+            for body in a.bodies() {
+                let inner = cal.and_then(|c| {
+                    let found = c
+                        .bodies
+                        .iter()
+                        .find(|b| b.node == node.name() && b.attr == a.name());
+                    found.map(|b| &b.cal)
+                });
+                plan_graph(body, inner, opset, cx, out);
+            }
+        }
+    }
+}
+
+/// Why an op in a body stays float when its body was not calibrated.
+const UNCALIBRATED: &str =
+    "its body was not calibrated: no calibration sample reached it, or tract cannot run its Loop";
+
+/// Each quantizable op of graph `g`, in topological order, with its match or why it stays
+/// float.
 fn matched(
-    model: &Model,
+    g: &Graph,
+    opset: i64,
     cal: &Calibration,
     cx: &PassContext,
 ) -> Vec<(NodeId, Result<Layer, &'static str>)> {
-    let g = &model.graph;
-    let opset = model.opset("").unwrap_or(1);
     // A graph is acyclic once verified; an order that cannot be had matches nothing.
     let order = g.topo_order().unwrap_or_default();
     order
@@ -356,30 +441,36 @@ impl Pass for InsertQdq {
         let Some(cal) = cx.get::<Calibration>().cloned() else {
             return Ok(Changed::No);
         };
-        let g = &model.graph;
-        let mut layers = Vec::new();
-        for (n, l) in matched(model, &cal, cx) {
-            match l {
-                Ok(l) => layers.push(l),
-                Err(why) => {
-                    let (name, op) = (g.node(n).name().to_string(), g.node(n).op().to_string());
-                    cx.refuse(self.id(), &name, &op, why);
-                }
+        let opset = model.opset("").unwrap_or(1);
+        let done = for_each_calibrated(&mut model.graph, &cal, &mut |g, cal| {
+            insert(g, cal, opset, cx)
+        })?;
+        Ok(Changed::from_count(done))
+    }
+}
+
+/// Quantizes the ops of graph `g` that `cal` calibrated; refusals go to `--explain`.
+fn insert(g: &mut Graph, cal: &Calibration, opset: i64, cx: &mut PassContext) -> Result<usize> {
+    let mut layers = Vec::new();
+    for (n, l) in matched(g, opset, cal, cx) {
+        match l {
+            Ok(l) => layers.push(l),
+            Err(why) => {
+                let (name, op) = (g.node(n).name().to_string(), g.node(n).op().to_string());
+                cx.refuse("quantize-qdq", &name, &op, why);
             }
         }
-        // Decided before any pair is made: an op processed later must still read float.
-        let kept_float: Vec<NodeId> = g
-            .node_ids()
-            .filter(|&n| {
-                quantizable(g, n) && !layers.iter().any(|l| l.node == n && !l.weights_only)
-            })
-            .collect();
-        let mut patch = Patch::new(&mut model.graph);
-        for l in &layers {
-            quantize_layer(&mut patch, l, &cal, &kept_float)?;
-        }
-        Ok(Changed::from_count(patch.commit()?))
     }
+    // Decided before any pair is made: an op processed later must still read float.
+    let kept_float: Vec<NodeId> = g
+        .node_ids()
+        .filter(|&n| quantizable(g, n) && !layers.iter().any(|l| l.node == n && !l.weights_only))
+        .collect();
+    let mut patch = Patch::new(g);
+    for l in &layers {
+        quantize_layer(&mut patch, l, cal, &kept_float)?;
+    }
+    patch.commit()
 }
 
 /// The pair op `l` reads its activation through: the one its input already reads (made as

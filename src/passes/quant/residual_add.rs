@@ -14,12 +14,12 @@
 //! result too. Around ops (`--target ort`) the Add is a quantized op like the others: its
 //! output is quantized (absorbing a Relu after it under uint8), unless an op kept float reads
 //! it. Not for TensorRT (inputs only). Refuses an Add the user excluded. Runs after
-//! `quantize-qdq`, whose pairs it finds in the graph. Main graph only.
+//! `quantize-qdq`, whose pairs it finds in the graph; in calibrated bodies too.
 
 use anyhow::Result;
 
 use super::pairs::{dequantized, kept_float, pair_of, quantize_activation, quantize_output};
-use super::qdq::{quantizable, Calibration, Placement};
+use super::qdq::{for_each_calibrated, quantizable, Calibration, Placement};
 use crate::ir::{Graph, Model, NodeId, Patch, ValueId};
 use crate::passes::{Changed, Pass, PassContext};
 
@@ -41,31 +41,37 @@ impl Pass for QuantizeResidualAdds {
         if cal.placement == Placement::Inputs {
             return Ok(Changed::No);
         }
-        let joins = joins(&model.graph, &cal, cx);
-        let kept_float = kept_float(&model.graph);
-        let mut patch = Patch::new(&mut model.graph);
-        for n in joins {
-            for slot in [0, 1] {
-                // Read afresh: quantizing an earlier Add's output may have rewired this one.
-                let g = patch.graph();
-                let Some(v) = g.node(n).input(slot).filter(|&v| !dequantized(g, v)) else {
-                    continue;
-                };
-                let dq = match pair_of(g, v) {
-                    Some((dq, _)) => dq,
-                    None => quantize_activation(&mut patch, v, &cal)?.0,
-                };
-                patch.set_input(n, slot, Some(dq));
-            }
-            // ONNX Runtime runs DQ, DQ → Add → Q as one int8 add. Before a Relu that symmetric
-            // int8 cannot absorb too: an int8 add and the Relu between a DQ and a Q cost less
-            // than a float add reading two DQs (ResNet-50 in ONNX Runtime: 1.87x against 1.64x).
-            if cal.placement == Placement::AroundOps {
-                quantize_output(&mut patch, n, &cal, &kept_float)?;
-            }
-        }
-        Ok(Changed::from_count(patch.commit()?))
+        let done = for_each_calibrated(&mut model.graph, &cal, &mut |g, cal| join(g, cal, cx))?;
+        Ok(Changed::from_count(done))
     }
+}
+
+/// Quantizes the residual Adds of graph `g`.
+fn join(g: &mut Graph, cal: &Calibration, cx: &mut PassContext) -> Result<usize> {
+    let joins = joins(g, cal, cx);
+    let kept_float = kept_float(g);
+    let mut patch = Patch::new(g);
+    for n in joins {
+        for slot in [0, 1] {
+            // Read afresh: quantizing an earlier Add's output may have rewired this one.
+            let g = patch.graph();
+            let Some(v) = g.node(n).input(slot).filter(|&v| !dequantized(g, v)) else {
+                continue;
+            };
+            let dq = match pair_of(g, v) {
+                Some((dq, _)) => dq,
+                None => quantize_activation(&mut patch, v, cal)?.0,
+            };
+            patch.set_input(n, slot, Some(dq));
+        }
+        // ONNX Runtime runs DQ, DQ → Add → Q as one int8 add. Before a Relu that symmetric
+        // int8 cannot absorb too: an int8 add and the Relu between a DQ and a Q cost less
+        // than a float add reading two DQs (ResNet-50 in ONNX Runtime: 1.87x against 1.64x).
+        if cal.placement == Placement::AroundOps {
+            quantize_output(&mut patch, n, cal, &kept_float)?;
+        }
+    }
+    patch.commit()
 }
 
 /// The Adds both of whose inputs are quantized or, for OpenVINO, quantizable here, in node
