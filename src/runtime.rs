@@ -235,6 +235,13 @@ impl HostTensor {
     }
 
     /// A tensor from little-endian bytes.
+    /// A constant of the IR as a value to feed (`None` for a payload that is not raw bytes,
+    /// such as strings).
+    pub fn from_constant(t: &Tensor) -> Option<HostTensor> {
+        let shape: Vec<usize> = t.dims().iter().map(|&d| d as usize).collect();
+        HostTensor::from_le_bytes(t.dtype(), &shape, &t.raw_bytes()?).ok()
+    }
+
     pub fn from_le_bytes(dtype: DType, shape: &[usize], data: &[u8]) -> Result<HostTensor> {
         let dt = datum(dtype).with_context(|| format!("unsupported element type {dtype}"))?;
         if dt == DatumType::String {

@@ -986,3 +986,89 @@ fn merges_unsqueezes_of_an_axis_past_any_rank_without_listing_it() {
         "{printed}"
     );
 }
+
+/// `y = If(c) { then: (x + W1) + W2 } else { x + W2 }`, W1 and W2 initializers of the main
+/// graph that the branches read by capture.
+fn if_reading_outer_weights() -> onnxsmith::ir::Model {
+    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto};
+    let branch = |name: &str, nodes: Vec<onnxsmith::onnx::proto::NodeProto>| AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Graph as i32,
+        g: Some(GraphProto {
+            name: format!("{name}_graph"),
+            node: nodes,
+            output: vec![f32_info("r", &[2, 3])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut iff = node("If", "if", &["c"], &["y"]);
+    iff.attribute = vec![
+        branch(
+            "then_branch",
+            vec![
+                node("Add", "then_a", &["x", "W1"], &["t"]),
+                node("Add", "then_b", &["t", "W2"], &["r"]),
+            ],
+        ),
+        branch(
+            "else_branch",
+            vec![node("Add", "else_a", &["x", "W2"], &["r"])],
+        ),
+    ];
+    let mut p = model_with(vec![iff]);
+    let g = p.graph.as_mut().unwrap();
+    g.input.push(common::info("c", 9, &[]));
+    g.initializer = vec![
+        common::f32_tensor("W1", &[2, 3], &common::values(6, 1)),
+        common::f32_tensor("W2", &[2, 3], &common::values(6, 2)),
+    ];
+    lift(p)
+}
+
+#[test]
+fn sinks_a_weight_one_branch_alone_reads_into_it() {
+    let m = if_reading_outer_weights();
+    let (out, report) = run_passes(&m, &["sink-captured-constants", "dead-code"]);
+    assert_eq!(report.steps[0], "sink-captured-constants");
+    let g = &out.graph;
+    let outer: Vec<&str> = g
+        .initializers()
+        .iter()
+        .map(|&v| g.value(v).name())
+        .collect();
+    assert_eq!(outer, ["W2"], "W2 is read by both branches: it stays");
+    let iff = g.node_ids().find(|&n| g.node(n).is("If")).unwrap();
+    let then = g
+        .node(iff)
+        .attr("then_branch")
+        .unwrap()
+        .bodies()
+        .next()
+        .unwrap();
+    let inner: Vec<&str> = then
+        .initializers()
+        .iter()
+        .map(|&v| then.value(v).name())
+        .collect();
+    assert_eq!(inner, ["W1"], "W1 keeps its name in the body");
+    assert!(then
+        .captures()
+        .iter()
+        .all(|&c| then.value(c).name() != "W1"));
+    assert_same_outputs(&m, &out);
+    insta::assert_snapshot!(before_after(&m, &out));
+}
+
+#[test]
+fn keeps_a_weight_the_graph_itself_reads_too() {
+    let m = if_reading_outer_weights();
+    let mut p = m.to_proto().unwrap();
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Mul", "outer_mul", &["y", "W1"], &["z"]));
+    g.output = vec![f32_info("z", &[2, 3])];
+    let m = lift(p);
+    let (out, report) = run_passes(&m, &["sink-captured-constants"]);
+    assert!(report.steps.is_empty(), "{:?}", report.steps);
+    assert_eq!(out.graph.initializers().len(), 2);
+}

@@ -1830,3 +1830,74 @@ fn list_passes_shows_every_stage_with_its_reason_and_passes() {
         assert!(text.contains(id), "{id} not in\n{text}");
     }
 }
+
+/// Attention in small: q = x·Wq, k = x·Wk, p = Softmax(q·kᵀ), y = p·x (the last two are
+/// products of two activations).
+fn attention_net() -> Model {
+    let mut t = node("Transpose", "kt", &["k"], &["kT"]);
+    t.attribute = vec![attr_ints("perm", &[0, 2, 1])];
+    let mut sm = node("Softmax", "softmax", &["s"], &["p"]);
+    sm.attribute = vec![attr_int("axis", -1)];
+    lift(model_io(
+        vec![
+            node("MatMul", "q_proj", &["x", "Wq"], &["q"]),
+            node("MatMul", "k_proj", &["x", "Wk"], &["k"]),
+            t,
+            node("MatMul", "scores", &["q", "kT"], &["s"]),
+            sm,
+            node("MatMul", "mix", &["p", "x"], &["y"]),
+        ],
+        vec![f32_info("x", &[1, 6, 8])],
+        vec![f32_info("y", &[1, 6, 8])],
+        vec![
+            f32_tensor("Wq", &[8, 8], &values(64, 41)),
+            f32_tensor("Wk", &[8, 8], &values(64, 42)),
+        ],
+    ))
+}
+
+#[test]
+fn a_product_of_two_activations_reads_both_through_pairs() {
+    let m = attention_net();
+    let done = quantize_unchecked(&m, QuantOptions::default());
+    let g = &done.model.graph;
+    let product = |name: &str| {
+        g.node_ids()
+            .find(|&n| g.node(n).name() == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    for name in ["scores", "mix"] {
+        let n = product(name);
+        assert!(
+            dq_of(g, n, 0).is_some() && dq_of(g, n, 1).is_some(),
+            "{name}"
+        );
+    }
+    // The Softmax between them stays float, reading the scores' pair.
+    assert!(ops(g, "Softmax").iter().all(|&s| dq_of(g, s, 0).is_some()));
+    assert_well_formed(g);
+    // Excluded, a product reads float inputs.
+    let done = optimize_model(
+        &m,
+        &Options {
+            quiet: true,
+            check: None,
+            samples: random(16),
+            quantize: Some(QuantOptions::default()),
+            exclude: vec!["scores".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = &done.model.graph;
+    let n = g
+        .node_ids()
+        .find(|&n| g.node(n).name() == "scores")
+        .unwrap();
+    assert!(dq_of(g, n, 0).is_none() && dq_of(g, n, 1).is_none());
+    let q = done.report.quantization.unwrap();
+    assert!(q
+        .left_float
+        .iter()
+        .any(|(n, why)| n == "scores" && why.contains("excluded")));
+}

@@ -81,8 +81,10 @@ pub trait Prepare {
 /// The passes of the simplify fixed point, in order. Each place has its reason.
 fn simplify(fold_limit: u64) -> Vec<Box<dyn Pass>> {
     vec![
-        // Constants first, so every later pattern finds them as initializers.
+        // Constants first, so every later pattern finds them as initializers, in the body
+        // that reads them.
         Box::new(cleanup::constant::ConstantToInitializer),
+        Box::new(cleanup::sink_constants::SinkCapturedConstants),
         // Forwarding nodes next: removing them exposes each value's real producer to every
         // pattern that follows.
         Box::new(cleanup::identity::EliminateIdentity),

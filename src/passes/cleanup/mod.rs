@@ -10,6 +10,7 @@ pub mod merge_reshape;
 pub mod merge_squeeze;
 pub mod merge_transpose;
 pub mod noop;
+pub mod sink_constants;
 
 use anyhow::Result;
 

@@ -278,6 +278,7 @@ fn body_calibrations(
                 .into_iter()
                 .chain(g.node(n).captures().iter().copied())
         })
+        .filter(|&v| g.value(v).constant().is_none())
         .map(|v| g.value(v).name().to_string())
         .filter(|v| !fed.contains(v))
         .collect();
@@ -288,16 +289,20 @@ fn body_calibrations(
     let mut taken: HashMap<(NodeId, &str), Vec<Vec<HostTensor>>> = HashMap::new();
     for sample in &samples.calibration {
         let values = plans.extras(sample)?;
-        let value = |v: ValueId| -> HostTensor {
+        // A captured constant is read off the model, a graph input off the sample.
+        let value = |v: ValueId| -> Option<HostTensor> {
             let name = g.value(v).name();
-            match fed.iter().position(|f| f == name) {
-                Some(i) => sample[i].clone(),
-                None => values[names.binary_search_by(|m| m.as_str().cmp(name)).unwrap()].clone(),
+            if let Some(t) = g.value(v).constant() {
+                return HostTensor::from_constant(t);
             }
+            Some(match fed.iter().position(|f| f == name) {
+                Some(i) => sample[i].clone(),
+                None => values[names.binary_search_by(|m| m.as_str().cmp(name)).ok()?].clone(),
+            })
         };
         for &n in &holders {
             let node = g.node(n);
-            let cond = node.input(0).map(value).and_then(|t| t.to_f64());
+            let cond = node.input(0).and_then(value).and_then(|t| t.to_f64());
             let Some(&[c]) = cond.as_deref() else {
                 continue;
             };
@@ -308,15 +313,12 @@ fn body_calibrations(
             };
             let body = node.attr(branch).and_then(|a| a.bodies().next());
             let Some(body) = body else { continue };
-            let captured = body.captures().iter().map(|&v| {
-                let name = body.value(v).name();
-                let outer = g.find(name).expect("a capture names an outer value");
-                value(outer)
-            });
-            taken
-                .entry((n, branch))
-                .or_default()
-                .push(captured.collect());
+            let captured: Option<Vec<HostTensor>> = (body.captures().iter())
+                .map(|&v| g.find(body.value(v).name()).and_then(value))
+                .collect();
+            if let Some(captured) = captured {
+                taken.entry((n, branch)).or_default().push(captured);
+            }
         }
     }
     let mut out = Vec::new();
@@ -372,7 +374,16 @@ fn holds_quantizable(g: &Graph, n: NodeId) -> bool {
 /// them; with the channel sums bias correction needs.
 fn watched(g: &Graph, opts: &QuantOptions) -> Vec<calibrate::Watch> {
     let ops: Vec<_> = g.node_ids().filter(|&n| qdq::quantizable(g, n)).collect();
-    let inputs: Vec<_> = ops.iter().filter_map(|&n| g.node(n).input(0)).collect();
+    // The activation each op reads, and the second one of a product of two activations.
+    let inputs: Vec<_> = (ops.iter())
+        .flat_map(|&n| {
+            let second = g
+                .node(n)
+                .input(1)
+                .filter(|_| qdq::activations_product(g, n));
+            g.node(n).input(0).into_iter().chain(second)
+        })
+        .collect();
     // A Concat's inputs too, to tell whether one scale can serve them all.
     let concatenated: Vec<_> = inputs
         .iter()

@@ -187,11 +187,56 @@ struct Layer {
     weights_only: bool,
 }
 
+/// A matrix product of two activations to quantize (attention's Q·Kᵀ and its weights·V):
+/// both inputs read through pairs, no weight to store.
+struct Product {
+    node: NodeId,
+    a: ValueId,
+    b: ValueId,
+}
+
+/// An op as matched: with a constant weight, or a product of two activations.
+enum Matched {
+    Layer(Layer),
+    Product(Product),
+}
+
 /// The ops quantization considers, in the main graph.
 pub fn quantizable(g: &Graph, n: NodeId) -> bool {
     ["Conv", "ConvTranspose", "Gemm", "MatMul"]
         .iter()
         .any(|op| g.node(n).is(op))
+}
+
+/// Why `n`, a MatMul of two activations, stays float, or its match.
+fn product(
+    g: &Graph,
+    n: NodeId,
+    cal: &Calibration,
+    cx: &PassContext,
+) -> Result<Product, &'static str> {
+    let node = g.node(n);
+    if cx.excluded(node.name(), node.op()) {
+        return Err("excluded by the user");
+    }
+    if cal.weights_only.iter().any(|w| w == node.name()) {
+        return Err("returned to float: the check failed with its activations int8");
+    }
+    let (a, b) = (
+        node.input(0).ok_or("it has no input")?,
+        node.input(1).ok_or("it has no second input")?,
+    );
+    for v in [a, b] {
+        if !cal.ranges.contains_key(g.value(v).name()) {
+            return Err("an input has no calibrated f32 range");
+        }
+        if concat_too_wide(g, v, cal) {
+            return Err(
+                "an input is a Concat of ranges more than 16x apart, which one scale would ruin",
+            );
+        }
+    }
+    Ok(Product { node: n, a, b })
 }
 
 /// Why `n` (a quantizable op) stays float, or its match.
@@ -284,7 +329,7 @@ fn plan_graph(
         Some(cal) => out.extend(
             matched(g, opset, cal, cx)
                 .into_iter()
-                .map(|(n, l)| (g.node(n).name().to_string(), l.map(|_| ()))),
+                .map(|(n, m)| (g.node(n).name().to_string(), m.map(|_| ()))),
         ),
         None => out.extend(
             (g.node_ids().filter(|&n| quantizable(g, n)))
@@ -319,7 +364,7 @@ fn matched(
     opset: i64,
     cal: &Calibration,
     cx: &PassContext,
-) -> Vec<(NodeId, Result<Layer, &'static str>)> {
+) -> Vec<(NodeId, Result<Matched, &'static str>)> {
     // A graph is acyclic once verified; an order that cannot be had matches nothing.
     let order = g.topo_order().unwrap_or_default();
     order
@@ -328,12 +373,24 @@ fn matched(
         .map(|n| {
             let l = if opset < 10 {
                 Err("the model's opset (below 10) has no QuantizeLinear")
+            } else if activations_product(g, n) {
+                product(g, n, cal, cx).map(Matched::Product)
             } else {
-                layer(g, n, cal, cx, opset)
+                layer(g, n, cal, cx, opset).map(Matched::Layer)
             };
             (n, l)
         })
         .collect()
+}
+
+/// Whether `n` is a MatMul of two activations (neither input a constant).
+pub fn activations_product(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.is("MatMul")
+        && [0, 1].iter().all(|&s| {
+            node.input(s)
+                .is_some_and(|v| g.value(v).constant().is_none())
+        })
 }
 
 /// Per-channel (or, without an axis, per-tensor) symmetric int8 scales of `w`, its values
@@ -451,10 +508,10 @@ impl Pass for InsertQdq {
 
 /// Quantizes the ops of graph `g` that `cal` calibrated; refusals go to `--explain`.
 fn insert(g: &mut Graph, cal: &Calibration, opset: i64, cx: &mut PassContext) -> Result<usize> {
-    let mut layers = Vec::new();
+    let mut found = Vec::new();
     for (n, l) in matched(g, opset, cal, cx) {
         match l {
-            Ok(l) => layers.push(l),
+            Ok(l) => found.push(l),
             Err(why) => {
                 let (name, op) = (g.node(n).name().to_string(), g.node(n).op().to_string());
                 cx.refuse("quantize-qdq", &name, &op, why);
@@ -462,15 +519,46 @@ fn insert(g: &mut Graph, cal: &Calibration, opset: i64, cx: &mut PassContext) ->
         }
     }
     // Decided before any pair is made: an op processed later must still read float.
+    let computes_int8 = |n: NodeId| {
+        found.iter().any(|m| match m {
+            Matched::Layer(l) => l.node == n && !l.weights_only,
+            Matched::Product(p) => p.node == n,
+        })
+    };
     let kept_float: Vec<NodeId> = g
         .node_ids()
-        .filter(|&n| quantizable(g, n) && !layers.iter().any(|l| l.node == n && !l.weights_only))
+        .filter(|&n| quantizable(g, n) && !computes_int8(n))
         .collect();
     let mut patch = Patch::new(g);
-    for l in &layers {
-        quantize_layer(&mut patch, l, cal, &kept_float)?;
+    for m in &found {
+        match m {
+            Matched::Layer(l) => quantize_layer(&mut patch, l, cal, &kept_float)?,
+            Matched::Product(p) => quantize_product(&mut patch, p, cal, &kept_float)?,
+        }
     }
     patch.commit()
+}
+
+/// Quantizes product `p`: both its inputs read through pairs, and, around ops, its output.
+fn quantize_product(
+    patch: &mut Patch,
+    p: &Product,
+    cal: &Calibration,
+    kept_float: &[NodeId],
+) -> Result<()> {
+    for (slot, v) in [(0, p.a), (1, p.b)] {
+        let g = patch.graph();
+        let read = g.node(p.node).input(slot).filter(|&x| dequantized(g, x));
+        if read.is_some() {
+            continue;
+        }
+        let dq = match pair_of(g, v) {
+            Some((dq, _)) => dq,
+            None => quantize_activation(patch, v, cal)?.0,
+        };
+        patch.set_input(p.node, slot, Some(dq));
+    }
+    quantize_output(patch, p.node, cal, kept_float)
 }
 
 /// The pair op `l` reads its activation through: the one its input already reads (made as
