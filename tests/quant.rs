@@ -1811,6 +1811,7 @@ fn list_passes_shows_every_stage_with_its_reason_and_passes() {
         "prune: after simplify",
         "compensate: right after pruning",
         "equalize: before quantization",
+        "smooth: before quantization",
         "quantize: last:",
     ] {
         assert!(text.contains(line), "{line:?} not in\n{text}");
@@ -1820,6 +1821,8 @@ fn list_passes_shows_every_stage_with_its_reason_and_passes() {
         "prune-channels",
         "compensate-pruning",
         "equalize-conv-pairs",
+        "measure-channels",
+        "smooth-activations",
         "calibrate",
         "quantize-opset-13",
         "quantize-qdq",
@@ -1900,4 +1903,102 @@ fn a_product_of_two_activations_reads_both_through_pairs() {
         .left_float
         .iter()
         .any(|(n, why)| n == "scores" && why.contains("excluded")));
+}
+
+/// x ─▶ LayerNormalization(γ, β) ─▶ h ─▶ MatMul(W) ─▶ y, x of shape `dims`, channel 3 of h made
+/// `outlier` times larger than the others by γ; with `residual`, h is also added to y.
+fn smoothable(dims: &[i64], outlier: f32, residual: bool) -> Model {
+    let k = *dims.last().unwrap() as usize;
+    let gamma: Vec<f32> = (0..k).map(|j| if j == 3 { outlier } else { 1.0 }).collect();
+    let mut ln = node("LayerNormalization", "ln", &["x", "gamma", "beta"], &["h"]);
+    ln.attribute = vec![attr_int("axis", -1)];
+    let mut nodes = vec![ln, node("MatMul", "proj", &["h", "W"], &["p"])];
+    nodes.push(if residual {
+        node("Add", "residual", &["p", "h"], &["y"])
+    } else {
+        node("Identity", "out", &["p"], &["y"])
+    });
+    lift(model_io(
+        nodes,
+        vec![f32_info("x", dims)],
+        vec![f32_info("y", dims)],
+        vec![
+            f32_tensor("gamma", &[k as i64], &gamma),
+            f32_tensor("beta", &[k as i64], &values(k, 51)),
+            f32_tensor("W", &[k as i64, k as i64], &values(k * k, 52)),
+        ],
+    ))
+}
+
+/// The smooth stage alone on `m`, calibrated on 16 random samples.
+fn smoothed(m: &Model) -> (Model, onnxsmith::passes::PipelineReport) {
+    use onnxsmith::passes::{run_stages, selected, PassContext};
+    let opts = PipelineOptions {
+        explain: true,
+        ..Default::default()
+    };
+    let mut cx = PassContext::new(true);
+    cx.provide(onnxsmith::lossy::samples::read(m, &random(16)).unwrap());
+    let stages = selected(&opts, vec![onnxsmith::passes::quant::smooth_stage()]).unwrap();
+    let mut out = m.clone();
+    let report = run_stages(&mut out, &stages, &opts, &mut cx).unwrap();
+    (out, report)
+}
+
+#[test]
+fn smoothing_folds_an_outlier_channel_into_the_layer_norm_and_the_weights() {
+    let m = smoothable(&[1, 6, 8], 40.0, false);
+    let (out, report) = smoothed(&m);
+    assert_eq!(
+        report.steps,
+        ["smooth-activations", "dead-code"],
+        "{:?}",
+        report.explain
+    );
+    let g = &out.graph;
+    let ln = ops(g, "LayerNormalization")[0];
+    let gamma = constant_of(g, ln, 1).to_f32_vec().unwrap();
+    assert!(
+        gamma[3] < 40.0 / 2.0,
+        "the outlier's scale moved out of the norm: {gamma:?}"
+    );
+    assert_eq!(ops(g, "Mul").len(), 0, "folded, no Mul added");
+    common::assert_same_outputs(&m, &out);
+    insta::assert_snapshot!(before_after(&m, &out));
+}
+
+#[test]
+fn smoothing_divides_by_a_mul_where_a_residual_also_reads_the_activation() {
+    let m = smoothable(&[1, 6, 8], 40.0, true);
+    let (out, _) = smoothed(&m);
+    let g = &out.graph;
+    assert_eq!(
+        ops(g, "Mul").len(),
+        1,
+        "the residual keeps the norm's own output"
+    );
+    let ln = ops(g, "LayerNormalization")[0];
+    assert_eq!(constant_of(g, ln, 1).to_f32_vec().unwrap()[3], 40.0);
+    common::assert_same_outputs(&m, &out);
+}
+
+#[test]
+fn smoothing_leaves_even_channels_and_flat_inputs() {
+    // Channels within 4x of their median: nothing to even out.
+    let (out, report) = smoothed(&smoothable(&[1, 6, 8], 2.0, false));
+    assert!(report.steps.is_empty(), "{:?}", report.steps);
+    assert!(
+        report.explain.iter().any(|e| e.contains("within 4x")),
+        "{:?}",
+        report.explain
+    );
+    assert_eq!(ops(&out.graph, "Mul").len(), 0);
+    // A [batch, channels] input is a CNN's head, not a sequence.
+    let (_, report) = smoothed(&smoothable(&[6, 8], 40.0, false));
+    assert!(report.steps.is_empty());
+    assert!(
+        report.explain.iter().any(|e| e.contains("rank below 3")),
+        "{:?}",
+        report.explain
+    );
 }

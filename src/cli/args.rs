@@ -296,6 +296,10 @@ struct QuantArgs {
     /// No correction of each bias for the mean error its int8 weights add.
     #[arg(long)]
     no_bias_correction: bool,
+    /// Do not move activation outliers into the weights of the MatMuls reading them
+    /// (SmoothQuant) before calibration.
+    #[arg(long)]
+    no_smooth: bool,
     /// How calibration images (.png, .jpg) become inputs: `imagenet` (shorter side 256, center
     /// crop to the model's size or 224, /255, ImageNet mean and std, RGB, NCHW) or `none`,
     /// then `,key=value` changes: resize=N, crop=N|HxW, scale=S, mean=a:b:c, std=a:b:c,
@@ -331,6 +335,7 @@ impl QuantArgs {
             fallback: !self.no_fallback,
             equalize: !self.no_cle,
             bias_correction: !self.no_bias_correction,
+            smooth: !self.no_smooth,
         }))
     }
 

@@ -121,6 +121,7 @@ impl Search<'_> {
     ) -> Result<Compared> {
         let progress = self.job.plan.cx.progress();
         progress.step("quantizing without cross-layer equalization, to compare");
+        let plain = self.smoothed(plain)?;
         let (candidate, cx) = self.quantize(&plain, None, &self.job.opts.exclude)?;
         let outcome = reference.check(&candidate)?;
         let Outcome::Checked(r) = &outcome else {
@@ -213,6 +214,22 @@ impl Search<'_> {
         report.fallback_tries = self.report.fallback_tries;
         report.equalization_dropped = self.report.equalization_dropped;
         self.report = report;
+    }
+
+    /// `float` through the smooth stage, when the options ask for it: what the quantize stage
+    /// would have been handed.
+    fn smoothed(&self, float: Model) -> Result<Model> {
+        if !self.q.smooth {
+            return Ok(float);
+        }
+        let opts = PipelineOptions {
+            stop_after: None,
+            ..self.job.opts.pipeline.clone()
+        };
+        let stages = selected(&opts, vec![quant::smooth_stage()])?;
+        let mut model = float;
+        run_stages(&mut model, &stages, &opts, &mut self.job.plan.cx.fork())?;
+        Ok(model)
     }
 
     /// The quantize stage, through the pipeline, on `float` with `cal` (or calibrated afresh)

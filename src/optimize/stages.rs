@@ -33,11 +33,13 @@ impl Plan {
             .transpose()?;
         let compensate = opts.prune.as_ref().is_some_and(|p| p.compensate) && samples.is_some();
         let equalize = opts.quantize.as_ref().is_some_and(|q| q.equalize);
+        let smooth = opts.quantize.as_ref().is_some_and(|q| q.smooth);
         let wanted = |name: &str| match name {
             "simplify" => true,
             "prune" => opts.prune.is_some(),
             "compensate" => compensate,
             "equalize" => equalize,
+            "smooth" => smooth,
             "quantize" => opts.quantize.is_some(),
             _ => false,
         };

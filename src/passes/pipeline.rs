@@ -2,7 +2,7 @@
 //! through, lossless or lossy.
 //!
 //! ```text
-//!   simplify ─▶ prune ─▶ compensate ─▶ equalize ─▶ quantize
+//!   simplify ─▶ prune ─▶ compensate ─▶ equalize ─▶ smooth ─▶ quantize
 //!   (always)    (--prune)  (--prune with samples)  (--quantize)
 //! ```
 //!
@@ -146,6 +146,7 @@ pub fn catalogue(fold_limit: u64) -> Vec<Stage> {
         prune::stage(),
         prune::compensate_stage(),
         quant::equalize_stage(),
+        quant::smooth_stage(),
         quant::stage(),
     ]
 }

@@ -179,6 +179,7 @@ impl Seen<'_> {
                 let Some(v) = t.f32_values() else { continue };
                 let st = out.entry(w.name.clone()).or_default();
                 st.observe(&v, self.histogram);
+                st.rank = st.rank.max(t.shape().len());
                 if w.axis1 {
                     st.axis1.observe(&v, t.shape(), 1);
                 }

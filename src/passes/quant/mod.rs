@@ -15,6 +15,7 @@ pub mod qdq;
 pub mod ranges;
 pub mod residual_add;
 pub mod share;
+pub mod smooth;
 
 use std::collections::HashMap;
 
@@ -44,6 +45,8 @@ pub struct QuantOptions {
     pub equalize: bool,
     /// Shift each bias by the mean error its int8 weights add.
     pub bias_correction: bool,
+    /// Move activation outliers into the weights of the MatMuls reading them (SmoothQuant).
+    pub smooth: bool,
 }
 
 impl Default for QuantOptions {
@@ -55,6 +58,7 @@ impl Default for QuantOptions {
             fallback: true,
             equalize: true,
             bias_correction: true,
+            smooth: true,
         }
     }
 }
@@ -99,6 +103,20 @@ pub fn equalize_stage() -> Stage {
         ..Stage::new(
             "equalize",
             "before quantization (with --quantize): calibration must see the equalized weights' activations",
+        )
+    }
+}
+
+/// SmoothQuant: activation outliers moved into the weights of the MatMuls that read them, an
+/// exact float rewrite measured on the samples, before calibration.
+pub fn smooth_stage() -> Stage {
+    Stage {
+        prepare: Some(Box::new(smooth::MeasureChannels)),
+        once: vec![Box::new(smooth::SmoothActivations)],
+        fixed_point: vec![Box::new(super::cleanup::dce::DeadCode)],
+        ..Stage::new(
+            "smooth",
+            "before quantization (with --quantize, unless --no-smooth): calibration must see the smoothed activations",
         )
     }
 }

@@ -28,6 +28,8 @@ pub struct Stats {
     pub min: f32,
     pub max: f32,
     pub seen: u64,
+    /// The value's rank (the largest seen).
+    pub rank: usize,
     hist: Vec<u64>,
     /// The histogram's upper edge; 0 while every value seen was 0 (all in bin 0).
     hist_max: f32,
@@ -46,6 +48,8 @@ const HIST_BINS: usize = 2 * BINS;
 #[derive(Clone, Debug, Default)]
 pub struct ChannelSums {
     sums: Vec<f64>,
+    /// The largest magnitude seen per channel.
+    maxima: Vec<f32>,
     /// Elements summed into each channel.
     count: u64,
     /// Samples disagreed on the channel count: no mean.
@@ -60,6 +64,7 @@ impl ChannelSums {
         };
         if self.sums.is_empty() && !self.mixed {
             self.sums = vec![0.0; channels];
+            self.maxima = vec![0.0; channels];
         }
         if self.sums.len() != channels || channels == 0 {
             self.mixed = true;
@@ -70,8 +75,10 @@ impl ChannelSums {
             return;
         }
         for block in values.chunks_exact(channels * inner) {
-            for (sum, run) in self.sums.iter_mut().zip(block.chunks_exact(inner)) {
+            let runs = block.chunks_exact(inner);
+            for ((sum, max), run) in self.sums.iter_mut().zip(&mut self.maxima).zip(runs) {
                 *sum += run.iter().map(|&v| v as f64).sum::<f64>();
+                *max = run.iter().fold(*max, |m, v| m.max(v.abs()));
             }
         }
         self.count += (values.len() / channels) as u64;
@@ -92,7 +99,16 @@ impl ChannelSums {
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
             *a += b;
         }
+        for (a, b) in self.maxima.iter_mut().zip(&other.maxima) {
+            *a = a.max(*b);
+        }
         self.count += other.count;
+    }
+
+    /// The largest magnitude per channel, when every sample had the same channels.
+    pub fn maxima(&self) -> Option<Vec<f32>> {
+        let finite = self.maxima.iter().all(|m| m.is_finite());
+        (!self.mixed && self.count > 0 && finite).then(|| self.maxima.clone())
     }
 
     /// The mean per channel, when every sample had the same channels.
@@ -196,6 +212,7 @@ impl Stats {
             *self = other.clone();
             return;
         }
+        self.rank = self.rank.max(other.rank);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.seen += other.seen;
