@@ -1407,7 +1407,7 @@ fn ranges_are_shared_through_a_resize_only_where_it_cannot_overshoot() {
 fn search(needed: &[&str]) -> (Option<Vec<String>>, Vec<Vec<String>>) {
     let ranked: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
     let mut tried = Vec::new();
-    let found = onnxsmith::lossy::search::fewest(&ranked, None, |back| {
+    let found = onnxsmith::lossy::search::fewest(&ranked, &|_| 0.0, None, |back| {
         tried.push(back.to_vec());
         Ok(needed
             .iter()
@@ -1444,25 +1444,27 @@ fn the_search_gives_back_wholly_only_what_the_mild_way_cannot_save() {
     // activations float (mildly, or wholly).
     let ranked: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
     let mut tries = 0;
-    let found = onnxsmith::lossy::search::restore(&ranked, true, &mut tries, |mild, whole| {
-        let has = |set: &[String], n: &str| set.iter().any(|x| x == n);
-        let b_ok = has(whole, "b");
-        let d_ok = has(mild, "d") || has(whole, "d");
-        Ok((b_ok && d_ok).then_some(()))
-    })
-    .unwrap()
-    .expect("found");
+    let found =
+        onnxsmith::lossy::search::restore(&ranked, &|_| 0.0, true, &mut tries, |mild, whole| {
+            let has = |set: &[String], n: &str| set.iter().any(|x| x == n);
+            let b_ok = has(whole, "b");
+            let d_ok = has(mild, "d") || has(whole, "d");
+            Ok((b_ok && d_ok).then_some(()))
+        })
+        .unwrap()
+        .expect("found");
     assert_eq!(found.whole, ["b"]);
     assert_eq!(found.mild, ["d"]);
     assert_eq!(found.tries, tries);
     // Without a mild way, every op is given back wholly.
     let mut tries = 0;
-    let found = onnxsmith::lossy::search::restore(&ranked, false, &mut tries, |mild, whole| {
-        assert!(mild.is_empty());
-        Ok(whole.iter().any(|n| n == "c").then_some(()))
-    })
-    .unwrap()
-    .expect("found");
+    let found =
+        onnxsmith::lossy::search::restore(&ranked, &|_| 0.0, false, &mut tries, |mild, whole| {
+            assert!(mild.is_empty());
+            Ok(whole.iter().any(|n| n == "c").then_some(()))
+        })
+        .unwrap()
+        .expect("found");
     assert_eq!((found.mild.len(), found.whole), (0, vec!["c".to_string()]));
 }
 
@@ -1471,7 +1473,7 @@ fn the_search_costs_a_check_per_halving_of_a_long_ranking() {
     let ranked: Vec<String> = (0..1000).map(|i| format!("op{i:04}")).collect();
     let mut checks = 0;
     // Ops ranked 0..=370 must be given back (the ranking is right here).
-    let found = onnxsmith::lossy::search::fewest(&ranked, None, |back| {
+    let found = onnxsmith::lossy::search::fewest(&ranked, &|_| 0.0, None, |back| {
         checks += 1;
         Ok((back.len() > 370).then_some(()))
     })

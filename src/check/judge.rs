@@ -337,12 +337,21 @@ const TAIL_SAMPLES: usize = 8;
 /// How rare a sample the expected worst stands for: the worst of a hundred.
 const TAIL_SHARE: f64 = 0.01;
 
+/// Errors below this share of the largest are floored to it: samples a result gets nearly
+/// exactly (a saturated classifier) say nothing of the tail.
+const TAIL_FLOOR: f64 = 0.01;
+
+/// The expected worst error is at most this many times the worst seen: an extrapolation from
+/// a few samples is no more trusted than that.
+const TAIL_REACH: f64 = 4.0;
+
 /// The cosine the worst of a hundred samples like these is expected to have, so that a check
 /// on 16 held-back samples speaks for the next hundred inputs of the same kind, which its
 /// worst sample alone does not. The errors 1 − cosine above the k-th largest (k a quarter of
-/// the samples, at least 4) are taken as an exponential tail, whose mean excess β gives the
-/// quantile u + β · ln(k / (n · 0.01)); never better than the worst seen. `None` below
-/// [`TAIL_SAMPLES`] samples.
+/// the samples, at least 4) are taken as a Pareto tail, as errors of a few hard inputs are:
+/// with β the mean of ln(e / u) over them (Hill's estimate, u the k-th largest), the 1-in-100
+/// error is u · (k / (n · 0.01))^β; never better than the worst seen, never past
+/// [`TAIL_REACH`] times it. `None` below [`TAIL_SAMPLES`] samples.
 fn expected_worst(cosines: &[f64]) -> Option<f64> {
     let n = cosines.len();
     if n < TAIL_SAMPLES || cosines.iter().any(|c| c.is_nan()) {
@@ -350,11 +359,21 @@ fn expected_worst(cosines: &[f64]) -> Option<f64> {
     }
     let mut errors: Vec<f64> = cosines.iter().map(|c| (1.0 - c).max(0.0)).collect();
     errors.sort_by(|a, b| b.total_cmp(a));
+    let worst = errors[0];
+    if worst <= 0.0 {
+        return Some(1.0);
+    }
+    let floor = worst * TAIL_FLOOR;
     let k = (n / 4).max(4).min(n - 1);
-    let threshold = errors[k];
-    let excess = errors[..k].iter().map(|e| e - threshold).sum::<f64>() / k as f64;
-    let reach = (k as f64 / (n as f64 * TAIL_SHARE)).ln().max(0.0);
-    Some(1.0 - (threshold + excess * reach).max(errors[0]))
+    let threshold = errors[k].max(floor);
+    let beta = errors[..k]
+        .iter()
+        .map(|e| (e.max(floor) / threshold).ln())
+        .sum::<f64>()
+        / k as f64;
+    let reach = (k as f64 / (n as f64 * TAIL_SHARE)).max(1.0);
+    let expected = threshold * reach.powf(beta);
+    Some(1.0 - expected.clamp(worst, worst * TAIL_REACH))
 }
 
 /// The parts the output's short axes split into by magnitude, each judged: its cosine over

@@ -662,12 +662,33 @@ impl Reference {
         &self.feed
     }
 
-    /// This reference on its first `n` input sets only, without running the original again:
-    /// a cheaper check for many candidates that only need to be told apart.
-    pub fn first(&self, n: usize) -> Reference {
+    /// This reference on at most `n` of its input sets, all of one shape (the most common),
+    /// without running the original again: a cheaper check for many candidates that only
+    /// need to be told apart (each shape costs a tract plan per candidate).
+    pub fn few(&self, n: usize) -> Reference {
         let mut feed = self.feed.clone();
+        let mut keep: Vec<usize> = Vec::new();
+        if let Ok(sets) = &self.feed.sets {
+            let shape = |i: usize| {
+                sets[i]
+                    .iter()
+                    .map(|t| t.shape().to_vec())
+                    .collect::<Vec<_>>()
+            };
+            let mut best = (0, 0);
+            for i in 0..sets.len() {
+                let count = (0..sets.len()).filter(|&j| shape(j) == shape(i)).count();
+                if count > best.1 {
+                    best = (i, count);
+                }
+            }
+            keep = (0..sets.len())
+                .filter(|&j| shape(j) == shape(best.0))
+                .take(n)
+                .collect();
+        }
         if let Ok(sets) = feed.sets.as_mut() {
-            sets.truncate(n);
+            *sets = keep.iter().map(|&i| sets[i].clone()).collect();
         }
         let outputs = self
             .outputs
@@ -675,7 +696,7 @@ impl Reference {
             .map_err(Clone::clone)
             .map(|o| Outputs {
                 names: o.names.clone(),
-                values: o.values.iter().take(n).cloned().collect(),
+                values: keep.iter().map(|&i| o.values[i].clone()).collect(),
             });
         Reference {
             rule: self.rule,

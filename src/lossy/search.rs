@@ -7,8 +7,9 @@
 //! 1. every ranked op given back: when even that fails, nothing in this way can pass;
 //! 2. a bisection over the ranking for the fewest most-costly ops that pass: the first k ops
 //!    for the smallest k found, one check per halving;
-//! 3. each op of that set taken back, least costly first, where the check still passes (the
-//!    ranking is an estimate: an op ranked high may not matter).
+//! 3. each op of that set taken back where the check still passes (the ranking is an
+//!    estimate: an op ranked high may not matter), those worth most first (int8: the most
+//!    weights, what the result is quantized for), then the least costly.
 //!
 //! [`restore`] uses it twice where a stage has both ways: every op given back mildly first;
 //! where even that fails (some ops' lossy weights alone break the result), the fewest ops to
@@ -36,6 +37,7 @@ pub struct Restored<T> {
 /// fails; `tries` counts attempts either way.
 pub fn restore<T>(
     ranked: &[String],
+    worth: &dyn Fn(&str) -> f64,
     mild: bool,
     tries: &mut usize,
     mut attempt: impl FnMut(&[String], &[String]) -> Result<Option<T>>,
@@ -62,7 +64,8 @@ pub fn restore<T>(
                 Vec::new()
             }
         };
-        let Some((set, t)) = fewest(ranked, None, |set| counted(&rest_mild(set), set))? else {
+        let Some((set, t)) = fewest(ranked, worth, None, |set| counted(&rest_mild(set), set))?
+        else {
             return Ok(None);
         };
         if !mild {
@@ -81,7 +84,7 @@ pub fn restore<T>(
         .filter(|n| !whole.contains(n))
         .cloned()
         .collect();
-    let (set, found) = match fewest(&rest, known, |set| counted(set, &whole))? {
+    let (set, found) = match fewest(&rest, worth, known, |set| counted(set, &whole))? {
         Some(found) => found,
         None => unreachable!("every op of `rest` given back passed"),
     };
@@ -96,10 +99,11 @@ pub fn restore<T>(
 /// The fewest of `ranked` (most costly first) for which `passes` holds, given that it does
 /// not hold for none of them: all of them first (`None` if that fails; `all` is what it
 /// returned when the caller knows already), then a bisection for the shortest passing
-/// prefix, then up to [`PUT_BACK`] ops of it taken back, least costly first, wherever
-/// `passes` still holds. The set, and what `passes` returned for it.
+/// prefix, then up to [`PUT_BACK`] ops of it taken back, those `worth` most first (ties:
+/// the least costly), wherever `passes` still holds. The set, and what `passes` returned.
 pub fn fewest<T>(
     ranked: &[String],
+    worth: &dyn Fn(&str) -> f64,
     all: Option<T>,
     mut passes: impl FnMut(&[String]) -> Result<Option<T>>,
 ) -> Result<Option<(Vec<String>, T)>> {
@@ -122,7 +126,8 @@ pub fn fewest<T>(
     }
     let mut set = ranked[..hi].to_vec();
     // One op alone is the least there is: with none, the result already failed.
-    let candidates: Vec<String> = set.iter().rev().cloned().collect();
+    let mut candidates: Vec<String> = set.iter().rev().cloned().collect();
+    candidates.sort_by(|a, b| worth(b).total_cmp(&worth(a)));
     for name in candidates.iter().take(PUT_BACK) {
         if set.len() == 1 {
             break;

@@ -1,11 +1,12 @@
 //! How much each op of a lossy result costs, measured two ways:
 //!
-//! - [`output_impacts`]: each op made lossy alone, the rest of the model as it was, judged at
-//!   the model's outputs by the check's own measure (the worst cosine over outputs, their
-//!   parts and samples) on a few samples. What the check sees, so the ranking the search
-//!   bisects over is the right one even where an op's own error says little (a last class
-//!   convolution whose small logit error a sigmoid turns into lost detections). A candidate
-//!   and a short run per op.
+//! - [`output_impacts`]: each op made lossy alone, the rest of the model as it was, and each
+//!   op given back alone from the fully lossy result, judged at the model's outputs by the
+//!   check's own measure (the worst cosine over outputs, their parts and samples) on a few
+//!   samples. What the check sees, so the ranking the search bisects over is the right one
+//!   even where an op's own error says little (a last class convolution whose small logit
+//!   error a sigmoid turns into lost detections) or where ops harm only together. Two
+//!   candidates and two short runs per op.
 //! - [`local_errors`]: the result runs on the samples with each op's inputs and output
 //!   exposed, and each op of the model it was made from runs alone on exactly those inputs,
 //!   so that what upstream ops already lost is not charged to it: the relative L2 difference
@@ -26,16 +27,29 @@ pub const IMPACT_SAMPLES: usize = 4;
 /// Rankings of more ops than this use [`local_errors`]: each op's impact costs a candidate.
 pub const IMPACT_MAX_OPS: usize = 256;
 
-/// How far from the original each op takes the outputs when it alone is made lossy:
-/// `alone(op)` builds that candidate; the impact is 1 − the worst cosine the check sees on
-/// the first [`IMPACT_SAMPLES`] of `reference`'s samples. Worst first (ties by name).
+/// What each op costs at the outputs, two ways, on [`IMPACT_SAMPLES`] of `reference`'s
+/// samples (of one shape), as 1 − the worst cosine the check sees: made lossy alone, the
+/// rest of the model as it was (`alone(op)`); and how much the fully lossy result `failing`
+/// gains when that op alone is given back (`without(op)`), which catches ops that only harm
+/// together (a layer's two attention products). Each op's cost is the larger; worst first
+/// (ties by name).
 pub fn output_impacts(
     ops: &[String],
     reference: &Reference,
+    failing: &Model,
     progress: &Progress,
     mut alone: impl FnMut(&str) -> Result<Model>,
+    mut without: impl FnMut(&str) -> Result<Model>,
 ) -> Result<Vec<(String, f64)>> {
-    let few = reference.first(IMPACT_SAMPLES);
+    let few = reference.few(IMPACT_SAMPLES);
+    let distance = |m: &Model| -> Result<f64> {
+        Ok(match few.check(m)? {
+            Outcome::Checked(r) => (1.0 - r.worst_cosine()).clamp(0.0, 2.0),
+            // A candidate tract cannot run is as far from the original as can be.
+            Outcome::Unverified(_) => 2.0,
+        })
+    };
+    let all = distance(failing)?;
     let mut impacts = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         progress.step(&format!(
@@ -43,12 +57,10 @@ pub fn output_impacts(
             i + 1,
             ops.len()
         ));
-        let impact = match few.check(&alone(op)?)? {
-            Outcome::Checked(r) => (1.0 - r.worst_cosine()).max(0.0),
-            // A candidate tract cannot run is as far from the original as can be.
-            Outcome::Unverified(_) => 1.0,
-        };
-        impacts.push((op.clone(), if impact.is_nan() { 1.0 } else { impact }));
+        let harm = distance(&alone(op)?)?;
+        let gain = all - distance(&without(op)?)?;
+        let cost = harm.max(gain);
+        impacts.push((op.clone(), if cost.is_nan() { 2.0 } else { cost }));
     }
     impacts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(impacts)

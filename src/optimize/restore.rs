@@ -156,7 +156,9 @@ impl Search<'_> {
         // TensorRT runs a layer in int8 only with both inputs quantized: no mild way there.
         let mild = self.q.placement != Placement::Inputs;
         let mut tries = self.report.fallback_tries;
-        let found = search::restore(&ranked, mild, &mut tries, |mild, whole| {
+        let weights = quant::weight_elements(&self.float);
+        let worth = |op: &str| weights.get(op).copied().unwrap_or(0) as f64;
+        let found = search::restore(&ranked, &worth, mild, &mut tries, |mild, whole| {
             let cal = self.cal.clone().with_weights_only(mild);
             let mut exclude = self.job.opts.exclude.clone();
             exclude.extend(whole.iter().cloned());
@@ -192,13 +194,20 @@ impl Search<'_> {
             return local_errors(&self.float, failing, measured, &self.samples.held_back);
         }
         let progress = self.job.plan.cx.progress();
-        output_impacts(&ops, reference, progress, |op| {
-            let mut exclude = self.job.opts.exclude.clone();
-            exclude.extend(ops.iter().filter(|o| *o != op).cloned());
+        let with = |exclude: Vec<String>| -> Result<Model> {
+            let exclude = [self.job.opts.exclude.clone(), exclude].concat();
             Ok(self
                 .quantize(&self.float, Some(self.cal.clone()), &exclude)?
                 .0)
-        })
+        };
+        output_impacts(
+            &ops,
+            reference,
+            failing,
+            progress,
+            |op| with(ops.iter().filter(|o| *o != op).cloned().collect()),
+            |op| with(vec![op.to_string()]),
+        )
     }
 
     /// The report of the candidate that passed, keeping what the search measured.

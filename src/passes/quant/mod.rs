@@ -511,6 +511,26 @@ pub fn quantized_ops(quantized: &Model) -> Vec<String> {
     out
 }
 
+/// The weight elements of each quantizable op of `model` (main graph and bodies), by name: what
+/// keeping it in int8 is worth to the share that says the model is quantized.
+pub fn weight_elements(model: &Model) -> HashMap<String, u64> {
+    fn walk(g: &Graph, out: &mut HashMap<String, u64>) {
+        for n in g.node_ids() {
+            let node = g.node(n);
+            let w = node.input(1).and_then(|w| g.value(w).constant());
+            if let (true, Some(w)) = (qdq::quantizable(g, n), w) {
+                out.insert(node.name().to_string(), w.len());
+            }
+            for body in node.attrs().iter().flat_map(|a| a.bodies()) {
+                walk(body, out);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    walk(&model.graph, &mut out);
+    out
+}
+
 /// The report of the stage on `before` (the float model it was handed) and `after`.
 pub fn report(
     before: &Model,
