@@ -2004,3 +2004,80 @@ fn smoothing_leaves_even_channels_and_flat_inputs() {
         report.explain
     );
 }
+
+/// `small_net` with conv1 and the Relu unnamed and the Gemm named as conv2 is.
+fn ill_named_net() -> Model {
+    let mut p = small_net(13);
+    for n in &mut p.graph.as_mut().unwrap().node {
+        match n.name.as_str() {
+            "conv1" | "relu1" => n.name.clear(),
+            "fc" => n.name = "conv2".into(),
+            _ => {}
+        }
+    }
+    lift(p)
+}
+
+fn names(g: &Graph, op: &str) -> Vec<String> {
+    ops(g, op)
+        .into_iter()
+        .map(|n| g.node(n).name().to_string())
+        .collect()
+}
+
+#[test]
+fn name_ops_names_unnamed_ops_and_second_ops_of_a_name() {
+    let m = ill_named_net();
+    let all = quantize_selected(&m, PipelineOptions::default(), &[]);
+    let at = all
+        .report
+        .pipeline
+        .steps
+        .iter()
+        .position(|&s| s == "name-ops")
+        .expect("name-ops ran")
+        + 1;
+    let named = quantize_selected(
+        &m,
+        PipelineOptions {
+            stop_after: Some(at),
+            ..Default::default()
+        },
+        &[],
+    );
+    let g = &named.model.graph;
+    assert_eq!(names(g, "Conv"), ["Conv_0", "conv2"]);
+    assert_eq!(names(g, "Relu"), ["Relu_1"]);
+    assert_eq!(names(g, "Gemm"), ["conv2_1"], "the second 'conv2' is renamed");
+    common::assert_same_outputs(&m, &named.model);
+    // The printout leaves names out: the snapshot lists them beside it.
+    let listed = |g: &Graph| {
+        g.node_ids()
+            .map(|n| format!("{} {:?}\n", g.node(n).op(), g.node(n).name()))
+            .collect::<String>()
+    };
+    insta::assert_snapshot!(format!(
+        "{}--- names before\n{}--- names after\n{}",
+        before_after(&m, &named.model),
+        listed(&m.graph),
+        listed(g)
+    ));
+}
+
+#[test]
+fn a_name_from_name_ops_is_one_exclude_takes() {
+    let m = ill_named_net();
+    let done = quantize_selected(&m, PipelineOptions::default(), &["Conv_0"]);
+    let g = &done.model.graph;
+    let convs = ops(g, "Conv");
+    assert!(dq_of(g, convs[0], 0).is_none(), "Conv_0 was excluded");
+    assert!(dq_of(g, convs[1], 0).is_some(), "conv2 was quantized");
+}
+
+#[test]
+fn name_ops_leaves_a_model_whose_names_are_its_own() {
+    let m = lift(small_net(13));
+    let all = quantize_selected(&m, PipelineOptions::default(), &[]);
+    assert_eq!(names(&all.model.graph, "Conv"), ["conv1", "conv2"]);
+    assert_eq!(names(&all.model.graph, "Gemm"), ["fc"]);
+}

@@ -980,6 +980,10 @@ impl Graph {
     }
 
     /// Sets attribute `attr` of `n`, replacing one of the same name.
+    pub(super) fn set_node_name(&mut self, n: NodeId, name: &str) {
+        self.dag[n.0].name = name.to_string();
+    }
+
     pub(super) fn set_attr(&mut self, n: NodeId, attr: Attr) {
         let attrs = &mut self.dag[n.0].attrs;
         match attrs.iter_mut().find(|a| a.name() == attr.name()) {
@@ -1275,7 +1279,7 @@ impl Graph {
 }
 
 /// `base`, or `base_1`, `base_2`, ... : the first that `taken` does not claim.
-fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
+pub fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
     if !taken(base) {
         return base.to_string();
     }

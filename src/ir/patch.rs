@@ -221,6 +221,12 @@ impl<'g> Patch<'g> {
         Ok(())
     }
 
+    /// Names node `n` (node names are free text: nothing reads them but people and reports).
+    pub fn set_node_name(&mut self, n: NodeId, name: &str) {
+        self.g.set_node_name(n, name);
+        self.edits += 1;
+    }
+
     /// Sets attribute `attr` of `n`, replacing one of the same name.
     pub fn set_attr(&mut self, n: NodeId, attr: Attr) {
         self.g.set_attr(n, attr);

@@ -457,5 +457,19 @@ impl Runner<'_> {
 fn digest(model: &Model) -> u64 {
     let mut h = crate::ir::ContentHash::new();
     h.write(print_model(model).as_bytes());
+    // The printout leaves node names out (they mean nothing to the computation), but a pass
+    // may change only them (`name-ops`).
+    hash_node_names(&model.graph, &mut h);
     h.finish()
+}
+
+fn hash_node_names(g: &crate::ir::Graph, h: &mut crate::ir::ContentHash) {
+    for n in g.node_ids() {
+        let node = g.node(n);
+        h.write(node.name().as_bytes());
+        h.write(&[0]);
+        for body in node.attrs().iter().flat_map(|a| a.bodies()) {
+            hash_node_names(body, h);
+        }
+    }
 }

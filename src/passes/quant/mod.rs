@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod equalize;
+pub mod names;
 pub mod opset;
 pub mod pair_per_reader;
 pub mod pairs;
@@ -71,6 +72,8 @@ pub fn stage() -> Stage {
     Stage {
         prepare: Some(Box::new(Calibrate)),
         once: vec![
+            // First: the ops the later passes, the search and the report name.
+            Box::new(names::NameOps),
             Box::new(opset::RaiseOpset),
             Box::new(InsertQdq),
             // After the ops: a residual Add is quantized when what it joins is.

@@ -19,7 +19,7 @@
 //! Refuses (the weights are then quantized per tensor, and the quantization report says
 //! why): an op that reads differently at 13, or that the table does not know; model-local
 //! functions, whose own imports would have to move too; IR versions below 7, which opset 13
-//! needs. Runs first in the quantize stage, and only when quantizing.
+//! needs. Runs first in the quantize stage after `name-ops`, and only when quantizing.
 
 use anyhow::Result;
 use serde::Serialize;
