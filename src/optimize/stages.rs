@@ -8,6 +8,7 @@ use super::Options;
 use crate::check::{Outcome, Reference};
 use crate::ir::Model;
 use crate::lossy::Samples;
+use crate::passes::precision::PrecisionReport;
 use crate::passes::prune::compensate::CompensationReport;
 use crate::passes::prune::{self, BnScales, PruneReport, Selection};
 use crate::passes::quant::{self, QuantReport};
@@ -27,7 +28,9 @@ impl Plan {
     /// options, the exclusions, the BatchNormalization scales of the model as given (pruning
     /// may rank channels by them, and simplification fuses them away), the progress display.
     pub fn new(original: &Model, opts: &Options, progress: Progress) -> Result<Plan> {
-        let read = opts.quantize.is_some() || (opts.prune.is_some() && opts.samples.dir.is_some());
+        let read = opts.quantize.is_some()
+            || (opts.prune.is_some() && opts.samples.dir.is_some())
+            || (opts.precision.is_some() && opts.samples.given());
         let samples = read
             .then(|| crate::lossy::samples::read(original, &opts.samples))
             .transpose()?;
@@ -39,6 +42,7 @@ impl Plan {
             "compensate" => compensate,
             "equalize" => equalize,
             "quantize" => opts.quantize.is_some(),
+            "precision" => opts.precision.is_some(),
             _ => false,
         };
         let all = catalogue(opts.pipeline.fold_limit);
@@ -58,6 +62,9 @@ impl Plan {
         }
         if let Some(q) = &opts.quantize {
             cx.provide(q.clone());
+        }
+        if let Some(p) = &opts.precision {
+            cx.provide(p.clone());
         }
         Ok(Plan { stages, cx })
     }
@@ -91,6 +98,7 @@ impl Plan {
         };
         lossy.pruning = lossy.prune_report(opts, &result, &pipeline);
         lossy.quantization = lossy.quant_report(opts, &result);
+        lossy.precision = lossy.precision_report(opts, &result);
         Ok(Transformed {
             result,
             pipeline,
@@ -115,6 +123,7 @@ pub struct Lossy {
     pub cx: PassContext,
     pub quantization: Option<QuantReport>,
     pub pruning: Option<PruneReport>,
+    pub precision: Option<PrecisionReport>,
 }
 
 impl Lossy {
@@ -173,6 +182,16 @@ impl Lossy {
             result,
             q,
             samples,
+            &self.cx,
+        ))
+    }
+
+    fn precision_report(&self, opts: &Options, result: &Model) -> Option<PrecisionReport> {
+        let p = opts.precision.as_ref()?;
+        Some(PrecisionReport::of(
+            self.before("precision")?,
+            result,
+            p,
             &self.cx,
         ))
     }

@@ -21,6 +21,7 @@ mod cleanup;
 mod fold;
 mod fuse;
 pub mod pipeline;
+pub mod precision;
 pub mod prune;
 pub mod quant;
 pub mod union_find;
