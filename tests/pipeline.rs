@@ -57,7 +57,14 @@ fn pass_ids_are_unique_and_selection_keeps_pipeline_order() {
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        ["simplify", "prune", "compensate", "equalize", "quantize"]
+        [
+            "simplify",
+            "prune",
+            "compensate",
+            "equalize",
+            "quantize",
+            "precision"
+        ]
     );
     let count = ids.len();
     ids.sort();

@@ -979,6 +979,13 @@ impl Graph {
         }
     }
 
+    /// Lists `v` in value_info (its declaration is its type), if it is not listed yet.
+    pub(super) fn list_in_value_info(&mut self, v: ValueId) {
+        if !self.value_info.contains(&v) {
+            self.value_info.push(v);
+        }
+    }
+
     /// Declares graph output `v` of type `ty` in the graph's interface.
     pub(super) fn set_output_type(&mut self, v: ValueId, ty: Type) {
         for o in self.outputs.iter_mut().filter(|o| o.value == v) {

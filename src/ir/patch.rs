@@ -250,6 +250,14 @@ impl<'g> Patch<'g> {
         self.edits += 1;
     }
 
+    /// Declares `v` of type `ty` in value_info, so that the file states it: for a consumer
+    /// that must not infer a type itself (a strongly typed TensorRT network).
+    pub fn declare(&mut self, v: ValueId, ty: Type) {
+        self.g.set_type(v, ty);
+        self.g.list_in_value_info(v);
+        self.edits += 1;
+    }
+
     /// Declares graph output `v` of type `ty` in the graph's interface: for a rewrite that
     /// changes the element type of what the graph returns (`--io-types low`).
     pub fn set_output_type(&mut self, v: ValueId, ty: Type) {

@@ -488,46 +488,53 @@ pub fn in_a_loop(mut p: ModelProto, carried: Option<&str>) -> ModelProto {
 /// condition scalars, once for each of `carried`, the dims its loop-carried value takes on
 /// successive iterations (once only when it carries nothing).
 pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]) {
-    let alone = |m: &Model, dims: Option<&[i64]>| {
-        let g = &m.graph;
-        let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
-        let body = g
-            .node(lp)
-            .attrs()
-            .iter()
-            .flat_map(|a| a.bodies())
-            .next()
-            .unwrap();
-        let mut inputs = vec![
-            Type::tensor(DType::I64, vec![]),
-            Type::tensor(DType::BOOL, vec![]),
-        ];
-        inputs.extend(body.inputs()[2..].iter().map(|&v| {
-            let dims = dims.expect("a carried value without dims to check it at");
-            Type::tensor(
-                body.dtype(v).unwrap(),
-                dims.iter().map(|&d| Dim::Known(d)).collect(),
-            )
-        }));
-        let captures: Vec<(String, Type)> = (body.captures().iter())
-            .map(|&v| {
-                let name = body.value(v).name();
-                (
-                    name.to_string(),
-                    g.ty(g.find(name).unwrap()).unwrap().clone(),
-                )
-            })
-            .collect();
-        m.of_body(body, &inputs, &captures).unwrap()
-    };
     let runs: Vec<Option<&[i64]>> = if carried.is_empty() {
         vec![None]
     } else {
         carried.iter().map(|&d| Some(d)).collect()
     };
     for dims in runs {
-        assert_same_outputs(&alone(before, dims), &alone(after, dims));
+        assert_same_outputs(
+            &loop_body_alone(before, dims),
+            &loop_body_alone(after, dims),
+        );
     }
+}
+
+/// The body of the Loop of `m`'s main graph as a model of its own: its captures of their
+/// outer declared types, its iteration number and condition scalars, its loop-carried value
+/// (if any) of `dims`.
+pub fn loop_body_alone(m: &Model, dims: Option<&[i64]>) -> Model {
+    let g = &m.graph;
+    let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
+    let body = g
+        .node(lp)
+        .attrs()
+        .iter()
+        .flat_map(|a| a.bodies())
+        .next()
+        .unwrap();
+    let mut inputs = vec![
+        Type::tensor(DType::I64, vec![]),
+        Type::tensor(DType::BOOL, vec![]),
+    ];
+    inputs.extend(body.inputs()[2..].iter().map(|&v| {
+        let dims = dims.expect("a carried value without dims to check it at");
+        Type::tensor(
+            body.dtype(v).unwrap(),
+            dims.iter().map(|&d| Dim::Known(d)).collect(),
+        )
+    }));
+    let captures: Vec<(String, Type)> = (body.captures().iter())
+        .map(|&v| {
+            let name = body.value(v).name();
+            (
+                name.to_string(),
+                g.ty(g.find(name).unwrap()).unwrap().clone(),
+            )
+        })
+        .collect();
+    m.of_body(body, &inputs, &captures).unwrap()
 }
 
 /// A tensor of `data_type` and `dims` whose bytes are in the file `location`, from `offset`,

@@ -126,6 +126,9 @@ fn lower(
     }
     record.casts += plan.casts(g);
     let mut done = plan.apply(g, env.opts.kind)?;
+    if env.opts.strongly_typed {
+        done += declare_all(g, outer.1, env.opset)?;
+    }
     // What the bodies see: the outer values' types before (by the names they have now) and
     // after lowering.
     let mut before = outer.0.clone();
@@ -151,6 +154,23 @@ fn lower(
     Ok(done)
 }
 
+/// Declares the element type of every value `g`'s nodes make and do not declare yet (their
+/// shape as declared, else unknown): a strongly typed consumer reads every precision off the
+/// file. Returns the edits made.
+fn declare_all(g: &mut Graph, outer: &HashMap<String, DType>, opset: i64) -> Result<usize> {
+    let types = infer(g, outer, opset);
+    let undeclared: Vec<(ValueId, Type)> = (g.values())
+        .filter(|(v, x)| matches!(x.def(), Def::Node { .. }) && !g.value_info().contains(v))
+        .filter(|(v, _)| !g.is_output(*v))
+        .filter_map(|(v, _)| Some((v, retyped(g, v, *types.get(&v)?))))
+        .collect();
+    let mut patch = Patch::new(g);
+    for (v, ty) in undeclared {
+        patch.declare(v, ty);
+    }
+    patch.commit()
+}
+
 /// The decision for every float op of `g` and every holder.
 fn decide(g: &Graph, old: &Types, env: &Env, main: bool) -> BTreeMap<NodeId, Decision> {
     let look = rules::Look {
@@ -158,6 +178,7 @@ fn decide(g: &Graph, old: &Types, env: &Env, main: bool) -> BTreeMap<NodeId, Dec
         kind: env.opts.kind,
         opset: env.opset,
         facts: Some(env.facts),
+        strongly_typed: env.opts.strongly_typed,
     };
     let by_rule = rules::kept(g, &look);
     let mut decisions = BTreeMap::new();

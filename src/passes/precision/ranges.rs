@@ -1,8 +1,9 @@
 //! What stays f32 by measurement: one instrumented float run over the calibration samples
-//! records, for every float value of the main graph, its largest magnitude and its smallest
-//! non-zero one, and how many of its non-zero values lie below the 16-bit type's normal range.
-//! A value past the type's largest (65,504 for fp16) would become infinite, one mostly below
-//! its normal range (6.1e-5 for fp16) loses its digits: their producers stay in f32. Streamed,
+//! records, for every float value the main graph's nodes compute (graph outputs aside), its
+//! largest magnitude and its smallest non-zero one, and how many of its non-zero values lie
+//! below the 16-bit type's normal range. A value past the type's largest (65,504 for fp16)
+//! would become infinite, one mostly below its normal range (6.1e-5 for fp16) loses its
+//! digits: their producers and their readers stay in f32. Streamed,
 //! one sample at a time per worker; values inside bodies are not measured (tract runs a body
 //! as one op).
 
@@ -71,34 +72,34 @@ pub struct Ranges {
 }
 
 impl Ranges {
-    /// Why node `n` of the main graph `g` stays in f32 by what its outputs held.
+    /// Why node `n` of the main graph `g` stays in f32 by what its outputs held, or by what
+    /// it reads: a value 16 bits cannot hold is made in f32 and read in f32, or the Cast
+    /// between would lose it all the same.
     pub fn why(&self, g: &Graph, n: NodeId, kind: Kind) -> Option<Why> {
-        for &y in g.node(n).outputs().iter().flatten() {
-            let Some(r) = self.values.get(g.value(y).name()) else {
+        let node = g.node(n);
+        let made = node.outputs().iter().flatten().map(|&y| ("makes", y));
+        let read = node.inputs().iter().flatten().map(|&x| ("reads", x));
+        for (how, v) in made.chain(read) {
+            let name = g.value(v).name();
+            let Some(r) = self.values.get(name) else {
                 continue;
             };
             if r.max_abs > kind.max() {
-                return Some(Why::new(
-                    "range",
-                    format!(
-                        "'{}' reaches {:e}, past {kind}'s {}",
-                        g.value(y).name(),
-                        r.max_abs,
-                        kind.max()
-                    ),
-                ));
+                let what = format!(
+                    "{how} '{name}', which reaches {:e}, past {kind}'s {}",
+                    r.max_abs,
+                    kind.max()
+                );
+                return Some(Why::new("range", what));
             }
             if r.nonzero > 0 && 2 * r.below_normal > r.nonzero {
                 let share = 100.0 * r.below_normal as f64 / r.nonzero as f64;
-                return Some(Why::new(
-                    "range",
-                    format!(
-                        "{share:.0}% of the non-zero values of '{}' are below {kind}'s normal range ({:e}); the smallest is {:e}",
-                        g.value(y).name(),
-                        kind.normal(),
-                        r.min_nonzero
-                    ),
-                ));
+                let what = format!(
+                    "{how} '{name}', {share:.0}% of whose non-zero values are below {kind}'s normal range ({:e}; the smallest is {:e})",
+                    kind.normal(),
+                    r.min_nonzero
+                );
+                return Some(Why::new("range", what));
             }
         }
         None
@@ -145,7 +146,8 @@ pub fn measure(model: &Model, samples: &[Vec<HostTensor>], kind: Kind) -> Result
     let g = &model.graph;
     let types = infer(g, &HashMap::new(), model.opset("").unwrap_or(1));
     let mut names: Vec<String> = (g.values())
-        .filter(|(v, x)| matches!(x.def(), Def::Node { .. }) && types.get(v) == Some(&DType::F32))
+        .filter(|(v, x)| matches!(x.def(), Def::Node { .. }) && !g.is_output(*v))
+        .filter(|(v, _)| types.get(v) == Some(&DType::F32))
         .map(|(_, x)| x.name().to_string())
         .collect();
     names.sort();

@@ -13,7 +13,7 @@
 //! | `statistics`        | what computes on a kept sum or square up to the op that applies it to an activation (Add ε → Sqrt of a norm) | ε and small variances vanish in fp16 |
 //! | `random`            | RandomNormal/Uniform(Like), Multinomial, Bernoulli              | their distribution is defined in the type they were given      |
 //! | `constant-range`    | ops reading a float constant with a finite value past the type's largest, or whose non-zero values all lie below its smallest | the constant would become ±inf or 0 |
-//! | `quantized`         | Quantize/DequantizeLinear and the ops between them              | int8 islands stay as the quantize stage wrote them (what QDQ fusers match) |
+//! | `quantized`         | Quantize/DequantizeLinear, the ops between them, weighted ops reading an int8 weight (not under `--target tensorrt` at opsets 19 to 22, where Q/DQ take 16-bit scales) | int8 islands stay as the quantize stage wrote them (what QDQ fusers match) |
 //!
 //! Softmax and LayerNormalization (with its default `stash_type`, which makes its statistics
 //! float) are not kept: they normalize internally. Subgraph holders keep their interface in
@@ -62,6 +62,10 @@ pub struct Look<'a> {
     pub opset: i64,
     /// tract's facts, for the extents of reductions.
     pub facts: Option<&'a Facts>,
+    /// For a strongly typed consumer (TensorRT): at opsets 19 to 22, where Q/DQ take 16-bit scales,
+    /// int8 islands go to 16 bits too (int8 compute with fp16 around it, TensorRT's usual
+    /// build).
+    pub strongly_typed: bool,
 }
 
 impl Look<'_> {
@@ -140,7 +144,10 @@ fn single(g: &Graph, n: NodeId, look: &Look) -> Option<Why> {
     if NONDETERMINISTIC.contains(&node.op()) {
         return Some(Why::new("random", "a random op"));
     }
-    if let Some(why) = quantized(g, n) {
+    // Opsets 19 to 22 tie a DequantizeLinear's output to its scale's type; from 23 an
+    // attribute sets it, which lowering does not write.
+    let qdq_in_16_bits = look.strongly_typed && (19..23).contains(&look.opset);
+    if let Some(why) = quantized(g, n).filter(|_| !qdq_in_16_bits) {
         return Some(why);
     }
     square(g, n).or_else(|| long_sum(g, n, look))
@@ -181,21 +188,25 @@ fn no_16_bit_form(g: &Graph, n: NodeId, schema: &schemas::Schema, look: &Look) -
     })
 }
 
-/// Quantize/DequantizeLinear, and the ops that read a DequantizeLinear or feed a
-/// QuantizeLinear.
+/// Quantize/DequantizeLinear, the ops between them (reading a DequantizeLinear and read only
+/// by QuantizeLinears: what QDQ fusers make one int8 op of), and weighted ops reading an int8
+/// weight (TensorRT's form, Q/DQ on inputs only). A float op merely reading a dequantized
+/// activation is not one of them: it goes to 16 bits like any other.
 fn quantized(g: &Graph, n: NodeId) -> Option<Why> {
     let node = g.node(n);
-    let qdq = |m: NodeId| {
-        let op = g.node(m).op();
-        op == "QuantizeLinear" || op == "DequantizeLinear"
+    let is = |v: Option<ValueId>, op: &str| {
+        v.and_then(|v| g.producer(v))
+            .is_some_and(|p| g.node(p).is(op))
     };
-    let reads_dq = (node.inputs().iter().flatten())
-        .filter_map(|&v| g.producer(v))
-        .any(|p| g.node(p).is("DequantizeLinear"));
-    let feeds_q = (node.outputs().iter().flatten())
+    let qdq = node.is("QuantizeLinear") || node.is("DequantizeLinear");
+    let reads_dq = node.inputs().iter().any(|&v| is(v, "DequantizeLinear"));
+    let uses: Vec<_> = (node.outputs().iter().flatten())
         .flat_map(|&v| g.value(v).uses())
-        .any(|u| g.node(u.node).is("QuantizeLinear"));
-    (qdq(n) || reads_dq || feeds_q).then(|| {
+        .collect();
+    let feeds_q = !uses.is_empty() && uses.iter().all(|u| g.node(u.node).is("QuantizeLinear"));
+    let int8_weight =
+        WEIGHTED.iter().any(|op| node.is(op)) && is(node.input(1), "DequantizeLinear");
+    (qdq || (reads_dq && feeds_q) || int8_weight).then(|| {
         Why::new(
             "quantized",
             "int8 Q/DQ and the ops between them keep what quantization wrote",
@@ -406,6 +417,9 @@ fn read_as_integer(g: &Graph, order: &[NodeId], look: &Look) -> HashSet<ValueId>
     }
     integral
 }
+
+/// Ops whose second input is a weight.
+const WEIGHTED: [&str; 4] = ["Conv", "ConvTranspose", "Gemm", "MatMul"];
 
 const FLOAT_TYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
 
