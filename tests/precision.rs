@@ -380,9 +380,10 @@ fn bf16_goes_only_where_the_opset_has_it() {
         ..Default::default()
     };
     let (out, l) = lower_with(&m, opts.clone());
-    // Conv takes bf16 from opset 22; Relu and Gemm from 13/14.
+    // Conv takes bf16 from opset 22; Relu and Gemm from 13/14. A Relu between two f32 Convs
+    // would only add Casts.
     assert_eq!(rule_of(&l, "conv1"), Some("no-16-bit-form"));
-    assert_eq!(rule_of(&l, "relu1"), None);
+    assert_eq!(rule_of(&l, "relu1"), Some("enclosed"));
     assert_eq!(rule_of(&l, "fc"), None);
     assert_eq!(dtype_of(&out, "W1"), DType::F32);
     assert_eq!(dtype_of(&out, "W3"), DType::BF16);
@@ -825,4 +826,44 @@ fn external_data_is_converted() {
     let t = w1.constant().unwrap();
     assert_eq!(t.dtype(), DType::F16);
     assert_eq!(t.raw_bytes().unwrap().len(), 216);
+}
+
+/// A network inside both branches of an If, its weight an initializer of the main graph both
+/// read by capture (as exporters write a network chosen by sample rate): the weight is
+/// converted once, outside, and the If returns what its branches make in 16 bits, with no
+/// Cast on either side of it.
+#[test]
+fn weights_captured_by_branches_are_converted_once() {
+    let mut p = in_an_if(pad_conv());
+    let g = p.graph.as_mut().unwrap();
+    g.initializer
+        .push(f32_tensor("W", &[2, 2, 3, 3], &values(36, 7)));
+    for a in &mut g.node[0].attribute {
+        let body = a.g.as_mut().unwrap();
+        body.initializer.retain(|t| !t.name.ends_with("_W"));
+        for n in &mut body.node {
+            for i in &mut n.input {
+                if i.ends_with("_W") {
+                    *i = "W".into();
+                }
+            }
+        }
+    }
+    let m = lift(p);
+    let (out, _) = lower(&m);
+    assert_eq!(dtype_of(&out, "W"), DType::F16);
+    let g = &out.graph;
+    let iff = g.node_ids().find(|&n| g.node(n).is("If")).unwrap();
+    for body in g.node(iff).attrs().iter().flat_map(|a| a.bodies()) {
+        let casts: Vec<&str> = (body.node_ids())
+            .filter(|&n| body.node(n).is("Cast"))
+            .map(|n| body.node(n).name())
+            .collect();
+        // x, a graph input, is read in fp16 by the Pad: one Cast per branch, and no other.
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let y = body.outputs()[0].value;
+        assert_eq!(body.dtype(y), Some(DType::F16));
+    }
+    assert_eq!(casts(&out), 3);
+    assert_close(&m, &out);
 }

@@ -32,7 +32,8 @@ use super::rules::{self, Why};
 use super::schemas::{schema, Formal, Schema, Tie};
 use super::types::{infer, Types};
 use super::{Io, Kept, Kind, Lowered, PrecisionOptions, Ranges};
-use crate::ir::{Attr, AttrValue, DType, Def, Graph, NodeId, Patch, Tensor, Type, ValueId};
+use crate::ir::{Attr, AttrValue, DType, Def, Graph, NodeId, Patch, Slot, Tensor, Type, ValueId};
+use crate::passes::union_find::UnionFind;
 use crate::passes::{Changed, Pass, PassContext};
 use crate::runtime::Facts;
 
@@ -113,8 +114,11 @@ fn lower(
 ) -> Result<usize> {
     let main = path.is_empty();
     let old = infer(g, outer.0, env.opset);
+    let mut before = outer.0.clone();
+    before.extend(by_name(g, &old));
+    let preview = Preview::of(g, &before, env);
     let decisions = decide(g, &old, env, main);
-    let plan = Plan::of(g, &old, &decisions, env, main, outer.1);
+    let plan = Plan::of(g, &old, &decisions, env, (main, outer.1), &preview);
     for (n, d) in &decisions {
         let node = g.node(*n);
         let name = format!("{path}{}", node.name());
@@ -129,21 +133,21 @@ fn lower(
     if env.opts.strongly_typed {
         done += declare_all(g, outer.1, env.opset)?;
     }
+    for (&n, slots) in &preview.if_outputs {
+        done += g.edit_bodies(n, &mut |body| declare_outputs(body, slots, env.low()))?;
+    }
     // What the bodies see: the outer values' types before (by the names they have now) and
     // after lowering.
     let mut before = outer.0.clone();
-    before.extend((g.values()).filter_map(|(v, x)| Some((x.name().to_string(), *old.get(&v)?))));
+    before.extend(by_name(g, &old));
     let mut after = outer.1.clone();
-    let now = infer(g, outer.1, env.opset);
-    after.extend((g.values()).filter_map(|(v, x)| Some((x.name().to_string(), *now.get(&v)?))));
+    after.extend(by_name(g, &infer(g, outer.1, env.opset)));
     let holders: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).has_bodies()).collect();
     for n in holders {
         let node = g.node(n);
-        if env.given(node.name(), node.op()).is_some() {
-            let why = env.given(node.name(), node.op()).expect("given");
-            record
-                .f32
-                .push((format!("{path}{}", node.name()), node.op().to_string(), why));
+        if let Some(why) = env.given(node.name(), node.op()) {
+            let name = format!("{path}{}", node.name());
+            record.f32.push((name, node.op().to_string(), why));
             continue;
         }
         let inner = format!("{path}{}/", node.name());
@@ -152,6 +156,103 @@ fn lower(
         })?;
     }
     Ok(done)
+}
+
+/// The types of `g`'s values by their names.
+fn by_name(g: &Graph, types: &Types) -> Vec<(String, DType)> {
+    (g.values())
+        .filter_map(|(v, x)| Some((x.name().to_string(), *types.get(&v)?)))
+        .collect()
+}
+
+/// Declares the body outputs at `slots` in the 16-bit type `low`: an If output every branch
+/// makes in 16 bits is declared so, with no Cast on either side of the If.
+fn declare_outputs(body: &mut Graph, slots: &[usize], low: DType) -> Result<usize> {
+    let outputs: Vec<ValueId> = (slots.iter())
+        .filter_map(|&k| body.outputs().get(k).map(|o| o.value))
+        .collect();
+    let mut patch = Patch::new(body);
+    for y in outputs {
+        let ty = retyped(patch.graph(), y, low);
+        patch.set_output_type(y, ty);
+    }
+    patch.commit()
+}
+
+/// What lowering the bodies of `g`'s holders would make of what they share with `g`, found
+/// before `g` is lowered (bodies are lowered after it): the captured constants every reader in
+/// a body wants in 16 bits, and the If outputs every branch makes in 16 bits. Only saves
+/// Casts: a body lowered otherwise still casts to whatever it is declared.
+#[derive(Default)]
+struct Preview {
+    /// Captured values some body reads in 16 bits, and those some body reads in f32.
+    captured_low: Vec<String>,
+    captured_f32: Vec<String>,
+    /// If ⇒ the output slots every branch makes in 16 bits.
+    if_outputs: HashMap<NodeId, Vec<usize>>,
+}
+
+impl Preview {
+    fn of(g: &Graph, outer: &HashMap<String, DType>, env: &Env) -> Preview {
+        let mut preview = Preview::default();
+        for n in g.node_ids().filter(|&n| g.node(n).has_bodies()) {
+            let node = g.node(n);
+            if env.given(node.name(), node.op()).is_some() {
+                continue;
+            }
+            let mut outputs: Option<Vec<usize>> = None;
+            for body in node.attrs().iter().flat_map(|a| a.bodies()) {
+                let old = infer(body, outer, env.opset);
+                let decisions = decide(body, &old, env, false);
+                let plan = Plan::of(
+                    body,
+                    &old,
+                    &decisions,
+                    env,
+                    (false, outer),
+                    &Preview::default(),
+                );
+                preview.note_captures(body, &plan);
+                let low: Vec<usize> = (body.outputs().iter().enumerate())
+                    .filter(|(_, o)| body.producer(o.value).is_some())
+                    .filter(|(_, o)| plan.new.get(&o.value) == Some(&env.low()))
+                    .map(|(k, _)| k)
+                    .collect();
+                outputs = Some(match outputs {
+                    None => low,
+                    Some(o) => o.into_iter().filter(|k| low.contains(k)).collect(),
+                });
+            }
+            let slots = outputs.unwrap_or_default();
+            if node.is("If") && !slots.is_empty() {
+                preview.if_outputs.insert(n, slots);
+            }
+        }
+        preview
+    }
+
+    /// Which captured values `body` reads in 16 bits (through a conversion), and which as they
+    /// are.
+    fn note_captures(&mut self, body: &Graph, plan: &Plan) {
+        for &c in body.captures() {
+            let name = body.value(c).name().to_string();
+            for u in body.value(c).uses() {
+                let converted = plan.reads.iter().any(|r| {
+                    r.2 == c && Slot::Input(r.1) == u.slot && r.0 == u.node && r.3 != DType::F32
+                });
+                if converted {
+                    self.captured_low.push(name.clone());
+                } else {
+                    self.captured_f32.push(name.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether every body reading captured value `name` reads it in 16 bits.
+    fn all_low(&self, name: &str) -> bool {
+        self.captured_low.iter().any(|n| n == name) && !self.captured_f32.iter().any(|n| n == name)
+    }
 }
 
 /// Declares the element type of every value `g`'s nodes make and do not declare yet (their
@@ -197,7 +298,67 @@ fn decide(g: &Graph, old: &Types, env: &Env, main: bool) -> BTreeMap<NodeId, Dec
             .or_else(measured);
         decisions.insert(n, why.map_or(Decision::Low, Decision::F32));
     }
+    demote_enclosed(g, old, &mut decisions);
     decisions
+}
+
+/// Keeps in f32 the regions of 16-bit ops without weights that f32 ops enclose: lowering one
+/// would add a Cast on every edge in and out and store nothing smaller (the activations
+/// between Convs that a bf16 opset keeps in f32, an op between two a rule keeps). A region
+/// that reaches the graph's interface, a subgraph holder or a weight stays in 16 bits.
+fn demote_enclosed(g: &Graph, old: &Types, decisions: &mut BTreeMap<NodeId, Decision>) {
+    let is_f32 = |v: &&ValueId| old.get(*v) == Some(&DType::F32);
+    let floats_in = |n: NodeId| g.node(n).inputs().iter().flatten().filter(is_f32).copied();
+    let floats_out = |n: NodeId| g.node(n).outputs().iter().flatten().filter(is_f32).copied();
+    let free = |n: NodeId, decisions: &BTreeMap<NodeId, Decision>| {
+        matches!(decisions.get(&n), Some(Decision::Low))
+            && floats_in(n).all(|v| g.value(v).constant().is_none())
+    };
+    let mut regions: UnionFind<NodeId> = UnionFind::new();
+    let members: Vec<NodeId> = decisions
+        .keys()
+        .copied()
+        .filter(|&n| free(n, decisions))
+        .collect();
+    for &n in &members {
+        regions.join(n, n);
+        for v in floats_out(n) {
+            for u in g.value(v).uses().iter().filter(|u| free(u.node, decisions)) {
+                regions.join(n, u.node);
+            }
+        }
+    }
+    // A region is open when an edge leaves it to anything but an f32 op.
+    let f32_op =
+        |n: Option<NodeId>| matches!(n.and_then(|n| decisions.get(&n)), Some(Decision::F32(_)));
+    let mut open: Vec<NodeId> = Vec::new();
+    for &n in &members {
+        let inside =
+            |m: NodeId, r: &mut UnionFind<NodeId>| free(m, decisions) && r.root(m) == r.root(n);
+        let ins_closed = floats_in(n).all(|v| {
+            let p = g.producer(v);
+            p.is_some_and(|p| inside(p, &mut regions)) || f32_op(p)
+        });
+        let outs_closed = floats_out(n).all(|v| {
+            !g.is_output(v)
+                && g.value(v).uses().iter().all(|u| {
+                    u.slot != Slot::Capture
+                        && (inside(u.node, &mut regions) || f32_op(Some(u.node)))
+                })
+        });
+        if !(ins_closed && outs_closed) {
+            open.push(regions.root(n));
+        }
+    }
+    for n in members {
+        if !open.contains(&regions.root(n)) {
+            let why = Why::new(
+                "enclosed",
+                "only f32 ops around it: 16 bits would only add Casts",
+            );
+            decisions.insert(n, Decision::F32(why));
+        }
+    }
 }
 
 /// What lowering one graph does, found on `&Graph` and applied through one patch.
@@ -215,6 +376,8 @@ struct Plan {
     outputs: Vec<(ValueId, DType)>,
     /// Graph outputs whose declaration becomes 16-bit (`--io-types low`).
     declared: Vec<(ValueId, Type)>,
+    /// The element type of every value once the plan is applied.
+    new: Types,
 }
 
 impl Plan {
@@ -223,8 +386,8 @@ impl Plan {
         old: &Types,
         decisions: &BTreeMap<NodeId, Decision>,
         env: &Env,
-        main: bool,
-        outer_new: &HashMap<String, DType>,
+        (main, outer_new): (bool, &HashMap<String, DType>),
+        preview: &Preview,
     ) -> Plan {
         let mut plan = Plan::default();
         let io_low = main && env.opts.io == Io::Low;
@@ -248,13 +411,18 @@ impl Plan {
                     plan.reads.push((n, slot, v, w));
                 }
             }
-            for (y, ty) in ties.outputs(g, n, old, &mut plan.attrs, env) {
+            let made = ties.outputs(g, n, old, &mut plan.attrs, env);
+            for (y, ty) in made
+                .into_iter()
+                .chain(if_outputs(g, n, old, preview, env.low()))
+            {
                 new.insert(y, ty.dtype().expect("a tensor type"));
                 plan.retyped.push((y, ty));
             }
         }
         plan.interface(g, &new, io_low, env.low());
-        plan.convert_weights_in_place(g);
+        plan.convert_weights_in_place(g, preview);
+        plan.new = new;
         plan
     }
 
@@ -276,13 +444,26 @@ impl Plan {
         }
     }
 
-    /// Moves the reads of f32 constants that every reader wants in 16 bits to a conversion
-    /// in place; the others get a converted copy each, shared by their 16-bit readers.
-    fn convert_weights_in_place(&mut self, g: &Graph) {
+    /// Moves the reads of f32 constants that every reader wants in 16 bits (bodies capturing
+    /// them included, as `preview` foresees them) to a conversion in place; the others get a
+    /// converted copy each, shared by their 16-bit readers.
+    fn convert_weights_in_place(&mut self, g: &Graph, preview: &Preview) {
         let mut wanted: HashMap<ValueId, usize> = HashMap::new();
         for &(_, _, v, d) in &self.reads {
             if d != DType::F32 && g.value(v).constant().is_some() {
                 *wanted.entry(v).or_default() += 1;
+            }
+        }
+        for &v in g.initializers() {
+            let captured = (g.value(v).uses().iter())
+                .filter(|u| u.slot == Slot::Capture)
+                .count();
+            let f32_constant = g
+                .value(v)
+                .constant()
+                .is_some_and(|t| t.dtype() == DType::F32);
+            if captured > 0 && f32_constant && preview.all_low(g.value(v).name()) {
+                *wanted.entry(v).or_default() += captured;
             }
         }
         let mut whole: Vec<ValueId> = (wanted.into_iter())
@@ -343,6 +524,22 @@ impl Plan {
         }
         patch.commit()
     }
+}
+
+/// The outputs of If `n` that `preview` found every branch makes in 16 bits, retyped.
+fn if_outputs(
+    g: &Graph,
+    n: NodeId,
+    old: &Types,
+    preview: &Preview,
+    low: DType,
+) -> Vec<(ValueId, Type)> {
+    let slots = preview.if_outputs.get(&n).map_or(&[][..], Vec::as_slice);
+    (slots.iter())
+        .filter_map(|&k| g.node(n).output(k))
+        .filter(|y| old.get(y) == Some(&DType::F32))
+        .map(|y| (y, retyped(g, y, low)))
+        .collect()
 }
 
 /// The types values have before any op of `g` changes: what they were, captures as the

@@ -18,7 +18,7 @@ pub mod rules;
 pub mod schemas;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use self::ranges::{MeasureRanges, Ranges};
 use self::rules::Why;
 use super::{cleanup, Stage};
-use crate::ir::{DType, Graph, Model};
+use crate::ir::{DType, Graph, Model, Tensor, ValueId};
 
 /// The 16-bit type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -234,19 +234,23 @@ impl PrecisionReport {
 const WEIGHTED: [&str; 4] = ["Conv", "ConvTranspose", "Gemm", "MatMul"];
 
 /// The share of the weight elements of `g`'s (and its bodies') weighted ops that are stored
-/// in 16 bits.
+/// in 16 bits. A body's weights are often constants of the graph around it, read by capture.
 pub fn weight_share(g: &Graph) -> f64 {
-    fn count(g: &Graph, all: &mut u64, low: &mut u64) {
+    fn count<'g>(g: &'g Graph, outer: &HashMap<&'g str, &'g Tensor>, all: &mut u64, low: &mut u64) {
+        let mut seen = outer.clone();
+        seen.extend(
+            (g.initializers().iter())
+                .filter_map(|&v| Some((g.value(v).name(), g.value(v).constant()?))),
+        );
         for n in g.node_ids() {
             let node = g.node(n);
             for body in node.attrs().iter().flat_map(|a| a.bodies()) {
-                count(body, all, low);
+                count(body, &seen, all, low);
             }
             if !WEIGHTED.iter().any(|op| node.is(op)) {
                 continue;
             }
-            let w = node.input(1).and_then(|w| weight(g, w));
-            if let Some(t) = w {
+            if let Some(t) = node.input(1).and_then(|w| weight(g, w, &seen)) {
                 *all += t.len();
                 if matches!(t.dtype(), DType::F16 | DType::BF16) {
                     *low += t.len();
@@ -255,7 +259,7 @@ pub fn weight_share(g: &Graph) -> f64 {
         }
     }
     let (mut all, mut low) = (0, 0);
-    count(g, &mut all, &mut low);
+    count(g, &HashMap::new(), &mut all, &mut low);
     if all == 0 {
         0.0
     } else {
@@ -263,14 +267,19 @@ pub fn weight_share(g: &Graph) -> f64 {
     }
 }
 
-/// The stored tensor behind weight `w`: a constant, or what a Cast or DequantizeLinear reads.
-fn weight(g: &Graph, w: crate::ir::ValueId) -> Option<&crate::ir::Tensor> {
-    if let Some(t) = g.value(w).constant() {
+/// The stored tensor behind weight `w`: a constant (of this graph, or one around it it
+/// captures), or what a Cast or DequantizeLinear reads.
+fn weight<'g>(
+    g: &Graph,
+    w: ValueId,
+    constants: &HashMap<&'g str, &'g Tensor>,
+) -> Option<&'g Tensor> {
+    let stored = |v: ValueId| constants.get(g.value(v).name()).copied();
+    if let Some(t) = stored(w) {
         return Some(t);
     }
-    let p = g.producer(w)?;
-    let node = g.node(p);
+    let node = g.node(g.producer(w)?);
     (node.is("Cast") || node.is("DequantizeLinear"))
-        .then(|| g.value(node.input(0)?).constant())
+        .then(|| stored(node.input(0)?))
         .flatten()
 }

@@ -15,6 +15,10 @@
 //! | `constant-range`    | ops reading a float constant with a finite value past the type's largest, or whose non-zero values all lie below its smallest | the constant would become ±inf or 0 |
 //! | `quantized`         | Quantize/DequantizeLinear, the ops between them, weighted ops reading an int8 weight (not under `--target tensorrt` at opsets 19 to 22, where Q/DQ take 16-bit scales) | int8 islands stay as the quantize stage wrote them (what QDQ fusers match) |
 //!
+//!
+//! Beside the rules, lowering keeps in f32 a region of ops without weights that f32 ops
+//! enclose (`enclosed`): it would only add a Cast on every edge in and out.
+//!
 //! Softmax and LayerNormalization (with its default `stash_type`, which makes its statistics
 //! float) are not kept: they normalize internally. Subgraph holders keep their interface in
 //! f32; their bodies are lowered on their own.
