@@ -228,15 +228,17 @@ impl<'a> Job<'a> {
                 let outcome = reference.check_run(&*self.checkable(&result)?, &feed, run)?;
                 let mut status = CheckStatus::from(outcome);
                 lossy.measure_uncompensated(&reference, self.plan.cx.progress())?;
-                // Precision first: it is the last stage, and its search keeps the stages before.
-                let restored = match self.opts.precision {
-                    Some(_) => restore_precision::restore(
-                        &self,
-                        &mut lossy,
-                        &result,
-                        &mut status,
-                        &reference,
-                    )?,
+                // Precision first: it is the last stage, and its search keeps the stages
+                // before; when even f32 everywhere it touched fails, int8's search runs, its
+                // candidates lowered again.
+                let restored = match restore_precision::restore(
+                    &self,
+                    &mut lossy,
+                    &result,
+                    &mut status,
+                    &reference,
+                )? {
+                    Some(m) => Some(m),
                     None => restore::restore(
                         &self,
                         &mut lossy,

@@ -122,7 +122,7 @@ impl Search<'_> {
         let progress = self.job.plan.cx.progress();
         progress.step("quantizing without cross-layer equalization, to compare");
         let (candidate, cx) = self.quantize(&plain, None, &self.job.opts.exclude)?;
-        let outcome = reference.check(&candidate)?;
+        let outcome = reference.check(&*self.job.checkable(&candidate)?)?;
         let Outcome::Checked(r) = &outcome else {
             return Ok(Compared::Worse);
         };
@@ -151,7 +151,12 @@ impl Search<'_> {
         let progress = self.job.plan.cx.progress();
         progress.step("measuring each quantized op's error");
         let measured = quant::measured(&self.float, failing);
-        let errors = local_errors(&self.float, failing, measured, &self.samples.held_back)?;
+        let errors = local_errors(
+            &self.float,
+            &*self.job.checkable(failing)?,
+            measured,
+            &self.samples.held_back,
+        )?;
         let ranked: Vec<String> = errors.iter().map(|(n, _)| n.clone()).collect();
         let tiers = match self.q.placement {
             Placement::Inputs => 1,
@@ -171,7 +176,7 @@ impl Search<'_> {
             };
             progress.step(&format!("trying {} sensitive op(s) in {what}", set.len()));
             let (candidate, cx) = self.quantize(&self.float, Some(cal), &exclude)?;
-            let outcome = reference.check(&candidate)?;
+            let outcome = reference.check(&*self.job.checkable(&candidate)?)?;
             Ok(matches!(&outcome, Outcome::Checked(r) if r.ok())
                 .then_some((candidate, outcome, cx)))
         })?;
@@ -218,7 +223,11 @@ impl Search<'_> {
             stop_after: None,
             ..self.job.opts.pipeline.clone()
         };
-        let stages = selected(&opts, vec![quant::stage()])?;
+        // The stages after quantize run again too (what int8 leaves float goes to 16 bits).
+        let stages = selected(
+            &opts,
+            self.job.plan.stages_from("quantize", opts.fold_limit),
+        )?;
         let mut model = float.clone();
         run_stages(&mut model, &stages, &opts, &mut cx)?;
         Ok((model, cx))

@@ -20,6 +20,8 @@ use crate::report::Summary;
 pub struct Plan {
     pub stages: Vec<Stage>,
     pub cx: PassContext,
+    /// The names of the stages the options ask for, in order.
+    wanted: Vec<&'static str>,
 }
 
 impl Plan {
@@ -50,6 +52,7 @@ impl Plan {
             &opts.pipeline,
             all.into_iter().filter(|s| wanted(s.name)).collect(),
         )?;
+        let wanted = stages.iter().map(|s| s.name).collect();
         let mut cx = PassContext::new(opts.pipeline.explain);
         cx.exclude = opts.exclude.clone();
         cx.provide(progress);
@@ -66,7 +69,17 @@ impl Plan {
         if let Some(p) = &opts.precision {
             cx.provide(p.clone());
         }
-        Ok(Plan { stages, cx })
+        Ok(Plan { stages, cx, wanted })
+    }
+
+    /// Fresh copies of the job's stages from `first` on (a search runs them again on the model
+    /// `first` was handed), with every pass: the caller selects.
+    pub fn stages_from(&self, first: &str, fold_limit: u64) -> Vec<Stage> {
+        let at = self.wanted.iter().position(|&s| s == first);
+        let names = &self.wanted[at.unwrap_or(self.wanted.len())..];
+        (catalogue(fold_limit).into_iter())
+            .filter(|s| names.contains(&s.name))
+            .collect()
     }
 
     /// The samples the lossy stages calibrate on, if any.
