@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, binary, measure, ort_session, write_section  # noqa: E402
-from realistic import MODELS, checker, cpu, run_tool  # noqa: E402
+from realistic import MODELS, cpu, run_tool  # noqa: E402
 from realistic_tasks import cosine, specs  # noqa: E402
 
 WORK = ROOT / "bench" / "work-precision"
@@ -103,14 +103,42 @@ def low_share(path):
     return counts[0] / counts[1] if counts[1] else 0.0
 
 
-def openvino_loads(path):
-    try:
-        import openvino as ov
+PROBE = """
+import json, sys
+path, out = sys.argv[1], {}
+try:
+    import onnx
+    onnx.checker.check_model(path, full_check=True)
+    out["checker"] = "ok"
+except Exception as e:
+    out["checker"] = "fails: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:60]
+try:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    out["ort"] = "yes"
+except Exception as e:
+    out["ort"] = "no: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:90]
+try:
+    import openvino as ov
+    ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1})
+    out["openvino"] = "yes"
+except Exception as e:
+    out["openvino"] = "no: " + (str(e).strip().splitlines() or [type(e).__name__])[-1][:60]
+print(json.dumps(out))
+"""
 
-        ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
-        return "yes"
-    except Exception as e:  # noqa: BLE001 - the reason is reported
-        return "no: " + str(e).strip().splitlines()[-1][:60]
+
+def probe(path):
+    """onnx.checker (full), ONNX Runtime and OpenVINO loading `path`, in a process of its own
+    (a malformed file may crash a runtime)."""
+    p = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=600)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        crash = f"crashed (exit {p.returncode})"
+        return {"checker": crash, "ort": "no: " + crash, "openvino": "no: " + crash}
 
 
 def our_check(report):
@@ -172,7 +200,13 @@ def evaluate(name, calib_count, eval_count, exe, timeout, log):
             row["note"] = ("refused: " if code is not None else "") + (err or f"exit {code}")
             rows.append(row)
             continue
-        row.update(checker=checker(out), openvino=openvino_loads(out), share=low_share(out), size=out.stat().st_size)
+        probed = probe(out)
+        row.update(checker=probed["checker"], openvino=probed["openvino"], share=low_share(out),
+                   size=out.stat().st_size)
+        if probed["ort"] != "yes":
+            row["note"] = "ONNX Runtime cannot load it: " + probed["ort"][4:]
+            rows.append(row)
+            continue
         try:
             got = task.outputs(ort_session(out), eval_in)
         except Exception as e:  # noqa: BLE001 - the reason is reported
@@ -463,7 +497,10 @@ def main():
     if "real" in sections:
         t = time.perf_counter()
         names = [n for n in args.models.split(",") if n == "all-MiniLM-L6-v2" or (MODELS / f"{n}.onnx").exists()]
-        results = [evaluate(n, args.calib, args.eval, exe, args.timeout, log) for n in names]
+        results = []
+        for n in names:
+            results.append(evaluate(n, args.calib, args.eval, exe, args.timeout, log))
+            log(real_section(results[-1:], 0))
         text = real_section(results, time.perf_counter() - t)
         print(text)
         if args.write:

@@ -393,42 +393,56 @@ fn bf16_goes_only_where_the_opset_has_it() {
     assert_eq!(dtype_of(&out22, "W1"), DType::BF16);
 }
 
-/// bf16 emulation rounds as bf16 does (nearest, ties to even) with ops tract runs in f32.
-#[test]
-fn bf16_emulation_rounds_like_bf16() {
+/// Emulation rounds as the 16-bit type does (nearest, ties to even), range included, with f32
+/// ops tract runs.
+fn assert_emulation_rounds_like(kind: Kind, xs: &[f32]) {
     let mut to = node("Cast", "down", &["x"], &["h"]);
-    to.attribute = vec![attr_int("to", 16)];
+    to.attribute = vec![attr_int("to", kind.dtype().0 as i64)];
     let mut back = node("Cast", "up", &["h"], &["y"]);
     back.attribute = vec![attr_int("to", 1)];
+    let n = xs.len() as i64;
     let mut p = model_io(
         vec![to, back],
-        vec![f32_info("x", &[6])],
-        vec![f32_info("y", &[6])],
+        vec![f32_info("x", &[n])],
+        vec![f32_info("y", &[n])],
         vec![],
     );
     p.opset_import[0].version = 21;
     let m = lift(p);
     let opts = PrecisionOptions {
-        kind: Kind::Bf16,
+        kind,
         ..Default::default()
     };
     let emulated = checked_form(&m, &opts).unwrap().into_owned();
-    // Two ties (to even: down, then up), and values that round either way.
-    let tie = 2f32.powi(-8);
-    let xs = [
-        1.0,
-        1.0 + tie,
-        1.0 + 3.0 * tie,
-        std::f32::consts::PI,
-        -std::f32::consts::E,
-        1e-3,
-    ];
     let bytes: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let x = onnxsmith::runtime::HostTensor::from_le_bytes(DType::F32, &[6], &bytes).unwrap();
+    let shape = [xs.len()];
+    let x = onnxsmith::runtime::HostTensor::from_le_bytes(DType::F32, &shape, &bytes).unwrap();
     let runner = onnxsmith::runtime::Runner::new(&emulated, &Default::default(), &[]).unwrap();
     let got = runner.run(&[x]).unwrap()[0].to_f32().unwrap();
-    let want: Vec<f32> = xs.iter().map(|&x| Kind::Bf16.round(x)).collect();
-    assert_eq!(got, want);
+    let want: Vec<f32> = xs.iter().map(|&x| kind.round(x)).collect();
+    assert_eq!(got, want, "{kind}");
+}
+
+#[test]
+fn emulation_rounds_like_bf16_and_fp16() {
+    // Ties to even (down, then up), values rounding either way.
+    let tie = |bits: i32| 2f32.powi(-bits);
+    let common = [std::f32::consts::PI, -std::f32::consts::E, 1e-3, 0.0];
+    let bf16 = [1.0, 1.0 + tie(8), 1.0 + 3.0 * tie(8)];
+    assert_emulation_rounds_like(Kind::Bf16, &[&bf16[..], &common].concat());
+    // fp16's range too: 65,519 rounds to its largest, 65,520 and past are infinite, and
+    // below 2^-14 its values are multiples of 2^-24.
+    let fp16 = [
+        1.0,
+        1.0 + tie(11),
+        1.0 + 3.0 * tie(11),
+        65519.0,
+        65520.0,
+        -7e4,
+        3.3e-6,
+        1e-8,
+    ];
+    assert_emulation_rounds_like(Kind::F16, &[&fp16[..], &common].concat());
 }
 
 /// An op of another domain runs as written: f32 in, f32 out.

@@ -7,18 +7,19 @@
 //! - `--io-types low`: first Casts at the interface, so that the check feeds and reads f32 as
 //!   it does the original.
 //! - Constants are widened (exactly); a Cast to the 16-bit type, and every op that writes a
-//!   16-bit value, write f32 rounded to the type: for fp16 a Cast to fp16 and back; for bf16,
-//!   which tract cannot hold, a Veltkamp split to its 8-bit significand, three ops tract runs
-//!   in f32:
+//!   16-bit value, write f32 rounded to the type by f32 arithmetic (tract's casts to fp16 are
+//!   many times slower than the model itself): a Veltkamp split to the type's significand,
 //!
 //! ```text
 //!   y:bf16 ⇒ y:f32 ─▶ t = y·(2¹⁶+1) ─▶ d = t − y ─▶ r = t − d (y rounded to 8 bits) ─▶ readers
 //! ```
 //!
-//!   The split rounds to nearest; it overflows for |y| past about 5e33, which bf16 models
-//!   do not reach in practice. A rounded value keeps the name the result gives it.
+//!   (2¹³+1 and 11 bits for fp16), then for fp16 its range: infinite from 65,520, subnormal
+//!   below 2⁻¹⁴. The split rounds to nearest; it overflows for |y| past about 4e34, which
+//!   16-bit models do not reach. A rounded value keeps the name the result gives it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use anyhow::Result;
 
@@ -116,7 +117,7 @@ fn emulate_graph(g: &mut Graph, kind: Kind) -> Result<usize> {
         patch.resize_initializer(w, t)?;
     }
     let order = patch.graph().topo_order()?;
-    let mut splitter = None;
+    let mut constants = Constants::default();
     for n in order {
         let g = patch.graph();
         let node = g.node(n);
@@ -147,46 +148,83 @@ fn emulate_graph(g: &mut Graph, kind: Kind) -> Result<usize> {
                 },
             );
             if fill.is_none() {
-                round(&mut patch, y, kind, &mut splitter)?;
+                round(&mut patch, y, kind, &mut constants)?;
             }
         }
     }
     patch.commit()
 }
 
-/// `y` rounded to `kind`, under `y`'s name, for every reader of `y`.
-fn round(patch: &mut Patch, y: ValueId, kind: Kind, splitter: &mut Option<ValueId>) -> Result<()> {
-    if kind == Kind::F16 {
-        let shape = patch.graph().shape(y).map(<[_]>::to_vec);
-        let (down, half) = cast(patch, y, DType::F16, None)?;
-        let (up, r) = cast(patch, half, DType::F32, shape)?;
-        return patch.interpose(y, r, &[down, up], true);
-    }
-    let name = patch.graph().value(y).name().to_string();
-    let c = match *splitter {
-        Some(c) => c,
-        None => {
-            let t = Tensor::from_f32(vec![], &[65537.0]);
-            let c = patch.add_initializer("bf16_splitter", t)?;
-            *splitter = Some(c);
-            c
+/// The scalar constants of the rounding programs of one graph, each made once.
+#[derive(Default)]
+struct Constants(HashMap<u32, ValueId>);
+
+impl Constants {
+    fn get(&mut self, patch: &mut Patch, x: f32) -> Result<ValueId> {
+        if let Some(&c) = self.0.get(&x.to_bits()) {
+            return Ok(c);
         }
-    };
+        let c = patch.add_initializer("rounding", Tensor::from_f32(vec![], &[x]))?;
+        self.0.insert(x.to_bits(), c);
+        Ok(c)
+    }
+}
+
+/// `y` rounded to `kind`, under `y`'s name, for every reader of `y`, by f32 arithmetic tract
+/// runs fast (its casts to fp16 are slow): a Veltkamp split to the type's significand (11 bits
+/// for fp16, 8 for bf16); for fp16 then its range, a multiple of 2^-24 below 2^-14 (its
+/// subnormals) and infinite past 65,504. bf16 shares f32's range.
+fn round(patch: &mut Patch, y: ValueId, kind: Kind, constants: &mut Constants) -> Result<()> {
+    let name = patch.graph().value(y).name().to_string();
     let ty = patch.graph().ty(y).cloned();
-    let mut step = |op: &str, a: ValueId, b: ValueId, tag: &str| -> Result<(NodeId, ValueId)> {
+    let mut readers = Vec::new();
+    let mut step = |patch: &mut Patch, op: &str, ins: &[ValueId], out: Option<Type>| {
+        let ins: Vec<Option<ValueId>> = ins.iter().map(|&v| Some(v)).collect();
         let n = patch.add_node(
             op,
-            &format!("{name}_{tag}"),
-            &[Some(a), Some(b)],
+            &format!("{name}_{}", kind.name()),
+            &ins,
             Vec::new(),
-            std::slice::from_ref(&ty),
+            &[out],
         )?;
-        Ok((n, patch.graph().node(n).output(0).expect("an output")))
+        if ins.contains(&Some(y)) {
+            readers.push(n);
+        }
+        anyhow::Ok(patch.graph().node(n).output(0).expect("an output"))
     };
-    let (mul, t) = step("Mul", y, c, "bf16_t")?;
-    let (sub, d) = step("Sub", t, y, "bf16_d")?;
-    let (last, r) = step("Sub", t, d, "bf16")?;
-    patch.interpose(y, r, &[mul, sub, last], true)
+    let split = match kind {
+        Kind::F16 => 8193.0,
+        Kind::Bf16 => 65537.0,
+    };
+    let c = constants.get(patch, split)?;
+    let t = step(patch, "Mul", &[y, c], ty.clone())?;
+    let d = step(patch, "Sub", &[t, y], ty.clone())?;
+    let mut r = step(patch, "Sub", &[t, d], ty.clone())?;
+    if kind == Kind::F16 {
+        let bool_ty = ty.as_ref().map(|t| Type::Tensor {
+            dtype: DType::BOOL,
+            shape: t.shape().map(<[_]>::to_vec),
+        });
+        let a = step(patch, "Abs", &[r], ty.clone())?;
+        // Below 2^-14 a multiple of 2^-24: adding 0.75 leaves that spacing.
+        let (normal, shift) = (
+            constants.get(patch, kind.normal())?,
+            constants.get(patch, 0.75)?,
+        );
+        let tiny = step(patch, "Less", &[a, normal], bool_ty.clone())?;
+        let s = step(patch, "Add", &[r, shift], ty.clone())?;
+        let q = step(patch, "Sub", &[s, shift], ty.clone())?;
+        let sub = step(patch, "Where", &[tiny, q, r], ty.clone())?;
+        // Past the largest (the next 11-bit value is 65,536) infinite, with r's sign.
+        let (max, inf) = (
+            constants.get(patch, kind.max())?,
+            constants.get(patch, f32::INFINITY)?,
+        );
+        let over = step(patch, "Greater", &[a, max], bool_ty)?;
+        let infinite = step(patch, "Mul", &[r, inf], ty.clone())?;
+        r = step(patch, "Where", &[over, infinite, sub], ty)?;
+    }
+    patch.interpose(y, r, &readers, true)
 }
 
 /// A 16-bit tensor as f32, exactly.
