@@ -881,3 +881,27 @@ fn weights_captured_by_branches_are_converted_once() {
     assert_eq!(casts(&out), 3);
     assert_close(&m, &out);
 }
+
+/// Every real model (when `ONNXSMITH_REALMODELS` names them) lowers to fp16 with every type
+/// consistent, bodies included, and its emulation agrees with the original in tract.
+#[test]
+fn real_models_lower_typed_consistently_and_agree() {
+    let Some(dir) = common::real_models_dir() else {
+        eprintln!("skipped: set ONNXSMITH_REALMODELS to a directory filled by fetch-dev.sh");
+        return;
+    };
+    for path in common::onnx_files(&dir) {
+        let original = onnxsmith::load(&path).unwrap().model;
+        let (simplified, _) =
+            onnxsmith::optimize::run_passes(&original, &PipelineOptions::default()).unwrap();
+        let (lowered, l) = lower(&simplified);
+        assert!(!l.low.is_empty(), "{}: nothing lowered", path.display());
+        let checked = checked_form(&lowered, &PrecisionOptions::default()).unwrap();
+        let mut opts = common::real_model_check(&original);
+        opts.rule = Rule::lossy();
+        match compare_models(&original, &checked, &opts).unwrap() {
+            Outcome::Checked(r) => assert!(r.ok(), "{}:\n{}", path.display(), r.to_table()),
+            Outcome::Unverified(why) => eprintln!("{}: unverified: {why}", path.display()),
+        }
+    }
+}

@@ -565,3 +565,44 @@ pub fn external_tensor(
         ..Default::default()
     }
 }
+
+/// The directory of real trained models `ONNXSMITH_REALMODELS` names, when it exists.
+pub fn real_models_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("ONNXSMITH_REALMODELS")?);
+    dir.is_dir().then_some(dir)
+}
+
+/// How a real model is checked: image models get a 64x64 input (their H and W are symbolic,
+/// multiples of 32); the voice model takes 512-sample chunks at its real sample rate.
+pub fn real_model_check(original: &Model) -> onnxsmith::check::CheckOptions {
+    use onnxsmith::runtime::{input_specs, Binding, HostTensor};
+    use rand::SeedableRng;
+    let mut binding = Binding::default();
+    for spec in input_specs(original, &binding).unwrap() {
+        if spec.shape.len() == 4 && spec.shape[2] == 1 {
+            binding
+                .input_shapes
+                .insert(spec.name.clone(), vec![1, 3, 64, 64]);
+        }
+        if spec.name == "input" && spec.shape.len() == 2 {
+            binding.input_shapes.insert(spec.name.clone(), vec![1, 512]);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let inputs: Vec<HostTensor> = input_specs(original, &binding)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            if s.name == "sr" {
+                HostTensor::from_le_bytes(s.dtype, &s.shape, &16000i64.to_le_bytes()).unwrap()
+            } else {
+                HostTensor::random(s, &mut rng).unwrap()
+            }
+        })
+        .collect();
+    onnxsmith::check::CheckOptions {
+        binding,
+        inputs: onnxsmith::check::InputSource::Sets(vec![inputs]),
+        ..Default::default()
+    }
+}

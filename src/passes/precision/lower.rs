@@ -499,7 +499,11 @@ impl Plan {
             patch.set_output_type(*y, ty.clone());
         }
         for &w in &self.weights {
-            let t = lowered(patch.graph().value(w).constant().expect("a constant"), kind);
+            let old = patch.graph().value(w).constant().expect("a constant");
+            let t = lowered(old, kind);
+            // Nothing reads the f32 weight any more: its pages of the mapped file can go, so
+            // that converting a model holds its weights once, not once in each precision.
+            old.forget_resident();
             patch.resize_initializer(w, t)?;
         }
         let mut made: HashMap<(ValueId, DType), ValueId> = HashMap::new();
