@@ -242,6 +242,9 @@ pub struct Report {
     /// What the pruning stage did, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruning: Option<crate::passes::prune::PruneReport>,
+    /// What the precision stage did, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::passes::precision::PrecisionReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -306,6 +309,7 @@ impl Report {
         s += &self.pass_table();
         s += &self.pruning_lines();
         s += &self.quantization_lines();
+        s += &self.precision_lines();
         s += &self.explain_lines();
         s += &self.time_line();
         s += &self.verdict();
@@ -352,6 +356,14 @@ impl Report {
             s += "  cross-layer equalization left out: the result checked better without it\n";
         }
         s
+    }
+
+    /// What lowering precision did, when it ran.
+    pub fn precision_lines(&self) -> String {
+        self.precision
+            .as_ref()
+            .map(precision_text)
+            .unwrap_or_default()
     }
 
     /// What pruning did: channels per group, what was left and why, parameters and MACs.
@@ -450,6 +462,15 @@ impl Report {
             None if self.pruning.is_some() && self.quantization.is_none() => {
                 s += &self.pruning_lines();
                 s += "pruning without fine-tuning loses too much here: prune less (--prune), give --calib samples for compensation, exclude groups with --prune-exclude, or lower --min-cosine\n";
+            }
+            None if self.precision.is_some() => {
+                s += &self.precision_lines();
+                let searched = self.precision.as_ref().is_some_and(|p| p.fallback_tries > 0);
+                s += if searched {
+                    "the result fails its check even with every 16-bit op given back to f32: this is not a precision problem (check the model, the other stages, or the limits)\n"
+                } else {
+                    "16 bits lose too much here: keep sensitive ops in f32 with --exclude NAME|OPTYPE, give --calib samples so ranges are measured, or lower --min-cosine\n"
+                };
             }
             None if self.quantization.is_some() => {
                 s += &self.quantization_lines();
@@ -606,6 +627,58 @@ impl Report {
             CheckStatus::Skipped => "not checked (--no-check)\n".to_string(),
         }
     }
+}
+
+/// What lowering precision did: ops in 16 bits and in f32 (with why), weights, sizes.
+fn precision_text(p: &crate::passes::precision::PrecisionReport) -> String {
+    let mut s = String::new();
+    if !p.lowered_enough {
+        s += "NOT LOWERED: fewer than half of the Conv/Gemm/MatMul weight elements are 16-bit\n";
+    }
+    let emulated = if p.emulated {
+        " (checked by emulation: an f32 model rounded to the 16-bit type at the same places, since tract runs no bf16 and not every fp16 op)"
+    } else {
+        ""
+    };
+    writeln!(
+        s,
+        "{}: {} op(s) in 16 bits, {} in f32, {} Cast(s); Conv/Gemm/MatMul weights 16-bit: {:.0}%; constants {} -> {}{emulated}",
+        p.kind,
+        p.low_ops,
+        p.f32_ops.len(),
+        p.casts,
+        p.weight_share * 100.0,
+        human_bytes(p.param_bytes_before),
+        human_bytes(p.param_bytes_after),
+    )
+    .unwrap();
+    if p.range_samples > 0 {
+        writeln!(s, "  ranges measured on {} sample(s)", p.range_samples).unwrap();
+    }
+    if let Some(note) = &p.range_note {
+        writeln!(s, "  {note}").unwrap();
+    }
+    for (name, op, why) in &p.f32_ops {
+        writeln!(s, "  f32: {op} '{name}': {why}").unwrap();
+    }
+    if p.fallback_tries > 0 {
+        writeln!(
+            s,
+            "  the check failed in 16 bits; {} op(s) returned to f32 after {} check(s); each 16-bit op, most sensitive first:",
+            p.fallback.len(),
+            p.fallback_tries
+        )
+        .unwrap();
+        for (name, err) in &p.layer_errors {
+            let now = if p.fallback.contains(name) {
+                "f32"
+            } else {
+                "16-bit"
+            };
+            writeln!(s, "    {name:<40} {err:>9.4}  {now}").unwrap();
+        }
+    }
+    s
 }
 
 /// What the search did after the fully quantized result failed its check: how many checks,

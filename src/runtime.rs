@@ -290,6 +290,17 @@ impl HostTensor {
         )
     }
 
+    /// A 16-bit float tensor as f32 (exactly); any other, as it is.
+    pub fn widened(&self) -> HostTensor {
+        match self.0.datum_type() {
+            DatumType::F16 => match self.0.cast_to::<f32>() {
+                Ok(t) => HostTensor(t.into_owned()),
+                Err(_) => self.clone(),
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// Values as f64, for comparisons. `None` for strings.
     pub fn to_f64(&self) -> Option<Vec<f64>> {
         let t = self.0.cast_to::<f64>().ok()?;

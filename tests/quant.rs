@@ -2048,7 +2048,11 @@ fn name_ops_names_unnamed_ops_and_second_ops_of_a_name() {
     let g = &named.model.graph;
     assert_eq!(names(g, "Conv"), ["Conv_0", "conv2"]);
     assert_eq!(names(g, "Relu"), ["Relu_1"]);
-    assert_eq!(names(g, "Gemm"), ["conv2_1"], "the second 'conv2' is renamed");
+    assert_eq!(
+        names(g, "Gemm"),
+        ["conv2_1"],
+        "the second 'conv2' is renamed"
+    );
     common::assert_same_outputs(&m, &named.model);
     // The printout leaves names out: the snapshot lists them beside it.
     let listed = |g: &Graph| {

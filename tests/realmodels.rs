@@ -4,21 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use onnxsmith::check::{CheckOptions, InputSource, Outcome, Reference};
+use onnxsmith::check::{Outcome, Reference};
 use onnxsmith::passes::PipelineOptions;
-use onnxsmith::runtime::{input_specs, Binding, HostTensor};
-use rand::SeedableRng;
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var_os("ONNXSMITH_REALMODELS")?);
-    dir.is_dir().then_some(dir)
-}
 
 #[test]
 fn real_models_optimize_and_stay_equal() {
-    let Some(dir) = models_dir() else {
+    let Some(dir) = common::real_models_dir() else {
         eprintln!("skipped: set ONNXSMITH_REALMODELS to a directory filled by fetch-dev.sh");
         return;
     };
@@ -28,36 +19,7 @@ fn real_models_optimize_and_stay_equal() {
         let original = onnxsmith::load(&path).unwrap().model;
         let (optimized, _) =
             onnxsmith::optimize::run_passes(&original, &PipelineOptions::default()).unwrap();
-        // Image models get a 64x64 input (their H and W are symbolic, multiples of 32); the
-        // voice model takes 512-sample chunks at its real sample rate.
-        let mut binding = Binding::default();
-        for spec in input_specs(&original, &binding).unwrap() {
-            if spec.shape.len() == 4 && spec.shape[2] == 1 {
-                binding
-                    .input_shapes
-                    .insert(spec.name.clone(), vec![1, 3, 64, 64]);
-            }
-            if spec.name == "input" && spec.shape.len() == 2 {
-                binding.input_shapes.insert(spec.name.clone(), vec![1, 512]);
-            }
-        }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let inputs: Vec<HostTensor> = input_specs(&original, &binding)
-            .unwrap()
-            .iter()
-            .map(|s| {
-                if s.name == "sr" {
-                    HostTensor::from_le_bytes(s.dtype, &s.shape, &16000i64.to_le_bytes()).unwrap()
-                } else {
-                    HostTensor::random(s, &mut rng).unwrap()
-                }
-            })
-            .collect();
-        let opts = CheckOptions {
-            binding,
-            inputs: InputSource::Sets(vec![inputs]),
-            ..Default::default()
-        };
+        let opts = common::real_model_check(&original);
         match Reference::new(&original, &opts)
             .unwrap()
             .check(&optimized)

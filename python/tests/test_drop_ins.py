@@ -206,9 +206,10 @@ def test_slim_refusals_and_failures(model):
         onnxsmith.slim(model, outputs=["y:fp16"])
     with pytest.raises(onnxsmith.Error, match="fp16 only"):
         onnxsmith.slim(model, dtype="fp32")
-    # dtype fp16 asks for --precision, which the CLI names when it does not know it.
-    with pytest.raises(onnxsmith.Error, match="--precision"):
-        onnxsmith.slim(model, dtype="fp16")
+    # dtype fp16 is --precision fp16: weights stored in 16 bits, the interface kept.
+    half = onnxsmith.slim(model, dtype="fp16")
+    assert {t.data_type for t in half.graph.initializer} <= {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64}
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     with pytest.warns(UserWarning, match="size_threshold=1024 has no meaning"):
         onnxsmith.slim(model, size_threshold=1024)
     # Never a silent None: a failed check raises.

@@ -125,7 +125,7 @@ def test_report_file_is_the_returned_dict(model, tmp_path):
 
 def test_unknown_option_names_it(model):
     with pytest.raises(onnxsmith.Error, match="--precision"):
-        onnxsmith.optimize(model, precision="fp16")
+        onnxsmith.optimize(model, precision="fp8")
     with pytest.raises(onnxsmith.Error, match="--no-such-option"):
         onnxsmith.optimize(model, no_such_option=True)
 
@@ -268,7 +268,7 @@ def test_python_m_runs_the_cli(cli, model_path, tmp_path):
     for args in (["optimize", "--list-passes"], ["inspect", model_path, "--json"], ["--version"]):
         ours, theirs = python_m(*args), run_cli(cli, *args)
         assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
-    for args in (["optimize", model_path], ["optimize", model_path, "-o", tmp_path / "o.onnx", "--precision", "fp16"]):
+    for args in (["optimize", model_path], ["optimize", model_path, "-o", tmp_path / "o.onnx", "--precision", "fp8"]):
         ours, theirs = python_m(*args), run_cli(cli, *args)
         assert ours.returncode == theirs.returncode == 1
         assert ours.stderr == theirs.stderr and ours.stderr.startswith("error: ")

@@ -444,6 +444,11 @@ impl Feed {
         }
     }
 
+    /// The input sets, when they could be made.
+    pub fn sets(&self) -> Option<&[Vec<HostTensor>]> {
+        self.sets.as_deref().ok()
+    }
+
     /// Runs `model` in tract on every input set. Sets of one shape share a plan, split between
     /// the workers; sets whose dynamic dims differ (text lines of different widths, sentences
     /// of different lengths) get a plan per shape, each worker taking whole shapes.

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::check::{CheckOptions, InputSource, LossyLimits, Rule, ScaledTolerance};
 use crate::lossy::images::Preprocess;
 use crate::lossy::SampleOptions;
+use crate::passes::precision::{Io, Kind, PrecisionOptions};
 use crate::passes::prune::{Importance, PruneOptions, Scope};
 use crate::passes::quant::qdq::{Activations, Placement};
 use crate::passes::quant::ranges::Method;
@@ -120,15 +121,20 @@ pub(super) struct OptimizeArgs {
     quant: QuantArgs,
     #[command(flatten)]
     prune: PruneArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 impl OptimizeArgs {
     /// The job's options. Paths are the caller's business: the CLI needs both, an in-memory
     /// job neither.
     pub(super) fn options(&self) -> Result<Options> {
-        if self.quant.calib.is_some() && self.quant.quantize.is_none() && self.prune.prune.is_none()
-        {
-            bail!("--calib is for --quantize and --prune: give one of them");
+        let lossy = self.quant.quantize.is_some() || self.precision.precision.is_some();
+        if self.quant.calib.is_some() && !lossy && self.prune.prune.is_none() {
+            bail!("--calib is for --quantize, --precision and --prune: give one of them");
+        }
+        if self.quant.calib_random.is_some() && !lossy {
+            bail!("--calib-random is for --quantize and --precision: give one of them");
         }
         Ok(Options {
             pipeline: PipelineOptions {
@@ -146,6 +152,7 @@ impl OptimizeArgs {
             samples: self.quant.samples()?,
             prune: self.prune.options(&self.quant)?,
             quantize: self.quant.options()?,
+            precision: self.precision.options(&self.quant),
             exclude: self.quant.exclude.clone(),
         })
     }
@@ -227,6 +234,50 @@ impl PruneArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Precision {
+    Fp16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IoTypes {
+    /// As the model declares them: a drop-in replacement.
+    Keep,
+    /// In the 16-bit type: callers feed and read 16-bit tensors, no Cast at the interface.
+    Low,
+}
+
+#[derive(Args)]
+struct PrecisionArgs {
+    /// Store weights and compute in 16 bits, last (after simplifying, pruning and quantizing:
+    /// what int8 leaves float), checked against the float model by the lossy rule. Ops stay in
+    /// f32 by rule (shape arithmetic, long sums, squares, random ops), by range with --calib,
+    /// and where the check fails (unless --no-fallback).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    /// The element type of the graph's inputs and outputs under --precision.
+    #[arg(long, value_enum, default_value = "keep", requires = "precision")]
+    io_types: IoTypes,
+}
+
+impl PrecisionArgs {
+    fn options(&self, quant: &QuantArgs) -> Option<PrecisionOptions> {
+        Some(PrecisionOptions {
+            kind: match self.precision? {
+                Precision::Fp16 => Kind::F16,
+                Precision::Bf16 => Kind::Bf16,
+            },
+            io: match self.io_types {
+                IoTypes::Keep => Io::Keep,
+                IoTypes::Low => Io::Low,
+            },
+            fallback: !quant.no_fallback,
+            strongly_typed: matches!(quant.target, Target::Tensorrt),
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Quantize {
     Int8,
 }
@@ -261,12 +312,12 @@ struct QuantArgs {
     /// Quantize after simplifying, checked against the float model by the lossy rule.
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,
-    /// A directory of calibration samples for --quantize and --prune: `.npy` (one-input
-    /// models) or `.npz` (an array per input, by name).
+    /// A directory of calibration samples for --quantize, --precision and --prune: `.npy`
+    /// (one-input models) or `.npz` (an array per input, by name).
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Calibrate on N random samples instead: the ranges are not those of real inputs.
-    #[arg(long, requires = "quantize", conflicts_with = "calib")]
+    #[arg(long, conflicts_with = "calib")]
     calib_random: Option<usize>,
     /// How an activation's range is chosen.
     #[arg(long, value_enum, default_value = "percentile")]
@@ -286,8 +337,8 @@ struct QuantArgs {
     /// Leave this node name or op type in float (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
-    /// When the quantized result fails its check, refuse it instead of returning the most
-    /// sensitive ops to float until it passes.
+    /// When the quantized (or 16-bit) result fails its check, refuse it instead of returning
+    /// the most sensitive ops to float until it passes.
     #[arg(long)]
     no_fallback: bool,
     /// No cross-layer equalization of consecutive Convs before calibration.

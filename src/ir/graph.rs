@@ -979,6 +979,27 @@ impl Graph {
         }
     }
 
+    /// Lists `v` in value_info (its declaration is its type), if it is not listed yet.
+    pub(super) fn list_in_value_info(&mut self, v: ValueId) {
+        if !self.value_info.contains(&v) {
+            self.value_info.push(v);
+        }
+    }
+
+    /// Declares graph output `v` of type `ty` in the graph's interface.
+    pub(super) fn set_output_type(&mut self, v: ValueId, ty: Type) {
+        for o in self.outputs.iter_mut().filter(|o| o.value == v) {
+            o.info.ty = Some(ty.clone());
+        }
+    }
+
+    /// Makes the graph outputs held by `old` be held by `new` instead.
+    pub(super) fn move_outputs(&mut self, old: ValueId, new: ValueId) {
+        for o in self.outputs.iter_mut().filter(|o| o.value == old) {
+            o.value = new;
+        }
+    }
+
     /// Sets attribute `attr` of `n`, replacing one of the same name.
     pub(super) fn set_node_name(&mut self, n: NodeId, name: &str) {
         self.dag[n.0].name = name.to_string();
@@ -1057,6 +1078,26 @@ impl Graph {
             total += inner;
         }
         Ok(total + f(self, scope)?)
+    }
+
+    /// Runs `f` on each subgraph node `n` holds, in attribute order, then drops the captures
+    /// of `n` they no longer read: for a pass that walks outer graphs first, since what a body
+    /// sees of the values it captures depends on what was done to them outside.
+    pub fn edit_bodies(
+        &mut self,
+        n: NodeId,
+        f: &mut dyn FnMut(&mut Graph) -> Result<usize>,
+    ) -> Result<usize> {
+        let mut total = 0;
+        for attr in &mut self.dag[n.0].attrs {
+            for body in attr.bodies_mut() {
+                total += f(body)?;
+            }
+        }
+        if total > 0 {
+            self.sync_captures(n);
+        }
+        Ok(total)
     }
 
     /// Drops captures of `n` that none of its subgraphs reads any more.

@@ -134,9 +134,10 @@ impl<'g> Patch<'g> {
         Ok(v)
     }
 
-    /// Replaces initializer `old` by `t`, whose dims may differ, for every reader, keeping its
-    /// name: for a rewrite that changes the extent of a tensor together with everything that
-    /// reads it (pruning channels), where no reader may see the old shape.
+    /// Replaces initializer `old` by `t`, whose dims or element type may differ, for every
+    /// reader, keeping its name: for a rewrite that changes the extent or the type of a tensor
+    /// together with everything that reads it (pruning channels, storing weights in 16 bits),
+    /// where no reader may see the old one.
     pub fn resize_initializer(&mut self, old: ValueId, t: Tensor) -> Result<ValueId> {
         let name = self.g.value(old).name().to_string();
         if !matches!(self.g.value(old).def(), Def::Initializer) {
@@ -253,6 +254,78 @@ impl<'g> Patch<'g> {
         self.unread.extend(self.g.node(n).inputs().iter().flatten());
         self.g.set_inputs(n, &inputs[..len]);
         self.edits += 1;
+    }
+
+    /// Declares `v` of type `ty` in value_info, so that the file states it: for a consumer
+    /// that must not infer a type itself (a strongly typed TensorRT network).
+    pub fn declare(&mut self, v: ValueId, ty: Type) {
+        self.g.set_type(v, ty);
+        self.g.list_in_value_info(v);
+        self.edits += 1;
+    }
+
+    /// Declares graph output `v` of type `ty` in the graph's interface: for a rewrite that
+    /// changes the element type of what the graph returns (`--io-types low`).
+    pub fn set_output_type(&mut self, v: ValueId, ty: Type) {
+        self.g.set_output_type(v, ty);
+        self.edits += 1;
+    }
+
+    /// Makes graph output `old` be `new`, a node output this patch made (a Cast at the
+    /// interface), which takes `old`'s name now; `old` takes a fresh one and keeps its other
+    /// readers, subgraph captures included. Unlike [`Patch::replace_value`], the element types
+    /// may differ: the interface keeps the type it declares, and what reads `old` inside keeps
+    /// reading it.
+    pub fn move_output(&mut self, old: ValueId, new: ValueId) -> Result<()> {
+        let name = self.g.value(old).name().to_string();
+        if !self.g.is_output(old) || !self.is_internal(new) {
+            bail!(
+                "cannot move graph output '{name}' to '{}'",
+                self.g.value(new).name()
+            );
+        }
+        let fresh = self.g.fresh_name(&name);
+        self.g.rename_value(old, &fresh)?;
+        self.g.move_outputs(old, new);
+        self.g.rename_value(new, &name)?;
+        self.edits += 1;
+        Ok(())
+    }
+
+    /// Puts `new` (computed from `old` by the nodes `keep`) between `old` and everything else
+    /// that reads it: node inputs, subgraph captures and graph outputs move to `new`; `keep`
+    /// goes on reading `old`. With `take_name`, `new` takes `old`'s name and `old` a fresh one,
+    /// so that the value readers see keeps the name the model gave it (an interface name
+    /// cannot move: a graph input keeps its own). The element types may differ: this is how a
+    /// rewrite puts a Cast or a rounding step on a value.
+    pub fn interpose(
+        &mut self,
+        old: ValueId,
+        new: ValueId,
+        keep: &[NodeId],
+        take_name: bool,
+    ) -> Result<()> {
+        self.g.replace_all_uses(old, new);
+        for &k in keep {
+            let inputs: Vec<Option<ValueId>> = (self.g.node(k).inputs().iter())
+                .map(|&i| if i == Some(new) { Some(old) } else { i })
+                .collect();
+            self.g.set_inputs(k, &inputs);
+        }
+        if take_name {
+            if !matches!(self.g.value(old).def(), Def::Node { .. }) {
+                bail!(
+                    "cannot rename '{}': it is not a node output",
+                    self.g.value(old).name()
+                );
+            }
+            let name = self.g.value(old).name().to_string();
+            let fresh = self.g.fresh_name(&name);
+            self.g.rename_value(old, &fresh)?;
+            self.g.rename_value(new, &name)?;
+        }
+        self.edits += 1;
+        Ok(())
     }
 
     /// Applies pending renames; returns the number of edits made. A rename whose name is

@@ -117,7 +117,8 @@ pub fn local_errors(
             None => &values[names.binary_search_by(|m| m.as_str().cmp(v)).unwrap()],
         };
         for (k, l) in ops.iter().enumerate() {
-            let inputs: Vec<HostTensor> = l.inputs.iter().map(|v| value(v).clone()).collect();
+            // The op as it was reads f32: a 16-bit input is fed as its exact f32 copy.
+            let inputs: Vec<HostTensor> = l.inputs.iter().map(|v| value(v).widened()).collect();
             let runner = alone_at(reference, nodes[k], &inputs, &mut alone[k])?;
             let expected = runner.run(&inputs)?;
             let (Some(e), Some(g)) = (expected[0].to_f32(), value(&l.output).to_f32()) else {

@@ -12,6 +12,7 @@
 
 mod bisect;
 mod restore;
+mod restore_precision;
 mod stages;
 mod verdict;
 
@@ -26,6 +27,7 @@ use crate::check::CheckOptions;
 use crate::files;
 use crate::ir::Model;
 use crate::lossy::SampleOptions;
+use crate::passes::precision::PrecisionOptions;
 use crate::passes::prune::PruneOptions;
 use crate::passes::quant::QuantOptions;
 use crate::passes::{run_pipeline, PipelineOptions, PipelineReport};
@@ -65,6 +67,8 @@ pub struct Options {
     pub prune: Option<PruneOptions>,
     /// Quantize to int8 after simplifying (and pruning).
     pub quantize: Option<QuantOptions>,
+    /// Store weights and compute in 16 bits, last.
+    pub precision: Option<PrecisionOptions>,
     /// Node names or op types no lossy stage may touch.
     pub exclude: Vec<String>,
 }
@@ -80,6 +84,7 @@ impl Default for Options {
             samples: SampleOptions::default(),
             prune: None,
             quantize: None,
+            precision: None,
             exclude: Vec::new(),
         }
     }
@@ -89,7 +94,7 @@ impl Options {
     /// Whether a stage changes the numbers on purpose: the result is then judged by the lossy
     /// rule, on held-back samples.
     pub fn lossy(&self) -> bool {
-        self.quantize.is_some() || self.prune.is_some()
+        self.quantize.is_some() || self.prune.is_some() || self.precision.is_some()
     }
 }
 
@@ -189,6 +194,15 @@ impl<'a> Job<'a> {
         })
     }
 
+    /// What the check runs for `m`: `m` itself, or, for a 16-bit result tract cannot run as it
+    /// is (bf16, 16-bit inputs), an equivalent it can.
+    fn checkable<'m>(&self, m: &'m Model) -> Result<std::borrow::Cow<'m, Model>> {
+        match &self.opts.precision {
+            Some(p) => crate::passes::precision::emulate::checked_form(m, p),
+            None => Ok(std::borrow::Cow::Borrowed(m)),
+        }
+    }
+
     /// Transform and check (overlapped), then, on a failed check, restore and bisect.
     fn run<S: Send>(self, stage: impl Fn(&Model) -> S + Sync) -> Result<Done<S>> {
         let before = Summary::of(self.original);
@@ -211,18 +225,30 @@ impl<'a> Job<'a> {
         let t = Instant::now();
         let (status, bisected) = match (reference, result_run) {
             (Some(reference), Some((feed, run))) => {
-                let outcome = reference.check_run(&result, &feed, run)?;
+                let outcome = reference.check_run(&*self.checkable(&result)?, &feed, run)?;
                 let mut status = CheckStatus::from(outcome);
                 lossy.measure_uncompensated(&reference, self.plan.cx.progress())?;
-                let restored = restore::restore(
+                // Precision first: it is the last stage, and its search keeps the stages
+                // before; when even f32 everywhere it touched fails, int8's search runs, its
+                // candidates lowered again.
+                let restored = match restore_precision::restore(
                     &self,
                     &mut lossy,
-                    &pipeline,
                     &result,
                     &mut status,
                     &reference,
-                    &mut notes,
-                )?;
+                )? {
+                    Some(m) => Some(m),
+                    None => restore::restore(
+                        &self,
+                        &mut lossy,
+                        &pipeline,
+                        &result,
+                        &mut status,
+                        &reference,
+                        &mut notes,
+                    )?,
+                };
                 if let Some(better) = restored {
                     staged = stage(&better);
                     result = better;
@@ -250,6 +276,7 @@ impl<'a> Job<'a> {
             notes,
             quantization: lossy.quantization,
             pruning: lossy.pruning,
+            precision: lossy.precision,
         };
         Ok(Done {
             result,

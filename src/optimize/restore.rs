@@ -123,7 +123,7 @@ impl Search<'_> {
         progress.step("quantizing without cross-layer equalization, to compare");
         let plain = self.smoothed(plain)?;
         let (candidate, cx) = self.quantize(&plain, None, &self.job.opts.exclude)?;
-        let outcome = reference.check(&candidate)?;
+        let outcome = reference.check(&*self.job.checkable(&candidate)?)?;
         let Outcome::Checked(r) = &outcome else {
             return Ok(Compared::Worse);
         };
@@ -168,7 +168,7 @@ impl Search<'_> {
                 whole.len()
             ));
             let (candidate, cx) = self.quantize(&self.float, Some(cal), &exclude)?;
-            let outcome = reference.check(&candidate)?;
+            let outcome = reference.check(&*self.job.checkable(&candidate)?)?;
             Ok(matches!(&outcome, Outcome::Checked(r) if r.ok())
                 .then_some((candidate, outcome, cx)))
         })?;
@@ -189,16 +189,17 @@ impl Search<'_> {
     /// alone is quantized, or, for models of very many ops, the error it adds by itself.
     fn sensitivity(&self, failing: &Model, reference: &Reference) -> Result<Vec<(String, f64)>> {
         let ops = quant::quantized_ops(failing);
+        let measured = quant::measured(&self.float, failing);
+        // What tract runs: the candidates themselves, or their emulation under --precision.
+        let failing = &*self.job.checkable(failing)?;
         if ops.len() > IMPACT_MAX_OPS {
-            let measured = quant::measured(&self.float, failing);
             return local_errors(&self.float, failing, measured, &self.samples.held_back);
         }
         let progress = self.job.plan.cx.progress();
         let with = |exclude: Vec<String>| -> Result<Model> {
             let exclude = [self.job.opts.exclude.clone(), exclude].concat();
-            Ok(self
-                .quantize(&self.float, Some(self.cal.clone()), &exclude)?
-                .0)
+            let (candidate, _) = self.quantize(&self.float, Some(self.cal.clone()), &exclude)?;
+            Ok(self.job.checkable(&candidate)?.into_owned())
         };
         output_impacts(
             &ops,
@@ -259,7 +260,11 @@ impl Search<'_> {
             stop_after: None,
             ..self.job.opts.pipeline.clone()
         };
-        let stages = selected(&opts, vec![quant::stage()])?;
+        // The stages after quantize run again too (what int8 leaves float goes to 16 bits).
+        let stages = selected(
+            &opts,
+            self.job.plan.stages_from("quantize", opts.fold_limit),
+        )?;
         let mut model = float.clone();
         run_stages(&mut model, &stages, &opts, &mut cx)?;
         Ok((model, cx))

@@ -8,6 +8,7 @@ use super::Options;
 use crate::check::{Outcome, Reference};
 use crate::ir::Model;
 use crate::lossy::Samples;
+use crate::passes::precision::PrecisionReport;
 use crate::passes::prune::compensate::CompensationReport;
 use crate::passes::prune::{self, BnScales, PruneReport, Selection};
 use crate::passes::quant::{self, QuantReport};
@@ -19,6 +20,8 @@ use crate::report::Summary;
 pub struct Plan {
     pub stages: Vec<Stage>,
     pub cx: PassContext,
+    /// The names of the stages the options ask for, in order.
+    wanted: Vec<&'static str>,
 }
 
 impl Plan {
@@ -27,7 +30,9 @@ impl Plan {
     /// options, the exclusions, the BatchNormalization scales of the model as given (pruning
     /// may rank channels by them, and simplification fuses them away), the progress display.
     pub fn new(original: &Model, opts: &Options, progress: Progress) -> Result<Plan> {
-        let read = opts.quantize.is_some() || (opts.prune.is_some() && opts.samples.dir.is_some());
+        let read = opts.quantize.is_some()
+            || (opts.prune.is_some() && opts.samples.dir.is_some())
+            || (opts.precision.is_some() && opts.samples.given());
         let samples = read
             .then(|| crate::lossy::samples::read(original, &opts.samples))
             .transpose()?;
@@ -41,6 +46,7 @@ impl Plan {
             "equalize" => equalize,
             "smooth" => smooth,
             "quantize" => opts.quantize.is_some(),
+            "precision" => opts.precision.is_some(),
             _ => false,
         };
         let all = catalogue(opts.pipeline.fold_limit);
@@ -48,6 +54,7 @@ impl Plan {
             &opts.pipeline,
             all.into_iter().filter(|s| wanted(s.name)).collect(),
         )?;
+        let wanted = stages.iter().map(|s| s.name).collect();
         let mut cx = PassContext::new(opts.pipeline.explain);
         cx.exclude = opts.exclude.clone();
         cx.provide(progress);
@@ -61,7 +68,20 @@ impl Plan {
         if let Some(q) = &opts.quantize {
             cx.provide(q.clone());
         }
-        Ok(Plan { stages, cx })
+        if let Some(p) = &opts.precision {
+            cx.provide(p.clone());
+        }
+        Ok(Plan { stages, cx, wanted })
+    }
+
+    /// Fresh copies of the job's stages from `first` on (a search runs them again on the model
+    /// `first` was handed), with every pass: the caller selects.
+    pub fn stages_from(&self, first: &str, fold_limit: u64) -> Vec<Stage> {
+        let at = self.wanted.iter().position(|&s| s == first);
+        let names = &self.wanted[at.unwrap_or(self.wanted.len())..];
+        (catalogue(fold_limit).into_iter())
+            .filter(|s| names.contains(&s.name))
+            .collect()
     }
 
     /// The samples the lossy stages calibrate on, if any.
@@ -93,6 +113,7 @@ impl Plan {
         };
         lossy.pruning = lossy.prune_report(opts, &result, &pipeline);
         lossy.quantization = lossy.quant_report(opts, &result);
+        lossy.precision = lossy.precision_report(opts, &result);
         Ok(Transformed {
             result,
             pipeline,
@@ -117,6 +138,7 @@ pub struct Lossy {
     pub cx: PassContext,
     pub quantization: Option<QuantReport>,
     pub pruning: Option<PruneReport>,
+    pub precision: Option<PrecisionReport>,
 }
 
 impl Lossy {
@@ -175,6 +197,16 @@ impl Lossy {
             result,
             q,
             samples,
+            &self.cx,
+        ))
+    }
+
+    fn precision_report(&self, opts: &Options, result: &Model) -> Option<PrecisionReport> {
+        let p = opts.precision.as_ref()?;
+        Some(PrecisionReport::of(
+            self.before("precision")?,
+            result,
+            p,
             &self.cx,
         ))
     }

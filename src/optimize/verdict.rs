@@ -87,12 +87,9 @@ pub fn transform_and_check<S: Send>(
         let transformed = job.plan.transform(job.original, job.opts);
         let pass_time = t.elapsed();
         let staged = match &transformed {
-            Ok(tr) => Some(stage_while_running(
-                &tr.result,
-                stage,
-                feed.as_ref(),
-                progress,
-            )),
+            Ok(tr) => Some(job.checkable(&tr.result).map(|checked| {
+                stage_while_running(&tr.result, &checked, stage, feed.as_ref(), progress)
+            })),
             Err(_) => None,
         };
         let reference = match done_first {
@@ -109,7 +106,7 @@ pub fn transform_and_check<S: Send>(
         };
         let transformed = transformed?;
         let (staged, run) =
-            staged.ok_or_else(|| anyhow!("a result is staged once the stages succeed"))?;
+            staged.ok_or_else(|| anyhow!("a result is staged once the stages succeed"))??;
         anyhow::Ok((transformed, staged?, run, reference, pass_time, check_time))
     })?;
     Ok(Checked {
@@ -123,9 +120,11 @@ pub fn transform_and_check<S: Send>(
     })
 }
 
-/// Stages `result` on another thread while it runs in tract on `feed` here.
+/// Stages `result` on another thread while what the check runs for it (`checked`) runs in
+/// tract on `feed` here.
 fn stage_while_running<S: Send>(
     result: &Model,
+    checked: &Model,
     stage: &(impl Fn(&Model) -> S + Sync),
     feed: Option<&Feed>,
     progress: &Progress,
@@ -135,7 +134,7 @@ fn stage_while_running<S: Send>(
         if feed.is_some() {
             progress.step("checking the result against the original in tract");
         }
-        let run = feed.map(|feed| feed.run(result));
+        let run = feed.map(|feed| feed.run(checked));
         let staged = staged
             .join()
             .map_err(|_| anyhow!("the thread writing the result panicked"));

@@ -2,8 +2,8 @@
 //! through, lossless or lossy.
 //!
 //! ```text
-//!   simplify ─▶ prune ─▶ compensate ─▶ equalize ─▶ smooth ─▶ quantize
-//!   (always)    (--prune)  (--prune with samples)  (--quantize)
+//!   simplify ─▶ prune ─▶ compensate ─▶ equalize ─▶ smooth ─▶ quantize ─▶ precision
+//!   (always)    (--prune)  (--prune with samples)  (--quantize)         (--precision)
 //! ```
 //!
 //! A stage is an optional preparation (a pruning plan, calibration ranges: computed on the
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{cleanup, fold, fuse, prune, quant, Changed, Note, Pass, PassContext};
+use super::{cleanup, fold, fuse, precision, prune, quant, Changed, Note, Pass, PassContext};
 use crate::ir::{print::print_model, verify::verify, Model};
 
 /// One stage of the pipeline.
@@ -148,6 +148,7 @@ pub fn catalogue(fold_limit: u64) -> Vec<Stage> {
         quant::equalize_stage(),
         quant::smooth_stage(),
         quant::stage(),
+        precision::stage(),
     ]
 }
 

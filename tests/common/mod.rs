@@ -488,46 +488,53 @@ pub fn in_a_loop(mut p: ModelProto, carried: Option<&str>) -> ModelProto {
 /// condition scalars, once for each of `carried`, the dims its loop-carried value takes on
 /// successive iterations (once only when it carries nothing).
 pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]) {
-    let alone = |m: &Model, dims: Option<&[i64]>| {
-        let g = &m.graph;
-        let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
-        let body = g
-            .node(lp)
-            .attrs()
-            .iter()
-            .flat_map(|a| a.bodies())
-            .next()
-            .unwrap();
-        let mut inputs = vec![
-            Type::tensor(DType::I64, vec![]),
-            Type::tensor(DType::BOOL, vec![]),
-        ];
-        inputs.extend(body.inputs()[2..].iter().map(|&v| {
-            let dims = dims.expect("a carried value without dims to check it at");
-            Type::tensor(
-                body.dtype(v).unwrap(),
-                dims.iter().map(|&d| Dim::Known(d)).collect(),
-            )
-        }));
-        let captures: Vec<(String, Type)> = (body.captures().iter())
-            .map(|&v| {
-                let name = body.value(v).name();
-                (
-                    name.to_string(),
-                    g.ty(g.find(name).unwrap()).unwrap().clone(),
-                )
-            })
-            .collect();
-        m.of_body(body, &inputs, &captures).unwrap()
-    };
     let runs: Vec<Option<&[i64]>> = if carried.is_empty() {
         vec![None]
     } else {
         carried.iter().map(|&d| Some(d)).collect()
     };
     for dims in runs {
-        assert_same_outputs(&alone(before, dims), &alone(after, dims));
+        assert_same_outputs(
+            &loop_body_alone(before, dims),
+            &loop_body_alone(after, dims),
+        );
     }
+}
+
+/// The body of the Loop of `m`'s main graph as a model of its own: its captures of their
+/// outer declared types, its iteration number and condition scalars, its loop-carried value
+/// (if any) of `dims`.
+pub fn loop_body_alone(m: &Model, dims: Option<&[i64]>) -> Model {
+    let g = &m.graph;
+    let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
+    let body = g
+        .node(lp)
+        .attrs()
+        .iter()
+        .flat_map(|a| a.bodies())
+        .next()
+        .unwrap();
+    let mut inputs = vec![
+        Type::tensor(DType::I64, vec![]),
+        Type::tensor(DType::BOOL, vec![]),
+    ];
+    inputs.extend(body.inputs()[2..].iter().map(|&v| {
+        let dims = dims.expect("a carried value without dims to check it at");
+        Type::tensor(
+            body.dtype(v).unwrap(),
+            dims.iter().map(|&d| Dim::Known(d)).collect(),
+        )
+    }));
+    let captures: Vec<(String, Type)> = (body.captures().iter())
+        .map(|&v| {
+            let name = body.value(v).name();
+            (
+                name.to_string(),
+                g.ty(g.find(name).unwrap()).unwrap().clone(),
+            )
+        })
+        .collect();
+    m.of_body(body, &inputs, &captures).unwrap()
 }
 
 /// A tensor of `data_type` and `dims` whose bytes are in the file `location`, from `offset`,
@@ -555,6 +562,47 @@ pub fn external_tensor(
             entry("offset", offset.to_string()),
             entry("length", length.to_string()),
         ],
+        ..Default::default()
+    }
+}
+
+/// The directory of real trained models `ONNXSMITH_REALMODELS` names, when it exists.
+pub fn real_models_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("ONNXSMITH_REALMODELS")?);
+    dir.is_dir().then_some(dir)
+}
+
+/// How a real model is checked: image models get a 64x64 input (their H and W are symbolic,
+/// multiples of 32); the voice model takes 512-sample chunks at its real sample rate.
+pub fn real_model_check(original: &Model) -> onnxsmith::check::CheckOptions {
+    use onnxsmith::runtime::{input_specs, Binding, HostTensor};
+    use rand::SeedableRng;
+    let mut binding = Binding::default();
+    for spec in input_specs(original, &binding).unwrap() {
+        if spec.shape.len() == 4 && spec.shape[2] == 1 {
+            binding
+                .input_shapes
+                .insert(spec.name.clone(), vec![1, 3, 64, 64]);
+        }
+        if spec.name == "input" && spec.shape.len() == 2 {
+            binding.input_shapes.insert(spec.name.clone(), vec![1, 512]);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let inputs: Vec<HostTensor> = input_specs(original, &binding)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            if s.name == "sr" {
+                HostTensor::from_le_bytes(s.dtype, &s.shape, &16000i64.to_le_bytes()).unwrap()
+            } else {
+                HostTensor::random(s, &mut rng).unwrap()
+            }
+        })
+        .collect();
+    onnxsmith::check::CheckOptions {
+        binding,
+        inputs: onnxsmith::check::InputSource::Sets(vec![inputs]),
         ..Default::default()
     }
 }

@@ -7,7 +7,6 @@
 
 pub mod calibrate;
 pub mod equalize;
-pub mod names;
 pub mod opset;
 pub mod pair_per_reader;
 pub mod pairs;
@@ -73,7 +72,7 @@ pub fn stage() -> Stage {
         prepare: Some(Box::new(Calibrate)),
         once: vec![
             // First: the ops the later passes, the search and the report name.
-            Box::new(names::NameOps),
+            Box::new(super::names::NameOps),
             Box::new(opset::RaiseOpset),
             Box::new(InsertQdq),
             // After the ops: a residual Add is quantized when what it joins is.

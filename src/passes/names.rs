@@ -1,4 +1,5 @@
-//! `name-ops`: before quantizing, every op without a name of its own gets one.
+//! `name-ops`: before quantizing or lowering precision, every op without a name of its own
+//! gets one.
 //!
 //! ```text
 //!   Conv ""  ─▶ Relu ""  ─▶ Conv ""   ─▶ Conv "head"  ─▶ Conv "head"
@@ -6,15 +7,15 @@
 //!   Conv "Conv_0" ─▶ Relu "Relu_1" ─▶ Conv "Conv_2" ─▶ Conv "head" ─▶ Conv "head_1"
 //! ```
 //!
-//! Why: the quantize stage knows an op by its name: the fallback search returns ops to float
-//! by name, `--exclude` takes names, and the report lists them. ONNX does not ask node names
+//! Why: the quantize and precision stages know an op by its name: their searches return ops
+//! to float by name, `--exclude` takes names, and the reports list them. ONNX does not ask node names
 //! to exist or differ, and unnamed ops are common in hand-built and converted models; two
 //! ops sharing a name would be returned to float together, and a report row without a name
 //! tells the user nothing to exclude. A name is the op type and its place among the model's
 //! nodes (bodies included, innermost first), so the same model always gets the same names and
 //! a name from one run's report can be passed to the next run's `--exclude`. A name some
-//! node already has is kept for the first node that has it. Runs first in the quantize stage,
-//! and only when quantizing: other stages keep a model's names as they were.
+//! node already has is kept for the first node that has it. Runs first in the quantize and
+//! precision stages, and only there: other stages keep a model's names as they were.
 
 use std::collections::HashSet;
 
@@ -31,7 +32,7 @@ impl Pass for NameOps {
     }
 
     fn about(&self) -> &'static str {
-        "give every unnamed op (and every second op of a name) a name of its own before quantizing"
+        "give every unnamed op (and every second op of a name) a name of its own before quantizing or lowering precision"
     }
 
     fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<Changed> {
