@@ -135,7 +135,7 @@ def test_bad_values_carry_the_clis_message(model):
         onnxsmith.optimize(model, target="gpu")
     with pytest.raises(onnxsmith.Error, match="the ratio must lie strictly between 0 and 1"):
         onnxsmith.optimize(model, prune=1.5)
-    with pytest.raises(onnxsmith.Error, match="--calib is for --quantize and --prune"):
+    with pytest.raises(onnxsmith.Error, match="--calib is for --quantize, --precision and --prune"):
         onnxsmith.optimize(model, calib="samples")
     with pytest.raises(onnxsmith.Error, match="--list-passes"):
         onnxsmith.optimize(model, list_passes=True)
