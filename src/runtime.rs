@@ -290,15 +290,15 @@ impl HostTensor {
         )
     }
 
-    /// A 16-bit float tensor as f32 (exactly); any other, as it is.
+    /// The tensor as a float model's op reads it: a 16-bit float as f32 (exactly), a shape tract
+    /// computed as symbolic dims as the int64 ONNX declares; any other, as it is.
     pub fn widened(&self) -> HostTensor {
-        match self.0.datum_type() {
-            DatumType::F16 => match self.0.cast_to::<f32>() {
-                Ok(t) => HostTensor(t.into_owned()),
-                Err(_) => self.clone(),
-            },
-            _ => self.clone(),
-        }
+        let cast = match self.0.datum_type() {
+            DatumType::F16 => self.0.cast_to::<f32>(),
+            DatumType::TDim => self.0.cast_to::<i64>(),
+            _ => return self.clone(),
+        };
+        cast.map_or_else(|_| self.clone(), |t| HostTensor(t.into_owned()))
     }
 
     /// Values as f64, for comparisons. `None` for strings.

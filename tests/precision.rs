@@ -123,6 +123,13 @@ fn assert_typed_consistently(m: &Model) {
                     let (Tie::Param(p), Some(&d)) = (f.tie, t.get(&v)) else {
                         continue;
                     };
+                    // The schemas record which float types a formal takes.
+                    assert!(
+                        !matches!(d, DType::F16 | DType::BF16) || f.accepts(d),
+                        "{} '{}' takes no {d} at opset {opset}",
+                        node.op(),
+                        node.name()
+                    );
                     let first = *ties.entry(p).or_insert(d);
                     assert_eq!(
                         first,
@@ -904,4 +911,175 @@ fn real_models_lower_typed_consistently_and_agree() {
             Outcome::Unverified(why) => eprintln!("{}: unverified: {why}", path.display()),
         }
     }
+}
+
+/// If takes bf16 outputs only from opset 16: below it, a branch that computes in bf16 casts
+/// back to f32 before it returns, and the If stays f32 (`onnx.checker` refuses it otherwise).
+#[test]
+fn an_if_returns_bf16_only_from_opset_16() {
+    let opts = PrecisionOptions {
+        kind: Kind::Bf16,
+        ..Default::default()
+    };
+    let if_output = |opset: i64| {
+        let mut p = in_an_if(conv_net(opset));
+        p.opset_import[0].version = opset;
+        let m = lift(p);
+        let (out, l) = lower_with(&m, opts.clone());
+        assert!(!l.low.is_empty(), "the branches' Gemm is bf16 at {opset}");
+        let g = &out.graph;
+        let iff = g.node_ids().find(|&n| g.node(n).is("If")).unwrap();
+        for body in g.node(iff).attrs().iter().flat_map(|a| a.bodies()) {
+            let y = body.outputs()[0].value;
+            let declared = g.dtype(g.node(iff).output(0).unwrap());
+            assert_eq!(body.dtype(y), declared, "branch and If agree at {opset}");
+        }
+        if opset == 15 {
+            assert_close_with(&m, &out, &opts);
+        }
+        g.dtype(g.node(iff).output(0).unwrap())
+    };
+    assert_eq!(if_output(15), Some(DType::F32));
+    assert_eq!(if_output(16), Some(DType::BF16));
+}
+
+/// The search measures each 16-bit op alone on the values the result computes. A Reshape's
+/// shape computed from a Shape comes out of tract as symbolic dims: it is fed to the op alone
+/// as the int64 ONNX declares (it was fed as f32 and the measure failed).
+#[test]
+fn an_op_measured_alone_reads_a_computed_shape_as_int64() {
+    use onnxsmith::lossy::sensitivity::{local_errors, Local};
+    use onnxsmith::runtime::HostTensor;
+    let m = lift(model_io(
+        vec![
+            node("Shape", "shape", &["x"], &["s"]),
+            node("Reshape", "reshape", &["x", "s"], &["r"]),
+            node("Relu", "relu", &["r"], &["y"]),
+        ],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![],
+    ));
+    let bytes: Vec<u8> = values(6, 1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x = HostTensor::from_le_bytes(DType::F32, &[2, 3], &bytes).unwrap();
+    let op = |name: &str, inputs: &[&str], output: &str| Local {
+        op: name.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        output: output.into(),
+    };
+    let ops = vec![op("reshape", &["x", "s"], "r"), op("relu", &["r"], "y")];
+    let errors = local_errors(&m, &m, ops, &[vec![x]]).unwrap();
+    assert_eq!(errors.len(), 2);
+    assert!(errors.iter().all(|(_, e)| *e == 0.0), "{errors:?}");
+}
+
+/// bf16 for ONNX Runtime is refused before anything is read or written: its CPU kernels run
+/// no bf16 arithmetic, so the file would not load. OpenVINO's target takes it.
+#[test]
+fn bf16_for_onnx_runtime_is_refused_and_for_openvino_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("m.onnx"), dir.path().join("bf.onnx"));
+    std::fs::write(&input, prost::Message::encode_to_vec(&conv_net(22))).unwrap();
+    let run = |target: &str| {
+        bin()
+            .args([
+                "optimize",
+                "--quiet",
+                "--precision",
+                "bf16",
+                "--target",
+                target,
+            ])
+            .arg("-o")
+            .arg(&output)
+            .arg(&input)
+            .output()
+            .unwrap()
+    };
+    let refused = run("ort");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--precision bf16 is for --target openvino or tensorrt"),
+        "{err}"
+    );
+    assert!(!output.exists(), "nothing written");
+    let written = run("openvino");
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stdout)
+    );
+    let m = onnxsmith::files::load(&output).unwrap().model;
+    assert_eq!(dtype_of(&m, "W1"), DType::BF16);
+}
+
+/// x ─▶ Gemm ─▶ Relu ─▶ y, at `opset`.
+fn gemm_relu(opset: i64) -> ModelProto {
+    let mut gemm = node("Gemm", "fc", &["x", "W", "b"], &["h"]);
+    gemm.attribute = vec![attr_int("transB", 1)];
+    let mut p = model_io(
+        vec![gemm, node("Relu", "relu", &["h"], &["y"])],
+        vec![f32_info("x", &[1, 4])],
+        vec![f32_info("y", &[1, 3])],
+        vec![
+            f32_tensor("W", &[3, 4], &values(12, 1)),
+            f32_tensor("b", &[3], &values(3, 2)),
+        ],
+    );
+    p.opset_import[0].version = opset;
+    p
+}
+
+/// Exporters leave a branch's outputs untyped; a branch whose values became bf16 must still
+/// return what it returned (f32), for an If before opset 16 cannot return bf16, and the
+/// graph around must read the If's outputs as what they are: inferred from the branch, not
+/// guessed (the silero VAD at opset 15: onnx.checker refused the file).
+#[test]
+fn untyped_branch_outputs_keep_the_type_they_had() {
+    let mut inner = in_an_if(gemm_relu(15));
+    let g = inner.graph.as_mut().unwrap();
+    g.node[0].input[0] = "inner_cond".into();
+    g.input.last_mut().unwrap().name = "inner_cond".into();
+    let mut p = in_an_if(inner);
+    fn untype(g: &mut onnxsmith::onnx::proto::GraphProto) {
+        for n in &mut g.node {
+            for a in &mut n.attribute {
+                if let Some(body) = a.g.as_mut() {
+                    body.output.iter_mut().for_each(|o| o.r#type = None);
+                    untype(body);
+                }
+            }
+        }
+    }
+    untype(p.graph.as_mut().unwrap());
+    let m = lift(p);
+    let opts = PrecisionOptions {
+        kind: Kind::Bf16,
+        ..Default::default()
+    };
+    let (out, l) = lower_with(&m, opts.clone());
+    assert!(!l.low.is_empty(), "the Gemm and Relu inside are bf16");
+    assert_typed_consistently(&out);
+    // Each branch returns f32, as its values compute it.
+    fn branches_return_f32(g: &Graph, outer: &HashMap<String, DType>) {
+        let t = types::infer(g, outer, 15);
+        let mut names = outer.clone();
+        names.extend((g.values()).filter_map(|(v, x)| Some((x.name().to_string(), *t.get(&v)?))));
+        for n in g.node_ids() {
+            for body in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+                let inner = types::infer(body, &names, 15);
+                for o in body.outputs() {
+                    assert_eq!(
+                        inner.get(&o.value),
+                        Some(&DType::F32),
+                        "a branch returns f32"
+                    );
+                }
+                branches_return_f32(body, &names);
+            }
+        }
+    }
+    branches_return_f32(&out.graph, &HashMap::new());
+    assert_close_with(&m, &out, &opts);
 }

@@ -13,7 +13,7 @@
 //!   of the two outputs. One run of the result for all ops: for models with too many ops to
 //!   build a candidate for each.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::check::{Outcome, Reference};
 use crate::ir::{Dim, Model, NodeId, Type};
@@ -120,7 +120,9 @@ pub fn local_errors(
             // The op as it was reads f32: a 16-bit input is fed as its exact f32 copy.
             let inputs: Vec<HostTensor> = l.inputs.iter().map(|v| value(v).widened()).collect();
             let runner = alone_at(reference, nodes[k], &inputs, &mut alone[k])?;
-            let expected = runner.run(&inputs)?;
+            let expected = runner
+                .run(&inputs)
+                .with_context(|| format!("op '{}' alone on inputs {:?}", l.op, l.inputs))?;
             let (Some(e), Some(g)) = (expected[0].to_f32(), value(&l.output).to_f32()) else {
                 continue;
             };

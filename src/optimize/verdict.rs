@@ -87,9 +87,16 @@ pub fn transform_and_check<S: Send>(
         let transformed = job.plan.transform(job.original, job.opts);
         let pass_time = t.elapsed();
         let staged = match &transformed {
-            Ok(tr) => Some(job.checkable(&tr.result).map(|checked| {
-                stage_while_running(&tr.result, &checked, stage, feed.as_ref(), progress)
-            })),
+            // Without a check, nothing runs: no emulation to build (it widens every weight).
+            Ok(tr) => Some(
+                match feed {
+                    Some(_) => job.checkable(&tr.result),
+                    None => Ok(std::borrow::Cow::Borrowed(&tr.result)),
+                }
+                .map(|checked| {
+                    stage_while_running(&tr.result, &checked, stage, feed.as_ref(), progress)
+                }),
+            ),
             Err(_) => None,
         };
         let reference = match done_first {

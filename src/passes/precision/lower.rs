@@ -224,7 +224,11 @@ impl Preview {
                 });
             }
             let slots = outputs.unwrap_or_default();
-            if node.is("If") && !slots.is_empty() {
+            // If's outputs take bf16 only from opset 16: below, the branches cast back.
+            let typed = schema(node.op(), env.opset)
+                .and_then(|s| s.output(0))
+                .is_some_and(|f| f.accepts(env.low()));
+            if node.is("If") && typed && !slots.is_empty() {
                 preview.if_outputs.insert(n, slots);
             }
         }
@@ -420,17 +424,21 @@ impl Plan {
                 plan.retyped.push((y, ty));
             }
         }
-        plan.interface(g, &new, io_low, env.low());
+        plan.interface(g, old, &new, io_low, env.low());
         plan.convert_weights_in_place(g, preview);
         plan.new = new;
         plan
     }
 
     /// What the graph's outputs need: a Cast back to the declared type, or (`--io-types
-    /// low`) a 16-bit declaration.
-    fn interface(&mut self, g: &Graph, new: &Types, io_low: bool, low: DType) {
+    /// low`) a 16-bit declaration. An output declared without a type (a body's, as exporters
+    /// often write them) keeps the type it had: its holder's output is typed by it, and may
+    /// not take the 16-bit one (an If before opset 16 and bf16).
+    fn interface(&mut self, g: &Graph, old: &Types, new: &Types, io_low: bool, low: DType) {
         for o in g.outputs() {
-            let (y, declared) = (o.value, o.info.ty.as_ref().and_then(Type::dtype));
+            let y = o.value;
+            let declared =
+                (o.info.ty.as_ref().and_then(Type::dtype)).or_else(|| old.get(&y).copied());
             let (Some(declared), Some(is)) = (declared, new.get(&y).copied()) else {
                 continue;
             };
@@ -604,11 +612,33 @@ fn is_float(d: Option<DType>) -> bool {
 /// An f32 tensor in 16 bits, rounded to nearest even, written once into a buffer of its
 /// final size: the only copy is the output tensor.
 pub fn lowered(t: &Tensor, kind: Kind) -> Tensor {
+    use half::slice::HalfFloatSliceExt;
     let raw = t.f32_bytes().unwrap_or_default();
     let mut out = Vec::with_capacity(raw.len() / 2);
-    for c in raw.chunks_exact(4) {
-        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        out.extend_from_slice(&kind.bits(x).to_le_bytes());
+    // In blocks: the bytes of a mapped file need not be aligned for f32, and a slice converts
+    // with the CPU's vector instructions where it has them (F16C), element by element not.
+    const BLOCK: usize = 1024;
+    let (mut wide, mut f16s, mut bf16s) = (
+        [0f32; BLOCK],
+        [half::f16::ZERO; BLOCK],
+        [half::bf16::ZERO; BLOCK],
+    );
+    for block in raw.chunks(4 * BLOCK) {
+        let n = block.len() / 4;
+        for (w, c) in wide.iter_mut().zip(block.chunks_exact(4)) {
+            *w = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let bits: &[u16] = match kind {
+            Kind::F16 => {
+                f16s[..n].convert_from_f32_slice(&wide[..n]);
+                f16s[..n].reinterpret_cast()
+            }
+            Kind::Bf16 => {
+                bf16s[..n].convert_from_f32_slice(&wide[..n]);
+                bf16s[..n].reinterpret_cast()
+            }
+        };
+        out.extend(bits.iter().flat_map(|b| b.to_le_bytes()));
     }
     Tensor::from_raw(kind.dtype(), t.dims().to_vec(), Bytes::from(out))
 }

@@ -457,11 +457,13 @@ impl ConstantRanges {
 /// How `t` does not fit `kind`, if it does not: a finite value past its largest, or non-zero
 /// values all below its smallest.
 fn out_of_range(t: &crate::ir::Tensor, kind: Kind) -> Option<String> {
-    let values = t.to_f32_vec()?;
+    // Read in place: a copy of every weight would double what lowering holds.
+    let raw = t.f32_bytes()?;
     let (max, tiny) = (kind.max(), kind.smallest());
     let mut nonzero = false;
     let mut all_tiny = true;
-    for &x in &values {
+    for c in raw.chunks_exact(4) {
+        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         let a = x.abs();
         if a.is_finite() && a > max {
             return Some(format!("holds {x:e}, past {kind}'s largest {max}"));

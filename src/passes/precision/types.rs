@@ -33,7 +33,11 @@ pub fn infer(g: &Graph, outer: &HashMap<String, DType>, opset: i64) -> Types {
     for n in order {
         for (slot, out) in g.node(n).outputs().iter().enumerate() {
             let Some(out) = *out else { continue };
-            if let Some(d) = output_type(g, n, slot, &types, opset).or_else(|| g.dtype(out)) {
+            let d = match g.node(n).has_bodies() {
+                true => body_output(g, n, slot, &types, outer, opset),
+                false => output_type(g, n, slot, &types, opset),
+            };
+            if let Some(d) = d.or_else(|| g.dtype(out)) {
                 types.insert(out, d);
             }
         }
@@ -46,9 +50,6 @@ fn output_type(g: &Graph, n: NodeId, slot: usize, types: &Types, opset: i64) -> 
     let node = g.node(n);
     if !node.in_standard_domain() {
         return None;
-    }
-    if node.has_bodies() {
-        return body_output(g, n, slot);
     }
     let formal = schema(node.op(), opset)?.output(slot)?;
     if let Some(only) = formal.only {
@@ -85,11 +86,28 @@ fn set_by_attribute(g: &Graph, n: NodeId) -> Option<DType> {
 }
 
 /// What an If, Loop or Scan returns in output `slot`: what its body declares there (a Loop's
-/// body returns its condition first).
-fn body_output(g: &Graph, n: NodeId, slot: usize) -> Option<DType> {
+/// body returns its condition first), or, where the body declares no type (exporters often
+/// leave a branch's outputs untyped), what the body computes there from what it captures.
+fn body_output(
+    g: &Graph,
+    n: NodeId,
+    slot: usize,
+    types: &Types,
+    outer: &HashMap<String, DType>,
+    opset: i64,
+) -> Option<DType> {
     let node = g.node(n);
+    if !node.in_standard_domain() {
+        return None;
+    }
     let skip = usize::from(node.is("Loop"));
     let body = node.attrs().iter().flat_map(|a| a.bodies()).next()?;
     let out = body.outputs().get(slot + skip)?;
-    body.dtype(out.value)
+    body.dtype(out.value).or_else(|| {
+        let mut seen = outer.clone();
+        seen.extend(
+            (g.values()).filter_map(|(v, x)| Some((x.name().to_string(), *types.get(&v)?))),
+        );
+        infer(body, &seen, opset).get(&out.value).copied()
+    })
 }
