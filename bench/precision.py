@@ -223,16 +223,16 @@ def evaluate(name, calib_count, eval_count, exe, timeout, log):
         probed = probe(out)
         row.update(checker=probed["checker"], openvino=probed["openvino"], share=low_share(out),
                    size=out.stat().st_size)
-        name = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}[runtime]
+        engine = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}[runtime]
         if probed[runtime] != "yes":
-            row["note"] = f"{name} cannot load it: " + probed[runtime][4:]
+            row["note"] = f"{engine} cannot load it: " + probed[runtime][4:]
             rows.append(row)
             continue
         try:
             session = ort_session(out) if runtime == "ort" else OpenVinoSession(out)
             got = task.outputs(session, eval_in)
         except Exception as e:  # noqa: BLE001 - the reason is reported
-            row["note"] = f"{name} cannot run it: " + str(e).strip().splitlines()[0][:90]
+            row["note"] = f"{engine} cannot run it: " + str(e).strip().splitlines()[0][:90]
             rows.append(row)
             continue
         coss = [cosine(a, b) for a, b in zip(ref, got)]
