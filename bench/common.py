@@ -146,3 +146,36 @@ def resnet50_setup(exe, work, samples):
     subprocess.run([exe, "optimize", str(src), "-o", str(fp32), "-q", "--no-check"], check=True,
                    capture_output=True)
     return calib, src, fp32, rng
+
+
+def weighted_ops(model):
+    """Each Conv/ConvTranspose/Gemm/MatMul of `model` (an onnx.ModelProto), its bodies' too, as
+    (node, const, producer): `const(name)` is the constant tensor a name holds where the node
+    is (an initializer or a Constant's value, a body seeing the graphs around it), else None;
+    `producer(name)` the node that makes it, else None."""
+    found = []
+
+    def walk(g, outer_inits, outer_producer):
+        inits = dict(outer_inits, **{t.name: t for t in g.initializer})
+        producer = dict(outer_producer, **{o: n for n in g.node for o in n.output})
+
+        def const(name):
+            if name in inits:
+                return inits[name]
+            n = producer.get(name)
+            if n is not None and n.op_type == "Constant":
+                return next((a.t for a in n.attribute if a.name == "value"), None)
+            return None
+
+        for n in g.node:
+            for a in n.attribute:
+                if a.g.node:
+                    walk(a.g, inits, producer)
+                for b in a.graphs:
+                    walk(b, inits, producer)
+            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) >= 2:
+                found.append((n, const, producer.get))
+
+    walk(model.graph, {}, {})
+    return found
+

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, binary, measure, ort_session, write_section  # noqa: E402
+from common import ROOT, binary, measure, ort_session, weighted_ops, write_section  # noqa: E402
 from realistic import MODELS, cpu, run_tool  # noqa: E402
 from realistic_tasks import cosine, specs  # noqa: E402
 
@@ -70,37 +70,20 @@ def low_share(path):
     bf16 (read directly, or through a Cast), over the graph and its bodies."""
     import onnx
 
-    m = onnx.load(str(path))
-    counts = [0, 0]
-
-    def walk(g, outer_inits, outer_producer):
-        inits = dict(outer_inits, **{t.name: t for t in g.initializer})
-        producer = dict(outer_producer, **{o: n for n in g.node for o in n.output})
-        for n in g.node:
-            for a in n.attribute:
-                if a.g.node:
-                    walk(a.g, inits, producer)
-                for b in a.graphs:
-                    walk(b, inits, producer)
-            if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(n.input) < 2:
-                continue
-            name = n.input[1]
-            p = producer.get(name)
-            if p is not None and p.op_type in ("Cast", "DequantizeLinear"):
-                name = p.input[0]
-            t = inits.get(name)
-            if t is None:
-                p = producer.get(name)
-                t = next((a.t for a in p.attribute if a.name == "value"), None) if p and p.op_type == "Constant" else None
-            if t is None:
-                continue
-            size = int(np.prod(t.dims))
-            counts[1] += size
-            if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
-                counts[0] += size
-
-    walk(m.graph, {}, {})
-    return counts[0] / counts[1] if counts[1] else 0.0
+    low = total = 0
+    for n, const, producer in weighted_ops(onnx.load(str(path))):
+        name = n.input[1]
+        p = producer(name)
+        if p is not None and p.op_type in ("Cast", "DequantizeLinear"):
+            name = p.input[0]
+        t = const(name)
+        if t is None:
+            continue
+        size = int(np.prod(t.dims))
+        total += size
+        if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+            low += size
+    return low / total if total else 0.0
 
 
 PROBE = """

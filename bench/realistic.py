@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, binary, ort_session, write_section  # noqa: E402
+from common import ROOT, binary, ort_session, weighted_ops, write_section  # noqa: E402
 from realistic_tasks import cosine, specs  # noqa: E402
 
 WORK = ROOT / "bench" / "work-realistic"
@@ -64,47 +64,24 @@ def int8_share(path):
     import onnx
     from onnx import numpy_helper
 
-    m = onnx.load(str(path))
-    counts = [0, 0, 0]
-
-    def walk(g, outer_inits, outer_producer):
-        inits = dict(outer_inits, **{t.name: t for t in g.initializer})
-        producer = dict(outer_producer, **{o: n for n in g.node for o in n.output})
-
-        def const(name):
-            if name in inits:
-                return inits[name]
-            n = producer.get(name)
-            if n is not None and n.op_type == "Constant":
-                return next((a.t for a in n.attribute if a.name == "value"), None)
-            return None
-
-        for n in g.node:
-            for a in n.attribute:
-                if a.g.node:
-                    walk(a.g, inits, producer)
-                for b in a.graphs:
-                    walk(b, inits, producer)
-            if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(n.input) < 2:
-                continue
-            t = const(n.input[1])
-            if t is not None:
-                counts[1] += int(np.prod(t.dims))
-                continue
-            p = producer.get(n.input[1])
-            if p is not None and p.op_type == "DequantizeLinear":
-                q = const(p.input[0])
-                if q is not None:
-                    size = int(np.prod(numpy_helper.to_array(q).shape))
-                    counts[1] += size
-                    if q.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
-                        counts[0] += size
-                        x = producer.get(n.input[0])
-                        if x is not None and x.op_type == "DequantizeLinear":
-                            counts[2] += size
-
-    walk(m.graph, {}, {})
-    return (counts[0] / counts[1], counts[2] / counts[1]) if counts[1] else (0.0, 0.0)
+    stored = computed = total = 0
+    for n, const, producer in weighted_ops(onnx.load(str(path))):
+        t = const(n.input[1])
+        if t is not None:
+            total += int(np.prod(t.dims))
+            continue
+        p = producer(n.input[1])
+        q = const(p.input[0]) if p is not None and p.op_type == "DequantizeLinear" else None
+        if q is None:
+            continue
+        size = int(np.prod(numpy_helper.to_array(q).shape))
+        total += size
+        if q.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            stored += size
+            x = producer(n.input[0])
+            if x is not None and x.op_type == "DequantizeLinear":
+                computed += size
+    return (stored / total, computed / total) if total else (0.0, 0.0)
 
 
 def checker(path):

@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    attr_int, attr_ints, before_after, bin, f32_info, f32_tensor, i64_tensor, in_a_loop, in_an_if,
-    info, lift, model_io, node, values, write_npy_values,
+    attr_int, attr_ints, before_after, bin, conv_net, f32_info, f32_tensor, i64_tensor, in_a_loop,
+    in_an_if, info, lift, model_io, node, values, write_npy_values,
 };
 use onnxsmith::check::{compare_models, CheckOptions, LossyLimits, Outcome, Rule};
 use onnxsmith::ir::{DType, Graph, Model};
@@ -161,43 +161,6 @@ fn dtype_of(m: &Model, name: &str) -> DType {
 
 fn casts(m: &Model) -> usize {
     common::count_op(m, "Cast")
-}
-
-/// x[1,3,8,8] ─▶ Conv(W1) ─▶ Relu ─▶ Conv(W2, 1x1) ─▶ GlobalAveragePool ─▶ Flatten ─▶
-/// Gemm(W3, b3) ─▶ y[1,5].
-fn conv_net(opset: i64) -> ModelProto {
-    let mut c1 = node("Conv", "conv1", &["x", "W1", "b1"], &["c1"]);
-    c1.attribute = vec![
-        attr_ints("kernel_shape", &[3, 3]),
-        attr_ints("pads", &[1; 4]),
-    ];
-    let mut c2 = node("Conv", "conv2", &["r1", "W2"], &["c2"]);
-    c2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let mut flat = node("Flatten", "flatten", &["p"], &["f"]);
-    flat.attribute = vec![attr_int("axis", 1)];
-    let mut gemm = node("Gemm", "fc", &["f", "W3", "b3"], &["y"]);
-    gemm.attribute = vec![attr_int("transB", 1)];
-    let mut m = model_io(
-        vec![
-            c1,
-            node("Relu", "relu1", &["c1"], &["r1"]),
-            c2,
-            node("GlobalAveragePool", "pool", &["c2"], &["p"]),
-            flat,
-            gemm,
-        ],
-        vec![f32_info("x", &[1, 3, 8, 8])],
-        vec![f32_info("y", &[1, 5])],
-        vec![
-            f32_tensor("W1", &[4, 3, 3, 3], &values(108, 1)),
-            f32_tensor("b1", &[4], &values(4, 2)),
-            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 3)),
-            f32_tensor("W3", &[5, 2], &values(10, 5)),
-            f32_tensor("b3", &[5], &values(5, 6)),
-        ],
-    );
-    m.opset_import[0].version = opset;
-    m
 }
 
 #[test]

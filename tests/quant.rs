@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    attr_int, attr_ints, attr_str, before_after, bin, f32_info, f32_tensor, i64_tensor, lift,
-    model_io, node, values, write_npy, write_npy_values,
+    attr_int, attr_ints, attr_str, before_after, bin, conv_net, f32_info, f32_tensor, i64_tensor,
+    lift, model_io, node, values, write_npy, write_npy_values,
 };
 use onnxsmith::ir::{DType, Graph, Model, NodeId};
 use onnxsmith::lossy::SampleOptions;
@@ -18,44 +18,6 @@ use onnxsmith::passes::quant::QuantOptions;
 use onnxsmith::passes::PipelineOptions;
 use onnxsmith::report::CheckStatus;
 use onnxsmith::{optimize_model, Options};
-
-/// x[1,3,8,8] ─▶ Conv(W1[4,3,3,3], b1) ─▶ Relu ─▶ Conv(W2[2,4,1,1], b2) ─▶ GlobalAveragePool
-/// ─▶ Flatten ─▶ Gemm(W3[5,2], b3, transB) ─▶ y[1,5].
-fn small_net(opset: i64) -> ModelProto {
-    let mut c1 = node("Conv", "conv1", &["x", "W1", "b1"], &["c1"]);
-    c1.attribute = vec![
-        attr_ints("kernel_shape", &[3, 3]),
-        attr_ints("pads", &[1; 4]),
-    ];
-    let mut c2 = node("Conv", "conv2", &["r1", "W2", "b2"], &["c2"]);
-    c2.attribute = vec![attr_ints("kernel_shape", &[1, 1])];
-    let mut flat = node("Flatten", "flatten", &["p"], &["f"]);
-    flat.attribute = vec![attr_int("axis", 1)];
-    let mut gemm = node("Gemm", "fc", &["f", "W3", "b3"], &["y"]);
-    gemm.attribute = vec![attr_int("transB", 1)];
-    let mut m = model_io(
-        vec![
-            c1,
-            node("Relu", "relu1", &["c1"], &["r1"]),
-            c2,
-            node("GlobalAveragePool", "pool", &["c2"], &["p"]),
-            flat,
-            gemm,
-        ],
-        vec![f32_info("x", &[1, 3, 8, 8])],
-        vec![f32_info("y", &[1, 5])],
-        vec![
-            f32_tensor("W1", &[4, 3, 3, 3], &values(108, 1)),
-            f32_tensor("b1", &[4], &values(4, 2)),
-            f32_tensor("W2", &[2, 4, 1, 1], &values(8, 3)),
-            f32_tensor("b2", &[2], &values(2, 4)),
-            f32_tensor("W3", &[5, 2], &values(10, 5)),
-            f32_tensor("b3", &[5], &values(5, 6)),
-        ],
-    );
-    m.opset_import[0].version = opset;
-    m
-}
 
 fn quantize(m: &Model, activations: Activations, exclude: &[&str]) -> onnxsmith::Optimized {
     quantize_for(m, activations, Placement::AroundOps, exclude)
@@ -185,7 +147,7 @@ fn assert_well_formed(g: &Graph) {
 
 #[test]
 fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let done = quantize(&m, Activations::Int8, &[]);
     let g = &done.model.graph;
     for (op, axis) in [("Conv", 0), ("Gemm", 0)] {
@@ -260,9 +222,9 @@ fn every_weight_is_int8_per_channel_with_zero_points_0_at_opset_13() {
     assert!(q.random_calibration);
 }
 
-/// `small_net(opset)` with a Softmax over `axis` of its [1, 5] output.
+/// `conv_net(opset)` with a Softmax over `axis` of its [1, 5] output.
 fn small_net_softmax(opset: i64, axis: i64) -> ModelProto {
-    let mut m = small_net(opset);
+    let mut m = conv_net(opset);
     let g = m.graph.as_mut().unwrap();
     let fc = g.node.iter_mut().find(|n| n.name == "fc").unwrap();
     fc.output[0] = "logits".into();
@@ -280,7 +242,7 @@ fn opset_step(done: &onnxsmith::Optimized) -> onnxsmith::passes::quant::opset::O
 #[test]
 fn below_opset_13_the_import_is_raised_when_every_op_reads_the_same() {
     // Before 13, Softmax flattens at `axis`; over the last axis that is the same as at 13.
-    for m in [small_net(11), small_net_softmax(11, 1)] {
+    for m in [conv_net(11), small_net_softmax(11, 1)] {
         let done = quantize(&lift(m), Activations::Int8, &[]);
         let g = &done.model.graph;
         assert_eq!(done.model.opset(""), Some(13));
@@ -315,7 +277,7 @@ fn below_opset_13_weights_are_per_tensor_when_an_op_reads_differently_at_13() {
 
 #[test]
 fn uint8_activations_carry_a_zero_point_and_absorb_a_relu() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let done = quantize(&m, Activations::Uint8, &[]);
     let g = &done.model.graph;
     let qs = ops(g, "QuantizeLinear");
@@ -331,7 +293,7 @@ fn uint8_activations_carry_a_zero_point_and_absorb_a_relu() {
 
 #[test]
 fn around_ops_each_quantized_op_reads_dq_and_is_read_by_q() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let done = quantize(&m, Activations::Int8, &[]);
     let g = &done.model.graph;
     for n in ops(g, "Conv") {
@@ -352,7 +314,7 @@ fn around_ops_each_quantized_op_reads_dq_and_is_read_by_q() {
 
 #[test]
 fn around_ops_an_average_pool_reading_a_dq_is_quantized() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     for (activations, placement, around) in [
         (Activations::Int8, Placement::AroundOps, true),
         (Activations::Uint8, Placement::AroundOps, true),
@@ -376,7 +338,7 @@ fn around_ops_an_average_pool_reading_a_dq_is_quantized() {
 
 #[test]
 fn for_tensorrt_q_dq_sit_on_op_inputs_only() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let done = quantize_for(&m, Activations::Int8, Placement::Inputs, &[]);
     let g = &done.model.graph;
     // x, the Relu's output and the Gemm's input.
@@ -413,7 +375,7 @@ fn for_tensorrt_q_dq_sit_on_op_inputs_only() {
 
 #[test]
 fn excluded_ops_stay_float_and_are_reported() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let done = quantize(&m, Activations::Int8, &["Gemm", "conv2"]);
     let g = &done.model.graph;
     let q = done.report.quantization.as_ref().unwrap();
@@ -554,7 +516,7 @@ fn one_pass_histograms_agree_with_one_shot_whatever_the_order() {
 fn quantize_cli(dir: &Path) -> (Option<i32>, String) {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("m.onnx");
-    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    onnxsmith::save(&lift(conv_net(13)), &input, Default::default()).unwrap();
     let out = bin()
         .args(["optimize", "-q", "--quantize", "int8", "--calib"])
         .arg(dir)
@@ -620,7 +582,7 @@ fn bad_calibration_data_is_refused_naming_the_file_and_input() {
 fn quantization_needs_calibration_data() {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("m.onnx");
-    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    onnxsmith::save(&lift(conv_net(13)), &input, Default::default()).unwrap();
     let out = bin()
         .args(["optimize", "-q", "--quantize", "int8", "-o"])
         .arg(work.path().join("o.onnx"))
@@ -798,7 +760,7 @@ fn without_the_fallback_a_ruined_result_is_refused() {
 fn quantize_images(dir: &Path, spec: Option<&str>) -> (Option<i32>, String) {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("m.onnx");
-    onnxsmith::save(&lift(small_net(13)), &input, Default::default()).unwrap();
+    onnxsmith::save(&lift(conv_net(13)), &input, Default::default()).unwrap();
     let mut cmd = bin();
     cmd.args(["optimize", "-q", "--quantize", "int8", "--calib"])
         .arg(dir);
@@ -1200,7 +1162,7 @@ fn bias_correction_shifts_each_bias_by_the_mean_weight_error() {
 fn calibration_over_samples_streams_histograms_into_percentile_ranges() {
     // x uniform in [-1, 1) over samples split between both workers: half its magnitudes lie
     // below 0.5, while its extremes are near 1.
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let samples: Vec<Vec<onnxsmith::runtime::HostTensor>> = (0..6)
         .map(|i| {
             let x = values(192, 20 + i);
@@ -2007,7 +1969,7 @@ fn smoothing_leaves_even_channels_and_flat_inputs() {
 
 /// `small_net` with conv1 and the Relu unnamed and the Gemm named as conv2 is.
 fn ill_named_net() -> Model {
-    let mut p = small_net(13);
+    let mut p = conv_net(13);
     for n in &mut p.graph.as_mut().unwrap().node {
         match n.name.as_str() {
             "conv1" | "relu1" => n.name.clear(),
@@ -2080,7 +2042,7 @@ fn a_name_from_name_ops_is_one_exclude_takes() {
 
 #[test]
 fn name_ops_leaves_a_model_whose_names_are_its_own() {
-    let m = lift(small_net(13));
+    let m = lift(conv_net(13));
     let all = quantize_selected(&m, PipelineOptions::default(), &[]);
     assert_eq!(names(&all.model.graph, "Conv"), ["conv1", "conv2"]);
     assert_eq!(names(&all.model.graph, "Gemm"), ["fc"]);
