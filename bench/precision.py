@@ -397,15 +397,23 @@ def has_float(path):
         t.data_type in floats for t in m.graph.initializer)
 
 
-def corpus_outcome(path, load_ok):
-    """What became of a converted file: 'ok', 'checker', 'ort' (does not load)."""
+def passes_checker(path):
     import onnx
-    import onnxruntime as ort
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
+        return True
     except Exception:  # noqa: BLE001
-        return "checker"
+        return False
+
+
+def corpus_outcome(path, load_ok, checker_ok):
+    """What became of a converted file: 'ok', 'checker' (fails onnx.checker where the original
+    passes it), 'as original' (fails it as the original does), 'ort' (does not load)."""
+    import onnxruntime as ort
+
+    if not passes_checker(path):
+        return "checker" if checker_ok else "as original"
     if load_ok:
         try:
             so = ort.SessionOptions()
@@ -444,18 +452,19 @@ def corpus_section(exe, timeout=60):
                 load_ok = True
             except Exception:  # noqa: BLE001
                 load_ok = False
+            checker_ok = passes_checker(f)
             rel = str(f.relative_to(data))
             out.unlink(missing_ok=True)
             wall, code, err = run_tool([exe, "optimize", "-q", "--no-check", "--precision", "fp16", str(f),
                                         "-o", str(out)], timeout)
-            what = "refused" if code != 0 or not out.exists() else corpus_outcome(out, load_ok)
+            what = "refused" if code != 0 or not out.exists() else corpus_outcome(out, load_ok, checker_ok)
             counts["onnxsmith"][what] = counts["onnxsmith"].get(what, 0) + 1
             if what in ("checker", "ort", "refused"):
                 failures["onnxsmith"].append(f"{rel}: {what} {err}")
             out.unlink(missing_ok=True)
             try:
                 onnx.save(float16.convert_float_to_float16(onnx.load(str(f)), keep_io_types=True), str(out))
-                what = corpus_outcome(out, load_ok)
+                what = corpus_outcome(out, load_ok, checker_ok)
             except Exception as e:  # noqa: BLE001
                 what, err = "refused", str(e).splitlines()[0][:80] if str(e) else type(e).__name__
             counts["onnxconverter-common"][what] = counts["onnxconverter-common"].get(what, 0) + 1
@@ -472,12 +481,14 @@ def corpus_section(exe, timeout=60):
         "`convert_float_to_float16(keep_io_types=True)`, then onnx.checker (full) and, for the models whose "
         "original loads, ONNX Runtime (CPU) loading the result. A refusal is an exit with a message (ours "
         "name the op and reason) and counts apart from a broken file.", "",
-        "| tool | converted, checker ok and loads | fails onnx.checker | does not load in ONNX Runtime | refused |",
-        "|---|---:|---:|---:|---:|",
+        "| tool | converted, checker ok and loads | fails onnx.checker | fails it as the original does | "
+        "does not load in ONNX Runtime | refused |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for tool in ("onnxsmith", "onnxconverter-common"):
         c = counts[tool]
-        lines.append(f"| {tool} | {c.get('ok', 0)} | {c.get('checker', 0)} | {c.get('ort', 0)} | {c.get('refused', 0)} |")
+        lines.append(f"| {tool} | {c.get('ok', 0)} | {c.get('checker', 0)} | {c.get('as original', 0)} | "
+                     f"{c.get('ort', 0)} | {c.get('refused', 0)} |")
     lines.append("")
     for tool in ("onnxsmith",):
         if failures[tool]:

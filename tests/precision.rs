@@ -1046,3 +1046,166 @@ fn untyped_branch_outputs_keep_the_type_they_had() {
     branches_return_f32(&out.graph, &HashMap::new());
     assert_close_with(&m, &out, &opts);
 }
+
+/// `own-output-type`: LayerNormalization writing its Mean (training exports do) chooses that
+/// output's type itself (`stash_type`), which no input carries: it stays f32. Without the
+/// Mean, the same op is lowered.
+#[test]
+fn an_op_choosing_an_output_type_itself_stays_f32() {
+    let ln = |outputs: &[&str]| {
+        let mut p = model_io(
+            vec![node("LayerNormalization", "ln", &["x", "g", "b"], outputs)],
+            vec![f32_info("x", &[2, 4])],
+            outputs.iter().map(|o| f32_info(o, &[2, 4])).collect(),
+            vec![
+                f32_tensor("g", &[4], &values(4, 1)),
+                f32_tensor("b", &[4], &values(4, 2)),
+            ],
+        );
+        p.graph.as_mut().unwrap().output[1..]
+            .iter_mut()
+            .for_each(|o| *o = f32_info(&o.name, &[2, 1]));
+        lift(p)
+    };
+    // In bf16, which its Mean's type parameter takes (fp16 it does not: no-16-bit-form).
+    let bf16 = PrecisionOptions {
+        kind: Kind::Bf16,
+        ..Default::default()
+    };
+    let (_, l) = lower_with(&ln(&["y", "mean"]), bf16);
+    assert_eq!(rule_of(&l, "ln"), Some("own-output-type"));
+    let (out, l) = lower(&ln(&["y"]));
+    assert_eq!(rule_of(&l, "ln"), None);
+    assert_typed_consistently(&out);
+}
+
+/// `f32-function`: MeanVarianceNormalization's ONNX function computes with f32 constants.
+#[test]
+fn mean_variance_normalization_stays_f32() {
+    let m = lift(model_io(
+        vec![node("MeanVarianceNormalization", "mvn", &["x"], &["y"])],
+        vec![f32_info("x", &[1, 2, 3, 3])],
+        vec![f32_info("y", &[1, 2, 3, 3])],
+        vec![],
+    ));
+    let (_, l) = lower(&m);
+    assert_eq!(rule_of(&l, "mvn"), Some("f32-function"));
+}
+
+/// A 16-bit op reads every float input in 16 bits, also one whose type parameter no output
+/// shares: RMSNormalization's output follows its scale by the schema but its X by onnx's
+/// inference, and the checker refused X left f32 beside a 16-bit scale.
+#[test]
+fn a_16_bit_op_reads_an_input_only_parameter_in_16_bits() {
+    let mut p = model_io(
+        vec![node("RMSNormalization", "rms", &["x", "g"], &["y"])],
+        vec![f32_info("x", &[2, 4])],
+        vec![f32_info("y", &[2, 4])],
+        vec![f32_tensor("g", &[4], &values(4, 1))],
+    );
+    p.opset_import[0].version = 23;
+    let (out, l) = lower(&lift(p));
+    assert_eq!(rule_of(&l, "rms"), None);
+    let g = &out.graph;
+    let rms = g
+        .node_ids()
+        .find(|&n| g.node(n).is("RMSNormalization"))
+        .unwrap();
+    let x = g.node(rms).input(0).unwrap();
+    assert_eq!(g.dtype(x), Some(DType::F16), "X is read in fp16");
+}
+
+/// A Constant node's value has the type its attribute holds: a 16-bit op reading it reads
+/// it converted (the checker refused an Add of an fp16 value and an f32 Constant).
+#[test]
+fn a_constant_node_is_read_converted() {
+    let mut c = node("Constant", "c", &[], &["k"]);
+    c.attribute = vec![onnxsmith::onnx::proto::AttributeProto {
+        name: "value".into(),
+        r#type: onnxsmith::onnx::proto::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(f32_tensor("k", &[3], &[1.0, 2.0, 3.0])),
+        ..Default::default()
+    }];
+    let m = lift(model_io(
+        vec![c, node("Add", "add", &["x", "k"], &["y"])],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y", &[2, 3])],
+        vec![],
+    ));
+    let (out, l) = lower(&m);
+    assert_eq!(rule_of(&l, "add"), None);
+    let g = &out.graph;
+    let add = g.node_ids().find(|&n| g.node(n).is("Add")).unwrap();
+    let k = g.node(add).input(1).unwrap();
+    let t = types::infer(g, &HashMap::new(), 13);
+    assert_eq!(t.get(&k), Some(&DType::F16), "the Constant is read in fp16");
+    assert_close(&m, &out);
+}
+
+/// A Loop body's inputs that the export leaves untyped take the types the Loop feeds them,
+/// so a 16-bit op in the body reads a carried f32 value converted (it read it as it came,
+/// and the checker refused the mixed types).
+#[test]
+fn untyped_loop_body_inputs_take_the_types_the_loop_feeds() {
+    let mut p = in_a_loop(pad_conv(), Some("x"));
+    let g = p.graph.as_mut().unwrap();
+    let body = g.node[0].attribute[0].g.as_mut().unwrap();
+    body.input.iter_mut().for_each(|i| i.r#type = None);
+    let (out, l) = lower(&lift(p));
+    assert!(
+        l.low.iter().any(|(n, _)| n == "loop/body_pad"),
+        "{:#?}",
+        l.low
+    );
+    let g = &out.graph;
+    let holder = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
+    let body = g
+        .node(holder)
+        .attrs()
+        .iter()
+        .flat_map(|a| a.bodies())
+        .next()
+        .unwrap();
+    let pad = body.node_ids().find(|&n| body.node(n).is("Pad")).unwrap();
+    assert_eq!(
+        body.dtype(body.node(pad).input(0).unwrap()),
+        Some(DType::F16)
+    );
+    assert_eq!(
+        body.dtype(body.inputs()[2]),
+        Some(DType::F32),
+        "the carried x is declared"
+    );
+    assert_typed_consistently(&out);
+}
+
+/// A value converted both outside a body and inside it (a graph input the body captures and
+/// an outer op reads) gets a name of its own in each: ONNX names a value once across a graph
+/// and its bodies (the checker refused `delta_fp16` made twice).
+#[test]
+fn a_value_converted_inside_and_outside_a_body_is_named_once() {
+    let mut p = in_a_loop(pad_conv(), None);
+    let g = p.graph.as_mut().unwrap();
+    g.node.push(node("Relu", "outer_relu", &["x"], &["z"]));
+    g.output.push(f32_info("z", &[1, 2, 6, 6]));
+    let (out, l) = lower(&lift(p));
+    assert!(l.low.iter().any(|(n, _)| n == "outer_relu"), "{:#?}", l.low);
+    let mut names = Vec::new();
+    fn collect(g: &Graph, into: &mut Vec<String>) {
+        for (_, v) in g.values() {
+            if v.def() != onnxsmith::ir::Def::Capture {
+                into.push(v.name().to_string());
+            }
+        }
+        for n in g.node_ids() {
+            for b in g.node(n).attrs().iter().flat_map(|a| a.bodies()) {
+                collect(b, into);
+            }
+        }
+    }
+    collect(&out.graph, &mut names);
+    let count = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), count, "every value is named once: {names:?}");
+}

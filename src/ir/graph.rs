@@ -1294,6 +1294,14 @@ impl Graph {
         Ok(sub)
     }
 
+    /// Every value name of this graph and of the subgraphs inside it: what a new value here
+    /// must not be named (ONNX names a value once across a graph and its subgraphs).
+    pub fn all_names(&self) -> HashSet<String> {
+        let mut names = HashSet::new();
+        self.collect_names(&mut names);
+        names
+    }
+
     /// Every value name of this graph and of the subgraphs inside it.
     fn collect_names(&self, into: &mut HashSet<String>) {
         into.extend(self.names.keys().cloned());

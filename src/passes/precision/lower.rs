@@ -23,7 +23,7 @@
 //! types, as do the holder's own, so no declaration inside or around a body disagrees with
 //! what computes it. A holder the search or `--exclude` names keeps its bodies in f32.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -32,7 +32,9 @@ use super::rules::{self, Why};
 use super::schemas::{schema, Formal, Schema, Tie};
 use super::types::{infer, Types};
 use super::{Io, Kept, Kind, Lowered, PrecisionOptions, Ranges};
-use crate::ir::{Attr, AttrValue, DType, Def, Graph, NodeId, Patch, Slot, Tensor, Type, ValueId};
+use crate::ir::{
+    first_free, Attr, AttrValue, DType, Def, Graph, NodeId, Patch, Slot, Tensor, Type, ValueId,
+};
 use crate::passes::union_find::UnionFind;
 use crate::passes::{Changed, Pass, PassContext};
 use crate::runtime::Facts;
@@ -129,7 +131,10 @@ fn lower(
         }
     }
     record.casts += plan.casts(g);
-    let mut done = plan.apply(g, env.opts.kind)?;
+    // A new value is named once across the model: not as an outer value nor one inside.
+    let mut reserved = g.all_names();
+    reserved.extend(outer.0.keys().chain(outer.1.keys()).cloned());
+    let mut done = plan.apply(g, env.opts.kind, &reserved)?;
     if env.opts.strongly_typed {
         done += declare_all(g, outer.1, env.opset)?;
     }
@@ -151,11 +156,50 @@ fn lower(
             continue;
         }
         let inner = format!("{path}{}/", node.name());
+        let fed = fed_types(g, n, &old, env.opset);
         done += g.edit_bodies(n, &mut |body| {
-            lower(body, env, &inner, (&before, &after), record)
+            let typed = declare_inputs(body, &fed)?;
+            Ok(typed + lower(body, env, &inner, (&before, &after), record)?)
         })?;
     }
     Ok(done)
+}
+
+/// The element types a Loop's or Scan's body inputs take from the node (a Loop's iteration
+/// count and condition first, then the carried values; a Scan's states and slices, of the
+/// element type of what it scans); empty for an If, whose bodies have no inputs. `opset` is
+/// the model's default-domain opset.
+fn fed_types(g: &Graph, n: NodeId, old: &Types, opset: i64) -> Vec<Option<DType>> {
+    let node = g.node(n);
+    let of = |v: &Option<ValueId>| v.and_then(|v| old.get(&v).copied());
+    match node.op() {
+        "Loop" => [Some(DType::I64), Some(DType::BOOL)]
+            .into_iter()
+            .chain(node.inputs().iter().skip(2).map(of))
+            .collect(),
+        // Scan 8 reads its sequence lengths first, which its body does not see.
+        "Scan" => (node.inputs().iter())
+            .skip(usize::from(opset < 9))
+            .map(of)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Declares the element type of each of `body`'s inputs that has none from `fed`: exporters
+/// leave them untyped, and lowering must know which are f32 to convert them where a 16-bit
+/// op reads them.
+fn declare_inputs(body: &mut Graph, fed: &[Option<DType>]) -> Result<usize> {
+    let untyped: Vec<(ValueId, DType)> = (body.inputs().iter().zip(fed))
+        .filter(|(&v, _)| body.dtype(v).is_none())
+        .filter_map(|(&v, d)| Some((v, (*d)?)))
+        .collect();
+    let mut patch = Patch::new(body);
+    for (v, d) in untyped {
+        let ty = retyped(patch.graph(), v, d);
+        patch.set_type(v, ty);
+    }
+    patch.commit()
 }
 
 /// The types of `g`'s values by their names.
@@ -495,7 +539,7 @@ impl Plan {
         keys.len()
     }
 
-    fn apply(&self, g: &mut Graph, kind: Kind) -> Result<usize> {
+    fn apply(&self, g: &mut Graph, kind: Kind, reserved: &HashSet<String>) -> Result<usize> {
         let mut patch = Patch::new(g);
         for (v, ty) in &self.retyped {
             patch.set_type(*v, ty.clone());
@@ -524,7 +568,7 @@ impl Plan {
             let from = match made.get(&(v, want)) {
                 Some(&c) => c,
                 None => {
-                    let c = convert(&mut patch, v, want, kind)?;
+                    let c = convert(&mut patch, v, want, kind, reserved)?;
                     made.insert((v, want), c);
                     c
                 }
@@ -569,26 +613,34 @@ fn starting_types(g: &Graph, old: &Types, outer_new: &HashMap<String, DType>) ->
     new
 }
 
-/// `v` in type `want`: a converted copy of a constant, or a Cast.
-fn convert(patch: &mut Patch, v: ValueId, want: DType, kind: Kind) -> Result<ValueId> {
+/// `v` in type `want`: a converted copy of a constant, or a Cast; its name is none of
+/// `reserved` (the names outside this graph and inside its subgraphs).
+fn convert(
+    patch: &mut Patch,
+    v: ValueId,
+    want: DType,
+    kind: Kind,
+    reserved: &HashSet<String>,
+) -> Result<ValueId> {
     let g = patch.graph();
-    let name = g.value(v).name().to_string();
     let suffix = if want == DType::F32 {
         "fp32"
     } else {
         kind.name()
     };
+    let base = format!("{}_{suffix}", g.value(v).name());
+    let name = first_free(&base, |c| reserved.contains(c) || g.find(c).is_some());
     if let Some(t) = g.value(v).constant().filter(|t| t.dtype() == DType::F32) {
         let t = lowered(t, kind);
-        return patch.add_initializer(&format!("{name}_{suffix}"), t);
+        return patch.add_initializer(&name, t);
     }
     let ty = retyped(g, v, want);
     let cast = patch.add_node_named(
         "Cast",
-        &format!("{name}_to_{suffix}"),
+        &format!("{}_to_{suffix}", g.value(v).name()),
         &[Some(v)],
         vec![Attr::int("to", want.0 as i64)],
-        &[(format!("{name}_{suffix}"), Some(ty))],
+        &[(name, Some(ty))],
     )?;
     Ok(patch
         .graph()
@@ -673,10 +725,19 @@ impl Ties {
             return ties;
         };
         let low = matches!(decision, Some(Decision::Low)).then(|| env.low());
-        for (tie, members) in members(g, n, schema) {
-            if members.iter().any(|(v, _)| old.get(v) == Some(&DType::F32)) {
-                ties.types.insert(tie, tie_type(g, n, &members, new, low));
-            }
+        let made_here =
+            |v: &ValueId| matches!(g.value(*v).def(), Def::Node { node, .. } if node == n);
+        let (writing, reading): (Vec<_>, Vec<_>) = (members(g, n, schema).into_iter())
+            .filter(|(_, m)| m.iter().any(|(v, _)| old.get(v) == Some(&DType::F32)))
+            .partition(|(_, m)| m.iter().any(|(v, _)| made_here(v)));
+        for (tie, members) in writing {
+            ties.types.insert(tie, tie_type(g, n, &members, new, low));
+        }
+        // A parameter only inputs have goes to 16 bits with an op that writes 16 bits.
+        let writes_low = low.is_some() && ties.types.values().any(|&d| Some(d) == low);
+        for (tie, members) in reading {
+            let low = low.filter(|_| writes_low);
+            ties.types.insert(tie, tie_type(g, n, &members, new, low));
         }
         ties
     }
@@ -766,9 +827,13 @@ fn tie_type(
         .filter(|(v, _)| g.value(*v).constant().is_none())
         .filter_map(|(v, _)| new.get(v).copied())
         .collect();
+    // A 16-bit op reads its inputs in 16 bits even where the schema would let a parameter
+    // that no output shares keep the type it is fed: onnx's own inference and ONNX Runtime's
+    // kernels tie more than the schemas say (RMSNormalization's output follows X, not only the
+    // scale; Attention's mask must match Q).
     match (live.split_first(), low) {
-        (Some((&first, rest)), _) if rest.iter().all(|&d| d == first) && accepts(first) => first,
         (_, Some(l)) if accepts(l) => l,
+        (Some((&first, rest)), _) if rest.iter().all(|&d| d == first) && accepts(first) => first,
         _ => DType::F32,
     }
 }

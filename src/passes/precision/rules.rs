@@ -12,6 +12,8 @@
 //! | `square`            | Pow with a constant exponent above 1, Mul(x, x), ReduceSumSquare, ReduceL2, ReduceProd, ReduceLogSumExp | x² passes 65,504 from \|x\| = 256 |
 //! | `statistics`        | what computes on a kept sum or square up to the op that applies it to an activation (Add ε → Sqrt of a norm) | ε and small variances vanish in fp16 |
 //! | `random`            | RandomNormal/Uniform(Like), Multinomial, Bernoulli              | their distribution is defined in the type they were given      |
+//! | `own-output-type`   | ops writing an f32 output whose type parameter no input carries (LinearAttention's state, LayerNormalization's Mean), Cast and ConstantOfShape aside | the op chooses that type itself: lowering could declare one and make another |
+//! | `f32-function`      | MeanVarianceNormalization                                       | its ONNX function computes with f32 constants: onnx.checker refuses it in 16 bits |
 //! | `constant-range`    | ops reading a float constant with a finite value past the type's largest, or whose non-zero values all lie below its smallest | the constant would become ±inf or 0 |
 //! | `quantized`         | Quantize/DequantizeLinear, the ops between them, weighted ops reading an int8 weight (not under `--target tensorrt` at opsets 19 to 22, where Q/DQ take 16-bit scales) | int8 islands stay as the quantize stage wrote them (what QDQ fusers match) |
 //!
@@ -148,6 +150,15 @@ fn single(g: &Graph, n: NodeId, look: &Look) -> Option<Why> {
     if NONDETERMINISTIC.contains(&node.op()) {
         return Some(Why::new("random", "a random op"));
     }
+    if let Some(why) = own_output_type(g, n, schema, look) {
+        return Some(why);
+    }
+    if F32_FUNCTIONS.contains(&node.op()) {
+        return Some(Why::new(
+            "f32-function",
+            format!("{}'s ONNX function computes with f32 constants", node.op()),
+        ));
+    }
     // Opsets 19 to 22 tie a DequantizeLinear's output to its scale's type; from 23 an
     // attribute sets it, which lowering does not write.
     let qdq_in_16_bits = look.strongly_typed && (19..23).contains(&look.opset);
@@ -155,6 +166,44 @@ fn single(g: &Graph, n: NodeId, look: &Look) -> Option<Why> {
         return Some(why);
     }
     square(g, n).or_else(|| long_sum(g, n, look))
+}
+
+/// Ops whose ONNX function body computes with f32 constants (MeanVarianceNormalization's
+/// exponent and ε): onnx.checker infers its body and refuses it in 16 bits.
+const F32_FUNCTIONS: [&str; 1] = ["MeanVarianceNormalization"];
+
+/// An op writing an f32 output whose type parameter no input carries (LinearAttention's
+/// state, LayerNormalization's Mean): which type it takes is the op's own choice, which the
+/// schema does not say (onnx infers LinearAttention's state as its query's type), so lowering
+/// the op could leave it declared one type and made another. Cast and ConstantOfShape, whose
+/// output type an attribute sets (and lowering rewrites), are not such ops.
+fn own_output_type(g: &Graph, n: NodeId, schema: &schemas::Schema, look: &Look) -> Option<Why> {
+    let node = g.node(n);
+    if ["Cast", "ConstantOfShape"].contains(&node.op()) {
+        return None;
+    }
+    // An input the node has (an optional one it leaves out carries nothing).
+    let carried = |t: &'static str| {
+        (node.inputs().iter().enumerate()).any(|(i, v)| {
+            v.is_some()
+                && schema
+                    .input(i)
+                    .is_some_and(|f| f.tie == schemas::Tie::Param(t))
+        })
+    };
+    let own = (node.outputs().iter().enumerate()).find(|(slot, y)| {
+        let param = schema.output(*slot).map(|f| f.tie);
+        y.is_some_and(|y| look.is_f32(y))
+            && matches!(param, Some(schemas::Tie::Param(t)) if !carried(t))
+    })?;
+    Some(Why::new(
+        "own-output-type",
+        format!(
+            "{} chooses the type of its output {} itself",
+            node.op(),
+            own.0
+        ),
+    ))
 }
 
 /// An op with an f32 value in a type parameter that does not accept the 16-bit type, or

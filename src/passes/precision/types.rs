@@ -74,6 +74,12 @@ fn set_by_attribute(g: &Graph, n: NodeId) -> Option<DType> {
     let attr_type = |name: &str| node.attr_i(name).map(|t| DType(t as i32));
     match node.op() {
         "Cast" => attr_type("to"),
+        "Constant" => match node.attrs().first().map(|a| (a.name(), a.value())) {
+            Some((_, AttrValue::Tensor(t))) => Some(t.dtype()),
+            Some(("value_float" | "value_floats", _)) => Some(DType::F32),
+            Some(("value_int" | "value_ints", _)) => Some(DType::I64),
+            _ => None,
+        },
         "ConstantOfShape" => Some(match node.attr("value").map(|a| a.value()) {
             Some(AttrValue::Tensor(t)) => t.dtype(),
             _ => DType::F32,
