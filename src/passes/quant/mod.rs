@@ -286,17 +286,49 @@ fn body_calibrations(
     if holders.is_empty() {
         return Ok(Vec::new());
     }
+    branch_samples(model, &holders, samples)?
+        .into_iter()
+        .map(|((n, branch), taken)| {
+            let node = g.node(n);
+            progress.step(&format!(
+                "calibrating the body {branch} of '{}'",
+                node.name()
+            ));
+            let body = node.attr(branch).and_then(|a| a.bodies().next());
+            let inner = body_model(model, body.expect("taken by a sample"), &taken[0])?;
+            let inner_samples = Samples {
+                calibration: taken,
+                held_back: Vec::new(),
+                random: samples.random,
+            };
+            Ok(BodyCalibration {
+                node: node.name().to_string(),
+                attr: branch.to_string(),
+                cal: calibration(&inner, opts, &inner_samples, progress)?,
+            })
+        })
+        .collect()
+}
+
+/// An If and one of its branches, with the values the branch's captures held on each sample
+/// that took it.
+type Taken = ((NodeId, &'static str), Vec<Vec<HostTensor>>);
+
+/// Per (If, branch), in order: the values its captures held on each calibration sample that
+/// took that branch. The model runs with each If's condition and the outer values its bodies
+/// read exposed; a captured constant is read off the model, a graph input off the sample.
+fn branch_samples(model: &Model, holders: &[NodeId], samples: &Samples) -> Result<Vec<Taken>> {
+    let g = &model.graph;
     let fed: Vec<String> = input_specs(model, &Binding::default())?
         .into_iter()
         .map(|s| s.name)
         .collect();
-    let mut names: Vec<String> = holders
-        .iter()
+    let mut names: Vec<String> = (holders.iter())
         .flat_map(|&n| {
-            g.node(n)
-                .input(0)
+            let node = g.node(n);
+            node.input(0)
                 .into_iter()
-                .chain(g.node(n).captures().iter().copied())
+                .chain(node.captures().iter().copied())
         })
         .filter(|&v| g.value(v).constant().is_none())
         .map(|v| g.value(v).name().to_string())
@@ -305,11 +337,9 @@ fn body_calibrations(
     names.sort();
     names.dedup();
     let mut plans = Plans::new(model, &names)?;
-    // Per (holder, branch): the captured values of each sample that took it.
-    let mut taken: HashMap<(NodeId, &str), Vec<Vec<HostTensor>>> = HashMap::new();
+    let mut taken: HashMap<(NodeId, &'static str), Vec<Vec<HostTensor>>> = HashMap::new();
     for sample in &samples.calibration {
         let values = plans.extras(sample)?;
-        // A captured constant is read off the model, a graph input off the sample.
         let value = |v: ValueId| -> Option<HostTensor> {
             let name = g.value(v).name();
             if let Some(t) = g.value(v).constant() {
@@ -320,7 +350,7 @@ fn body_calibrations(
                 None => values[names.binary_search_by(|m| m.as_str().cmp(name)).ok()?].clone(),
             })
         };
-        for &n in &holders {
+        for &n in holders {
             let node = g.node(n);
             let cond = node.input(0).and_then(value).and_then(|t| t.to_f64());
             let Some(&[c]) = cond.as_deref() else {
@@ -331,8 +361,9 @@ fn body_calibrations(
             } else {
                 "else_branch"
             };
-            let body = node.attr(branch).and_then(|a| a.bodies().next());
-            let Some(body) = body else { continue };
+            let Some(body) = node.attr(branch).and_then(|a| a.bodies().next()) else {
+                continue;
+            };
             let captured: Option<Vec<HostTensor>> = (body.captures().iter())
                 .map(|&v| g.find(body.value(v).name()).and_then(value))
                 .collect();
@@ -341,42 +372,22 @@ fn body_calibrations(
             }
         }
     }
-    let mut out = Vec::new();
-    let mut keys: Vec<_> = taken.into_iter().collect();
-    keys.sort_by_key(|((n, b), _)| (*n, *b));
-    for ((n, branch), body_samples) in keys {
-        let node = g.node(n);
-        let body = node
-            .attr(branch)
-            .and_then(|a| a.bodies().next())
-            .expect("found above");
-        let types: Vec<(String, Type)> = body
-            .captures()
-            .iter()
-            .zip(&body_samples[0])
-            .map(|(&v, t)| {
-                let dims = vec![Dim::Unknown; t.shape().len()];
-                let dtype = t.dtype().unwrap_or(DType::F32);
-                (body.value(v).name().to_string(), Type::tensor(dtype, dims))
-            })
-            .collect();
-        let inner = model.of_body(body, &[], &types)?;
-        let inner_samples = Samples {
-            calibration: body_samples,
-            held_back: Vec::new(),
-            random: samples.random,
-        };
-        progress.step(&format!(
-            "calibrating the body {branch} of '{}'",
-            node.name()
-        ));
-        out.push(BodyCalibration {
-            node: node.name().to_string(),
-            attr: branch.to_string(),
-            cal: calibration(&inner, opts, &inner_samples, progress)?,
-        });
-    }
-    Ok(out)
+    let mut taken: Vec<_> = taken.into_iter().collect();
+    taken.sort_by_key(|((n, b), _)| (*n, *b));
+    Ok(taken)
+}
+
+/// `body` as a model of its own, its captures inputs typed as `first` (one sample's values
+/// of them) is.
+fn body_model(model: &Model, body: &Graph, first: &[HostTensor]) -> Result<Model> {
+    let types: Vec<(String, Type)> = (body.captures().iter().zip(first))
+        .map(|(&v, t)| {
+            let dims = vec![Dim::Unknown; t.shape().len()];
+            let dtype = t.dtype().unwrap_or(DType::F32);
+            (body.value(v).name().to_string(), Type::tensor(dtype, dims))
+        })
+        .collect();
+    model.of_body(body, &[], &types)
 }
 
 /// Whether a body of node `n` holds a quantizable op, at any depth.
