@@ -70,7 +70,8 @@ pub fn restore(
     let passed = match found {
         Some(Restored { whole, found, .. }) => {
             let (candidate, outcome, cx) = found;
-            let mut r = PrecisionReport::of(&before, &candidate, opts, &cx);
+            let bytes = crate::report::Summary::of(&before).param_bytes();
+            let mut r = PrecisionReport::of(bytes, &candidate, opts, &cx);
             r.fallback = whole;
             report = Some(r);
             *status = CheckStatus::from(outcome);

@@ -93,8 +93,8 @@ impl Plan {
     pub fn transform(&self, original: &Model, opts: &Options) -> Result<Transformed> {
         let mut cx = self.cx.fork();
         let mut result = original.clone();
-        let mut before = Vec::new();
-        let lossy = opts.lossy();
+        let (mut before, mut param_bytes) = (Vec::new(), Vec::new());
+        let (lossy, checked) = (opts.lossy(), opts.check.is_some());
         let pipeline = run_stages_watched(
             &mut result,
             &self.stages,
@@ -102,12 +102,19 @@ impl Plan {
             &mut cx,
             &mut |stage, model| {
                 if lossy && stage != "simplify" {
-                    before.push((stage, model.clone()));
+                    param_bytes.push((stage, Summary::of(model).param_bytes()));
+                    // The model before the precision stage serves its search alone, which
+                    // only a check starts: kept without one, it would hold every f32 weight
+                    // beside its 16-bit copy.
+                    if checked || stage != "precision" {
+                        before.push((stage, model.clone()));
+                    }
                 }
             },
         )?;
         let mut lossy = Lossy {
             before,
+            param_bytes,
             cx,
             ..Lossy::default()
         };
@@ -132,8 +139,11 @@ pub struct Transformed {
 /// What the lossy stages leave for the check, the search and the report.
 #[derive(Default)]
 pub struct Lossy {
-    /// The model before each stage after simplify, by stage.
+    /// The model before each stage after simplify, by stage (but the precision stage's
+    /// without a check).
     before: Vec<(&'static str, Model)>,
+    /// The bytes of the parameters before each stage after simplify, by stage.
+    param_bytes: Vec<(&'static str, u64)>,
     /// The context once the stages ran: what their preparations computed.
     pub cx: PassContext,
     pub quantization: Option<QuantReport>,
@@ -203,12 +213,8 @@ impl Lossy {
 
     fn precision_report(&self, opts: &Options, result: &Model) -> Option<PrecisionReport> {
         let p = opts.precision.as_ref()?;
-        Some(PrecisionReport::of(
-            self.before("precision")?,
-            result,
-            p,
-            &self.cx,
-        ))
+        let bytes = self.param_bytes.iter().find(|(s, _)| *s == "precision")?.1;
+        Some(PrecisionReport::of(bytes, result, p, &self.cx))
     }
 
     /// For a compensated pruning, how the pruned model agreed with the original before

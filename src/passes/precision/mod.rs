@@ -201,10 +201,10 @@ pub struct PrecisionReport {
 }
 
 impl PrecisionReport {
-    /// The report of the stage on `before` (the model it was handed) and `after`, from what
-    /// its passes left in the context.
+    /// The report of the stage on a model whose parameters took `param_bytes_before` when it
+    /// was handed over, and `after`, from what its passes left in the context.
     pub fn of(
-        before: &Model,
+        param_bytes_before: u64,
         after: &Model,
         opts: &PrecisionOptions,
         cx: &crate::passes::PassContext,
@@ -212,7 +212,6 @@ impl PrecisionReport {
         let lowered = cx.get::<Lowered>().cloned().unwrap_or_default();
         let ranges = cx.get::<Ranges>();
         let share = weight_share(&after.graph);
-        let bytes = |m: &Model| crate::report::Summary::of(m).param_bytes();
         PrecisionReport {
             kind: opts.kind,
             io: opts.io,
@@ -223,8 +222,8 @@ impl PrecisionReport {
             casts: lowered.casts,
             weight_share: share,
             lowered_enough: share >= 0.5,
-            param_bytes_before: bytes(before),
-            param_bytes_after: bytes(after),
+            param_bytes_before,
+            param_bytes_after: crate::report::Summary::of(after).param_bytes(),
             range_samples: ranges.map_or(0, |r| r.samples),
             range_note: ranges.and_then(|r| r.note.clone()),
             layer_errors: Vec::new(),
