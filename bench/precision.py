@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, binary, measure, ort_session, weighted_ops, write_section  # noqa: E402
-from realistic import MODELS, cpu, run_tool  # noqa: E402
+from realistic import MODELS, cpu, run_tool, task_data  # noqa: E402
 from realistic_tasks import cosine, specs  # noqa: E402
 
 WORK = ROOT / "bench" / "work-precision"
@@ -181,18 +181,8 @@ class OpenVinoSession:
 def evaluate(name, calib_count, eval_count, exe, timeout, log):
     task = specs()[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    calib_count = int(round(calib_count * task.calib_times))
-    eval_count = int(round(eval_count * task.eval_times))
-    src = task.src(MODELS)
     work = WORK / name
-    shutil.rmtree(work, ignore_errors=True)
-    calib, evald = work / "calib", work / "eval"
-    calib.mkdir(parents=True)
-    evald.mkdir()
-    task.write(rng, calib_count, calib, src)
-    task.write(rng, eval_count, evald, src)
-    eval_in = task.eval_inputs(evald)
-    ref = task.outputs(ort_session(src), eval_in)
+    src, calib, eval_in, ref, calib_count, eval_count = task_data(task, work, calib_count, eval_count, rng)
     rows = []
     for label, ours, runtime, cmd in tools(exe, calib, len(list(calib.iterdir()))):
         out, report = work / f"{len(rows)}.onnx", work / f"{len(rows)}.json"

@@ -222,22 +222,30 @@ def have_nncf():
 # ------------------------------------------------------------------------------ evaluating
 
 
-def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, ours_only=False):
-    task = SPECS[name]
+def task_data(task, work, calib_count, eval_count, rng):
+    """`task`'s model and, made afresh in `work`, its calibration and evaluation folders (the
+    counts scaled by the task's own factors): (model, calib dir, eval inputs, the float model's
+    outputs on them, calibration count, evaluation count)."""
     calib_count = int(round(calib_count * task.calib_times))
     eval_count = int(round(eval_count * task.eval_times))
     src = task.src(MODELS)
-    work = WORK / name
     shutil.rmtree(work, ignore_errors=True)
     calib, evald = work / "calib", work / "eval"
     calib.mkdir(parents=True)
     evald.mkdir()
-    t = time.perf_counter()
     task.write(rng, calib_count, calib, src)
     task.write(rng, eval_count, evald, src)
-    calib_count = len(list(calib.iterdir()))
     eval_in = task.eval_inputs(evald)
     ref = task.outputs(ort_session(src), eval_in)
+    return src, calib, eval_in, ref, calib_count, eval_count
+
+
+def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, ours_only=False):
+    task = SPECS[name]
+    work = WORK / name
+    t = time.perf_counter()
+    src, calib, eval_in, ref, calib_count, eval_count = task_data(task, work, calib_count, eval_count, rng)
+    calib_count = len(list(calib.iterdir()))
     log(f"{name}: {calib_count} calibration and {len(ref)} evaluation samples made in {time.perf_counter() - t:.0f} s")
     rows = []
     for label, is_ours, cmd in tools(exe, calib, calib_count, ablations, ours_only):
@@ -264,7 +272,7 @@ def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, o
                    met=bool(met), size=out.stat().st_size, checker=checker(out))
         rows.append(row)
     return dict(name=name, what=task.what, size=src.stat().st_size, rows=rows, calib=calib_count,
-                eval=len(list(evald.iterdir())), judged=len(ref), unit=task.unit, float_note=task.float_note(ref))
+                eval=len(list((work / "eval").iterdir())), judged=len(ref), unit=task.unit, float_note=task.float_note(ref))
 
 
 # ------------------------------------------------------------------------------ reporting

@@ -1157,15 +1157,7 @@ fn untyped_loop_body_inputs_take_the_types_the_loop_feeds() {
         "{:#?}",
         l.low
     );
-    let g = &out.graph;
-    let holder = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
-    let body = g
-        .node(holder)
-        .attrs()
-        .iter()
-        .flat_map(|a| a.bodies())
-        .next()
-        .unwrap();
+    let body = common::first_body(&out.graph, "Loop");
     let pad = body.node_ids().find(|&n| body.node(n).is("Pad")).unwrap();
     assert_eq!(
         body.dtype(body.node(pad).input(0).unwrap()),

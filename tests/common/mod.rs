@@ -506,14 +506,7 @@ pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]
 /// (if any) of `dims`.
 pub fn loop_body_alone(m: &Model, dims: Option<&[i64]>) -> Model {
     let g = &m.graph;
-    let lp = g.node_ids().find(|&n| g.node(n).is("Loop")).unwrap();
-    let body = g
-        .node(lp)
-        .attrs()
-        .iter()
-        .flat_map(|a| a.bodies())
-        .next()
-        .unwrap();
+    let body = first_body(g, "Loop");
     let mut inputs = vec![
         Type::tensor(DType::I64, vec![]),
         Type::tensor(DType::BOOL, vec![]),
@@ -643,4 +636,15 @@ pub fn conv_net(opset: i64) -> ModelProto {
     );
     m.opset_import[0].version = opset;
     m
+}
+
+/// The first subgraph of the first `op` node of `g`.
+pub fn first_body<'g>(g: &'g onnxsmith::ir::Graph, op: &str) -> &'g onnxsmith::ir::Graph {
+    let n = g.node_ids().find(|&n| g.node(n).is(op)).unwrap();
+    g.node(n)
+        .attrs()
+        .iter()
+        .flat_map(|a| a.bodies())
+        .next()
+        .unwrap()
 }
