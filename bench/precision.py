@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, binary, measure, ort_session, weighted_ops, write_section  # noqa: E402
-from realistic import MODELS, cpu, run_tool, task_data  # noqa: E402
+from realistic import MODELS, cpu, run_tool, task_data, task_measures, tool_row  # noqa: E402
 from realistic_tasks import cosine, specs  # noqa: E402
 
 WORK = ROOT / "bench" / "work-precision"
@@ -186,12 +186,10 @@ def evaluate(name, calib_count, eval_count, exe, timeout, log):
     rows = []
     for label, ours, runtime, cmd in tools(exe, calib, len(list(calib.iterdir()))):
         out, report = work / f"{len(rows)}.onnx", work / f"{len(rows)}.json"
-        wall, code, err = run_tool(cmd(src, out, report), timeout)
-        row = dict(label=label, ours=ours, wall=wall, check=our_check(report) if ours else None)
-        log(f"  {name} {label}: exit {code} in {wall:.1f} s {err if code else ''}")
-        if code != 0 or not out.exists():
-            row["note"] = ("refused: " if code is not None else "") + (err or f"exit {code}")
-            rows.append(row)
+        check = (lambda: our_check(report)) if ours else None
+        row = tool_row(label, cmd(src, out, report), out, timeout, check, lambda s: log(f"  {name} {s}"))
+        rows.append(row)
+        if "note" in row:
             continue
         probed = probe(out)
         row.update(checker=probed["checker"], openvino=probed["openvino"], share=low_share(out),
@@ -199,19 +197,14 @@ def evaluate(name, calib_count, eval_count, exe, timeout, log):
         engine = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}[runtime]
         if probed[runtime] != "yes":
             row["note"] = f"{engine} cannot load it: " + probed[runtime][4:]
-            rows.append(row)
             continue
         try:
             session = ort_session(out) if runtime == "ort" else OpenVinoSession(out)
             got = task.outputs(session, eval_in)
         except Exception as e:  # noqa: BLE001 - the reason is reported
             row["note"] = f"{engine} cannot run it: " + str(e).strip().splitlines()[0][:90]
-            rows.append(row)
             continue
-        coss = [cosine(a, b) for a, b in zip(ref, got)]
-        quality, met = task.quality(ref, got)
-        row.update(cos=float(np.mean(coss)), worst=float(min(coss)), quality=quality, met=bool(met))
-        rows.append(row)
+        row.update(task_measures(task, ref, got))
     shutil.rmtree(work, ignore_errors=True)
     return dict(name=name, what=task.what, size=src.stat().st_size, rows=rows, calib=calib_count,
                 eval=eval_count, judged=len(ref), unit=task.unit)

@@ -240,6 +240,24 @@ def task_data(task, work, calib_count, eval_count, rng):
     return src, calib, eval_in, ref, calib_count, eval_count
 
 
+def tool_row(label, argv, out, timeout, check, log):
+    """Runs one tool writing `out`: its row (label, wall time, and for ours, `check()`: what our
+    report said, read after the run), with a note when it refused or wrote nothing."""
+    wall, code, err = run_tool(argv, timeout)
+    row = dict(label=label, ours=check is not None, wall=wall, check=check() if check else None)
+    log(f"{label}: exit {code} in {wall:.1f} s {err if code else ''}")
+    if code != 0 or not out.exists():
+        row["note"] = ("refused: " if code is not None else "") + (err or f"exit {code}")
+    return row
+
+
+def task_measures(task, ref, got):
+    """The per-sample cosines (mean, worst) and the task's own measure of `got` against `ref`."""
+    coss = [cosine(a, b) for a, b in zip(ref, got)]
+    quality, met = task.quality(ref, got)
+    return dict(cos=float(np.mean(coss)), worst=float(min(coss)), quality=quality, met=bool(met))
+
+
 def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, ours_only=False):
     task = SPECS[name]
     work = WORK / name
@@ -253,24 +271,18 @@ def evaluate(name, calib_count, eval_count, exe, rng, ablations, timeout, log, o
             rows.append(dict(label=label, note="not installed"))
             continue
         out, report = work / f"{len(rows)}.onnx", work / f"{len(rows)}.json"
-        wall, code, err = run_tool(cmd(src, out, report), timeout)
-        row = dict(label=label, ours=is_ours, wall=wall, check=our_check(report) if is_ours else None)
-        log(f"  {label}: exit {code} in {wall:.1f} s {err if code else ''}")
-        if code != 0 or not out.exists():
-            row["note"] = ("refused: " if code is not None else "") + (err or f"exit {code}")
-            rows.append(row)
+        check = (lambda: our_check(report)) if is_ours else None
+        row = tool_row(label, cmd(src, out, report), out, timeout, check, lambda s: log(f"  {s}"))
+        rows.append(row)
+        if "note" in row:
             continue
         try:
             got = task.outputs(ort_session(out), eval_in)
         except Exception as e:  # noqa: BLE001 - the reason is reported
             row["note"] = "ONNX Runtime cannot run it: " + str(e).splitlines()[0][:100]
-            rows.append(row)
             continue
-        coss = [cosine(a, b) for a, b in zip(ref, got)]
-        quality, met = task.quality(ref, got)
-        row.update(share=int8_share(out), cos=float(np.mean(coss)), worst=float(min(coss)), quality=quality,
-                   met=bool(met), size=out.stat().st_size, checker=checker(out))
-        rows.append(row)
+        row.update(task_measures(task, ref, got), share=int8_share(out), size=out.stat().st_size,
+                   checker=checker(out))
     return dict(name=name, what=task.what, size=src.stat().st_size, rows=rows, calib=calib_count,
                 eval=len(list((work / "eval").iterdir())), judged=len(ref), unit=task.unit, float_note=task.float_note(ref))
 
