@@ -990,18 +990,7 @@ fn merges_unsqueezes_of_an_axis_past_any_rank_without_listing_it() {
 /// `y = If(c) { then: (x + W1) + W2 } else { x + W2 }`, W1 and W2 initializers of the main
 /// graph that the branches read by capture.
 fn if_reading_outer_weights() -> onnxsmith::ir::Model {
-    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto};
-    let branch = |name: &str, nodes: Vec<onnxsmith::onnx::proto::NodeProto>| AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Graph as i32,
-        g: Some(GraphProto {
-            name: format!("{name}_graph"),
-            node: nodes,
-            output: vec![f32_info("r", &[2, 3])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    use common::branch;
     let mut iff = node("If", "if", &["c"], &["y"]);
     iff.attribute = vec![
         branch(
@@ -1038,14 +1027,7 @@ fn sinks_a_weight_one_branch_alone_reads_into_it() {
         .map(|&v| g.value(v).name())
         .collect();
     assert_eq!(outer, ["W2"], "W2 is read by both branches: it stays");
-    let iff = g.node_ids().find(|&n| g.node(n).is("If")).unwrap();
-    let then = g
-        .node(iff)
-        .attr("then_branch")
-        .unwrap()
-        .bodies()
-        .next()
-        .unwrap();
+    let then = common::body(g, "If", "then_branch");
     let inner: Vec<&str> = then
         .initializers()
         .iter()

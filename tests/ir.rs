@@ -57,13 +57,7 @@ fn captures_are_explicit_and_keep_outer_nodes_alive() {
         .uses()
         .iter()
         .any(|u| u.node == iff && u.slot == Slot::Capture));
-    let then = g
-        .node(iff)
-        .attr("then_branch")
-        .unwrap()
-        .bodies()
-        .next()
-        .unwrap();
+    let then = common::body(g, "If", "then_branch");
     let names: Vec<&str> = then
         .captures()
         .iter()

@@ -1157,7 +1157,7 @@ fn untyped_loop_body_inputs_take_the_types_the_loop_feeds() {
         "{:#?}",
         l.low
     );
-    let body = common::first_body(&out.graph, "Loop");
+    let body = common::body(&out.graph, "Loop", "body");
     let pad = body.node_ids().find(|&n| body.node(n).is("Pad")).unwrap();
     assert_eq!(
         body.dtype(body.node(pad).input(0).unwrap()),

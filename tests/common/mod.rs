@@ -115,20 +115,21 @@ pub fn model_with(nodes: Vec<NodeProto>) -> ModelProto {
 }
 
 /// A model with an If whose branches read outer values by capture:
-/// `a = Relu(x); y = If(c) { then: a + x } else { Neg(a) }`.
-pub fn if_model() -> ModelProto {
-    use onnxsmith::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
-    let branch = |name: &str, nodes: Vec<NodeProto>| AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Graph as i32,
-        g: Some(GraphProto {
+/// An If branch attribute `name` of `nodes`, returning their `r`, an f32[2,3].
+pub fn branch(name: &str, nodes: Vec<NodeProto>) -> onnxsmith::onnx::proto::AttributeProto {
+    graph_attr(
+        name,
+        GraphProto {
             name: format!("{name}_graph"),
             node: nodes,
             output: vec![f32_info("r", &[2, 3])],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    )
+}
+
+/// `a = Relu(x); y = If(c) { then: a + x } else { Neg(a) }`.
+pub fn if_model() -> ModelProto {
     let mut iff = node("If", "if", &["c"], &["y"]);
     iff.attribute = vec![
         branch(
@@ -506,7 +507,7 @@ pub fn assert_same_loop_bodies(before: &Model, after: &Model, carried: &[&[i64]]
 /// (if any) of `dims`.
 pub fn loop_body_alone(m: &Model, dims: Option<&[i64]>) -> Model {
     let g = &m.graph;
-    let body = first_body(g, "Loop");
+    let body = body(g, "Loop", "body");
     let mut inputs = vec![
         Type::tensor(DType::I64, vec![]),
         Type::tensor(DType::BOOL, vec![]),
@@ -638,13 +639,8 @@ pub fn conv_net(opset: i64) -> ModelProto {
     m
 }
 
-/// The first subgraph of the first `op` node of `g`.
-pub fn first_body<'g>(g: &'g onnxsmith::ir::Graph, op: &str) -> &'g onnxsmith::ir::Graph {
+/// The subgraph of attribute `attr` of the first `op` node of `g`.
+pub fn body<'g>(g: &'g onnxsmith::ir::Graph, op: &str, attr: &str) -> &'g onnxsmith::ir::Graph {
     let n = g.node_ids().find(|&n| g.node(n).is(op)).unwrap();
-    g.node(n)
-        .attrs()
-        .iter()
-        .flat_map(|a| a.bodies())
-        .next()
-        .unwrap()
+    g.node(n).attr(attr).unwrap().bodies().next().unwrap()
 }
