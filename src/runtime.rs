@@ -19,7 +19,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::prelude::{InferenceSimplePlan, IntoTensor};
 
-use crate::ir::{DType, Def, Dim, Graph, Model, NodeId, Tensor, Type};
+use crate::ir::{BodyFeed, DType, Def, Dim, Graph, Model, NodeId, Tensor, Type};
 
 /// Threads that run tract at once: one per core of the machines we run on. Fixed rather than
 /// read from the machine, so that sums split between workers (calibration statistics, moment
@@ -674,20 +674,19 @@ fn body_types(g: &Graph, n: NodeId, body: &Graph, visible: &Visible) -> Option<B
             ))
         })
         .collect::<Option<_>>()?;
-    // The body's inputs are fed from the node's last inputs: a Loop's trip count and
-    // condition, then its carried values; an opset-8 Scan's inputs after its sequence_lens.
-    let first = node.inputs().len().checked_sub(body.inputs().len())?;
-    let inputs = (body.inputs().iter().enumerate())
-        .map(|(i, &v)| {
-            if node.is("Loop") && i < 2 {
-                let dtype = if i == 0 { DType::I64 } else { DType::BOOL };
-                return Some(Type::tensor(dtype, Vec::new()));
+    if node.inputs().len() < body.inputs().len() {
+        return None;
+    }
+    let feeds = g.body_feeds(n, body.inputs().len());
+    let inputs = (body.inputs().iter().zip(feeds))
+        .map(|(&v, feed)| match feed {
+            BodyFeed::Made(dtype) => Some(Type::tensor(dtype, Vec::new())),
+            BodyFeed::Input(fed) => {
+                let dtype = fed
+                    .and_then(|x| visible.get(g.value(x).name())?.dtype)
+                    .or_else(|| body.dtype(v))?;
+                Some(Type::Tensor { dtype, shape: None })
             }
-            let fed = node.input(first + i);
-            let dtype = fed
-                .and_then(|x| visible.get(g.value(x).name())?.dtype)
-                .or_else(|| body.dtype(v))?;
-            Some(Type::Tensor { dtype, shape: None })
         })
         .collect::<Option<_>>()?;
     Some(BodyTypes { inputs, captures })

@@ -97,6 +97,15 @@ impl ValueInfo {
     }
 }
 
+/// What feeds an input of a Loop's or Scan's body (see [`Graph::body_feeds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFeed {
+    /// A value the node makes itself, of this element type.
+    Made(DType),
+    /// One of the node's inputs (`None` where it is left out).
+    Input(Option<ValueId>),
+}
+
 #[derive(Clone, Debug)]
 pub struct Value {
     name: String,
@@ -1078,6 +1087,22 @@ impl Graph {
             total += inner;
         }
         Ok(total + f(self, scope)?)
+    }
+
+    /// What feeds each of the `inputs` inputs of a body of node `n`: the node's last inputs, in
+    /// order (a Loop's carried values; a Scan's states and scanned inputs, after an opset-8
+    /// Scan's sequence lengths), except a Loop's first two, its iteration count and condition,
+    /// which the Loop makes (an i64 and a bool scalar).
+    pub fn body_feeds(&self, n: NodeId, inputs: usize) -> Vec<BodyFeed> {
+        let node = self.node(n);
+        let first = node.inputs().len().saturating_sub(inputs);
+        (0..inputs)
+            .map(|i| match i {
+                0 if node.is("Loop") => BodyFeed::Made(DType::I64),
+                1 if node.is("Loop") => BodyFeed::Made(DType::BOOL),
+                _ => BodyFeed::Input(node.input(first + i)),
+            })
+            .collect()
     }
 
     /// Runs `f` on each subgraph node `n` holds, in attribute order, then drops the captures

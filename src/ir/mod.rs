@@ -61,8 +61,8 @@ pub mod verify;
 
 pub use build::GraphBuilder;
 pub use graph::{
-    first_free, standard_domain, Attr, AttrValue, Def, Graph, Node, NodeId, Output, Scope, Slot,
-    Use, Value, ValueId, ValueInfo,
+    first_free, standard_domain, Attr, AttrValue, BodyFeed, Def, Graph, Node, NodeId, Output,
+    Scope, Slot, Use, Value, ValueId, ValueInfo,
 };
 pub use patch::{type_clash, Patch};
 pub use tensor::{DType, Dim, Fnv as ContentHash, Tensor, Type};

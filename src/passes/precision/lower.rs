@@ -33,7 +33,8 @@ use super::schemas::{schema, Formal, Schema, Tie};
 use super::types::{infer, Types};
 use super::{Io, Kept, Kind, Lowered, PrecisionOptions, Ranges};
 use crate::ir::{
-    first_free, Attr, AttrValue, DType, Def, Graph, NodeId, Patch, Slot, Tensor, Type, ValueId,
+    first_free, Attr, AttrValue, BodyFeed, DType, Def, Graph, NodeId, Patch, Slot, Tensor, Type,
+    ValueId,
 };
 use crate::passes::union_find::UnionFind;
 use crate::passes::{Changed, Pass, PassContext};
@@ -156,7 +157,7 @@ fn lower(
             continue;
         }
         let inner = format!("{path}{}/", node.name());
-        let fed = fed_types(g, n, &old, env.opset);
+        let fed = fed_types(g, n, &old);
         done += g.edit_bodies(n, &mut |body| {
             let typed = declare_inputs(body, &fed)?;
             Ok(typed + lower(body, env, &inner, (&before, &after), record)?)
@@ -165,25 +166,19 @@ fn lower(
     Ok(done)
 }
 
-/// The element types a Loop's or Scan's body inputs take from the node (a Loop's iteration
-/// count and condition first, then the carried values; a Scan's states and slices, of the
-/// element type of what it scans); empty for an If, whose bodies have no inputs. `opset` is
-/// the model's default-domain opset.
-fn fed_types(g: &Graph, n: NodeId, old: &Types, opset: i64) -> Vec<Option<DType>> {
-    let node = g.node(n);
-    let of = |v: &Option<ValueId>| v.and_then(|v| old.get(&v).copied());
-    match node.op() {
-        "Loop" => [Some(DType::I64), Some(DType::BOOL)]
-            .into_iter()
-            .chain(node.inputs().iter().skip(2).map(of))
-            .collect(),
-        // Scan 8 reads its sequence lengths first, which its body does not see.
-        "Scan" => (node.inputs().iter())
-            .skip(usize::from(opset < 9))
-            .map(of)
-            .collect(),
-        _ => Vec::new(),
-    }
+/// The element types a Loop's or Scan's body inputs take from the node (see
+/// [`Graph::body_feeds`]); empty for an If, whose bodies have no inputs.
+fn fed_types(g: &Graph, n: NodeId, old: &Types) -> Vec<Option<DType>> {
+    let inputs = (g.node(n).attrs().iter())
+        .flat_map(|a| a.bodies())
+        .next()
+        .map_or(0, |b| b.inputs().len());
+    (g.body_feeds(n, inputs).into_iter())
+        .map(|feed| match feed {
+            BodyFeed::Made(d) => Some(d),
+            BodyFeed::Input(v) => v.and_then(|v| old.get(&v).copied()),
+        })
+        .collect()
 }
 
 /// Declares the element type of each of `body`'s inputs that has none from `fed`: exporters
