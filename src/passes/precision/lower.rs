@@ -720,11 +720,9 @@ impl Ties {
             return ties;
         };
         let low = matches!(decision, Some(Decision::Low)).then(|| env.low());
-        let made_here =
-            |v: &ValueId| matches!(g.value(*v).def(), Def::Node { node, .. } if node == n);
         let (writing, reading): (Vec<_>, Vec<_>) = (members(g, n, schema).into_iter())
             .filter(|(_, m)| m.iter().any(|(v, _)| old.get(v) == Some(&DType::F32)))
-            .partition(|(_, m)| m.iter().any(|(v, _)| made_here(v)));
+            .partition(|(_, m)| m.iter().any(|(v, _)| g.producer(*v) == Some(n)));
         for (tie, members) in writing {
             ties.types.insert(tie, tie_type(g, n, &members, new, low));
         }
@@ -808,8 +806,10 @@ fn tie_type(
     low: Option<DType>,
 ) -> DType {
     let accepts = |d: DType| members.iter().all(|(_, f)| f.accepts(d));
-    let made_here = |v: ValueId| matches!(g.value(v).def(), Def::Node { node, .. } if node == n);
-    let outputs = members.iter().filter(|(v, _)| made_here(*v)).count();
+    let outputs = members
+        .iter()
+        .filter(|(v, _)| g.producer(*v) == Some(n))
+        .count();
     let settable =
         outputs == members.len() && ["Cast", "ConstantOfShape"].contains(&g.node(n).op());
     if outputs > 0 {
