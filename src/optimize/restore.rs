@@ -189,12 +189,13 @@ impl Search<'_> {
     /// alone is quantized, or, for models of very many ops, the error it adds by itself.
     fn sensitivity(&self, failing: &Model, reference: &Reference) -> Result<Vec<(String, f64)>> {
         let ops = quant::quantized_ops(failing);
-        let measured = quant::measured(&self.float, failing);
         // What tract runs: the candidates themselves, or their emulation under --precision.
-        let failing = &*self.job.checkable(failing)?;
+        let checked = self.job.checkable(failing)?;
         if ops.len() > IMPACT_MAX_OPS {
-            return local_errors(&self.float, failing, measured, &self.samples.held_back);
+            let measured = quant::measured(&self.float, failing);
+            return local_errors(&self.float, &checked, measured, &self.samples.held_back);
         }
+        let failing = &*checked;
         let progress = self.job.plan.cx.progress();
         let with = |exclude: Vec<String>| -> Result<Model> {
             let exclude = [self.job.opts.exclude.clone(), exclude].concat();
